@@ -1,0 +1,239 @@
+"""The slimcc IR: an onnx-graphsurgeon graph plus what is needed to export it again.
+
+Only `slimcc.ir` touches onnx protobufs; passes work on `Model.graph`.
+"""
+
+from __future__ import annotations
+
+import copy as _copy
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from slimcc.errors import ModelLoadError, SlimccError
+from slimcc.ir.external import load_external_data
+
+TWO_GB = 2**31 - 1
+DEFAULT_OPSET = 17
+
+
+class Model:
+    """A model under compression: `graph` (onnx-graphsurgeon) is what passes edit."""
+
+    def __init__(self, graph: gs.Graph, *, base_dir: Path | None = None, source_sha256: str | None = None,
+                 metadata: dict | None = None):
+        self.graph = graph
+        self.base_dir = base_dir
+        self.source_sha256 = source_sha256
+        self.metadata = dict(metadata or {})
+
+    @property
+    def opset(self) -> int:
+        """The default-domain opset the graph is written against."""
+        return int(self.graph.opset)
+
+    def to_proto(self, *, infer_shapes: bool = False) -> onnx.ModelProto:
+        """Export to an onnx.ModelProto (optionally with shape inference on the result)."""
+        graph = self.graph
+        proto = gs.export_onnx(graph, do_type_check=False)
+        proto.producer_name = proto.producer_name or "slimcc"
+        for key, value in self.metadata.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = str(key), str(value)
+        if infer_shapes:
+            proto = run_shape_inference(proto)
+        return proto
+
+    def copy(self) -> Model:
+        """A deep, independent copy (round-trips through the protobuf)."""
+        return Model(gs.import_onnx(self.to_proto()), base_dir=self.base_dir,
+                     source_sha256=self.source_sha256, metadata=self.metadata)
+
+    def refresh_shapes(self) -> None:
+        """Re-run ONNX shape inference so every tensor carries its current dtype and shape."""
+        graph = self.graph
+        for tensor in graph.tensors().values():
+            if isinstance(tensor, gs.Variable) and tensor not in graph.inputs and tensor not in graph.outputs:
+                tensor.shape = None
+        for out in graph.outputs:
+            if out.shape is not None and any(not isinstance(d, int) for d in out.shape):
+                out.shape = None
+        self.graph = gs.import_onnx(run_shape_inference(self.to_proto()))
+
+    def is_static(self) -> bool:
+        """True when every activation tensor has a known, fully static shape."""
+        for tensor in self.graph.tensors().values():
+            if isinstance(tensor, gs.Variable):
+                if tensor.shape is None or any(not isinstance(d, int) or d < 0 for d in tensor.shape):
+                    return False
+        return True
+
+    def initializer_bytes(self) -> int:
+        """Total bytes held by constant tensors (weights)."""
+        return sum(int(np.asarray(t.values).nbytes) for t in self.graph.tensors().values()
+                   if isinstance(t, gs.Constant))
+
+
+def run_shape_inference(proto: onnx.ModelProto, *, strict: bool = False) -> onnx.ModelProto:
+    """ONNX shape inference with data propagation; models over 2 GB go through a temp file."""
+    try:
+        if proto.ByteSize() < TWO_GB:
+            return onnx.shape_inference.infer_shapes(proto, check_type=strict, strict_mode=strict, data_prop=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            src, dst = os.path.join(tmp, "in.onnx"), os.path.join(tmp, "out.onnx")
+            onnx.save(proto, src, save_as_external_data=True)
+            onnx.shape_inference.infer_shapes_path(src, dst, check_type=strict, strict_mode=strict, data_prop=True)
+            return onnx.load(dst)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
+        raise SlimccError(f"ONNX shape inference failed: {first_line(exc)}") from None
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception message (library errors can be pages long)."""
+    for line in str(exc).splitlines():
+        line = line.strip()
+        if line:
+            return line[:400]
+    return type(exc).__name__
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, streamed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def parse_input_shapes(specs: list[str] | None) -> dict[str, list[int]]:
+    """Parse repeated `NAME=1,3,224,224` options into {name: dims}."""
+    shapes: dict[str, list[int]] = {}
+    for spec in specs or []:
+        name, sep, dims = spec.rpartition("=")
+        if not sep or not name:
+            raise SlimccError(f"--input-shape {spec!r}: expected NAME=D0,D1,... (e.g. x=1,3,224,224)")
+        try:
+            values = [int(d) for d in dims.split(",")]
+        except ValueError:
+            raise SlimccError(f"--input-shape {spec!r}: dimensions must be integers") from None
+        if not values or any(v <= 0 for v in values):
+            raise SlimccError(f"--input-shape {spec!r}: dimensions must be positive")
+        shapes[name] = values
+    return shapes
+
+
+def _read_proto(source: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, Path | None, str | None]:
+    if isinstance(source, onnx.ModelProto):
+        proto = onnx.ModelProto()
+        proto.CopyFrom(source)
+        return proto, None, hashlib.sha256(source.SerializeToString()).hexdigest()
+    path = Path(source)
+    if not path.exists():
+        raise ModelLoadError(f"model file not found: {path}")
+    if not path.is_file():
+        raise ModelLoadError(f"not a file: {path}")
+    data = path.read_bytes()
+    if not data:
+        raise ModelLoadError(f"{path} is empty")
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except Exception:
+        raise ModelLoadError(f"{path} is not an ONNX model (protobuf parse failed; truncated or wrong file?)") from None
+    if not proto.HasField("graph") or proto.ir_version <= 0:
+        raise ModelLoadError(f"{path} is not an ONNX model (no graph or IR version)")
+    return proto, path.parent, hashlib.sha256(data).hexdigest()
+
+
+def fix_input_shapes(graph: gs.Graph, shapes: dict[str, list[int]]) -> None:
+    """Set graph input shapes; a given shape must agree with every static dim already declared."""
+    by_name = {t.name: t for t in graph.inputs}
+    for name, dims in shapes.items():
+        if name not in by_name:
+            valid = ", ".join(sorted(by_name)) or "(none)"
+            raise SlimccError(f"--input-shape names unknown input {name!r}; inputs are: {valid}")
+        tensor = by_name[name]
+        old = tensor.shape
+        if old is not None and len(old) != len(dims):
+            raise SlimccError(f"--input-shape {name}: rank {len(dims)} does not match the model's rank {len(old)}")
+        if old is not None:
+            for axis, (was, new) in enumerate(zip(old, dims)):
+                if isinstance(was, int) and was > 0 and was != new:
+                    raise SlimccError(f"--input-shape {name}: dim {axis} is fixed to {was} in the model, not {new}")
+        tensor.shape = list(dims)
+
+
+def load_model(source: str | Path | onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None) -> Model:
+    """Load a path or ModelProto into the IR, fixing dynamic input dims from `input_shapes`.
+
+    External data is read only from inside the model's folder. Shapes are inferred; to
+    make every shape static, also run the canonicalize pass (it folds shape sub-graphs).
+    """
+    proto, base_dir, sha = _read_proto(source)
+    load_external_data(proto, base_dir)
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as exc:  # checker raises ValidationError and also C++-level errors
+        raise ModelLoadError(f"invalid ONNX model: {first_line(exc)}") from None
+    try:
+        graph = gs.import_onnx(proto)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot import the ONNX graph: {first_line(exc)}") from None
+    model = Model(graph, base_dir=base_dir, source_sha256=sha)
+    if input_shapes:
+        fix_input_shapes(model.graph, input_shapes)
+    try:
+        model.refresh_shapes()
+    except SlimccError as exc:
+        raise ModelLoadError(str(exc)) from None
+    return model
+
+
+def save_model(model: Model | onnx.ModelProto, path: str | Path, *, check: bool = True) -> Path:
+    """Write a model atomically (temp file in the same folder, then rename), checked on the way out.
+
+    Models over 2 GB are written with their weights in one external-data file beside them.
+    """
+    proto = model.to_proto() if isinstance(model, Model) else model
+    path = Path(path)
+    if path.is_dir():
+        raise SlimccError(f"output path {path} is a folder; give a file name ending in .onnx")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise SlimccError(f"output folder {folder} does not exist")
+    large = proto.ByteSize() >= TWO_GB
+    if check and not large:
+        try:
+            onnx.checker.check_model(proto)
+        except Exception as exc:
+            raise SlimccError(f"refusing to write an invalid model: {first_line(exc)}") from None
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    data_name = f"{path.name}.data"
+    tmp_data = folder / f".{data_name}.tmp"
+    try:
+        if large:
+            proto = _copy.deepcopy(proto)
+            onnx.save(proto, tmp_name, save_as_external_data=True, all_tensors_to_one_file=True,
+                      location=data_name, size_threshold=1024)
+            # onnx wrote the data next to the temp file under its final name; move it aside first
+            os.replace(folder / data_name, tmp_data)
+        else:
+            with open(tmp_name, "wb") as handle:
+                handle.write(proto.SerializeToString())
+                handle.flush()
+                os.fsync(handle.fileno())
+        if large:
+            os.replace(tmp_data, folder / data_name)
+        os.replace(tmp_name, path)
+    except BaseException:
+        for leftover in (Path(tmp_name), tmp_data):
+            leftover.unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,150 @@
+"""Numerical equivalence on onnxruntime: run two models on the same feeds and compare outputs.
+
+Graph optimizations are disabled so onnxruntime's own fusions cannot hide a bad rewrite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from slimcc.errors import SlimccError, VerificationError
+from slimcc.ir.model import Model, first_line
+
+ORT_DTYPES = {
+    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def _as_bytes(model: Model | onnx.ModelProto) -> bytes:
+    proto = model.to_proto() if isinstance(model, Model) else model
+    return proto.SerializeToString()
+
+
+def make_session(model: Model | onnx.ModelProto, *, optimize: bool = False, threads: int = 1):
+    """An onnxruntime CPU InferenceSession; errors are re-raised as one-line SlimccErrors."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(_as_bytes(model), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise SlimccError(f"onnxruntime cannot load the model: {first_line(exc)} "
+                          "(check the opset and that input shapes are consistent)") from None
+
+
+def run_onnxruntime(model, feeds: dict[str, np.ndarray], *, optimize: bool = False, threads: int = 1,
+                    session=None) -> dict[str, np.ndarray]:
+    """Run a model on onnxruntime and return {output name: array}."""
+    session = session or make_session(model, optimize=optimize, threads=threads)
+    names = [o.name for o in session.get_outputs()]
+    try:
+        values = session.run(names, feeds)
+    except Exception as exc:
+        raise SlimccError(f"onnxruntime failed to run the model: {first_line(exc)}") from None
+    return dict(zip(names, values))
+
+
+def random_feeds(model: Model | onnx.ModelProto, *, seed: int = 0, batch: int = 1) -> dict[str, np.ndarray]:
+    """Random inputs for every graph input: floats in N(0,1), integers in [0, 10). Dynamic dims -> `batch`."""
+    session = make_session(model)
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for info in session.get_inputs():
+        shape = [d if isinstance(d, int) and d > 0 else batch for d in info.shape]
+        dtype = ORT_DTYPES.get(info.type)
+        if dtype is None:
+            raise SlimccError(f"input {info.name!r} has unsupported type {info.type}")
+        if np.issubdtype(dtype, np.floating):
+            feeds[info.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype is np.bool_:
+            feeds[info.name] = rng.integers(0, 2, shape).astype(np.bool_)
+        else:
+            feeds[info.name] = rng.integers(0, 10, shape).astype(dtype)
+    return feeds
+
+
+@dataclass
+class OutputError:
+    """Error of one output: max |a-b|, that divided by max |a| (the output's scale)."""
+
+    name: str
+    max_abs: float
+    max_rel: float
+    scale: float
+
+
+@dataclass
+class VerifyReport:
+    """Per-output errors of model B against model A."""
+
+    outputs: list[OutputError] = field(default_factory=list)
+
+    @property
+    def max_abs(self) -> float:
+        return max((o.max_abs for o in self.outputs), default=0.0)
+
+    @property
+    def max_rel(self) -> float:
+        return max((o.max_rel for o in self.outputs), default=0.0)
+
+    def as_dict(self) -> dict:
+        return {"max_abs": self.max_abs, "max_rel": self.max_rel,
+                "outputs": {o.name: {"max_abs": o.max_abs, "max_rel": o.max_rel, "scale": o.scale}
+                            for o in self.outputs}}
+
+
+def compare_outputs(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray]) -> VerifyReport:
+    """Compare two output dicts positionally (names may differ after a rewrite)."""
+    report = VerifyReport()
+    exp_items, act_values = list(expected.items()), list(actual.values())
+    if len(exp_items) != len(act_values):
+        raise VerificationError(f"models have {len(exp_items)} vs {len(act_values)} outputs")
+    for (name, a), b in zip(exp_items, act_values):
+        if a.shape != b.shape:
+            raise VerificationError(f"output {name!r} has shape {list(a.shape)} vs {list(b.shape)}")
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        if a64.size == 0:
+            report.outputs.append(OutputError(name, 0.0, 0.0, 0.0))
+            continue
+        diff = float(np.max(np.abs(a64 - b64)))
+        scale = float(np.max(np.abs(a64)))
+        report.outputs.append(OutputError(name, diff, diff / max(scale, 1e-12), scale))
+    return report
+
+
+def compare_models(reference, candidate, feeds: dict[str, np.ndarray] | list[dict[str, np.ndarray]] | None = None,
+                   *, seed: int = 0) -> VerifyReport:
+    """Run both models on the same feeds (random if None; a list = several batches, worst case kept)."""
+    batches = feeds if isinstance(feeds, list) else [feeds if feeds is not None else random_feeds(reference, seed=seed)]
+    ref_session, cand_session = make_session(reference), make_session(candidate)
+    worst = VerifyReport()
+    for batch in batches:
+        report = compare_outputs(run_onnxruntime(reference, batch, session=ref_session),
+                                 run_onnxruntime(candidate, batch, session=cand_session))
+        if not worst.outputs:
+            worst = report
+        else:
+            for i, out in enumerate(report.outputs):
+                if out.max_rel > worst.outputs[i].max_rel:
+                    worst.outputs[i] = out
+    return worst
+
+
+def assert_equivalent(reference, candidate, feeds=None, *, rel_tol: float = 1e-4, seed: int = 0) -> VerifyReport:
+    """compare_models, raising VerificationError when any output's relative error exceeds rel_tol."""
+    report = compare_models(reference, candidate, feeds, seed=seed)
+    for out in report.outputs:
+        if out.max_rel > rel_tol:
+            raise VerificationError(f"output {out.name!r} differs: max abs {out.max_abs:.3g}, "
+                                    f"relative {out.max_rel:.3g} > {rel_tol:g}")
+    return report

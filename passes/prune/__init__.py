@@ -1,0 +1,1 @@
+"""slimcc.passes.prune"""
