@@ -1,1 +1,6 @@
-"""slimcc.passes.lowrank"""
+"""slimcc.passes.lowrank: low-rank decomposition passes (Tucker-2 three convs, SVD two/three factors).
+
+Importing the package registers `decompose-tucker` and `decompose-svd`.
+"""
+
+from slimcc.passes.lowrank import decompose_tucker  # noqa: F401  (registers decompose-tucker)

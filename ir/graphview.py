@@ -1,0 +1,105 @@
+"""A networkx view of an onnx-graphsurgeon graph, for analyses (dependency groups, orderings).
+
+Ops are nodes, activation tensors are edges. Constants (weights, shape tensors) are not
+edges: they have no producer; read them from `G.nodes[key]["node"].inputs`. Only the
+top-level graph is viewed: nodes inside If/Loop/Scan bodies are not expanded.
+"""
+
+from __future__ import annotations
+
+import networkx as nx
+import onnx_graphsurgeon as gs
+
+from slimcc.errors import SlimccError
+
+INPUT, OUTPUT, OP = "input", "output", "op"
+
+
+def node_keys(graph: gs.Graph) -> dict[int, str]:
+    """A unique, stable string key per node (its name; `op_index` when empty or repeated), by id(node)."""
+    keys: dict[int, str] = {}
+    used: set[str] = set()
+    for index, node in enumerate(graph.nodes):
+        base = node.name or f"{node.op}_{index}"
+        key, suffix = base, 1
+        while key in used:
+            key = f"{base}#{suffix}"
+            suffix += 1
+        used.add(key)
+        keys[id(node)] = key
+    return keys
+
+
+def _special_key(prefix: str, name: str, used: set[str]) -> str:
+    key, suffix = f"{prefix}:{name}", 1
+    while key in used:
+        key = f"{prefix}:{name}#{suffix}"
+        suffix += 1
+    used.add(key)
+    return key
+
+
+def to_networkx(graph: gs.Graph) -> nx.MultiDiGraph:
+    """Build a MultiDiGraph: one node per op plus one per graph input and output.
+
+    Op nodes carry `kind="op"`, `op` and `node` (the gs.Node); graph inputs/outputs are
+    nodes keyed `input:NAME` / `output:NAME` with `kind` "input"/"output" and `tensor`.
+    Every activation tensor becomes one edge per consumer (producer -> consumer) keyed by
+    the tensor name, with the gs tensor under `tensor` and the consumer's input slot under
+    `index`. `G.graph["keys"]` maps id(gs.Node) -> node key.
+    """
+    G = nx.MultiDiGraph()
+    keys = node_keys(graph)
+    used = set(keys.values())
+    G.graph["keys"] = keys
+    producer_key: dict[str, str] = {}
+    for tensor in graph.inputs:
+        key = _special_key(INPUT, tensor.name, used)
+        G.add_node(key, kind=INPUT, tensor=tensor)
+        producer_key[tensor.name] = key
+    for node in graph.nodes:
+        key = keys[id(node)]
+        G.add_node(key, kind=OP, op=node.op, node=node)
+        for out in node.outputs:
+            producer_key[out.name] = key
+    for node in graph.nodes:
+        key = keys[id(node)]
+        for slot, tensor in enumerate(node.inputs):
+            if isinstance(tensor, gs.Variable) and tensor.name in producer_key:
+                G.add_edge(producer_key[tensor.name], key, key=tensor.name, tensor=tensor, index=slot)
+    for slot, tensor in enumerate(graph.outputs):
+        key = _special_key(OUTPUT, tensor.name, used)
+        G.add_node(key, kind=OUTPUT, tensor=tensor)
+        if tensor.name in producer_key:
+            G.add_edge(producer_key[tensor.name], key, key=tensor.name, tensor=tensor, index=slot)
+    return G
+
+
+def producer(tensor: gs.Tensor) -> gs.Node | None:
+    """The node that writes `tensor`, or None for graph inputs and constants."""
+    return tensor.inputs[0] if len(tensor.inputs) else None
+
+
+def consumers(tensor: gs.Tensor) -> list[gs.Node]:
+    """The nodes that read `tensor` (each once, in graph-edit order)."""
+    seen, result = set(), []
+    for node in tensor.outputs:
+        if id(node) not in seen:
+            seen.add(id(node))
+            result.append(node)
+    return result
+
+
+def topological_nodes(graph: gs.Graph) -> list[gs.Node]:
+    """The graph's nodes in a topological order, ties kept in their current order.
+
+    Unlike `gs.Graph.toposort()` this does not reorder the graph; a cycle is a SlimccError.
+    """
+    G = to_networkx(graph)
+    order = {key: i for i, key in enumerate(G.nodes)}
+    try:
+        keys = list(nx.lexicographical_topological_sort(G, key=order.__getitem__))
+    except nx.NetworkXUnfeasible:
+        cycle = [k for k, _, *_ in nx.find_cycle(G)]
+        raise SlimccError(f"the graph has a cycle through nodes {', '.join(cycle[:6])}") from None
+    return [G.nodes[k]["node"] for k in keys if G.nodes[k]["kind"] == OP]

@@ -1,0 +1,82 @@
+"""canonicalize: the composite of all canonicalization passes, run to a fixpoint."""
+
+from __future__ import annotations
+
+import onnx_graphsurgeon as gs
+
+from slimcc.passes.base import Pass, PassContext, PassResult, register_pass
+from slimcc.passes.canonicalize.constant_to_initializer import ConstantToInitializer
+from slimcc.passes.canonicalize.fold_batchnorm import FoldBatchNorm
+from slimcc.passes.canonicalize.fold_constants import FoldConstants
+from slimcc.passes.canonicalize.fold_scale_bias import FoldScaleBias
+from slimcc.passes.canonicalize.remove_identity import RemoveIdentity
+from slimcc.passes.canonicalize.upgrade_opset import DEFAULT_TARGET_OPSET, MIN_OPSET, UpgradeOpset
+from slimcc.errors import PipelineError
+
+MAX_ROUNDS = 8
+
+
+@register_pass("canonicalize")
+class Canonicalize(Pass):
+    """Opset upgrade, Constant->initializer, constant/shape folding, Identity removal, BN and scale/bias folding."""
+
+    opset: int = DEFAULT_TARGET_OPSET
+
+    def __post_init__(self):
+        if self.opset < MIN_OPSET:
+            raise PipelineError(f"canonicalize: opset={self.opset} is too old; use {MIN_OPSET} or newer")
+
+    def steps(self) -> list[Pass]:
+        """The passes of one round, in order."""
+        return [ConstantToInitializer(), FoldConstants(), RemoveIdentity(), FoldBatchNorm(), FoldScaleBias()]
+
+    def run(self, model, ctx: PassContext | None = None) -> PassResult:
+        nodes_before = len(model.graph.nodes)
+        _forget_unknown_output_shapes(model.graph)
+        upgrade = UpgradeOpset(self.opset).run(model, ctx)
+        per_pass: dict[str, dict] = {"upgrade-opset": upgrade.stats}
+        modified = upgrade.modified
+        rounds = 0
+        for rounds in range(1, MAX_ROUNDS + 1):
+            changed = False
+            for step in self.steps():
+                result = step.run(model, ctx)
+                changed |= result.modified
+                per_pass[step.name] = _merge(per_pass.get(step.name), result.stats)
+            modified |= changed
+            if not changed:
+                break
+        _forget_unknown_output_shapes(model.graph)
+        model.refresh_shapes()
+        dynamic = [t.name for t in model.graph.tensors().values() if not _static(t)]
+        stats = {"nodes_before": nodes_before, "nodes_after": len(model.graph.nodes), "rounds": rounds,
+                 "opset": model.opset, "static": not dynamic, "passes": per_pass}
+        if dynamic:
+            stats["dynamic_tensors"] = dynamic[:20]
+        return PassResult(modified, stats)
+
+
+def _forget_unknown_output_shapes(graph: gs.Graph) -> None:
+    """Declared output shapes like [-1, 2] would survive shape inference; let it recompute them."""
+    for tensor in graph.outputs:
+        if tensor.shape is not None and any(not isinstance(d, int) or d < 0 for d in tensor.shape):
+            tensor.shape = None
+
+
+def _static(tensor) -> bool:
+    if isinstance(tensor, gs.Constant) or tensor.is_empty():
+        return True
+    return tensor.shape is not None and all(isinstance(d, int) and d >= 0 for d in tensor.shape)
+
+
+def _merge(old: dict | None, new: dict) -> dict:
+    """Add up counters across rounds; keep the last round's refusals (what is left)."""
+    if old is None:
+        return dict(new)
+    merged = dict(new)
+    if "applied" in new:
+        merged["applied"] = {k: old["applied"].get(k, 0) + v for k, v in new["applied"].items()}
+    if "folded_nodes" in new:
+        merged["folded_nodes"] = old["folded_nodes"] + new["folded_nodes"]
+    merged.pop("sweeps", None)
+    return merged

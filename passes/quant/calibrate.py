@@ -1,0 +1,141 @@
+"""Activation ranges from calibration data, and (scale, zero point) from ranges.
+
+Range methods: `minmax` (observed extremes), `percentile` (two-sided percentile of the
+observed values, robust to outliers), `entropy` (TensorRT-style KL: the clipping threshold
+whose 128-level quantized histogram is closest to the observed one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from slimcc.errors import PassError
+
+Method = Literal["minmax", "percentile", "entropy"]
+QRANGE = {"u8": (0, 255), "s8": (-128, 127)}
+NP_QTYPE = {"u8": np.uint8, "s8": np.int8}
+KL_BINS = 2048
+KL_LEVELS = 128
+PERCENTILE_SAMPLES = 1 << 20
+
+
+@dataclass(frozen=True)
+class QParams:
+    """Per-tensor quantization parameters: x ~= scale * (q - zero_point), q of `dtype` (u8/s8)."""
+
+    scale: float
+    zero_point: int
+    dtype: str
+
+    @property
+    def lo(self) -> float:
+        """The smallest representable real value."""
+        return self.scale * (QRANGE[self.dtype][0] - self.zero_point)
+
+    @property
+    def hi(self) -> float:
+        """The largest representable real value."""
+        return self.scale * (QRANGE[self.dtype][1] - self.zero_point)
+
+
+def tensor_range(arrays: list[np.ndarray], method: Method = "minmax", *, percentile: float = 99.99) -> tuple[float, float]:
+    """The real range [lo, hi] to represent for one tensor seen in several batches (0 always inside)."""
+    flat = [np.asarray(a, np.float32).ravel() for a in arrays if np.asarray(a).size]
+    if not flat:
+        raise PassError("cannot compute a range for an empty tensor")
+    lo = float(min(a.min() for a in flat))
+    hi = float(max(a.max() for a in flat))
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise PassError("calibration produced non-finite activations; check the calibration inputs")
+    if method == "percentile":
+        values = np.concatenate(flat)
+        if values.size > PERCENTILE_SAMPLES:
+            values = np.random.default_rng(0).choice(values, PERCENTILE_SAMPLES, replace=False)
+        lo, hi = (float(v) for v in np.percentile(values, [100.0 - percentile, percentile]))
+    elif method == "entropy":
+        # a one-sided (e.g. post-ReLU) tensor spends all 256 u8 levels on [0, T]
+        threshold = kl_threshold(np.concatenate(flat), levels=KL_LEVELS * (2 if lo >= 0 else 1))
+        lo, hi = max(lo, -threshold), min(hi, threshold)
+    elif method != "minmax":
+        raise PassError(f"unknown range method {method!r}; use minmax, percentile or entropy")
+    return min(lo, 0.0), max(hi, 0.0)
+
+
+def kl_threshold(values: np.ndarray, bins: int = KL_BINS, levels: int = KL_LEVELS) -> float:
+    """The |x| clipping threshold minimizing KL(P || Q) (P: clipped histogram, Q: it quantized to `levels`)."""
+    magnitudes = np.abs(values.astype(np.float64))
+    top = float(magnitudes.max())
+    if top == 0.0:
+        return 0.0
+    hist, edges = np.histogram(magnitudes, bins=bins, range=(0.0, top))
+    hist = hist.astype(np.float64)
+    best_kl, best_i = np.inf, bins
+    for i in range(levels, bins + 1):
+        reference = hist[:i].copy()
+        reference[i - 1] += hist[i:].sum()
+        candidate = _quantize_histogram(hist[:i], levels)
+        kl = _kl(reference, candidate)
+        if kl < best_kl:
+            best_kl, best_i = kl, i
+    return float(edges[best_i])
+
+
+def _quantize_histogram(hist: np.ndarray, levels: int) -> np.ndarray:
+    """Merge `hist` into `levels` contiguous groups and spread each group's mass over its non-empty bins."""
+    starts = np.arange(levels) * hist.size // levels
+    lengths = np.diff(np.append(starts, hist.size))
+    nonzero = hist > 0
+    sums = np.add.reduceat(hist, starts)
+    counts = np.add.reduceat(nonzero.astype(np.float64), starts)
+    mean = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
+    return np.repeat(mean, lengths) * nonzero
+
+
+def _kl(p: np.ndarray, q: np.ndarray) -> float:
+    p_sum, q_sum = p.sum(), q.sum()
+    if p_sum == 0 or q_sum == 0:
+        return np.inf
+    p, q = p / p_sum, q / q_sum
+    mask = p > 0
+    if np.any(q[mask] == 0):
+        return np.inf
+    return float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
+
+
+def qparams_for_range(lo: float, hi: float, dtype: str) -> QParams:
+    """u8: asymmetric (zero point chosen so 0.0 is exact); s8: symmetric, zero point 0."""
+    qmin, qmax = QRANGE[dtype]
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if dtype == "s8":
+        bound = max(-lo, hi)
+        scale = bound / 127.0 if bound > 0 else 1.0
+        return QParams(float(np.float32(scale)), 0, dtype)
+    scale = (hi - lo) / float(qmax - qmin) if hi > lo else 1.0
+    scale = float(np.float32(scale))
+    zero_point = int(np.clip(np.round(qmin - lo / scale), qmin, qmax))
+    return QParams(scale, zero_point, dtype)
+
+
+def symmetric_weight_scales(weight: np.ndarray, axis: int | None, *, bits: int = 8) -> np.ndarray:
+    """Per-channel (or per-tensor when axis is None) symmetric scales max|w| / (2^(bits-1) - 1)."""
+    qmax = float(2 ** (bits - 1) - 1)
+    w = np.abs(np.asarray(weight, np.float32))
+    if axis is None:
+        peak = np.asarray(w.max() if w.size else 0.0)
+    else:
+        peak = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1).max(axis=1)
+    scales = (peak / qmax).astype(np.float32)
+    return np.where(scales > 0, scales, np.float32(1.0)).astype(np.float32)
+
+
+def quantize_weight(weight: np.ndarray, scales: np.ndarray, axis: int | None, *, bits: int = 8) -> np.ndarray:
+    """Symmetric int8 weights: round-half-even(w / s) clamped to +-(2^(bits-1) - 1)."""
+    qmax = 2 ** (bits - 1) - 1
+    shape = [1] * weight.ndim
+    if axis is not None:
+        shape[axis] = -1
+    q = np.round(np.asarray(weight, np.float32) / scales.reshape(shape))
+    return np.clip(q, -qmax, qmax).astype(np.int8)

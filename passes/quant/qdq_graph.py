@@ -1,0 +1,90 @@
+"""Small helpers shared by the Q/DQ passes: build Q/DQ nodes and read their parameters."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from slimcc.passes.pattern import constant_value
+
+_counter = itertools.count()
+
+
+def fresh(graph: gs.Graph, base: str) -> str:
+    """A tensor/node name not yet used in `graph`."""
+    used = graph.tensors().keys() | {n.name for n in graph.nodes}
+    name = base
+    while name in used:
+        name = f"{base}_{next(_counter)}"
+    return name
+
+
+@dataclass(frozen=True)
+class QDQInfo:
+    """Parameters of a QuantizeLinear/DequantizeLinear node, as numpy values."""
+
+    scale: np.ndarray
+    zero_point: np.ndarray
+    axis: int | None
+    dtype: np.dtype
+
+    def same_as(self, other: QDQInfo) -> bool:
+        """True when dtype, scale, zero point and axis are all identical (bit-exact)."""
+        return (self.dtype == other.dtype and self.scale.shape == other.scale.shape
+                and self.zero_point.shape == other.zero_point.shape
+                and np.array_equal(self.scale.view(np.uint32), other.scale.view(np.uint32))
+                and np.array_equal(self.zero_point, other.zero_point)
+                and (self.axis == other.axis or self.scale.size == 1))
+
+
+def qdq_info(node: gs.Node) -> QDQInfo | None:
+    """Constant scale/zero point of a Q or DQ node (None when either is not a constant)."""
+    scale = constant_value(node.inputs[1])
+    if scale is None:
+        return None
+    if len(node.inputs) > 2 and not node.inputs[2].is_empty():
+        zero_point = constant_value(node.inputs[2])
+        if zero_point is None:
+            return None
+    else:
+        zero_point = np.zeros(scale.shape, np.uint8)
+    axis = int(node.attrs.get("axis", 1)) if scale.size > 1 else None
+    return QDQInfo(np.asarray(scale, np.float32), np.asarray(zero_point), axis, np.asarray(zero_point).dtype)
+
+
+def add_constant(graph: gs.Graph, base: str, value: np.ndarray) -> gs.Constant:
+    """A new named initializer."""
+    return gs.Constant(fresh(graph, base), np.asarray(value))
+
+
+def make_quantize(graph: gs.Graph, x: gs.Tensor, scale: gs.Tensor, zero_point: gs.Tensor, *,
+                  axis: int | None = None, name: str | None = None) -> gs.Variable:
+    """Append x -> QuantizeLinear and return the integer output tensor."""
+    base = name or f"{x.name}_q"
+    out = gs.Variable(fresh(graph, base), dtype=np.asarray(constant_value(zero_point)).dtype, shape=x.shape)
+    attrs = {"axis": axis} if axis is not None else {}
+    graph.nodes.append(gs.Node("QuantizeLinear", fresh(graph, base + "_node"), attrs, [x, scale, zero_point], [out]))
+    return out
+
+
+def make_dequantize(graph: gs.Graph, q: gs.Tensor, scale: gs.Tensor, zero_point: gs.Tensor, *,
+                    axis: int | None = None, name: str | None = None, shape=None) -> gs.Variable:
+    """Append q -> DequantizeLinear and return the float output tensor."""
+    base = name or f"{q.name}_dq"
+    out = gs.Variable(fresh(graph, base), dtype=np.float32, shape=shape if shape is not None else q.shape)
+    attrs = {"axis": axis} if axis is not None else {}
+    graph.nodes.append(gs.Node("DequantizeLinear", fresh(graph, base + "_node"), attrs, [q, scale, zero_point], [out]))
+    return out
+
+
+def producer(tensor: gs.Tensor) -> gs.Node | None:
+    """The node producing `tensor`, or None for inputs/constants."""
+    return tensor.inputs[0] if len(tensor.inputs) == 1 else None
+
+
+def is_graph_output(graph: gs.Graph, tensor: gs.Tensor) -> bool:
+    """True when `tensor` is one of the graph outputs."""
+    return any(t is tensor for t in graph.outputs)

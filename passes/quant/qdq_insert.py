@@ -1,0 +1,253 @@
+"""qdq-insert: calibrated QuantizeLinear/DequantizeLinear placement for int8 inference.
+
+Weights: per-channel symmetric int8 (zero point 0), stored as int8 initializers behind a
+DequantizeLinear (the file shrinks ~4x). Bias: int32 with scale s_in * s_w. Activations:
+per-tensor u8 (asymmetric) or s8 (symmetric), placed so that onnxruntime's QDQ fusions
+apply: the input and output of every quantized Conv/ConvTranspose/Gemm/MatMul (the output
+after a following Relu/Clip, which the quantized range then absorbs), both branches and
+the output of a residual Add, and one shared scale for Concat inputs/output and across
+layout-only ops (Reshape, Transpose, MaxPool, ...). Graph outputs stay float.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from slimcc.errors import PassError, PipelineError
+from slimcc.passes.base import Pass, PassContext, PassResult, register_pass
+from slimcc.passes.pattern import constant_value
+from slimcc.passes.quant.calibrate import (NP_QTYPE, QParams, qparams_for_range, quantize_weight,
+                                           symmetric_weight_scales, tensor_range)
+from slimcc.passes.quant.qdq_graph import add_constant, is_graph_output, make_dequantize, make_quantize, producer
+
+COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+CLAMP_OPS = ("Relu", "Clip")
+SHARED_SCALE_OPS = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice")
+
+
+@register_pass("qdq-insert")
+@dataclass(frozen=True)
+class QDQInsert(Pass):
+    """Insert calibrated Q/DQ pairs (int8 weights per channel, u8/s8 activations, int32 bias)."""
+
+    method: Literal["minmax", "percentile", "entropy"] = "minmax"
+    act: Literal["u8", "s8"] = "u8"
+    exclude: str = ""
+    per_channel: bool = True
+    percentile: float = 99.99
+    min_channels: int = 4
+    depthwise: Literal["int8", "float"] = "int8"
+    lut_sigmoid: bool = True
+    min_weight_size: int = 64
+
+    exact = False
+    needs_calibration = True
+
+    def __post_init__(self):
+        if not 50.0 < self.percentile <= 100.0:
+            raise PipelineError(f"qdq-insert: percentile={self.percentile} must be in (50, 100]")
+        if self.min_channels < 0:
+            raise PipelineError("qdq-insert: min_channels must be >= 0")
+
+    def run(self, model, ctx: PassContext | None = None) -> PassResult:
+        if ctx is None or ctx.calibration is None:
+            raise PassError("qdq-insert needs calibration data: pass --calib DATA.npz or an image folder")
+        graph = model.graph
+        excluded = {name for name in self.exclude.split(";") if name}
+        unknown = excluded - {n.name for n in graph.nodes}
+        if unknown:
+            raise PassError(f"qdq-insert: exclude names unknown node(s) {', '.join(sorted(unknown))}")
+        chosen, skipped = self._choose_layers(graph, excluded)
+        if not chosen:
+            return PassResult(False, {"quantized_layers": 0, "skipped": skipped})
+        anchors, groups = self._plan_activations(graph, chosen)
+        ranges = self._calibrate(model, ctx, anchors)
+        params = self._group_params(anchors, groups, ranges)
+        for tensor in anchors:
+            self._insert_activation_qdq(graph, tensor, params[tensor.name])
+        for node in chosen:
+            self._quantize_weights(graph, node)
+        graph.cleanup().toposort()
+        return PassResult(True, {"quantized_layers": len(chosen), "activation_tensors": len(anchors),
+                                 "skipped": skipped, "method": self.method, "act": self.act})
+
+    # -- planning --------------------------------------------------------------------------
+    def _choose_layers(self, graph: gs.Graph, excluded: set[str]) -> tuple[list[gs.Node], dict[str, str]]:
+        """Compute layers with a constant float weight that are not excluded; the rest with a reason."""
+        chosen, skipped = [], {}
+        for node in graph.nodes:
+            if node.op not in COMPUTE_OPS:
+                continue
+            weight = constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
+            if node.name in excluded:
+                skipped[node.name] = "excluded"
+            elif weight is None or weight.dtype != np.float32:
+                skipped[node.name] = "weight is not a float32 constant"
+            elif node.op == "MatMul" and weight.ndim != 2:
+                skipped[node.name] = "MatMul weight is not 2-D"
+            elif node.op == "Gemm" and (node.attrs.get("transA", 0) or node.attrs.get("alpha", 1.0) != 1.0
+                                        or node.attrs.get("beta", 1.0) != 1.0):
+                skipped[node.name] = "Gemm with transA/alpha/beta"
+            elif weight.size < self.min_weight_size:
+                skipped[node.name] = f"weight has fewer than {self.min_weight_size} values (int8 gains nothing)"
+            elif self.depthwise == "float" and _is_depthwise(node, weight):
+                skipped[node.name] = "depthwise kept float (depthwise=float)"
+            elif node.op in ("Conv", "ConvTranspose") and _input_channels(node, weight) < self.min_channels:
+                skipped[node.name] = f"fewer than {self.min_channels} input channels (int8 gains nothing)"
+            else:
+                chosen.append(node)
+        return chosen, skipped
+
+    def _plan_activations(self, graph: gs.Graph, chosen: list[gs.Node]):
+        """Which activation tensors get a Q/DQ pair, and which must share one scale."""
+        anchors: dict[int, gs.Tensor] = {}
+        groups = _UnionFind()
+
+        def add(tensor: gs.Tensor) -> bool:
+            if isinstance(tensor, gs.Constant) or tensor.dtype not in (np.float32, None) \
+                    or is_graph_output(graph, tensor) or id(tensor) in anchors:
+                return False
+            anchors[id(tensor)] = tensor
+            return True
+
+        for node in chosen:
+            add(node.inputs[0])
+            add(_output_anchor(graph, node.outputs[0]))
+        changed = True
+        while changed:
+            changed = False
+            for node in graph.nodes:
+                activations = [t for t in node.inputs if not isinstance(t, gs.Constant) and constant_value(t) is None]
+                if node.op in ("Add", "Mul") and len(node.inputs) == 2 and len(activations) == 2:
+                    # Add: residual branches -> QLinearAdd; Mul of two quantized tensors (SiLU) -> QLinearMul
+                    wanted = any(id(t) in anchors for t in activations) if node.op == "Add" \
+                        else all(id(t) in anchors for t in activations)
+                    if wanted:
+                        for tensor in (*activations, _output_anchor(graph, node.outputs[0])):
+                            changed |= add(tensor)
+                elif node.op == "Sigmoid" and self.lut_sigmoid and id(node.inputs[0]) in anchors:
+                    changed |= add(node.outputs[0])  # DQ->Sigmoid->Q runs as a 256-entry table (QLinearSigmoid)
+                elif node.op == "Concat" and id(node.outputs[0]) in anchors and len(activations) == len(node.inputs):
+                    for tensor in activations:
+                        changed |= add(tensor)
+                        groups.union(tensor.name, node.outputs[0].name)
+        for node in graph.nodes:
+            if node.op in SHARED_SCALE_OPS and id(node.inputs[0]) in anchors and id(node.outputs[0]) in anchors:
+                groups.union(node.inputs[0].name, node.outputs[0].name)
+        return list(anchors.values()), groups
+
+    def _calibrate(self, model, ctx: PassContext, anchors: list[gs.Tensor]) -> dict[str, tuple[float, float]]:
+        from slimcc.ir.calibration import collect_activations
+
+        names = [t.name for t in anchors]
+        values = collect_activations(model, ctx.calibration, names, progress=ctx.progress)
+        return {name: tensor_range(values[name], self.method, percentile=self.percentile) for name in names}
+
+    def _group_params(self, anchors, groups: _UnionFind, ranges) -> dict[str, QParams]:
+        merged: dict[str, tuple[float, float]] = {}
+        for tensor in anchors:
+            root = groups.find(tensor.name)
+            lo, hi = ranges[tensor.name]
+            old = merged.get(root, (lo, hi))
+            merged[root] = (min(old[0], lo), max(old[1], hi))
+        return {t.name: qparams_for_range(*merged[groups.find(t.name)], self.act) for t in anchors}
+
+    # -- rewriting -------------------------------------------------------------------------
+    def _insert_activation_qdq(self, graph: gs.Graph, tensor: gs.Tensor, p: QParams) -> None:
+        consumers = list(tensor.outputs)
+        scale = add_constant(graph, f"{tensor.name}_scale", np.float32(p.scale))
+        zero_point = add_constant(graph, f"{tensor.name}_zero_point", NP_QTYPE[p.dtype](p.zero_point))
+        q = make_quantize(graph, tensor, scale, zero_point)
+        dq = make_dequantize(graph, q, scale, zero_point, shape=tensor.shape)
+        for consumer in consumers:
+            for i, t in enumerate(consumer.inputs):
+                if t is tensor:
+                    consumer.inputs[i] = dq
+
+    def _quantize_weights(self, graph: gs.Graph, node: gs.Node) -> None:
+        weight = constant_value(node.inputs[1])
+        axis = _weight_axis(node, weight) if self.per_channel else None
+        scales = symmetric_weight_scales(weight, axis)
+        q_weight = add_constant(graph, f"{node.name}_weight_q", quantize_weight(weight, scales, axis))
+        w_scale = add_constant(graph, f"{node.name}_weight_scale", scales if axis is not None else scales.reshape(()))
+        w_zero = add_constant(graph, f"{node.name}_weight_zero_point", np.zeros(scales.shape, np.int8)
+                              if axis is not None else np.int8(0))
+        node.inputs[1] = make_dequantize(graph, q_weight, w_scale, w_zero, axis=axis, shape=list(weight.shape))
+        source = producer(node.inputs[0])
+        in_scale = constant_value(source.inputs[1]) if source is not None and source.op == "DequantizeLinear" else None
+        bias_index = 2
+        if in_scale is None or in_scale.size != 1 or len(node.inputs) <= bias_index \
+                or node.inputs[bias_index].is_empty():
+            return
+        bias = constant_value(node.inputs[bias_index])
+        out_channels = weight.shape[0] if node.op != "ConvTranspose" else weight.shape[1] * node.attrs.get("group", 1)
+        if bias is None or bias.ndim != 1 or bias.size != out_channels:
+            return
+        if node.op == "ConvTranspose" and axis is not None and node.attrs.get("group", 1) != 1:
+            return
+        bias_scale = (np.float32(in_scale.reshape(())) * scales).astype(np.float32)
+        if axis is None:
+            bias_scale = np.full(bias.shape, bias_scale.reshape(()), np.float32)
+        q_bias = np.clip(np.round(bias.astype(np.float64) / bias_scale), -2**31, 2**31 - 1).astype(np.int32)
+        node.inputs[bias_index] = make_dequantize(
+            graph, add_constant(graph, f"{node.name}_bias_q", q_bias),
+            add_constant(graph, f"{node.name}_bias_scale", bias_scale),
+            add_constant(graph, f"{node.name}_bias_zero_point", np.zeros(bias.shape, np.int32)),
+            axis=0, shape=list(bias.shape))
+
+
+def _input_channels(node: gs.Node, weight: np.ndarray) -> int:
+    if node.op == "Conv":
+        return int(weight.shape[1]) * int(node.attrs.get("group", 1))
+    return int(weight.shape[0])
+
+
+def _is_depthwise(node: gs.Node, weight: np.ndarray) -> bool:
+    """A grouped conv with one input channel per group."""
+    return node.op == "Conv" and int(node.attrs.get("group", 1)) > 1 and weight.shape[1] == 1
+
+
+def _weight_axis(node: gs.Node, weight: np.ndarray) -> int:
+    """The output-channel axis of a layer's weight."""
+    if node.op == "Conv":
+        return 0
+    if node.op == "ConvTranspose":
+        return 1
+    if node.op == "Gemm":
+        return 0 if node.attrs.get("transB", 0) else 1
+    return weight.ndim - 1
+
+
+def _output_anchor(graph: gs.Graph, tensor: gs.Tensor) -> gs.Tensor:
+    """Where a layer's output is quantized: after a sole following Relu/Clip (the range absorbs it)."""
+    if len(tensor.outputs) == 1 and not is_graph_output(graph, tensor):
+        consumer = tensor.outputs[0]
+        if consumer.op in CLAMP_OPS and consumer.inputs[0] is tensor and _clamps_at_zero(consumer):
+            return consumer.outputs[0]
+    return tensor
+
+
+def _clamps_at_zero(node: gs.Node) -> bool:
+    if node.op == "Relu":
+        return True
+    low = constant_value(node.inputs[1]) if len(node.inputs) > 1 and not node.inputs[1].is_empty() else None
+    return low is not None and low.size == 1 and float(low) == 0.0
+
+
+class _UnionFind:
+    def __init__(self):
+        self.parent: dict[str, str] = {}
+
+    def find(self, key: str) -> str:
+        self.parent.setdefault(key, key)
+        while self.parent[key] != key:
+            self.parent[key] = self.parent[self.parent[key]]
+            key = self.parent[key]
+        return key
+
+    def union(self, a: str, b: str) -> None:
+        self.parent[self.find(a)] = self.find(b)

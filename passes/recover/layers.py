@@ -1,0 +1,254 @@
+"""Linear layers that recovery passes refit: Conv, Gemm and MatMul(+Add) with constant weights.
+
+A `LinearLayer` gives one view of all three: the effective weight matrix [fan_in, Cout]
+that multiplies im2col rows (or plain rows), the effective bias [Cout], and how to write
+a new matrix / bias back into the graph's constants (creating a bias when there is none).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from slimcc.passes.pattern import constant_value
+
+
+@dataclass
+class LinearLayer:
+    """One linear layer of the graph.
+
+    `node` is the Conv/Gemm/MatMul; `bias_node` the Add that carries a MatMul's bias (or None);
+    `output` the tensor holding weight-times-input plus bias (the pre-activation).
+    `reason` is set when the layer cannot be refitted (grouped conv, quantized weights...).
+    """
+
+    node: gs.Node
+    output: gs.Variable
+    bias_node: gs.Node | None = None
+    reason: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.node.name or self.output.name
+
+    @property
+    def input(self) -> gs.Variable:
+        return self.node.inputs[0]
+
+    @property
+    def op(self) -> str:
+        return self.node.op
+
+    @property
+    def groups(self) -> int:
+        return int(self.node.attrs.get("group", 1)) if self.op == "Conv" else 1
+
+    # --- weights ------------------------------------------------------------------------------
+    def weight_array(self) -> np.ndarray | None:
+        """The weight as stored (Conv [Cout, Cin/g, kh, kw]; Gemm B; MatMul [K, Cout]), None if not constant."""
+        tensor = self.node.inputs[1]
+        return np.asarray(_float_value(tensor), np.float32) if _is_dequantized(tensor) else constant_value(tensor)
+
+    def matrix(self) -> np.ndarray:
+        """Effective [fan_in, Cout] matrix so that output = rows @ matrix + bias (float64)."""
+        w = np.asarray(self.weight_array(), np.float64)
+        if self.op == "Conv":
+            return w.reshape(w.shape[0], -1).T
+        if self.op == "Gemm":
+            w = w.T if self.node.attrs.get("transB", 0) else w
+            return w * float(self.node.attrs.get("alpha", 1.0))
+        return w
+
+    def out_channels(self) -> int:
+        w = self.weight_array()
+        if self.op == "Conv":
+            return int(w.shape[0])
+        if self.op == "Gemm":
+            return int(w.shape[0] if self.node.attrs.get("transB", 0) else w.shape[1])
+        return int(w.shape[1])
+
+    def bias_tensor(self) -> gs.Tensor | None:
+        if self.op in ("Conv", "Gemm"):
+            return self.node.inputs[2] if len(self.node.inputs) > 2 and not self.node.inputs[2].is_empty() else None
+        if self.bias_node is not None:
+            return next(t for t in self.bias_node.inputs if t is not self.node.outputs[0])
+        return None
+
+    def bias(self) -> np.ndarray:
+        """Effective bias [Cout] (zeros when absent), float64."""
+        cout = self.out_channels()
+        tensor = self.bias_tensor()
+        if tensor is None:
+            return np.zeros(cout)
+        values = np.asarray(_float_value(tensor), np.float64)
+        if self.op == "Gemm":
+            values = values * float(self.node.attrs.get("beta", 1.0))
+        return np.broadcast_to(values.reshape(-1), (cout,)).copy()
+
+    def set_matrix(self, matrix: np.ndarray) -> None:
+        """Store an effective [fan_in, Cout] matrix as a fresh constant in the weight's layout and dtype."""
+        old = self.weight_array()
+        if self.op == "Conv":
+            stored = matrix.T.reshape(old.shape)
+        elif self.op == "Gemm":
+            scaled = matrix / float(self.node.attrs.get("alpha", 1.0))
+            stored = scaled.T if self.node.attrs.get("transB", 0) else scaled
+        else:
+            stored = matrix
+        self.node.inputs[1] = gs.Constant(_fresh_name(self.node, "refit_w"), np.ascontiguousarray(stored.astype(old.dtype)))
+
+    def set_bias(self, bias: np.ndarray) -> None:
+        """Store an effective bias [Cout], creating the bias input (or MatMul's Add) when absent.
+
+        A bias that is an int32 DequantizeLinear (qdq-insert) is re-quantized with its own scale."""
+        dtype = self.weight_array().dtype if self.weight_array() is not None else np.float32
+        tensor = self.bias_tensor()
+        if self.op == "Gemm":
+            beta = float(self.node.attrs.get("beta", 1.0)) if tensor is not None else 1.0
+            self.node.attrs["beta"] = beta if beta != 0.0 else 1.0
+            bias = bias / self.node.attrs["beta"]
+        if tensor is not None and _is_dequantized(tensor):
+            _requantize_bias(tensor, bias)
+            return
+        fresh = gs.Constant(_fresh_name(self.node, "refit_b"), np.ascontiguousarray(bias.astype(dtype)))
+        if self.op in ("Conv", "Gemm"):
+            if tensor is None:
+                while len(self.node.inputs) < 2:
+                    self.node.inputs.append(gs.Variable.empty())
+                if len(self.node.inputs) == 2:
+                    self.node.inputs.append(fresh)
+                else:
+                    self.node.inputs[2] = fresh
+            else:
+                self.node.inputs[2] = fresh
+            return
+        if self.bias_node is not None:
+            index = next(i for i, t in enumerate(self.bias_node.inputs) if t is tensor)
+            self.bias_node.inputs[index] = fresh
+            return
+        # MatMul without a bias: route its output through a new Add
+        out = self.node.outputs[0]
+        mid = gs.Variable(_fresh_name(self.node, "matmul_out"), dtype=out.dtype, shape=out.shape)
+        self.node.outputs[0] = mid
+        add = gs.Node("Add", _fresh_name(self.node, "refit_add"), inputs=[mid, fresh], outputs=[out])
+        self._graph_nodes.append(add)
+        self.bias_node = add
+
+    _graph_nodes: list = None  # set by find_layers so that a MatMul can grow an Add
+
+
+_counter = [0]
+
+
+def _fresh_name(node: gs.Node, what: str) -> str:
+    _counter[0] += 1
+    return f"{node.name or node.outputs[0].name}__{what}{_counter[0]}"
+
+
+def _is_dequantized(tensor: gs.Tensor) -> bool:
+    return len(tensor.inputs) == 1 and tensor.inputs[0].op == "DequantizeLinear"
+
+
+def _float_value(tensor: gs.Tensor) -> np.ndarray:
+    """A constant's value, or the float value of a constant DequantizeLinear."""
+    if _is_dequantized(tensor):
+        dq = tensor.inputs[0]
+        q = np.asarray(constant_value(dq.inputs[0]), np.float64)
+        scale = np.asarray(constant_value(dq.inputs[1]), np.float64)
+        zero = np.asarray(constant_value(dq.inputs[2]), np.float64) if len(dq.inputs) > 2 else 0.0
+        return (q - zero) * scale
+    return np.asarray(constant_value(tensor))
+
+
+def _requantize_bias(tensor: gs.Tensor, bias: np.ndarray) -> None:
+    dq = tensor.inputs[0]
+    scale = np.asarray(constant_value(dq.inputs[1]), np.float64)
+    zero = np.asarray(constant_value(dq.inputs[2]), np.float64) if len(dq.inputs) > 2 else 0.0
+    q_old = constant_value(dq.inputs[0])
+    q = np.clip(np.round(bias / scale + zero), -2**31, 2**31 - 1).astype(q_old.dtype)
+    dq.inputs[0] = gs.Constant(_fresh_name(dq, "refit_bq"), q.reshape(q_old.shape))
+
+
+def find_layers(graph: gs.Graph) -> list[LinearLayer]:
+    """Every Conv/Gemm/MatMul with a constant (or constant-dequantized) weight, in graph (topological) order."""
+    layers = []
+    for node in graph.nodes:
+        if node.op not in ("Conv", "Gemm", "MatMul") or len(node.inputs) < 2:
+            continue
+        weight_tensor = node.inputs[1]
+        quantized = _is_dequantized(weight_tensor)
+        weight = constant_value(weight_tensor)
+        if weight is None and not quantized:
+            continue
+        layer = LinearLayer(node, node.outputs[0])
+        if quantized:
+            layer.reason = "weights are quantized (DequantizeLinear); refit before qdq-insert"
+        elif node.op == "Conv" and layer.groups != 1:
+            layer.reason = f"grouped/depthwise conv (group={layer.groups}) is not refitted"
+        elif node.op == "Conv" and node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+            layer.reason = f"auto_pad={node.attrs['auto_pad']} is not supported; run canonicalize first"
+        elif node.op == "Gemm" and node.attrs.get("transA", 0):
+            layer.reason = "Gemm with transA is not refitted"
+        elif node.op == "MatMul":
+            if weight.ndim != 2:
+                layer.reason = "MatMul weight is not a 2-D matrix"
+            consumers = list(node.outputs[0].outputs)
+            if len(consumers) == 1 and consumers[0].op == "Add":
+                other = [t for t in consumers[0].inputs if t is not node.outputs[0]]
+                value = constant_value(other[0]) if len(other) == 1 else None
+                if value is not None and value.size == weight.shape[-1] and value.reshape(-1).shape[0] == value.shape[-1]:
+                    layer.bias_node = consumers[0]
+                    layer.output = consumers[0].outputs[0]
+        layer._graph_nodes = graph.nodes
+        layers.append(layer)
+    return layers
+
+
+def conv_geometry(node: gs.Node, kernel: tuple[int, int]) -> dict:
+    """Strides, dilations and pads (top, left, bottom, right) of a 2-D Conv."""
+    strides = list(node.attrs.get("strides", [1, 1]))
+    dilations = list(node.attrs.get("dilations", [1, 1]))
+    pads = list(node.attrs.get("pads", [0, 0, 0, 0]))
+    return {"strides": strides, "dilations": dilations, "pads": pads, "kernel": kernel}
+
+
+def sample_rows(layer: LinearLayer, x: np.ndarray, limit: int, rng: np.random.Generator):
+    """Input rows (im2col for convs) at up to `limit` sampled output positions of one batch.
+
+    Returns (rows [P, fan_in], index) where `index` selects the same positions from the layer's
+    output moved to [positions..., Cout] layout (a tuple for fancy indexing of [N, C, H, W] or [N, C]).
+    """
+    if layer.op != "Conv":
+        flat = x.reshape(-1, x.shape[-1])
+        picked = np.arange(flat.shape[0]) if flat.shape[0] <= limit else np.sort(
+            rng.choice(flat.shape[0], limit, replace=False))
+        return flat[picked].astype(np.float64), picked
+    w = layer.weight_array()
+    if x.ndim != 4 or w.ndim != 4:
+        raise ValueError("only 2-D convolutions are refitted")
+    kh, kw = int(w.shape[2]), int(w.shape[3])
+    geo = conv_geometry(layer.node, (kh, kw))
+    (sh, sw), (dh, dw), (pt, pl, pb, pr) = geo["strides"], geo["dilations"], geo["pads"]
+    n, c, h, wd = x.shape
+    ho = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    wo = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    total = n * ho * wo
+    flat = np.arange(total) if total <= limit else np.sort(rng.choice(total, limit, replace=False))
+    nn, rest = np.divmod(flat, ho * wo)
+    oh, ow = np.divmod(rest, wo)
+    padded = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    hh = oh[:, None] * sh + np.arange(kh)[None, :] * dh
+    ww = ow[:, None] * sw + np.arange(kw)[None, :] * dw
+    patches = padded[nn[:, None, None, None], np.arange(c)[None, :, None, None], hh[:, None, :, None],
+                     ww[:, None, None, :]]
+    return patches.reshape(len(flat), -1).astype(np.float64), (nn, oh, ow)
+
+
+def output_rows(layer: LinearLayer, y: np.ndarray, index) -> np.ndarray:
+    """The layer output [N, C, H, W] / [N, C] at the positions `sample_rows` chose, as [P, C]."""
+    if layer.op == "Conv":
+        nn, oh, ow = index
+        return y[nn, :, oh, ow].astype(np.float64)
+    return y.reshape(-1, y.shape[-1])[index].astype(np.float64)

@@ -1,0 +1,230 @@
+"""`slimcc optimize MODEL -p PIPELINE -o OUT`: run a pass pipeline, verify it, write the result.
+
+Verification is on by default (`--no-verify` turns it off): every exact pass must keep the
+outputs equal (relative error <= 1e-4 or --max-error, or within 4x the change onnxruntime's
+own fusions make) against the model before it, so a bad pass is named; the final model is compared with the original, and lossy pipelines must stay
+within --max-error when given. OUT is written (atomically) only after everything succeeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from slimcc.commands.common import add_model_arguments, print_json, print_table
+from slimcc.commands.inspect import cost_with_static_shapes, human
+from slimcc.errors import SlimccError, VerificationError
+from slimcc.ir.model import Model, load_model, parse_input_shapes, save_model
+from slimcc.ir.verify import (OutputError, VerifyReport, compare_models, make_session, random_feeds,
+                              run_onnxruntime)
+from slimcc.passes.base import Pass, PassContext
+from slimcc.passes.manager import ManagerReport, PassManager
+from slimcc.passes.pipeline import format_pipeline, parse_pipeline
+
+EXACT_REL_TOL = 1e-4
+MAX_CALIB_VERIFY_BATCHES = 8
+NOISE_FACTOR = 4.0  # an error up to 4x onnxruntime's own fusion noise is float reordering, not a bug
+
+
+def add_parser(sub) -> None:
+    """Register the `optimize` subcommand."""
+    parser = sub.add_parser("optimize", help="run a pass pipeline on a model, verify it and save it",
+                            description="Run a pass pipeline (e.g. 'canonicalize,prune-channels{ratio=0.5}'), "
+                                        "verify against onnxruntime, and write the result.")
+    add_model_arguments(parser)
+    parser.add_argument("-p", "--pipeline", required=True, metavar="PIPELINE",
+                        help="passes separated by commas, options in braces (see `slimcc passes`)")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output .onnx file")
+    parser.add_argument("--calib", metavar="DATA",
+                        help="calibration data: .npz keyed by input name, or a folder of images")
+    parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                        help="compare with the original on onnxruntime before writing (default: on)")
+    parser.add_argument("--max-error", type=float, metavar="F",
+                        help=f"largest allowed relative output error (default {EXACT_REL_TOL:g} for exact "
+                             "pipelines; unlimited for lossy ones)")
+    parser.add_argument("--on-fail", choices=("stop", "rollback"), default="stop",
+                        help="when an exact pass fails verification: stop (default) or undo it and go on")
+    parser.add_argument("--seed", type=int, default=0, help="seed for random verification inputs")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary")
+    parser.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parser.set_defaults(func=run)
+
+
+def check_output_path(path: Path) -> None:
+    """Refuse an output path that cannot be written, before doing any work."""
+    if path.is_dir():
+        raise SlimccError(f"output path {path} is a folder; give a file name ending in .onnx")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise SlimccError(f"output folder {folder} does not exist; create it first")
+
+
+def summarize(model: Model, file_bytes: int) -> dict:
+    """nodes, params, MACs, weight bytes and file size of a model."""
+    report, _ = cost_with_static_shapes(model)
+    return {"nodes": len(model.graph.nodes), "params": report.params, "macs": report.macs,
+            "macs_complete": report.complete, "weight_bytes": report.weight_bytes, "file_bytes": file_bytes}
+
+
+def verification_feeds(model: Model, calib, seed: int) -> list[dict[str, np.ndarray]]:
+    """Random inputs plus the first calibration batches: what equivalence is judged on."""
+    feeds = [random_feeds(model, seed=seed)]
+    if calib is not None:
+        feeds += calib.batches[:MAX_CALIB_VERIFY_BATCHES]
+    return feeds
+
+
+def float_noise(reference: Model, feeds: list[dict[str, np.ndarray]]) -> list[float]:
+    """Per output, the largest change onnxruntime's own fusions make (optimized vs unoptimized run).
+
+    Outputs near zero (e.g. sigmoid scores on random inputs) make relative errors meaningless;
+    a rewrite that moves an output no more than reordered float arithmetic does is exact.
+    """
+    plain = make_session(reference)
+    try:
+        fused = make_session(reference, optimize=True)
+    except SlimccError:  # the optimizer refuses some graphs; then no noise allowance
+        return []
+    noise: list[float] = []
+    for batch in feeds:
+        a = list(run_onnxruntime(reference, batch, session=plain).values())
+        b = list(run_onnxruntime(reference, batch, session=fused).values())
+        diffs = [float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) if x.size else 0.0
+                 for x, y in zip(a, b)]
+        noise = [max(n, d) for n, d in zip(noise, diffs)] if noise else diffs
+    return noise
+
+
+def excess_error(report: VerifyReport, tolerance: float, noise: list[float]) -> OutputError | None:
+    """The worst output whose error exceeds both tolerance x scale and the float noise, or None."""
+    bad = [o for o, n in zip(report.outputs, noise + [0.0] * len(report.outputs))
+           if o.max_rel > tolerance and o.max_abs > NOISE_FACTOR * n]
+    return max(bad, key=lambda o: o.max_rel) if bad else None
+
+
+def make_pass_check(feeds: list[dict[str, np.ndarray]], tolerance: float, noise: list[float]):
+    """A PassManager equivalence hook: an exact pass must keep outputs within `tolerance`."""
+
+    def check(pass_: Pass, before: Model, after: Model) -> dict | None:
+        if not pass_.exact:
+            return None
+        report = compare_models(before, after, feeds)
+        worst = excess_error(report, tolerance, noise)
+        if worst is not None:
+            raise VerificationError(f"exact pass changed output {worst.name!r}: relative error "
+                                    f"{worst.max_rel:.3g} > {tolerance:g}")
+        return report.as_dict()
+
+    return check
+
+
+def run(args) -> int:
+    """Handler of `slimcc optimize`."""
+    quiet = bool(getattr(args, "quiet", False))
+    passes = parse_pipeline(args.pipeline)
+    output = Path(args.output)
+    check_output_path(output)
+    if args.max_error is not None and (not math.isfinite(args.max_error) or args.max_error < 0):
+        raise SlimccError(f"--max-error {args.max_error}: give a finite number >= 0")
+    if args.max_error is not None and not args.verify:
+        raise SlimccError("--max-error needs verification; drop --no-verify")
+    needing = [p.name for p in passes if p.needs_calibration]
+    if needing and not args.calib:
+        raise SlimccError(f"pass(es) {', '.join(needing)} need calibration data; give --calib FILE.npz|FOLDER")
+    exact = all(p.exact for p in passes)
+    tolerance = args.max_error if args.max_error is not None else (EXACT_REL_TOL if exact else None)
+
+    source = Path(args.model)
+    model = load_model(source, parse_input_shapes(args.input_shape))
+    calib = None
+    if args.calib:
+        from slimcc.ir.calibration import load_calibration
+
+        calib = load_calibration(args.calib, model)
+    before = summarize(model, source.stat().st_size)
+    reference = model.copy()
+    feeds = verification_feeds(reference, calib, args.seed) if args.verify else None
+    noise = float_noise(reference, feeds) if args.verify else []
+    check = make_pass_check(feeds, args.max_error if args.max_error is not None else EXACT_REL_TOL, noise) \
+        if args.verify else None
+    ctx = PassContext(calibration=calib, reference=reference, progress=not quiet and not args.json, seed=args.seed)
+    manager = PassManager(passes, verify_each=args.verify, equivalence=check, rollback=args.on_fail == "rollback")
+    start = time.perf_counter()
+    report = manager.run(model, ctx)
+    seconds = time.perf_counter() - start
+    model.refresh_shapes()
+
+    verification = None
+    if args.verify:
+        result = compare_models(reference, model, feeds)
+        verification = dict(result.as_dict(), tolerance=tolerance, batches=len(feeds), float_noise=noise)
+        worst = excess_error(result, tolerance, noise) if tolerance is not None else None
+        if worst is not None:
+            kind = "exact" if exact else "lossy"
+            raise VerificationError(f"optimized model differs from the original: output {worst.name!r} relative "
+                                    f"error {worst.max_rel:.3g} > {tolerance:g} ({kind} pipeline); "
+                                    f"nothing written to {output}")
+
+    save_model(model, output)
+    after = summarize(model, output.stat().st_size)
+    summary = {"model": str(source), "output": str(output), "pipeline": format_pipeline(passes), "exact": exact,
+               "seconds": round(seconds, 4), "before": before, "after": after, "passes": report.as_dict(),
+               "rolled_back": [r.name for r in report.records if r.rolled_back], "verification": verification,
+               "calibration": None if calib is None else {"batches": len(calib), "source": calib.source}}
+    if args.json:
+        print_json(summary)
+    elif not quiet:
+        print_report(summary, report)
+    return 0
+
+
+def print_report(summary: dict, report: ManagerReport) -> None:
+    """Before/after table, per-pass timing and the verification line."""
+    before, after = summary["before"], summary["after"]
+    rows = []
+    for key, label in (("nodes", "nodes"), ("params", "params"), ("macs", "MACs"),
+                       ("weight_bytes", "weight bytes"), ("file_bytes", "file bytes")):
+        a, b = before[key], after[key]
+        if key == "macs" and not (before["macs_complete"] and after["macs_complete"]):
+            rows.append([label, _partial(before), _partial(after), "-"])
+            continue
+        ratio = f"{b / a:.3f}x" if a else "-"
+        rows.append([label, human(a), human(b), ratio])
+    print(f"pipeline: {summary['pipeline']}")
+    if summary["calibration"]:
+        print(f"calibration: {summary['calibration']['batches']} batch(es) from {summary['calibration']['source']}")
+    print_table(["", "before", "after", "after/before"], rows)
+    if not (before["macs_complete"] and after["macs_complete"]):
+        print("MACs need static shapes: give --input-shape NAME=D0,D1,... for dynamic inputs")
+    print_table(["pass", "modified", "seconds", "notes"],
+                [[r.spec, "rolled back" if r.rolled_back else ("yes" if r.result.modified else "no"),
+                  f"{r.seconds:.3f}", _short_stats(r.result.stats)] for r in report.records])
+    if summary["rolled_back"]:
+        print(f"rolled back (failed verification): {', '.join(summary['rolled_back'])}")
+    verification = summary["verification"]
+    if verification is not None:
+        tol = verification["tolerance"]
+        print(f"verified on {verification['batches']} input batch(es): max relative error "
+              f"{verification['max_rel']:.3g} (max abs {verification['max_abs']:.3g})"
+              + (f", limit {tol:g}" if tol is not None else ", no limit (lossy pipeline; set --max-error)"))
+    print(f"wrote {summary['output']}")
+
+
+def _partial(summary: dict) -> str:
+    """MACs of a model whose shapes are partly dynamic: a lower bound, or '?' when nothing is known."""
+    if summary["macs_complete"]:
+        return human(summary["macs"])
+    return f">={human(summary['macs'])}" if summary["macs"] else "?"
+
+
+def _short_stats(stats: dict) -> str:
+    """The scalar entries of a pass's stats, shortened for a table cell."""
+    if "error" in stats:
+        return str(stats["error"])[:80]
+    items = [f"{k}={v}" for k, v in stats.items() if isinstance(v, (int, float, str, bool))]
+    text = " ".join(items)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -1,0 +1,43 @@
+"""Shared builders for the int8 tests: canonicalized zoo models and calibration data."""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto, helper
+
+from slimcc.ir.calibration import CalibrationData
+from slimcc.ir.model import load_model
+from slimcc.models.data import zoo_inputs
+from slimcc.models.zoo import build
+from slimcc.passes.base import PassContext
+from slimcc.passes.canonicalize import Canonicalize
+
+
+def canonical_zoo(name: str, **kw):
+    """A canonicalized zoo model (BN folded) as a slimcc Model."""
+    model = load_model(build(name, **kw))
+    Canonicalize().run(model)
+    return model
+
+
+def calib_context(count: int = 4, size: int = 32) -> tuple[PassContext, list[dict[str, np.ndarray]]]:
+    """A PassContext with real-photo calibration batches, and held-out evaluation feeds."""
+    feeds = zoo_inputs(count + 2, size=size)
+    return PassContext(calibration=CalibrationData(feeds[:count]), progress=False), feeds[count:]
+
+
+def qdq_model(nodes, inits, inputs, outputs, opset: int = 17):
+    """A throwaway ModelProto from onnx.helper parts."""
+    graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def vi(name, dtype, shape):
+    return helper.make_tensor_value_info(name, dtype, shape)
+
+
+def scalar(name, dtype, value):
+    return helper.make_tensor(name, dtype, [], [value])
+
+
+F, U8, I8, I32 = TensorProto.FLOAT, TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32

