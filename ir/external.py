@@ -1,12 +1,21 @@
-"""Confined loading of ONNX external data: files must live inside the model's folder."""
+"""Confined loading of ONNX external data: files must live inside the model's folder.
+
+A model file is untrusted input. Its external-data entries name files by relative path;
+slimcc reads them only from inside the model's folder (no `..`, no absolute paths, no
+symlinks that lead out, no devices or FIFOs), and checks offset and length against the
+file's size (and the tensor's declared size) before reading a single byte.
+"""
 
 from __future__ import annotations
 
 import os
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import onnx
-from onnx import external_data_helper
+from onnx import helper
 
 from slimcc.errors import ModelLoadError
 
@@ -17,24 +26,83 @@ def _external_fields(tensor: onnx.TensorProto) -> dict[str, str]:
 
 def resolve_external_file(base_dir: Path, location: str) -> Path:
     """Return the resolved path of an external-data file, refusing anything outside base_dir."""
-    if not location or os.path.isabs(location) or location.startswith(("/", "\\")):
+    if not location or "\x00" in location:
+        raise ModelLoadError(f"external data path {location!r} is empty or malformed")
+    if os.path.isabs(location) or location.startswith(("/", "\\")) or (len(location) > 1 and location[1] == ":"):
         raise ModelLoadError(f"external data path {location!r} must be relative to the model's folder")
     parts = Path(location.replace("\\", "/")).parts
     if ".." in parts:
         raise ModelLoadError(f"external data path {location!r} leaves the model's folder")
-    base = base_dir.resolve()
-    candidate = base / Path(*parts)
-    resolved = candidate.resolve()
-    if base != resolved and base not in resolved.parents:
+    try:
+        base = base_dir.resolve()
+        resolved = (base / Path(*parts)).resolve()
+    except (OSError, RuntimeError, ValueError):  # symlink loops, over-long names
+        raise ModelLoadError(f"external data path {location!r} cannot be resolved") from None
+    if base == resolved or base not in resolved.parents:
         raise ModelLoadError(f"external data path {location!r} resolves outside the model's folder")
-    if not resolved.is_file():
-        raise ModelLoadError(f"external data file {location!r} is missing next to the model")
+    try:
+        mode = resolved.stat().st_mode
+    except OSError:
+        raise ModelLoadError(f"external data file {location!r} is missing next to the model") from None
+    if not stat.S_ISREG(mode):
+        raise ModelLoadError(f"external data path {location!r} is not a regular file")
     return resolved
+
+
+def iter_all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every TensorProto of a model: initializers, sparse initializers and attribute tensors,
+    in the main graph, every nested subgraph (If/Loop/Scan bodies) and every function."""
+    graphs: list = [model.graph, *model.functions]
+    while graphs:
+        graph = graphs.pop()
+        if isinstance(graph, onnx.GraphProto):
+            yield from graph.initializer
+            for sparse in graph.sparse_initializer:
+                yield sparse.values
+                yield sparse.indices
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors
+                if attribute.HasField("sparse_tensor"):
+                    yield attribute.sparse_tensor.values
+                    yield attribute.sparse_tensor.indices
+                for sparse in attribute.sparse_tensors:
+                    yield sparse.values
+                    yield sparse.indices
+                if attribute.HasField("g"):
+                    graphs.append(attribute.g)
+                graphs.extend(attribute.graphs)
+
+
+def declared_nbytes(tensor: onnx.TensorProto) -> int | None:
+    """Bytes the tensor's dims and dtype call for, or None when the dtype has no fixed width."""
+    try:
+        dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    except (KeyError, ValueError, TypeError):
+        return None
+    if dtype == np.dtype(object) or tensor.data_type == onnx.TensorProto.STRING:
+        return None
+    count = 1
+    for dim in tensor.dims:
+        if dim < 0:
+            raise ModelLoadError(f"tensor {tensor.name!r} has a negative dimension {dim}")
+        count *= int(dim)
+    bits = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4}.get(tensor.data_type)
+    if bits is None and hasattr(onnx.TensorProto, "FLOAT4E2M1") and tensor.data_type == onnx.TensorProto.FLOAT4E2M1:
+        bits = 4
+    if bits is not None:
+        return (count * bits + 7) // 8
+    return count * dtype.itemsize
 
 
 def load_external_data(model: onnx.ModelProto, base_dir: Path | None) -> None:
     """Load every external tensor of `model` in place, after checking path and size bounds."""
-    tensors = [t for t in external_data_helper._get_all_tensors(model) if external_data_helper.uses_external_data(t)]
+    try:
+        tensors = [t for t in iter_all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL]
+    except RecursionError:
+        raise ModelLoadError("model nests subgraphs too deeply") from None
     if not tensors:
         return
     if base_dir is None:
@@ -53,8 +121,15 @@ def load_external_data(model: onnx.ModelProto, base_dir: Path | None) -> None:
                 f"external data of tensor {tensor.name!r} asks for bytes {offset}..{offset + length} "
                 f"of a {size}-byte file"
             )
+        expected = declared_nbytes(tensor)
+        if expected is not None and expected != length:
+            raise ModelLoadError(f"external data of tensor {tensor.name!r} has {length} bytes but its shape "
+                                 f"and type need {expected}")
         with open(path, "rb") as handle:
             handle.seek(offset)
-            tensor.raw_data = handle.read(length)
+            data = handle.read(length)
+        if len(data) != length:
+            raise ModelLoadError(f"external data file {fields.get('location')!r} changed while reading")
+        tensor.raw_data = data
         del tensor.external_data[:]
         tensor.data_location = onnx.TensorProto.DEFAULT

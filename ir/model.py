@@ -54,8 +54,12 @@ class Model:
         return Model(gs.import_onnx(self.to_proto()), base_dir=self.base_dir,
                      source_sha256=self.source_sha256, metadata=self.metadata)
 
-    def refresh_shapes(self) -> None:
-        """Re-run ONNX shape inference so every tensor carries its current dtype and shape."""
+    def refresh_shapes(self, *, isolate: bool = False) -> None:
+        """Re-run ONNX shape inference so every tensor carries its current dtype and shape.
+
+        With `isolate=True` the inference runs in the sandbox child process (for untrusted
+        models: a crash there becomes a one-line SlimccError instead of killing this process).
+        """
         graph = self.graph
         for tensor in graph.tensors().values():
             if isinstance(tensor, gs.Variable) and tensor not in graph.inputs and tensor not in graph.outputs:
@@ -63,7 +67,12 @@ class Model:
         for out in graph.outputs:
             if out.shape is not None and any(not isinstance(d, int) for d in out.shape):
                 out.shape = None
-        self.graph = gs.import_onnx(run_shape_inference(self.to_proto()))
+        if isolate:
+            from slimcc.ir.sandbox import isolated_infer_shapes
+
+            self.graph = gs.import_onnx(isolated_infer_shapes(self.to_proto()))
+        else:
+            self.graph = gs.import_onnx(run_shape_inference(self.to_proto()))
 
     def is_static(self) -> bool:
         """True when every activation tensor has a known, fully static shape."""
@@ -91,6 +100,9 @@ def run_shape_inference(proto: onnx.ModelProto, *, strict: bool = False) -> onnx
             return onnx.load(dst)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
         raise SlimccError(f"ONNX shape inference failed: {first_line(exc)}") from None
+    except (RuntimeError, ValueError, TypeError, IndexError, KeyError, OverflowError) as exc:
+        # hostile protos reach parts of onnx's C++ inference that raise other error types
+        raise SlimccError(f"ONNX shape inference failed: {type(exc).__name__}: {first_line(exc)}") from None
 
 
 def first_line(exc: BaseException) -> str:
@@ -138,7 +150,14 @@ def _read_proto(source: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, 
         raise ModelLoadError(f"model file not found: {path}")
     if not path.is_file():
         raise ModelLoadError(f"not a file: {path}")
-    data = path.read_bytes()
+    size = path.stat().st_size
+    if size >= TWO_GB:
+        raise ModelLoadError(f"{path} is {size} bytes; an ONNX file over 2 GB must keep its weights "
+                             "in external data files")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc.strerror or exc}") from None
     if not data:
         raise ModelLoadError(f"{path} is empty")
     proto = onnx.ModelProto()
@@ -169,30 +188,55 @@ def fix_input_shapes(graph: gs.Graph, shapes: dict[str, list[int]]) -> None:
         tensor.shape = list(dims)
 
 
-def load_model(source: str | Path | onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None) -> Model:
+def load_model(source: str | Path | onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None, *,
+               isolate: bool | None = None) -> Model:
     """Load a path or ModelProto into the IR, fixing dynamic input dims from `input_shapes`.
 
     External data is read only from inside the model's folder. Shapes are inferred; to
     make every shape static, also run the canonicalize pass (it folds shape sub-graphs).
+    The onnx checker and shape inference (C++ that can crash on hostile files) run in the
+    sandbox child process when `isolate` is true; by default files are isolated (they are
+    untrusted input) and in-memory protos (built by code) are not. SLIMCC_SANDBOX=0 turns
+    isolation off.
     """
+    if isolate is None:
+        isolate = not isinstance(source, onnx.ModelProto) and os.environ.get("SLIMCC_SANDBOX", "1") != "0"
     proto, base_dir, sha = _read_proto(source)
     load_external_data(proto, base_dir)
-    try:
-        onnx.checker.check_model(proto)
-    except Exception as exc:  # checker raises ValidationError and also C++-level errors
-        raise ModelLoadError(f"invalid ONNX model: {first_line(exc)}") from None
+    if isolate:
+        from slimcc.ir.sandbox import isolated_check
+
+        isolated_check(proto)
+    else:
+        check_proto(proto)
     try:
         graph = gs.import_onnx(proto)
+    except RecursionError:
+        raise ModelLoadError("cannot import the ONNX graph: subgraphs nest too deeply") from None
     except Exception as exc:
-        raise ModelLoadError(f"cannot import the ONNX graph: {first_line(exc)}") from None
+        raise ModelLoadError(f"cannot import the ONNX graph: {type(exc).__name__}: {first_line(exc)}") from None
     model = Model(graph, base_dir=base_dir, source_sha256=sha)
     if input_shapes:
         fix_input_shapes(model.graph, input_shapes)
     try:
-        model.refresh_shapes()
+        model.refresh_shapes(isolate=isolate)
+    except ModelLoadError:
+        raise
     except SlimccError as exc:
         raise ModelLoadError(str(exc)) from None
+    except RecursionError:
+        raise ModelLoadError("cannot import the ONNX graph: subgraphs nest too deeply") from None
+    except Exception as exc:  # gs export/import of a graph that passed the checker but is still inconsistent
+        raise ModelLoadError(f"cannot process the ONNX graph: {type(exc).__name__}: {first_line(exc)}") from None
     return model
+
+
+def check_proto(proto: onnx.ModelProto) -> None:
+    """onnx.checker on a loaded model, as a one-line ModelLoadError."""
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as exc:  # checker raises ValidationError and also C++-level errors
+        raise ModelLoadError(f"invalid ONNX model: {first_line(exc)}") from None
 
 
 def save_model(model: Model | onnx.ModelProto, path: str | Path, *, check: bool = True) -> Path:

@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"slimcc: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        # the reader went away (e.g. `slimcc passes | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except KeyboardInterrupt:
         print("slimcc: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import onnx_graphsurgeon as gs
-
+from slimcc.errors import PipelineError
 from slimcc.passes.base import Pass, PassContext, PassResult, register_pass
+from slimcc.passes.canonicalize._shapes import dynamic_tensor_names, forget_unknown_output_shapes
 from slimcc.passes.canonicalize.constant_to_initializer import ConstantToInitializer
 from slimcc.passes.canonicalize.fold_batchnorm import FoldBatchNorm
 from slimcc.passes.canonicalize.fold_constants import FoldConstants
 from slimcc.passes.canonicalize.fold_scale_bias import FoldScaleBias
 from slimcc.passes.canonicalize.remove_identity import RemoveIdentity
 from slimcc.passes.canonicalize.upgrade_opset import DEFAULT_TARGET_OPSET, MIN_OPSET, UpgradeOpset
-from slimcc.errors import PipelineError
 
 MAX_ROUNDS = 8
 
@@ -32,7 +31,7 @@ class Canonicalize(Pass):
 
     def run(self, model, ctx: PassContext | None = None) -> PassResult:
         nodes_before = len(model.graph.nodes)
-        _forget_unknown_output_shapes(model.graph)
+        forget_unknown_output_shapes(model.graph)
         upgrade = UpgradeOpset(self.opset).run(model, ctx)
         per_pass: dict[str, dict] = {"upgrade-opset": upgrade.stats}
         modified = upgrade.modified
@@ -46,27 +45,14 @@ class Canonicalize(Pass):
             modified |= changed
             if not changed:
                 break
-        _forget_unknown_output_shapes(model.graph)
+        forget_unknown_output_shapes(model.graph)
         model.refresh_shapes()
-        dynamic = [t.name for t in model.graph.tensors().values() if not _static(t)]
+        dynamic = dynamic_tensor_names(model.graph)
         stats = {"nodes_before": nodes_before, "nodes_after": len(model.graph.nodes), "rounds": rounds,
                  "opset": model.opset, "static": not dynamic, "passes": per_pass}
         if dynamic:
             stats["dynamic_tensors"] = dynamic[:20]
         return PassResult(modified, stats)
-
-
-def _forget_unknown_output_shapes(graph: gs.Graph) -> None:
-    """Declared output shapes like [-1, 2] would survive shape inference; let it recompute them."""
-    for tensor in graph.outputs:
-        if tensor.shape is not None and any(not isinstance(d, int) or d < 0 for d in tensor.shape):
-            tensor.shape = None
-
-
-def _static(tensor) -> bool:
-    if isinstance(tensor, gs.Constant) or tensor.is_empty():
-        return True
-    return tensor.shape is not None and all(isinstance(d, int) and d >= 0 for d in tensor.shape)
 
 
 def _merge(old: dict | None, new: dict) -> dict:

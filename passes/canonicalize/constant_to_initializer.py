@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from slimcc.passes.base import register_pass
+from slimcc.passes.base import PassContext, PassResult, register_pass
+from slimcc.passes.canonicalize._shapes import forget_unknown_output_shapes
 from slimcc.passes.pattern import Match, Pattern, RewritePass, Rule, constant_value
 
 CONSTANT_NODE = Pattern("Constant", capture="op")
@@ -40,3 +41,8 @@ class ConstantToInitializer(RewritePass):
     """Turn Constant nodes into initializers."""
 
     rules = (CONSTANT_TO_INITIALIZER,)
+
+    def run(self, model, ctx: PassContext | None = None) -> PassResult:
+        # folding a Constant can make a declared [-1, ...] output shape computable
+        forget_unknown_output_shapes(model.graph)
+        return super().run(model, ctx)

@@ -7,7 +7,8 @@ import contextlib
 import onnx_graphsurgeon as gs
 
 from slimcc.ir.model import first_line
-from slimcc.passes.base import PassContext, PassResult, register_pass, Pass
+from slimcc.passes.base import Pass, PassContext, PassResult, register_pass
+from slimcc.passes.canonicalize._shapes import forget_unknown_output_shapes
 
 # folded tensors larger than this stay computed (a folded Expand/Tile can blow up the file)
 MAX_FOLDED_BYTES = 16 << 20
@@ -34,6 +35,7 @@ class FoldConstants(Pass):
     """Fold constant sub-graphs and shape computations on static shapes into initializers."""
 
     def run(self, model, ctx: PassContext | None = None) -> PassResult:
+        forget_unknown_output_shapes(model.graph)
         if not model.is_static():  # Shape folding needs inferred shapes; our rewrites keep them
             model.refresh_shapes()
         work = model.copy()  # graphsurgeon folds in place; a failure must leave the model untouched

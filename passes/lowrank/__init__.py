@@ -4,3 +4,4 @@ Importing the package registers `decompose-tucker` and `decompose-svd`.
 """
 
 from slimcc.passes.lowrank import decompose_tucker  # noqa: F401  (registers decompose-tucker)
+from slimcc.passes.lowrank import decompose_svd  # noqa: F401  (registers decompose-svd)

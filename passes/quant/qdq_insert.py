@@ -43,6 +43,7 @@ class QDQInsert(Pass):
     depthwise: Literal["int8", "float"] = "int8"
     lut_sigmoid: bool = True
     min_weight_size: int = 64
+    terminal: Literal["float", "int8"] = "float"
 
     exact = False
     needs_calibration = True
@@ -65,6 +66,13 @@ class QDQInsert(Pass):
         if not chosen:
             return PassResult(False, {"quantized_layers": 0, "skipped": skipped})
         anchors, groups = self._plan_activations(graph, chosen)
+        if self.terminal == "float":
+            terminal = self._terminal_layers(graph, chosen, anchors)
+            if terminal:
+                for node in terminal:
+                    skipped[node.name] = "output feeds only float ops (terminal=float)"
+                chosen = [n for n in chosen if n not in terminal]
+                anchors, groups = self._plan_activations(graph, chosen)
         ranges = self._calibrate(model, ctx, anchors)
         params = self._group_params(anchors, groups, ranges)
         for tensor in anchors:
@@ -139,6 +147,19 @@ class QDQInsert(Pass):
             if node.op in SHARED_SCALE_OPS and id(node.inputs[0]) in anchors and id(node.outputs[0]) in anchors:
                 groups.union(node.inputs[0].name, node.outputs[0].name)
         return list(anchors.values()), groups
+
+    @staticmethod
+    def _terminal_layers(graph: gs.Graph, chosen: list[gs.Node], anchors: list[gs.Tensor]) -> list[gs.Node]:
+        """Layers whose (quantized) output no other quantized op reads: raw logits, box regressions."""
+        anchored = {id(t) for t in anchors}
+        chosen_ids = {id(n) for n in chosen}
+        terminal = []
+        for node in chosen:
+            out = _output_anchor(graph, node.outputs[0])
+            readers = out.outputs
+            if not any(id(r) in chosen_ids or (r.outputs and id(r.outputs[0]) in anchored) for r in readers):
+                terminal.append(node)
+        return terminal
 
     def _calibrate(self, model, ctx: PassContext, anchors: list[gs.Tensor]) -> dict[str, tuple[float, float]]:
         from slimcc.ir.calibration import collect_activations

@@ -9,7 +9,8 @@ import numpy as np
 from slimcc.errors import PassError
 from slimcc.ir.calibration import CalibrationData, collect_activations
 
-CHUNK = 16  # batches per onnxruntime session: bounds memory without rebuilding a session per batch
+BUDGET_BYTES = 256 * 2**20  # activations held at once; bounds memory without a session per batch
+UNKNOWN_BYTES = 4 * 2**20
 
 
 def calibration_batches(ctx, pass_name: str) -> list[dict[str, np.ndarray]]:
@@ -33,8 +34,9 @@ def reference_model(ctx, pass_name: str):
 
 def stream(model, batches: list[dict[str, np.ndarray]], names: list[str]) -> Iterator[dict[str, np.ndarray]]:
     """Yield {name: activation} for each batch in order, a few batches per onnxruntime session."""
-    for start in range(0, len(batches), CHUNK):
-        chunk = batches[start:start + CHUNK]
+    step = batches_per_session(model, batches, names)
+    for start in range(0, len(batches), step):
+        chunk = batches[start:start + step]
         got = collect_activations(model, chunk, names, progress=False)
         for i in range(len(chunk)):
             yield {name: got[name][i] for name in names}
@@ -46,3 +48,18 @@ def tensor_names(model) -> set[str]:
     for node in model.graph.nodes:
         names.update(t.name for t in node.outputs if t.name)
     return names
+
+
+def batches_per_session(model, batches: list[dict[str, np.ndarray]], names: list[str]) -> int:
+    """How many batches one onnxruntime session runs, from the requested tensors' static sizes."""
+    tensors = model.graph.tensors()
+    per_batch = 0
+    for name in names:
+        shape = getattr(tensors.get(name), "shape", None)
+        if shape and all(isinstance(d, int) and d > 0 for d in shape):
+            per_batch += int(np.prod(shape)) * 4
+        elif name in batches[0]:
+            per_batch += batches[0][name].nbytes
+        else:
+            per_batch += UNKNOWN_BYTES
+    return int(min(len(batches), max(1, BUDGET_BYTES // max(per_batch, 1))))

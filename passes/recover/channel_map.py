@@ -77,3 +77,67 @@ def infer_map(corr: np.ndarray) -> tuple[np.ndarray | None, str]:
     if not np.isfinite(quality) or quality < MIN_CORRELATION:
         return None, f"cannot match pruned channels to the original ones (mean correlation {quality:.2f})"
     return kept, ""
+
+
+def weight_map(compressed: np.ndarray, original: np.ndarray) -> np.ndarray | None:
+    """Kept output channels found from the weights themselves, when pruning only sliced them.
+
+    Both arguments are per-output-channel weights shaped [Cout, units, unit] (a conv's filters as
+    [Cout, Cin, kh*kw]). A pruned filter keeps a subset of its original kernels bit for bit, so
+    each compressed filter is matched to the original filter that contains its first kernels;
+    the match must be increasing and every kernel of the compressed filter must occur in it.
+    None when no such exact match exists (weights were rescaled, refitted or quantized).
+    """
+    if compressed.shape[0] > original.shape[0] or compressed.shape[2] != original.shape[2]:
+        return None
+    owners: dict[bytes, set[int]] = {}
+    for j in range(original.shape[0]):
+        for unit in original[j]:
+            owners.setdefault(np.ascontiguousarray(unit).tobytes(), set()).add(j)
+    kept, previous = [], -1
+    for row in compressed:
+        candidates = None
+        for unit in row[:4]:
+            found = owners.get(np.ascontiguousarray(unit).tobytes(), set())
+            candidates = set(found) if candidates is None else candidates & found
+        options = sorted(j for j in (candidates or ()) if j > previous)
+        match = next((j for j in options if _contains(original[j], row)), None)
+        if match is None:
+            return None
+        kept.append(match)
+        previous = match
+    return np.asarray(kept, np.int64)
+
+
+def _contains(original: np.ndarray, row: np.ndarray) -> bool:
+    """Every kernel of `row` occurs, in order, among the kernels of `original`."""
+    keys = [u.tobytes() for u in np.ascontiguousarray(original)]
+    position = 0
+    for unit in np.ascontiguousarray(row):
+        key = unit.tobytes()
+        while position < len(keys) and keys[position] != key:
+            position += 1
+        if position == len(keys):
+            return False
+        position += 1
+    return True
+
+
+def kept_channels(ctx, layer, original_layer, cur_rows: np.ndarray, ref_rows: np.ndarray) -> np.ndarray | str:
+    """Original channel of each output channel of `layer`, or the reason it cannot be told.
+
+    Tried in order: the map the pruning pass recorded, an exact match of the weights against
+    the original layer with the same output, the best monotone correlation of activations
+    (`cur_rows` / `ref_rows`: the same sampled positions of both outputs as [P, C])."""
+    channels, original = cur_rows.shape[1], ref_rows.shape[1]
+    if channels == original:
+        return np.arange(channels)
+    if channels > original:
+        return f"output has more channels ({channels}) than the original ({original})"
+    kept = recorded_map(ctx, layer.output.name, channels, original)
+    if kept is None and original_layer is not None and original_layer.reason == "" and layer.reason == "":
+        kept = weight_map(layer.filters(), original_layer.filters())
+    if kept is not None:
+        return kept
+    kept, reason = infer_map(sample_correlation(cur_rows, ref_rows))
+    return kept if kept is not None else reason

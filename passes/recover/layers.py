@@ -61,6 +61,13 @@ class LinearLayer:
             return w * float(self.node.attrs.get("alpha", 1.0))
         return w
 
+    def filters(self) -> np.ndarray:
+        """Weights per output channel as [Cout, units, unit] (conv: [Cout, Cin/g, kh*kw])."""
+        if self.op == "Conv":
+            w = self.weight_array()
+            return w.reshape(w.shape[0], w.shape[1], -1)
+        return self.matrix().T[:, :, None]
+
     def out_channels(self) -> int:
         w = self.weight_array()
         if self.op == "Conv":

@@ -40,7 +40,8 @@ def add_parser(sub) -> None:
                         help="passes separated by commas, options in braces (see `slimcc passes`)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output .onnx file")
     parser.add_argument("--calib", metavar="DATA",
-                        help="calibration data: .npz keyed by input name, or a folder of images")
+                        help="calibration data: .npz keyed by input name (samples on a leading axis), or a "
+                             "folder of images (resized to the input HxW, RGB, /255, ImageNet mean/std, NCHW)")
     parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                         help="compare with the original on onnxruntime before writing (default: on)")
     parser.add_argument("--max-error", type=float, metavar="F",

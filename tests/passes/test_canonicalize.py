@@ -292,3 +292,35 @@ def test_fold_constants_failure_leaves_the_model_untouched_and_says_why(monkeypa
     assert not result.modified
     assert result.stats["refused"] == "evaluating constant sub-graphs failed: onnxruntime could not evaluate node X"
     assert ops(model) == {"Shape": 1, "Reshape": 1}
+
+
+@pytest.mark.parametrize("host", ["Conv", "ConvTranspose"])
+def test_scale_bias_fold_is_exact_or_refused_for_any_broadcast_shape(host):
+    """Property: for random constant shapes that broadcast against the output, the rewrite either
+    keeps the outputs or is refused (never a wrong fold)."""
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+
+    @hypothesis.settings(max_examples=25, deadline=None, derandomize=True)
+    @hypothesis.given(op=st.sampled_from(["Mul", "Add", "Sub", "Div"]),
+                      dims=st.lists(st.sampled_from([0, 1]), min_size=0, max_size=4),
+                      const_first=st.booleans())
+    def check(op, dims, const_first):
+        out_shape = [1, 4, 6, 6]
+        # each kept axis is either 1 or the output's size on the aligned axis
+        shape = [out_shape[4 - len(dims) + i] if keep else 1 for i, keep in enumerate(dims)]
+        const = f32(*shape, low=0.5) if shape else np.float32(1.25)
+        weight = f32(4, 3, 3, 3) if host == "Conv" else f32(3, 4, 3, 3)
+        attrs = {"pads": [1, 1, 1, 1]}
+        operands = ["c", "t"] if const_first else ["t", "c"]
+        model = make_model([helper.make_node(host, ["x", "w"], ["t"], name="host", **attrs),
+                            helper.make_node(op, operands, ["y"], name="op")],
+                           {"w": weight, "c": const}, inputs=(("x", [1, 3, 6, 6]),))
+        reference = model.copy()
+        result = FoldScaleBias().run(model)
+        per_channel = all(d == 1 for i, d in enumerate([1] * (4 - len(shape)) + shape) if i != 1)
+        commutes = op in ("Mul", "Add") or not const_first
+        assert result.modified == (per_channel and commutes), (shape, result.stats)
+        assert_close(reference, model)
+
+    check()

@@ -72,6 +72,7 @@ def test_full_rank_on_zoo(name):
     assert_equivalent(reference, model, rel_tol=1e-4)
 
 
+@pytest.mark.realmodel
 def test_full_rank_on_ppocr_det():
     model = ppocr_det()
     reference = model.copy()

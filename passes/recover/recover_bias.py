@@ -1,0 +1,109 @@
+"""The `recover-bias` pass: per-channel bias correction after pruning, decomposition or quantization."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from slimcc.errors import PipelineError
+from slimcc.passes.base import Pass, PassContext, PassResult, register_pass
+from slimcc.passes.recover.activations import calibration_batches, reference_model, stream, tensor_names
+from slimcc.passes.recover.channel_map import kept_channels
+from slimcc.passes.recover.layers import LinearLayer, find_layers
+
+
+def channel_rows(y: np.ndarray, seed: int, limit: int) -> np.ndarray:
+    """Up to `limit` positions of an [N, C, ...] activation as [P, C] rows; the same positions for
+    every tensor of the same shape and seed (so original and compressed rows line up)."""
+    rows = np.moveaxis(y, 1, -1).reshape(-1, y.shape[1]) if y.ndim > 2 else y.reshape(-1, y.shape[-1])
+    if rows.shape[0] <= limit:
+        return rows.astype(np.float64)
+    picked = np.random.default_rng(seed).choice(rows.shape[0], limit, replace=False)
+    return rows[np.sort(picked)].astype(np.float64)
+
+
+def channel_sums(y: np.ndarray) -> tuple[np.ndarray, int]:
+    """Per-channel sums over every axis but 1 (N, H, W) and the count of summed values."""
+    axes = tuple(i for i in range(y.ndim) if i != 1) if y.ndim > 2 else (0,)
+    channels = y.shape[1] if y.ndim > 1 else y.shape[0]
+    return np.asarray(y, np.float64).sum(axis=axes).reshape(channels), y.size // channels
+
+
+@register_pass("recover-bias")
+@dataclass(frozen=True)
+class RecoverBias(Pass):
+    """Add mean(original - compressed) per output channel to each conv/gemm bias (calibration data).
+
+    Layers are corrected one by one in topological order, each on activations that already
+    include the corrections upstream of it. A layer's output is matched to the original by
+    tensor name; pruned outputs use ctx.notes["channel_map"] or an inferred channel alignment.
+    """
+
+    samples: int = 2048
+    min_shift: float = 1e-6
+
+    exact: ClassVar[bool] = False
+    needs_calibration: ClassVar[bool] = True
+
+    def __post_init__(self):
+        if self.samples < 16:
+            raise PipelineError(f"recover-bias: samples={self.samples} must be >= 16")
+        if self.min_shift < 0:
+            raise PipelineError(f"recover-bias: min_shift={self.min_shift} must be >= 0")
+
+    def run(self, model, ctx: PassContext | None = None) -> PassResult:
+        batches = calibration_batches(ctx, self.name)
+        reference = reference_model(ctx, self.name)
+        known = tensor_names(reference)
+        skipped: dict[str, str] = {}
+        candidates: list[LinearLayer] = []
+        for layer in find_layers(model.graph):
+            if layer.output.name not in known:
+                skipped[layer.name] = f"output {layer.output.name!r} has no counterpart in the original model"
+            elif layer.weight_array() is None:
+                skipped[layer.name] = "weight is not a constant"
+            else:
+                candidates.append(layer)
+        if not candidates:
+            return PassResult(False, {"corrected": 0, "skipped": skipped})
+        originals = {l.output.name: l for l in find_layers(reference.graph)}
+        reference_stats = self._statistics(reference, batches, [l.output.name for l in candidates])
+        corrected, shifts = 0, []
+        for layer in candidates:
+            ref_sum, ref_rows, count = reference_stats[layer.output.name]
+            (cur_sum, cur_rows, cur_count), = self._statistics(model, batches, [layer.output.name]).values()
+            if cur_count != count:
+                skipped[layer.name] = "output size differs from the original beyond the channel axis"
+                continue
+            kept = kept_channels(ctx, layer, originals.get(layer.output.name), cur_rows, ref_rows)
+            if isinstance(kept, str):
+                skipped[layer.name] = kept
+                continue
+            delta = (ref_sum[kept] - cur_sum) / count
+            scale = max(float(np.abs(ref_sum[kept]).max()) / count, 1e-12)
+            if float(np.abs(delta).max()) <= self.min_shift * max(scale, 1.0):
+                continue
+            layer.set_bias(layer.bias() + delta)
+            corrected += 1
+            shifts.append(float(np.abs(delta).mean()))
+        if corrected:
+            model.graph.cleanup().toposort()
+        return PassResult(corrected > 0, {"corrected": corrected, "candidates": len(candidates),
+                                          "mean_abs_shift": round(float(np.mean(shifts)), 6) if shifts else 0.0,
+                                          "skipped": skipped})
+
+    def _statistics(self, model, batches, names: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
+        """{tensor: (per-channel sums, sampled rows, values per channel)} over all batches."""
+        sums: dict[str, np.ndarray] = {}
+        rows: dict[str, list[np.ndarray]] = {n: [] for n in names}
+        counts = dict.fromkeys(names, 0)
+        per_batch = max(1, self.samples // len(batches))
+        for index, values in enumerate(stream(model, batches, names)):
+            for name in names:
+                total, count = channel_sums(values[name])
+                sums[name] = sums.get(name, 0) + total
+                counts[name] += count
+                rows[name].append(channel_rows(values[name], index, per_batch))
+        return {n: (sums[n], np.concatenate(rows[n]), counts[n]) for n in names}
