@@ -65,7 +65,7 @@ class Model:
             if isinstance(tensor, gs.Variable) and tensor not in graph.inputs and tensor not in graph.outputs:
                 tensor.shape = None
         for out in graph.outputs:
-            if out.shape is not None and any(not isinstance(d, int) for d in out.shape):
+            if out.shape is not None and any(not isinstance(d, int) or d < 0 for d in out.shape):
                 out.shape = None
         if isolate:
             from slimcc.ir.sandbox import isolated_infer_shapes

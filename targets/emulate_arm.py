@@ -202,7 +202,11 @@ def emulated_rpc_server(
 def _wait_listening(
     proc: subprocess.Popen, host: str, port: int, timeout: float, log_path: Path
 ) -> None:
-    """Block until host:port accepts TCP connections; SlimccError if the server dies or stalls."""
+    """Block until the server listens on `port`; SlimccError if it dies or stalls.
+
+    Probing with a connection would make a tracker-registered server drop its tracker link and
+    re-register under a new match key, so the kernel's socket table is read instead.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -210,14 +214,26 @@ def _wait_listening(
                 f"emulated RPC server on {host}:{port} exited with code {proc.returncode}: "
                 f"{_tail(log_path)}"
             )
-        # The TVM server treats a connection closed before the handshake as a retryable error.
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1.0):
+        if port in listening_ports():
             return
         time.sleep(0.5)
     raise SlimccError(
         f"emulated RPC server on {host}:{port} did not listen within {timeout:.0f} s: "
         f"{_tail(log_path)}"
     )
+
+
+def listening_ports() -> set[int]:
+    """TCP ports in LISTEN state on this host (Linux /proc/net/tcp{,6})."""
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as handle:
+            next(handle, None)
+            for line in handle:
+                fields = line.split()
+                if len(fields) > 3 and fields[3] == "0A":  # 0A = TCP_LISTEN
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 def _tail(log_path: Path, lines: int = 5) -> str:

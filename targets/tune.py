@@ -7,9 +7,11 @@ run keeps what it measured, and the next run or compile picks it up.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 
 from slimcc.errors import SlimccError
@@ -19,6 +21,7 @@ from slimcc.targets.tvm_import import ensure_tvm
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
+BUILD_TIMEOUT_S = 120.0  # per candidate; a worker's first build includes importing TVM
 
 
 def model_key(model: Model) -> str:
@@ -95,10 +98,12 @@ def tune_model(model: Model, spec: TargetSpec, trials: int, *, database_dir: str
     try:
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             tunable, work_dir=str(db), seed=seed)
-        ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(db), max_trials_global=trials,
-                      max_trials_per_task=per_task, num_trials_per_iter=min(64, per_task),
-                      builder=ms.builder.LocalBuilder(max_workers=spec.tvm.get("num-cores")),
-                      measure_callbacks=ms.MeasureCallback.create("default") + [_progress_callback(bar)])
+        with _torchless_workers():
+            ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(db), max_trials_global=trials,
+                          max_trials_per_task=per_task, num_trials_per_iter=min(64, per_task),
+                          builder=ms.builder.LocalBuilder(max_workers=spec.tvm.get("num-cores"),
+                                                          timeout_sec=BUILD_TIMEOUT_S),
+                          measure_callbacks=ms.MeasureCallback.create("default") + [_progress_callback(bar)])
     except KeyboardInterrupt:
         raise SlimccError(f"tuning interrupted; the {record_count(db)} records measured so far are kept in {db}") from None
     except SlimccError:
@@ -110,6 +115,29 @@ def tune_model(model: Model, spec: TargetSpec, trials: int, *, database_dir: str
             bar.close()
     return {"database": str(db), "trials": trials, "trials_per_task": per_task, "tasks": len(tunable),
             "records": record_count(db), "new_records": record_count(db) - before}
+
+
+@contextlib.contextmanager
+def _torchless_workers():
+    """Keep MetaSchedule's builder/runner worker processes from importing PyTorch.
+
+    Each worker imports tvm, and apache-tvm-ffi imports torch when installed, which can take
+    longer than a candidate's build timeout on a busy machine. The workers never use torch,
+    so a shadow package that raises ImportError is put first on their PYTHONPATH.
+    """
+    old = os.environ.get("PYTHONPATH")
+    with tempfile.TemporaryDirectory(prefix="slimcc-notorch-") as shadow:
+        os.makedirs(os.path.join(shadow, "torch"))
+        with open(os.path.join(shadow, "torch", "__init__.py"), "w") as handle:
+            handle.write('raise ImportError("torch is hidden from TVM tuning workers by slimcc")\n')
+        os.environ["PYTHONPATH"] = shadow + (os.pathsep + old if old else "")
+        try:
+            yield
+        finally:
+            if old is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = old
 
 
 def fuse_for_tuning(mod, target):

@@ -26,7 +26,7 @@ class DecomposeSvd(Pass):
 
     Options as decompose-tucker (`speedup`, `rank`, `energy`, `evbmf`, `floor`, `ranks`,
     `multiple`, `min_saving`, `force`, `measure`, `refit`, `exclude`), plus `form`
-    (conv | gemm, for convs) and `keep_s` (keep S as its own factor: a per-channel Mul in
+    (conv | gemm, for convs) and `keep_s` (keep S as its own factor: a diagonal 1x1 conv in
     conv form, a third MatMul/Gemm in GEMM form; otherwise sqrt(S) is folded into both sides).
     """
 
@@ -124,7 +124,7 @@ def _split(f: SvdFactors, keep_s: bool) -> tuple[np.ndarray, np.ndarray]:
 
 def emit_conv_conv(graph: gs.Graph, target: gs.Node, layer: ConvLayer, factors: list[SvdFactors], keep_s: bool,
                    scope: NameScope) -> LastFactor | None:
-    """KxK conv Cin -> R (original stride/pads/dilation), [Mul by S], 1x1 conv R -> Cout with the bias."""
+    """KxK conv Cin -> R (original stride/pads/dilation), [1x1 conv by diag S], 1x1 conv R -> Cout with the bias."""
     dtype, g, rank = layer.weight.dtype, layer.group, factors[0].s.shape[0]
     kh, kw = layer.kernel_hw
     lefts, rights = zip(*(_split(f, keep_s) for f in factors))
@@ -137,10 +137,11 @@ def emit_conv_conv(graph: gs.Graph, target: gs.Node, layer: ConvLayer, factors: 
     mid = variable(scope, f"{base}_svd_mid", y.dtype, [n_, g * rank, oh, ow])
     nodes = [node(scope, "Conv", f"{base}_svd_first", [x, constant(scope, f"{base}_svd_first_w", w_first, dtype)],
                   [mid], {**layer.core_attrs, "group": g})]
-    if keep_s:
+    if keep_s:  # S as its own 1x1 conv with a diagonal kernel: the literal three-conv form of U S V^T
         scaled = variable(scope, f"{base}_svd_scaled", y.dtype, [n_, g * rank, oh, ow])
-        s = np.concatenate([f.s for f in factors]).reshape(1, -1, 1, 1)
-        nodes.append(node(scope, "Mul", f"{base}_svd_s", [mid, constant(scope, f"{base}_svd_s", s, dtype)], [scaled]))
+        w_s = np.concatenate([np.diag(f.s) for f in factors], axis=0)[:, :, None, None]
+        nodes.append(node(scope, "Conv", f"{base}_svd_s", [mid, constant(scope, f"{base}_svd_s_w", w_s, dtype)], [scaled],
+                          {"kernel_shape": [1, 1], "group": g}))
         mid = scaled
     c_weight = constant(scope, f"{base}_svd_last_w", w_last, dtype)
     c_bias = constant(scope, f"{base}_svd_last_b", bias, dtype)

@@ -95,5 +95,5 @@ def decompose_graph(model, ctx: PassContext | None, ops: tuple[str, ...], plan: 
     stats = {"decomposed": len(layers), "layers": layers, "refused": refused, "skipped": skipped,
              "macs_before": macs_before, "macs_after": macs_after}
     if before is not None and last_factors:
-        stats["refit"] = refit_layers(model, before, last_factors, ctx.calibration)
+        stats["refit"] = refit_layers(model, before, last_factors, ctx.calibration, progress=ctx.progress)
     return PassResult(modified=bool(layers), stats=stats)

@@ -72,14 +72,14 @@ def _residual(gram, cross, y_norm, matrix, bias) -> float:
     return float(np.sqrt(max(value, 0.0) / max(y_norm, 1e-30)))
 
 
-def refit_layers(model, before, factors: list[LastFactor], calibration) -> dict:
+def refit_layers(model, before, factors: list[LastFactor], calibration, *, progress: bool = False) -> dict:
     """Refit every factor in order; returns {layer: {'rel_error_before', 'rel_error_after'}} on the calibration data."""
     from slimcc.ir.calibration import collect_activations
 
-    targets = collect_activations(before, calibration, [f.output_name for f in factors])
+    targets = collect_activations(before, calibration, [f.output_name for f in factors], progress=progress)
     report = {}
     for factor in factors:
-        acts = collect_activations(model, calibration, [factor.input_name])[factor.input_name]
+        acts = collect_activations(model, calibration, [factor.input_name], progress=progress)[factor.input_name]
         z = [_rows(a, factor.axis) for a in acts]
         y = [_rows(a, factor.axis) for a in targets[factor.output_name]]
         fit_bias = factor.bias is not None

@@ -221,41 +221,44 @@ def conv_geometry(node: gs.Node, kernel: tuple[int, int]) -> dict:
     return {"strides": strides, "dilations": dilations, "pads": pads, "kernel": kernel}
 
 
-def sample_rows(layer: LinearLayer, x: np.ndarray, limit: int, rng: np.random.Generator):
-    """Input rows (im2col for convs) at up to `limit` sampled output positions of one batch.
-
-    Returns (rows [P, fan_in], index) where `index` selects the same positions from the layer's
-    output moved to [positions..., Cout] layout (a tuple for fancy indexing of [N, C, H, W] or [N, C]).
-    """
+def pick_positions(layer: LinearLayer, output_shape: tuple[int, ...], limit: int, rng: np.random.Generator):
+    """Up to `limit` output positions of one batch, as an index usable by `sample_rows` and `output_rows`
+    ((n, oh, ow) arrays for a conv, flat row numbers otherwise)."""
+    if layer.op == "Conv":
+        n, _, ho, wo = output_shape
+        total = n * ho * wo
+    else:
+        total = int(np.prod(output_shape[:-1]))
+    flat = np.arange(total) if total <= limit else np.sort(rng.choice(total, limit, replace=False))
     if layer.op != "Conv":
-        flat = x.reshape(-1, x.shape[-1])
-        picked = np.arange(flat.shape[0]) if flat.shape[0] <= limit else np.sort(
-            rng.choice(flat.shape[0], limit, replace=False))
-        return flat[picked].astype(np.float64), picked
+        return flat
+    nn, rest = np.divmod(flat, ho * wo)
+    oh, ow = np.divmod(rest, wo)
+    return nn, oh, ow
+
+
+def sample_rows(layer: LinearLayer, x: np.ndarray, index) -> np.ndarray:
+    """Input rows [P, fan_in] (im2col for convs) that produce the outputs at `index`."""
+    if layer.op != "Conv":
+        return x.reshape(-1, x.shape[-1])[index].astype(np.float64)
     w = layer.weight_array()
     if x.ndim != 4 or w.ndim != 4:
         raise ValueError("only 2-D convolutions are refitted")
     kh, kw = int(w.shape[2]), int(w.shape[3])
     geo = conv_geometry(layer.node, (kh, kw))
     (sh, sw), (dh, dw), (pt, pl, pb, pr) = geo["strides"], geo["dilations"], geo["pads"]
-    n, c, h, wd = x.shape
-    ho = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
-    wo = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
-    total = n * ho * wo
-    flat = np.arange(total) if total <= limit else np.sort(rng.choice(total, limit, replace=False))
-    nn, rest = np.divmod(flat, ho * wo)
-    oh, ow = np.divmod(rest, wo)
+    nn, oh, ow = index
     padded = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
     hh = oh[:, None] * sh + np.arange(kh)[None, :] * dh
     ww = ow[:, None] * sw + np.arange(kw)[None, :] * dw
-    patches = padded[nn[:, None, None, None], np.arange(c)[None, :, None, None], hh[:, None, :, None],
+    patches = padded[nn[:, None, None, None], np.arange(x.shape[1])[None, :, None, None], hh[:, None, :, None],
                      ww[:, None, None, :]]
-    return patches.reshape(len(flat), -1).astype(np.float64), (nn, oh, ow)
+    return patches.reshape(len(nn), -1).astype(np.float64)
 
 
 def output_rows(layer: LinearLayer, y: np.ndarray, index) -> np.ndarray:
-    """The layer output [N, C, H, W] / [N, C] at the positions `sample_rows` chose, as [P, C]."""
+    """The layer output [N, C, H, W] / [..., C] at `index`, as [P, C]."""
     if layer.op == "Conv":
         nn, oh, ow = index
-        return y[nn, :, oh, ow].astype(np.float64)
-    return y.reshape(-1, y.shape[-1])[index].astype(np.float64)
+        return y[nn, :, oh, ow]
+    return y.reshape(-1, y.shape[-1])[index]

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import numpy as np
+from tqdm import tqdm
 
 from slimcc.errors import PipelineError
 from slimcc.passes.base import Pass, PassContext, PassResult, register_pass
 from slimcc.passes.recover.activations import calibration_batches, reference_model, stream, tensor_names
 from slimcc.passes.recover.channel_map import kept_channels
-from slimcc.passes.recover.layers import LinearLayer, find_layers, output_rows, sample_rows
+from slimcc.passes.recover.layers import LinearLayer, find_layers, output_rows, pick_positions, sample_rows
 
 MATCH_ROWS = 4096  # sampled rows kept for matching pruned output channels by correlation
 EXACT_ERROR = 1e-10  # relative reconstruction error below which a layer is left untouched
@@ -50,16 +51,21 @@ class NormalEquations:
         return float(self.target_sq[columns].sum() - 2.0 * np.sum(solution * cross)
                      + np.sum(solution * (self.gram @ solution)))
 
-    def solve(self, columns: np.ndarray, ridge: float) -> np.ndarray:
-        """Ridge solution [matrix; bias] (the bias is not penalized); ridge is relative to the mean input power."""
+    def solve(self, columns: np.ndarray, ridge: float, prior: np.ndarray) -> np.ndarray:
+        """Ridge solution [matrix; bias] pulled toward `prior` (the current weights; the bias is free).
+
+        The penalty is `ridge` times the mean input power, so it is scale-free; pulling toward
+        the current weights rather than zero keeps directions the data does not see unchanged."""
         fan_in = self.gram.shape[0] - 1
-        penalty = ridge * float(np.trace(self.gram[:fan_in, :fan_in])) / max(fan_in, 1)
+        penalty = max(ridge * float(np.trace(self.gram[:fan_in, :fan_in])) / max(fan_in, 1), 1e-12)
         system = self.gram.copy()
-        system[np.arange(fan_in), np.arange(fan_in)] += max(penalty, 1e-12)
+        system[np.arange(fan_in), np.arange(fan_in)] += penalty
+        rhs = self.cross[:, columns].copy()
+        rhs[:fan_in] += penalty * prior[:fan_in]
         try:
-            return np.linalg.solve(system, self.cross[:, columns])
+            return np.linalg.solve(system, rhs)
         except np.linalg.LinAlgError:
-            return np.linalg.lstsq(system, self.cross[:, columns], rcond=None)[0]
+            return np.linalg.lstsq(system, rhs, rcond=None)[0]
 
 
 @register_pass("recover-lstsq")
@@ -92,15 +98,17 @@ class RecoverLstsq(Pass):
         originals = {l.output.name: l for l in find_layers(reference.graph)}
         seed = getattr(ctx, "seed", 0) or 0
         skipped: dict[str, str] = {}
-        refitted: dict[str, dict] = {}
-        for index, layer in enumerate(find_layers(model.graph)):
+        chosen: list[LinearLayer] = []
+        for layer in find_layers(model.graph):
             reason = self._refusal(layer, known, originals)
-            if reason:
-                if reason != "unaffected":
-                    skipped[layer.name] = reason
-                continue
-            outcome = self._refit(layer, originals.get(layer.output.name), model, reference, batches, ctx,
-                                  np.random.default_rng([seed, index]))
+            if reason and reason != "unaffected":
+                skipped[layer.name] = reason
+            elif not reason:
+                chosen.append(layer)
+        targets = self._targets(reference, batches, chosen, seed)
+        refitted: dict[str, dict] = {}
+        for layer in tqdm(chosen, desc=self.name, unit="layer", disable=not getattr(ctx, "progress", False)):
+            outcome = self._refit(layer, originals.get(layer.output.name), model, batches, ctx, targets[layer.name])
             if isinstance(outcome, str):
                 skipped[layer.name] = outcome
             else:
@@ -108,6 +116,21 @@ class RecoverLstsq(Pass):
         if refitted:
             model.graph.cleanup().toposort()
         return PassResult(bool(refitted), {"refitted": len(refitted), "layers": refitted, "skipped": skipped})
+
+    def _targets(self, reference, batches, layers: list[LinearLayer], seed: int) -> dict[str, list]:
+        """One pass over the original model: per layer and batch, sampled positions and the
+        original outputs there (float32, so memory stays bounded by `samples` rows per layer)."""
+        per_batch = max(1, self.samples // len(batches))
+        found: dict[str, list] = {layer.name: [] for layer in layers}
+        if not layers:
+            return found
+        names = list(dict.fromkeys(layer.output.name for layer in layers))
+        for b, values in enumerate(stream(reference, batches, names)):
+            for li, layer in enumerate(layers):
+                y = values[layer.output.name]
+                index = pick_positions(layer, y.shape, per_batch, np.random.default_rng([seed, li, b]))
+                found[layer.name].append((index, np.asarray(output_rows(layer, y, index), np.float32)))
+        return found
 
     def _refusal(self, layer: LinearLayer, known: set[str], originals: dict[str, LinearLayer]) -> str:
         """Why this layer is not refitted ("unaffected" when there is simply nothing to do)."""
@@ -125,25 +148,28 @@ class RecoverLstsq(Pass):
             return ""  # input channels were pruned
         return "unaffected"
 
-    def _refit(self, layer: LinearLayer, original: LinearLayer | None, model, reference, batches, ctx,
-               rng: np.random.Generator) -> dict | str:
+    def _refit(self, layer: LinearLayer, original: LinearLayer | None, model, batches, ctx,
+               targets: list) -> dict | str:
         matrix, bias = layer.matrix(), layer.bias()
         current = np.vstack([matrix, bias[None, :]])
-        per_batch = max(1, self.samples // len(batches))
         equations: NormalEquations | None = None
         cur_rows, ref_rows = [], []
-        pairs = zip(stream(model, batches, [layer.input.name]), stream(reference, batches, [layer.output.name]))
-        for inputs, targets in pairs:
-            rows, index = sample_rows(layer, inputs[layer.input.name], per_batch, rng)
-            wanted = output_rows(layer, targets[layer.output.name], index)
+        for (index, wanted), inputs in zip(targets, stream(model, batches, [layer.input.name])):
+            rows = sample_rows(layer, inputs[layer.input.name], index)
+            if rows.shape[1] != matrix.shape[0]:
+                return "input size does not match the layer's weights"
+            wanted = wanted.astype(np.float64)
             if equations is None:
                 equations = NormalEquations.empty(rows.shape[1], wanted.shape[1])
             equations.add(rows, wanted)
             if sum(len(r) for r in cur_rows) < MATCH_ROWS:
                 cur_rows.append(rows @ matrix + bias)
                 ref_rows.append(wanted)
-        if equations is None or rows.shape[1] != matrix.shape[0]:
-            return "input size does not match the layer's weights"
+        if equations is None:
+            return "no calibration rows"
+        if equations.rows <= matrix.shape[0]:
+            return (f"only {equations.rows} calibration rows for {matrix.shape[0]} inputs per output; "
+                    "give more calibration samples")
         kept = kept_channels(ctx, layer, original, np.concatenate(cur_rows), np.concatenate(ref_rows))
         if isinstance(kept, str):
             return kept
@@ -151,7 +177,7 @@ class RecoverLstsq(Pass):
         scale = max(float(equations.target_sq[kept].sum()), 1e-30)
         if before / scale < EXACT_ERROR:
             return "already reproduces the original output"
-        solution = equations.solve(kept, self.ridge)
+        solution = equations.solve(kept, self.ridge, current)
         after = equations.error(solution, kept)
         if not np.all(np.isfinite(solution)) or after >= before:
             return f"refit did not reduce the reconstruction error ({before / scale:.3g} -> {after / scale:.3g})"

@@ -114,3 +114,22 @@ def test_canonicalize_folds_batchnorm_and_scales_on_ppocr(canonical):
         assert passes["fold-scale-bias"]["applied"]["fold-mul-add"] > 0
         assert passes["constant-to-initializer"]["applied"]["constant-to-initializer"] > 0
         assert result.stats["nodes_after"] < result.stats["nodes_before"] // 2
+
+
+def test_each_pass_alone_keeps_ppocr_cls_valid_and_canonicalize_then_has_nothing_left(real_model_path):
+    """ppocr-cls declares its output as [-1, 2]: once a pass makes that shape computable, a stale -1
+    would fail strict shape inference. Every pass on its own must keep the model valid."""
+    from slimcc.passes.manager import PassManager
+    from slimcc.passes.pipeline import parse_pipeline
+
+    entry = REAL_MODELS["ppocr-cls"]
+    model = load_model(real_model_path("ppocr-cls"), {entry.input_name: list(entry.input_shape)})
+    reference = model.copy()
+    pipeline = ("constant-to-initializer,upgrade-opset,fold-constants,remove-identity,fold-batchnorm,"
+                "fold-scale-bias,canonicalize")
+    report = PassManager(parse_pipeline(pipeline), verify_each=True).run(model)
+    modified = {r.name: r.result.modified for r in report.records}
+    assert all(modified[name] for name in pipeline.split(",")[:-1]), modified
+    assert not modified["canonicalize"] and model.is_static()
+    assert [list(t.shape) for t in model.graph.outputs] == [[1, 2]]
+    assert_within_scale(compare_models(reference, model, real_inputs("ppocr-cls", count=2)))

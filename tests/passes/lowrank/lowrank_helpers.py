@@ -8,9 +8,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from slimcc.ir.model import Model, load_model
 
-PPOCR_DET = "/tmp/wheels/m/rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx"
-
-
 def conv_model(cin=16, cout=24, kernel=(3, 3), size=(12, 12), seed=0, bias=True, relu=True, opset=17,
                **attrs) -> Model:
     """x -> Conv(attrs) [-> Relu] -> y, with a random (not low-rank) weight."""
@@ -59,9 +56,9 @@ def with_outputs(model: Model, names: list[str]) -> Model:
     return copy
 
 
-def ppocr_det() -> Model:
-    """PP-OCRv4 det at 1x3x320x320 (weights held by Constant nodes, as shipped)."""
-    return load_model(PPOCR_DET, {"x": [1, 3, 320, 320]})
+def ppocr_det(real_model_path) -> Model:
+    """PP-OCRv4 det at 1x3x320x320 (weights held by Constant nodes, as shipped), via the conftest fixture."""
+    return load_model(real_model_path("ppocr-det"), {"x": [1, 3, 320, 320]})
 
 
 def relative_max_error(a: np.ndarray, b: np.ndarray) -> float:

@@ -73,8 +73,8 @@ def test_full_rank_on_zoo(name):
 
 
 @pytest.mark.realmodel
-def test_full_rank_on_ppocr_det():
-    model = ppocr_det()
+def test_full_rank_on_ppocr_det(real_model_path):
+    model = ppocr_det(real_model_path)
     reference = model.copy()
     result = DecomposeTucker(rank=1.0, force=True).run(model)
     assert result.stats["decomposed"] == 6

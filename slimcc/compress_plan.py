@@ -1,0 +1,90 @@
+"""Pick a sensible pass pipeline from a few high-level wishes (MACs target, Tucker speedup, int8).
+
+`slimcc compress`, `slimcc.compress` and `slimcc demo` all plan through here, so the
+pipeline text users see (and can edit and rerun with `slimcc optimize -p`) is the same
+everywhere. Passes that are not registered in this installation are left out with a note.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from slimcc.errors import PipelineError
+from slimcc.passes.base import registry
+
+DEFAULT_MACS = 0.5
+
+
+@dataclass
+class Plan:
+    """A planned pipeline: its text, and why passes were added or left out."""
+
+    steps: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        """The pipeline as text for `slimcc optimize -p`."""
+        return ",".join(self.steps)
+
+    def add(self, step: str, reason_if_missing: str = "") -> bool:
+        """Append `step` if its pass is registered; otherwise record a note. Returns whether added."""
+        name = step.partition("{")[0]
+        if name in registry():
+            self.steps.append(step)
+            return True
+        self.notes.append(f"{name} is not available in this installation; {reason_if_missing or 'left out'}")
+        return False
+
+
+def check_wishes(macs: float | None, rank_speedup: float | None) -> None:
+    """Refuse out-of-range wishes with a one-line message (before any work is done)."""
+    if macs is not None and (not math.isfinite(macs) or not 0.0 < macs <= 1.0):
+        raise PipelineError(f"--macs {macs}: give the fraction of MACs to keep, 0 < MACS <= 1 (e.g. 0.5)")
+    if rank_speedup is not None and (not math.isfinite(rank_speedup) or rank_speedup <= 1.0):
+        raise PipelineError(f"--rank-speedup {rank_speedup}: give a per-layer speedup > 1 (e.g. 2)")
+
+
+def plan(*, macs: float | None = None, rank_speedup: float | None = None, int8: bool = False,
+         has_calibration: bool = False) -> Plan:
+    """The pipeline for these wishes.
+
+    canonicalize first (static shapes, BN folded) so every later pass sees a clean graph;
+    pruning before decomposition (decomposing channels that are about to be removed is
+    wasted work); least-squares refit right after pruning, while the pruned layers still map
+    one-to-one onto the original; quantization last (it fixes scales for the final weights);
+    bias correction at the very end, so it also absorbs the quantization shift.
+    Without any wish the default is pruning to DEFAULT_MACS of the MACs.
+    """
+    check_wishes(macs, rank_speedup)
+    if int8 and not has_calibration:
+        raise PipelineError("--int8 needs calibration data for the activation ranges; give --calib FILE.npz|FOLDER")
+    if macs is None and rank_speedup is None and not int8:
+        macs = DEFAULT_MACS
+    result = Plan()
+    result.add("canonicalize", "the model is used as loaded")
+    lossy = False
+    if macs is not None and macs < 1.0:
+        lossy |= result.add(f"prune-channels{{macs={macs:g}}}", "no pruning")
+        if has_calibration:
+            result.add("recover-lstsq", "pruned layers are not refitted")
+    if rank_speedup is not None:
+        lossy |= result.add(f"decompose-tucker{{speedup={rank_speedup:g}}}", "no low-rank decomposition")
+    if int8:
+        if result.add("qdq-insert", "the model stays float"):
+            lossy = True
+            result.add("qdq-propagate", "Q/DQ stay where they were inserted")
+            result.add("qdq-cancel", "redundant DQ->Q pairs stay")
+    if lossy and has_calibration:
+        result.add("recover-bias", "no bias correction")
+    elif lossy:
+        result.notes.append("no calibration data: accuracy-recovery passes (recover-lstsq, recover-bias) "
+                            "were left out; give --calib to add them")
+    return result
+
+
+def plan_pipeline(*, macs: float | None = None, rank_speedup: float | None = None, int8: bool = False,
+                  has_calibration: bool = False) -> str:
+    """Just the pipeline text of `plan(...)`."""
+    return plan(macs=macs, rank_speedup=rank_speedup, int8=int8, has_calibration=has_calibration).text
