@@ -28,6 +28,7 @@ WHEEL_SPECS=(
   numpy ml_dtypes typing_extensions psutil cloudpickle tornado
 )
 
+CHANGED=0  # set when a step did work: only then is the (slow, emulated) import check run
 log() { echo "[setup_arm] $*"; }
 # Wait for another apt/dpkg run (e.g. a parallel CI step) instead of failing on its lock.
 APT=(apt-get -o DPkg::Lock::Timeout=600)
@@ -57,6 +58,7 @@ else
   (cd "$DEBS" && "${APT[@]}" -o APT::Sandbox::User=root download -qq "${ARM_PACKAGES[@]/%/:arm64}")
   for deb in "$DEBS"/*.deb; do dpkg -x "$deb" "$SYSROOT"; done
   touch "$SYSROOT/.slimcc-debs-done"
+  CHANGED=1
 fi
 
 if [ -f "$SITE/.slimcc-wheels-done" ]; then
@@ -74,6 +76,7 @@ else
   done
   rm -rf "$SITE" && mv "$SITE.tmp" "$SITE"
   touch "$SITE/.slimcc-wheels-done"
+  CHANGED=1
 fi
 
 if [ -f "$SYSROOT/.slimcc-pyc-done" ] && [ "$SYSROOT/.slimcc-pyc-done" -nt "$SITE/.slimcc-wheels-done" ]; then
@@ -87,8 +90,13 @@ else
   "$PYTHON" -m compileall -q -j 0 -x 'lib2to3|/test/|/tests/|idlelib|tkinter' \
     "$SYSROOT/usr/lib/python3.11" "$SITE" >/dev/null || true
   touch "$SYSROOT/.slimcc-pyc-done"
+  CHANGED=1
 fi
 
+if [ "$CHANGED" = 0 ] && [ "${SLIMCC_ARM_CHECK:-0}" != 1 ]; then
+  log "already set up: $SYSROOT (SLIMCC_ARM_CHECK=1 re-runs the emulated import check)"
+  exit 0
+fi
 log "checking: import tvm under qemu-aarch64"
 TVM_USE_RUNTIME_LIB=1 PYTHONPATH="$SITE" PYTHONNOUSERSITE=1 qemu-aarch64 -L "$SYSROOT" "$SYSROOT/usr/bin/python3.11" -c \
   "import tvm, numpy, tvm.rpc.server; print('[setup_arm] aarch64 python', __import__('platform').machine(), 'tvm', tvm.__version__, 'numpy', numpy.__version__)"

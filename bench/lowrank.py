@@ -14,32 +14,39 @@ two-factor variants with S folded. This answers the survey's question with numbe
 Latencies are medians of interleaved runs (A, B, A, B...) in one process, onnxruntime with
 graph optimisations on, one thread.
 
-    python bench/lowrank.py [--json bench/out/lowrank.json] [--repeats 7] [--quick]
+    python bench/lowrank.py [--json bench/out/lowrank.json] [--repeats 7] [--quick] [--with-svd] [--skip-models]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
-import sys
-import time
-from pathlib import Path
+import os
 
-import numpy as np
-import onnx_graphsurgeon as gs
+# One BLAS thread: the bench measures single-thread onnxruntime, and a multi-threaded OpenBLAS
+# spinning next to it on a busy machine made the numpy factorisations ~10x slower.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from slimcc.ir.cost import model_cost
-from slimcc.ir.model import Model, load_model
-from slimcc.ir.verify import make_session, random_feeds
-from slimcc.models.fetch import load_real_model
-from slimcc.models.zoo import build
-from slimcc.passes.canonicalize import Canonicalize
-from slimcc.passes.lowrank.decompose_svd import DecomposeSvd, plan_conv, plan_matmul
-from slimcc.passes.lowrank.decompose_tucker import DecomposeTucker, plan_tucker
-from slimcc.passes.lowrank.emit import NameScope
-from slimcc.passes.lowrank.measure import single_layer_graph
-from slimcc.passes.lowrank.ranks import RankPolicy
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import onnx_graphsurgeon as gs  # noqa: E402
+
+from slimcc.ir.cost import model_cost  # noqa: E402
+from slimcc.ir.model import Model, load_model  # noqa: E402
+from slimcc.ir.verify import make_session, random_feeds  # noqa: E402
+from slimcc.models.fetch import load_real_model  # noqa: E402
+from slimcc.models.zoo import build  # noqa: E402
+from slimcc.passes.canonicalize import Canonicalize  # noqa: E402
+from slimcc.passes.lowrank.decompose_svd import DecomposeSvd, plan_conv, plan_matmul  # noqa: E402
+from slimcc.passes.lowrank.decompose_tucker import DecomposeTucker, plan_tucker  # noqa: E402
+from slimcc.passes.lowrank.emit import NameScope  # noqa: E402
+from slimcc.passes.lowrank.measure import single_layer_graph  # noqa: E402
+from slimcc.passes.lowrank.ranks import RankPolicy  # noqa: E402
 
 
 def interleaved_ms(models: list[Model], repeats: int) -> list[float]:
@@ -166,13 +173,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, default=None, help="write the results here (default: stdout only)")
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--quick", action="store_true", help="fewer shapes and only the Tucker pipeline")
+    parser.add_argument("--quick", action="store_true", help="fewer shapes")
+    parser.add_argument("--with-svd", action="store_true",
+                        help="also run decompose-tucker{speedup=2},decompose-svd{speedup=2} on the models")
     parser.add_argument("--skip-models", action="store_true")
     args = parser.parse_args(argv)
 
     tucker = DecomposeTucker(speedup=2)
     both = [DecomposeTucker(speedup=2), DecomposeSvd(speedup=2)]
-    pipelines = {"tucker": [tucker]} if args.quick else {"tucker": [tucker], "tucker+svd": both}
+    pipelines = {"tucker": [tucker], "tucker+svd": both} if args.with_svd else {"tucker": [tucker]}
     models = {
         "vgg-224-w64": lambda: load_model(build("vgg", size=224, width=64)),
         "resnet-basic-224-w64": lambda: load_model(build("resnet-basic", size=224, width=64)),

@@ -40,7 +40,12 @@ class Model:
     def to_proto(self, *, infer_shapes: bool = False) -> onnx.ModelProto:
         """Export to an onnx.ModelProto (optionally with shape inference on the result)."""
         graph = self.graph
-        proto = gs.export_onnx(graph, do_type_check=False)
+        try:
+            proto = gs.export_onnx(graph, do_type_check=False)
+        except RecursionError:
+            raise SlimccError("cannot export the graph: subgraphs nest too deeply") from None
+        except Exception as exc:  # an inconsistent graph (a pass bug or a hostile model that slipped through)
+            raise SlimccError(f"cannot export the graph to ONNX: {type(exc).__name__}: {first_line(exc)}") from None
         proto.producer_name = proto.producer_name or "slimcc"
         for key, value in self.metadata.items():
             entry = proto.metadata_props.add()
@@ -103,6 +108,34 @@ def run_shape_inference(proto: onnx.ModelProto, *, strict: bool = False) -> onnx
     except (RuntimeError, ValueError, TypeError, IndexError, KeyError, OverflowError) as exc:
         # hostile protos reach parts of onnx's C++ inference that raise other error types
         raise SlimccError(f"ONNX shape inference failed: {type(exc).__name__}: {first_line(exc)}") from None
+
+
+def find_invalid_string(message) -> str | None:
+    """The path of the first string field that is not valid UTF-8 (protobuf hands those over as bytes,
+    which would break every name lookup later), or None."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    stack = [(message, "model")]
+    while stack:
+        current, where = stack.pop()
+        for descriptor, value in current.ListFields():
+            if descriptor.type == FieldDescriptor.TYPE_STRING:
+                values = value if _is_repeated(descriptor) else [value]
+                if any(not isinstance(v, str) for v in values):
+                    return f"{where}.{descriptor.name}"
+            elif descriptor.type == FieldDescriptor.TYPE_MESSAGE:
+                if _is_repeated(descriptor):
+                    stack.extend((item, f"{where}.{descriptor.name}[{i}]") for i, item in enumerate(value))
+                else:
+                    stack.append((value, f"{where}.{descriptor.name}"))
+    return None
+
+
+def _is_repeated(descriptor) -> bool:
+    repeated = getattr(descriptor, "is_repeated", None)
+    if repeated is not None:
+        return bool(repeated)
+    return descriptor.label == descriptor.LABEL_REPEATED
 
 
 def first_line(exc: BaseException) -> str:
@@ -202,33 +235,83 @@ def load_model(source: str | Path | onnx.ModelProto, input_shapes: dict[str, lis
     if isolate is None:
         isolate = not isinstance(source, onnx.ModelProto) and os.environ.get("SLIMCC_SANDBOX", "1") != "0"
     proto, base_dir, sha = _read_proto(source)
+    bad = find_invalid_string(proto)
+    if bad is not None:
+        raise ModelLoadError(f"invalid ONNX model: {bad} is not valid UTF-8 text (corrupted file?)")
     load_external_data(proto, base_dir)
+    check_declared_dims(proto)
+    if input_shapes:
+        fix_proto_input_shapes(proto, input_shapes)
     if isolate:
-        from slimcc.ir.sandbox import isolated_check
+        from slimcc.ir.sandbox import isolated_check_and_infer
 
-        isolated_check(proto)
+        inferred = isolated_check_and_infer(proto)
     else:
-        check_proto(proto)
+        inferred = check_and_infer(proto)
     try:
-        graph = gs.import_onnx(proto)
+        graph = gs.import_onnx(inferred)
     except RecursionError:
         raise ModelLoadError("cannot import the ONNX graph: subgraphs nest too deeply") from None
     except Exception as exc:
         raise ModelLoadError(f"cannot import the ONNX graph: {type(exc).__name__}: {first_line(exc)}") from None
-    model = Model(graph, base_dir=base_dir, source_sha256=sha)
-    if input_shapes:
-        fix_input_shapes(model.graph, input_shapes)
+    return Model(graph, base_dir=base_dir, source_sha256=sha)
+
+
+MAX_DIM = 2**31 - 1
+
+
+def check_declared_dims(proto: onnx.ModelProto) -> None:
+    """Refuse negative or absurd (>= 2**31) dims on graph inputs and outputs before anything allocates."""
+    for kind, values in (("input", proto.graph.input), ("output", proto.graph.output)):
+        for value in values:
+            for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+                if dim.HasField("dim_value") and not 0 <= dim.dim_value <= MAX_DIM:
+                    raise ModelLoadError(f"invalid ONNX model: {kind} {value.name!r} dim {axis} is {dim.dim_value}; "
+                                         f"dims must be in 0..{MAX_DIM}")
+
+
+def check_and_infer(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """onnx.checker, then shape inference: the C++ half of loading (ModelLoadError on failure)."""
+    check_proto(proto)
+    clear_inferred_shapes(proto)
     try:
-        model.refresh_shapes(isolate=isolate)
-    except ModelLoadError:
-        raise
+        return run_shape_inference(proto)
     except SlimccError as exc:
         raise ModelLoadError(str(exc)) from None
-    except RecursionError:
-        raise ModelLoadError("cannot import the ONNX graph: subgraphs nest too deeply") from None
-    except Exception as exc:  # gs export/import of a graph that passed the checker but is still inconsistent
-        raise ModelLoadError(f"cannot process the ONNX graph: {type(exc).__name__}: {first_line(exc)}") from None
-    return model
+
+
+def fix_proto_input_shapes(proto: onnx.ModelProto, shapes: dict[str, list[int]]) -> None:
+    """Set graph input dims of a ModelProto; a given shape must agree with every static dim declared."""
+    weights = {t.name for t in proto.graph.initializer}
+    by_name = {v.name: v for v in proto.graph.input if v.name not in weights}
+    for name, dims in shapes.items():
+        if name not in by_name:
+            valid = ", ".join(sorted(by_name)) or "(none)"
+            raise SlimccError(f"--input-shape names unknown input {name!r}; inputs are: {valid}")
+        tensor_type = by_name[name].type.tensor_type
+        if tensor_type.HasField("shape"):
+            old = tensor_type.shape.dim
+            if len(old) != len(dims):
+                raise SlimccError(f"--input-shape {name}: rank {len(dims)} does not match the model's rank {len(old)}")
+            for axis, (was, new) in enumerate(zip(old, dims)):
+                if was.HasField("dim_value") and was.dim_value > 0 and was.dim_value != new:
+                    raise SlimccError(f"--input-shape {name}: dim {axis} is fixed to {was.dim_value} in the model, "
+                                      f"not {new}")
+        if any(not 0 < int(v) <= MAX_DIM for v in dims):
+            raise SlimccError(f"--input-shape {name}: dims must be between 1 and {MAX_DIM}")
+        tensor_type.ClearField("shape")
+        for value in dims:
+            tensor_type.shape.dim.add().dim_value = int(value)
+
+
+def clear_inferred_shapes(proto: onnx.ModelProto) -> None:
+    """Drop recorded intermediate shapes (they may be stale or hostile) and symbolic output shapes,
+    so that shape inference derives them from the inputs (what `Model.refresh_shapes` does)."""
+    del proto.graph.value_info[:]
+    for output in proto.graph.output:
+        tensor_type = output.type.tensor_type
+        if tensor_type.HasField("shape") and any(not d.HasField("dim_value") for d in tensor_type.shape.dim):
+            tensor_type.ClearField("shape")
 
 
 def check_proto(proto: onnx.ModelProto) -> None:

@@ -208,16 +208,15 @@ def run_isolated(task: Callable[[bytes], bytes] | str, payload: bytes, *, what: 
 # ---------------------------------------------------------------- built-in tasks
 
 @sandbox_task
-def check_task(payload: bytes) -> bytes:
-    """onnx.checker on a serialized model (raises ModelLoadError); returns nothing."""
+def check_and_infer_task(payload: bytes) -> bytes:
+    """onnx.checker then shape inference on a serialized model (ModelLoadError when invalid)."""
     import onnx
 
-    from slimcc.ir.model import check_proto
+    from slimcc.ir.model import check_and_infer
 
     proto = onnx.ModelProto()
     proto.ParseFromString(payload)
-    check_proto(proto)
-    return b""
+    return check_and_infer(proto).SerializeToString()
 
 
 @sandbox_task
@@ -252,10 +251,15 @@ def onnxruntime_run_task(payload: bytes) -> bytes:
     return buffer.getvalue()
 
 
-def isolated_check(proto, *, timeout: float = DEFAULT_TIMEOUT_S) -> None:
-    """onnx.checker on a ModelProto in the sandbox; raises ModelLoadError when invalid."""
-    run_isolated(check_task, proto.SerializeToString(), what="checking the model", engine="onnx",
-                 timeout=timeout)
+def isolated_check_and_infer(proto, *, timeout: float = DEFAULT_TIMEOUT_S):
+    """onnx.checker + shape inference of a ModelProto in the sandbox; returns the inferred ModelProto."""
+    import onnx
+
+    result = run_isolated(check_and_infer_task, proto.SerializeToString(),
+                          what="checking the model and inferring shapes", engine="onnx", timeout=timeout)
+    inferred = onnx.ModelProto()
+    inferred.ParseFromString(result)
+    return inferred
 
 
 def isolated_infer_shapes(proto, *, timeout: float = DEFAULT_TIMEOUT_S):

@@ -7,6 +7,7 @@ is contacted.  Every TVM failure is re-raised as SlimccError naming the address.
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import time
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ from slimcc.ir.model import first_line
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9090
+DEFAULT_TRACKER_PORT = 9190  # TVM's conventional tracker port, for parse_address(text, DEFAULT_TRACKER_PORT)
 
 
 def parse_address(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
@@ -96,13 +98,20 @@ def _address(session) -> str:
 
 
 def upload_and_load(session, so_path: str | Path):
-    """Upload the exported library `so_path` to the remote temp folder and load it there."""
+    """Upload the exported library `so_path` to the remote temp folder and load it there.
+
+    The remote file name carries a hash of the content: the remote loader dlopen()s by path, and
+    a second library uploaded under an already loaded name (every artifact is model.so) would
+    silently resolve to the first one.
+    """
     so_path = Path(so_path)
     if not so_path.is_file():
         raise SlimccError(f"library {so_path} not found")
+    blob = so_path.read_bytes()
+    remote_name = f"{so_path.stem}-{hashlib.sha256(blob).hexdigest()[:16]}{so_path.suffix}"
     try:
-        session.upload(str(so_path))
-        return session.load_module(so_path.name)
+        session.upload(bytearray(blob), remote_name)
+        return session.load_module(remote_name)
     except Exception as exc:
         raise SlimccError(
             f"loading {so_path.name} on {_address(session)} failed: {first_line(exc)} "

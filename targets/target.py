@@ -71,14 +71,12 @@ def host_cpu_name() -> str:
 
 
 def llvm_cpu_is_valid(mcpu: str, triple: str | None = None) -> bool:
-    """Whether LLVM knows `mcpu` (for the host triple when `triple` is None)."""
+    """Whether LLVM knows `mcpu` for `triple` (the host triple when None)."""
     tvm = ensure_tvm()
+    import tvm_ffi
 
-    try:
-        tvm.target.Target({"kind": "llvm", "mcpu": mcpu, **({"mtriple": triple} if triple else {})})
-        return True
-    except Exception:
-        return False
+    probe = tvm.target.Target({"kind": "llvm", **({"mtriple": triple} if triple else {})})
+    return mcpu in set(tvm_ffi.get_global_func("target.llvm_get_cpu_archlist")(probe))
 
 
 def make_target(name: str, *, mcpu: str | None = None, num_cores: int | None = None,

@@ -44,6 +44,7 @@ class QDQInsert(Pass):
     lut_sigmoid: bool = True
     min_weight_size: int = 64
     terminal: Literal["float", "int8"] = "float"
+    skip_first: int = 0
 
     exact = False
     needs_calibration = True
@@ -51,8 +52,8 @@ class QDQInsert(Pass):
     def __post_init__(self):
         if not 50.0 < self.percentile <= 100.0:
             raise PipelineError(f"qdq-insert: percentile={self.percentile} must be in (50, 100]")
-        if self.min_channels < 0:
-            raise PipelineError("qdq-insert: min_channels must be >= 0")
+        if min(self.min_channels, self.min_weight_size, self.skip_first) < 0:
+            raise PipelineError("qdq-insert: min_channels, min_weight_size and skip_first must be >= 0")
 
     def run(self, model, ctx: PassContext | None = None) -> PassResult:
         if ctx is None or ctx.calibration is None:
@@ -87,8 +88,13 @@ class QDQInsert(Pass):
     def _choose_layers(self, graph: gs.Graph, excluded: set[str]) -> tuple[list[gs.Node], dict[str, str]]:
         """Compute layers with a constant float weight that are not excluded; the rest with a reason."""
         chosen, skipped = [], {}
+        seen = 0
         for node in graph.nodes:
             if node.op not in COMPUTE_OPS:
+                continue
+            seen += 1
+            if seen <= self.skip_first:
+                skipped[node.name] = f"among the first {self.skip_first} layers (skip_first)"
                 continue
             weight = constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
             if node.name in excluded:
@@ -150,14 +156,26 @@ class QDQInsert(Pass):
 
     @staticmethod
     def _terminal_layers(graph: gs.Graph, chosen: list[gs.Node], anchors: list[gs.Tensor]) -> list[gs.Node]:
-        """Layers whose (quantized) output no other quantized op reads: raw logits, box regressions."""
+        """Layers from whose output no path through float ops reaches a quantized op (raw logits,
+        box regressions): quantizing them only adds a requantize in front of float code."""
         anchored = {id(t) for t in anchors}
         chosen_ids = {id(n) for n in chosen}
         terminal = []
         for node in chosen:
-            out = _output_anchor(graph, node.outputs[0])
-            readers = out.outputs
-            if not any(id(r) in chosen_ids or (r.outputs and id(r.outputs[0]) in anchored) for r in readers):
+            start = _output_anchor(graph, node.outputs[0])
+            stack, seen, reaches = [start], {id(start)}, False
+            while stack and not reaches:
+                for reader in stack.pop().outputs:
+                    if id(reader) in chosen_ids:
+                        reaches = True
+                        break
+                    for out in reader.outputs:
+                        if id(out) in anchored:
+                            reaches = True
+                        elif id(out) not in seen:
+                            seen.add(id(out))
+                            stack.append(out)
+            if not reaches:
                 terminal.append(node)
         return terminal
 

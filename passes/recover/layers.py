@@ -164,7 +164,11 @@ def _float_value(tensor: gs.Tensor) -> np.ndarray:
         dq = tensor.inputs[0]
         q = np.asarray(constant_value(dq.inputs[0]), np.float64)
         scale = np.asarray(constant_value(dq.inputs[1]), np.float64)
-        zero = np.asarray(constant_value(dq.inputs[2]), np.float64) if len(dq.inputs) > 2 else 0.0
+        zero = np.asarray(constant_value(dq.inputs[2]), np.float64) if len(dq.inputs) > 2 else np.zeros(())
+        if scale.ndim == 1 and q.ndim > 1:  # per-channel along `axis`
+            shape = [1] * q.ndim
+            shape[int(dq.attrs.get("axis", 1)) % q.ndim] = -1
+            scale, zero = scale.reshape(shape), zero.reshape(shape) if zero.ndim == 1 else zero
         return (q - zero) * scale
     return np.asarray(constant_value(tensor))
 

@@ -23,6 +23,9 @@ from slimcc.passes.recover.layers import LinearLayer, find_layers, output_rows, 
 
 MATCH_ROWS = 4096  # sampled rows kept for matching pruned output channels by correlation
 EXACT_ERROR = 1e-10  # relative reconstruction error below which a layer is left untouched
+# fewer calibration rows than this share of a layer's inputs make the fit a guess: refused.
+# (between this and 1 the ridge pull toward the current weights keeps unseen directions as they were)
+MIN_ROWS_PER_INPUT = 0.5
 
 
 @dataclass
@@ -167,7 +170,7 @@ class RecoverLstsq(Pass):
                 ref_rows.append(wanted)
         if equations is None:
             return "no calibration rows"
-        if equations.rows <= matrix.shape[0]:
+        if equations.rows < MIN_ROWS_PER_INPUT * matrix.shape[0]:
             return (f"only {equations.rows} calibration rows for {matrix.shape[0]} inputs per output; "
                     "give more calibration samples")
         kept = kept_channels(ctx, layer, original, np.concatenate(cur_rows), np.concatenate(ref_rows))

@@ -11,8 +11,10 @@ available, or fails, is skipped with a note. Everything lands in one report fold
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,6 +136,9 @@ def load_subject(samples: int) -> tuple[Subject, list[str]]:
     from slimcc.models import digits
 
     if digits.MODEL_PATH.is_file():
+        if importlib.util.find_spec("sklearn") is None:
+            raise SlimccError("the demo measures accuracy on scikit-learn's digits data set; install it with "
+                              "pip install -e '.[report]' (or pip install scikit-learn)")
         model = load_model(digits.MODEL_PATH)
         calib = CalibrationData(digits.calibration_batches(samples, batch=1), "digits training split")
         return Subject("bundled digits CNN", model, calib, digits.accuracy), []
@@ -233,89 +238,109 @@ def measure(row: Row, model: Model, path: Path, subject: Subject, settings: Sett
     row.ort_ms = ort_latency_ms(model, subject.calibration.batches[0], settings.latency_repeats)
 
 
+def run_stages(subject: Subject, settings: Settings, folder: Path, bar) -> tuple[list[Row], list[tuple[Row, Model]],
+                                                                               Model | None, list]:
+    """Apply and measure every stage; returns (rows, measured (row, model) pairs, original, kept channels)."""
+    rows: list[Row] = []
+    measured: list[tuple[Row, Model]] = []
+    kept: list[tuple[str, int, int]] = []
+    model: Model | None = None
+    original: Model | None = None
+    for index, stage in enumerate(STAGES):
+        bar.set_description(f"demo: {stage.name}")
+        row = Row(stage.name)
+        rows.append(row)
+        specs, missing = available_passes(stage)
+        if not specs or specs[0] != stage.passes[0] or (model is None and index > 0):
+            row.note = "skipped: " + ("; ".join(missing) or "no model from the stages before")
+            bar.update()
+            continue
+        row.note = "; ".join(missing)
+        start = time.perf_counter()
+        try:
+            model_in = model if model is not None else subject.model
+            new_model, row.extra["stats"] = apply_stage(model_in, specs, subject, original or subject.model)
+        except SlimccError as exc:
+            row.note = f"skipped: {exc}"
+            bar.update()
+            continue
+        row.seconds = round(time.perf_counter() - start, 3)
+        row.pipeline = ",".join(specs)
+        model = new_model
+        original = original or model
+        if stage.name == "pruned":
+            before, after = conv_channels(original), conv_channels(model)
+            kept = [(name, before[name], after[name]) for name in before if name in after]
+        measure(row, model, folder / "models" / f"{index}-{stage.name}.onnx", subject, settings)
+        measured.append((row, model))
+        bar.update()
+    return rows, measured, original, kept
+
+
+def run_tvm(measured: list[tuple[Row, Model]], settings: Settings, folder: Path, feeds, bar,
+            progress: bool) -> tuple[Row | None, dict | None]:
+    """TVM latency for the measured stages (all, or the last with --quick), then the tuned final model."""
+    compiled = measured if settings.tvm_stages == "all" else measured[-1:]
+    bar.total += len(compiled)
+    bar.refresh()
+    for row, stage_model in measured:
+        if all(row is not r for r, _ in compiled):
+            row.tvm_note = "TVM: skipped (--quick)"
+            continue
+        bar.set_description(f"demo: TVM {row.stage}")
+        row.tvm_ms, row.tvm_note, _ = tvm_latency_ms(stage_model, folder / "artifacts" / row.stage, feeds,
+                                                      settings.latency_repeats)
+        bar.update()
+    if settings.trials <= 0:
+        return None, None
+    last, last_model = measured[-1]
+    bar.set_description(f"demo: tuning ({settings.trials} trials)")
+    tuned = Row(f"{last.stage}+tuned", pipeline=f"(TVM MetaSchedule, {settings.trials} trials)",
+                params=last.params, macs=last.macs, file_bytes=last.file_bytes, accuracy=last.accuracy,
+                ort_ms=last.ort_ms)
+    tuned.tvm_ms, tuned.tvm_note, tuning = tvm_latency_ms(last_model, folder / "artifacts" / tuned.stage, feeds,
+                                                          settings.latency_repeats, trials=settings.trials,
+                                                          progress=progress)
+    bar.update()
+    return tuned, tuning
+
+
+def report_intro(subject: Subject, original: Model | None) -> list[str]:
+    """The report's first lines: the model, its op histogram, the calibration data, how latency is measured."""
+    ops = Counter(node.op for node in original.graph.nodes) if original is not None else Counter()
+    return [f"Model: {subject.label} ({sum(ops.values())} nodes after canonicalize: "
+            + ", ".join(f"{n} {op}" for op, n in ops.most_common(6)) + ").",
+            f"Calibration: {len(subject.calibration)} sample(s) from {subject.calibration.source}.",
+            "Each stage applies its passes to the model of the stage before; latency is batch 1, median, "
+            "onnxruntime with 1 thread, TVM compiled for this x86 CPU."]
+
+
 def run_demo(out: Path, settings: Settings, *, progress: bool) -> dict:
     """Run every stage, write the report folder atomically and return the JSON summary."""
     from tqdm import tqdm
 
-    subject, notes = load_subject(settings.calibration_samples)
-    feeds = subject.calibration.batches[0]
-    rows: list[Row] = []
-    kept: list[tuple[str, int, int]] = []
     started = time.perf_counter()
+    subject, notes = load_subject(settings.calibration_samples)
     with atomic_folder(out) as tmp:
         (tmp / "models").mkdir()
         (tmp / "artifacts").mkdir()
-        steps = len(STAGES) + (1 if settings.trials > 0 else 0)
-        bar = tqdm(total=steps, desc="demo", unit="stage", disable=not progress)
-        model = original = None
-        measured: list[tuple[Row, Model]] = []
-        for index, stage in enumerate(STAGES):
-            bar.set_description(f"demo: {stage.name}")
-            row = Row(stage.name)
-            specs, missing = available_passes(stage)
-            row.note = "; ".join(missing)
-            primary_missing = not specs or specs[0] != stage.passes[0]
-            if primary_missing or model is None and index > 0:
-                row.note = f"skipped: {row.note or 'no model'}"
-                rows.append(row)
-                bar.update()
-                continue
-            start = time.perf_counter()
-            try:
-                new_model, stats = apply_stage(model if model is not None else subject.model, specs, subject,
-                                               original if original is not None else subject.model)
-            except SlimccError as exc:
-                row.note = f"skipped: {exc}"
-                rows.append(row)
-                bar.update()
-                continue
-            row.seconds = round(time.perf_counter() - start, 3)
-            row.pipeline = ",".join(specs)
-            row.extra["stats"] = stats
-            model = new_model
-            if original is None:
-                original = model
-            if stage.name == "pruned":
-                before, after = conv_channels(original), conv_channels(model)
-                kept = [(name, before[name], after[name]) for name in before if name in after]
-            measure(row, model, tmp / "models" / f"{index}-{stage.name}.onnx", subject, settings)
-            rows.append(row)
-            measured.append((row, model))
-            bar.update()
-        if not measured:
-            raise SlimccError("no demo stage could run (is the `canonicalize` pass installed?)")
-        tvm_rows = measured if settings.tvm_stages == "all" else measured[-1:]
-        for row, stage_model in measured:
-            if all(row is not r for r, _ in tvm_rows):
-                row.tvm_note = "TVM: skipped (--quick)"
-                continue
-            bar.set_description(f"demo: TVM {row.stage}")
-            row.tvm_ms, row.tvm_note, _ = tvm_latency_ms(stage_model, tmp / "artifacts" / row.stage, feeds,
-                                                          settings.latency_repeats)
-        tuning = None
-        if settings.trials > 0:
-            last_row, last_model = measured[-1]
-            bar.set_description(f"demo: tuning ({settings.trials} trials)")
-            tuned = Row(f"{last_row.stage}+tuned", pipeline=f"(TVM MetaSchedule, {settings.trials} trials)",
-                        params=last_row.params, macs=last_row.macs, file_bytes=last_row.file_bytes,
-                        accuracy=last_row.accuracy, ort_ms=last_row.ort_ms)
-            tuned.tvm_ms, tuned.tvm_note, tuning = tvm_latency_ms(
-                last_model, tmp / "artifacts" / tuned.stage, feeds, settings.latency_repeats,
-                trials=settings.trials, progress=progress)
-            rows.append(tuned)
-            bar.update()
-        bar.close()
-        stages = [r.as_dict() for r in rows]
-        intro = [f"Model: {subject.label}; calibration: {len(subject.calibration)} sample(s) from "
-                 f"{subject.calibration.source}.",
-                 "Each stage applies its passes to the model of the stage before; latency is batch 1, "
-                 "median, onnxruntime with 1 thread, TVM compiled for this x86 CPU."]
-        written = write_report(tmp, title="slimcc demo", intro=intro, stages=stages, kept=kept, notes=notes)
+        bar = tqdm(total=len(STAGES) + (1 if settings.trials > 0 else 0), desc="demo", unit="stage",
+                   disable=not progress)
+        try:
+            rows, measured, original, kept = run_stages(subject, settings, tmp, bar)
+            if not measured:
+                raise SlimccError("no demo stage could run (is the `canonicalize` pass installed?)")
+            tuned, tuning = run_tvm(measured, settings, tmp, subject.calibration.batches[0], bar, progress)
+        finally:
+            bar.close()
+        stages = [r.as_dict() for r in rows + ([tuned] if tuned else [])]
+        written = write_report(tmp, title="slimcc demo", intro=report_intro(subject, original), stages=stages,
+                               kept=kept, notes=notes)
         summary = {"model": subject.label, "out": str(out), "report": str(out / written["report"]),
                    "plots": [str(out / p) for p in written["plots"]], "stages": stages,
                    "kept_channels": [{"layer": n, "before": b, "after": a} for n, b, a in kept],
-                   "tuning": tuning, "notes": written["notes"], "seconds": None}
-        summary["seconds"] = round(time.perf_counter() - started, 1)
+                   "tuning": tuning, "notes": written["notes"],
+                   "seconds": round(time.perf_counter() - started, 1)}
         (tmp / MARKER).write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
     return summary
 

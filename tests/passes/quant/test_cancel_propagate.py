@@ -149,3 +149,23 @@ def test_relu_and_clip_dropped_only_when_range_clamps_exactly():
     reference = clip.copy()
     assert QDQPropagate().run(clip).modified and "Clip" not in _ops(clip)
     _same_outputs(reference, clip, feeds)
+
+
+def test_propagate_and_cancel_after_insert_are_exact_on_zoo_vgg():
+    from quant_helpers import calib_context, canonical_zoo
+
+    from slimcc.ir.verify import compare_models
+    from slimcc.passes.quant.qdq_insert import QDQInsert
+
+    model = canonical_zoo("vgg")
+    ctx, held_out = calib_context()
+    QDQInsert().run(model, ctx)
+    inserted = model.copy()
+    before = _ops(model).count("DequantizeLinear")
+    moved = QDQPropagate().run(model)
+    cancelled = QDQCancel().run(model)
+    assert moved.stats["applied"]["dq-below-layout-op"] >= 1  # MaxPool / Flatten
+    assert cancelled.stats["applied"]["cancel-dq-q"] >= 1
+    assert _ops(model).count("DequantizeLinear") < before
+    assert any(n.op == "MaxPool" and n.inputs[0].dtype == np.uint8 for n in model.graph.nodes)
+    assert compare_models(inserted, model, held_out).max_abs <= 1e-6

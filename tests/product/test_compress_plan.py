@@ -1,0 +1,48 @@
+"""The pipeline planner behind `slimcc compress`, `slimcc.compress` and the demo."""
+
+from __future__ import annotations
+
+import pytest
+
+from slimcc.compress_plan import DEFAULT_MACS, plan, plan_pipeline
+from slimcc.errors import PipelineError
+from slimcc.passes.pipeline import format_pipeline, parse_pipeline
+
+
+def test_default_is_pruning_without_recovery_when_there_is_no_data():
+    result = plan()
+    assert result.steps == ["canonicalize", f"prune-channels{{macs={DEFAULT_MACS:g}}}"]
+    assert any("--calib" in note for note in result.notes)
+
+
+def test_full_plan_orders_prune_refit_decompose_quantize_then_bias():
+    text = plan_pipeline(macs=0.5, rank_speedup=2, int8=True, has_calibration=True)
+    names = [p.name for p in parse_pipeline(text)]
+    assert names == ["canonicalize", "prune-channels", "recover-lstsq", "decompose-tucker", "qdq-insert",
+                     "qdq-propagate", "qdq-cancel", "recover-bias"]
+    assert format_pipeline(parse_pipeline(text)).startswith("canonicalize,prune-channels{macs=0.5}")
+
+
+def test_macs_one_means_no_pruning():
+    assert "prune-channels" not in plan_pipeline(macs=1.0, rank_speedup=3)
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"macs": 0.0}, "--macs"), ({"macs": 1.5}, "--macs"), ({"macs": float("nan")}, "--macs"),
+    ({"rank_speedup": 1.0}, "--rank-speedup"), ({"int8": True}, "--calib"),
+])
+def test_bad_wishes_are_refused_in_one_line(kwargs, fragment):
+    with pytest.raises(PipelineError) as info:
+        plan(**kwargs)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_missing_pass_is_left_out_with_a_note(monkeypatch):
+    import slimcc.compress_plan as module
+    from slimcc.passes.base import registry
+
+    present = {k: v for k, v in registry().items() if k != "recover-lstsq"}
+    monkeypatch.setattr(module, "registry", lambda: present)
+    result = plan(macs=0.5, has_calibration=True)
+    assert "recover-lstsq" not in result.text
+    assert any(note.startswith("recover-lstsq is not available") for note in result.notes)

@@ -1,0 +1,24 @@
+"""Helpers for TVM target tests: compare artifact outputs with onnxruntime."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from slimcc.ir.model import Model
+from slimcc.ir.verify import compare_outputs, random_feeds, run_onnxruntime
+
+REL_TOL = 1e-3
+
+
+def assert_matches_onnxruntime(model: Model, outputs: dict[str, np.ndarray], feeds) -> float:
+    """Artifact outputs (keyed by the model's output names) agree with onnxruntime within REL_TOL."""
+    expected = run_onnxruntime(model, feeds)
+    assert list(outputs) == list(expected), "artifact outputs must carry the model's output names, in order"
+    report = compare_outputs(expected, outputs)
+    assert report.max_rel <= REL_TOL, report.as_dict()
+    return report.max_rel
+
+
+def feeds_for(model: Model) -> dict[str, np.ndarray]:
+    """Deterministic random inputs for a model."""
+    return random_feeds(model, seed=1)
