@@ -270,8 +270,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: `setup` builds the emulation environment, `serve` runs an RPC server."""
-    parser = argparse.ArgumentParser(prog="python -m slimcc.targets.emulate_arm", description=__doc__.split("\n")[0])
-    parser.add_argument("--sysroot", type=Path, default=None, help=f"default: ${SYSROOT_ENV} or {DEFAULT_SYSROOT}")
+    parser = argparse.ArgumentParser(
+        prog="python -m slimcc.targets.emulate_arm", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--sysroot", type=Path, default=None, help=f"default: ${SYSROOT_ENV} or {DEFAULT_SYSROOT}"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("setup", help="install qemu-user, the aarch64 cross compiler and the arm64 sysroot")
     serve = sub.add_parser("serve", help="run tvm.exec.rpc_server under qemu-aarch64")

@@ -33,7 +33,7 @@ def to_relax(model: Model):
     from tvm.relax.frontend.onnx import from_onnx
 
     try:
-        mod = from_onnx(proto, keep_params_in_input=False, sanitize_input_names=False)
+        mod = from_onnx(proto, keep_params_in_input=False)
     except Exception as exc:  # the frontend raises anything from KeyError to TVMError
         raise SlimccError(f"TVM's ONNX importer failed: {describe_import_error(exc)}") from None
     return mod

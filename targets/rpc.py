@@ -134,7 +134,9 @@ def run_vm(session, module, inputs: Sequence[np.ndarray], entry: str = "main") -
         raise SlimccError(f"running {entry} on {_address(session)} failed: {first_line(exc)}") from exc
 
 
-def run_remote(session, so_path: str | Path, inputs: Sequence[np.ndarray], entry: str = "main") -> list[np.ndarray]:
+def run_remote(
+    session, so_path: str | Path, inputs: Sequence[np.ndarray], entry: str = "main"
+) -> list[np.ndarray]:
     """Upload, load and run an exported Relax library on the remote device in one call."""
     return run_vm(session, upload_and_load(session, so_path), inputs, entry)
 

@@ -21,7 +21,7 @@ from slimcc.targets.tvm_import import ensure_tvm
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
-BUILD_TIMEOUT_S = 120.0  # per candidate; a worker's first build includes importing TVM
+BUILD_TIMEOUT_S = 600.0  # per candidate; a worker's first build imports TVM, which takes minutes on a loaded machine
 
 
 def model_key(model: Model) -> str:
@@ -92,6 +92,8 @@ def tune_model(model: Model, spec: TargetSpec, trials: int, *, database_dir: str
     except Exception as exc:
         raise SlimccError(f"MetaSchedule could not extract tuning tasks: {first_line(exc)}") from None
     tunable = [t for t in tasks if not t.mod.attrs or not t.mod.attrs.get("tirx.is_scheduled", False)]
+    if not tunable:
+        raise SlimccError("the model has no kernels MetaSchedule can tune (all are pre-scheduled)")
     per_task = trials_per_task or max(1, -(-trials // max(1, len(tunable))))
     before = record_count(db)
     bar = _progress_bar(trials, progress)
@@ -103,6 +105,7 @@ def tune_model(model: Model, spec: TargetSpec, trials: int, *, database_dir: str
                           max_trials_per_task=per_task, num_trials_per_iter=min(64, per_task),
                           builder=ms.builder.LocalBuilder(max_workers=spec.tvm.get("num-cores"),
                                                           timeout_sec=BUILD_TIMEOUT_S),
+                          runner=ms.runner.LocalRunner(timeout_sec=BUILD_TIMEOUT_S),
                           measure_callbacks=ms.MeasureCallback.create("default") + [_progress_callback(bar)])
     except KeyboardInterrupt:
         raise SlimccError(f"tuning interrupted; the {record_count(db)} records measured so far are kept in {db}") from None

@@ -32,9 +32,11 @@ class Plan:
 
     @property
     def saving(self) -> float:
+        """Predicted fraction of the layer's MACs saved (negative when decomposition costs more)."""
         return 1.0 - self.macs_after / self.macs_before if self.macs_before else 0.0
 
     def as_stats(self) -> dict:
+        """The JSON-ready per-layer entry of PassResult.stats['layers']."""
         return {"ranks": self.ranks, "rel_error": round(self.rel_error, 6), "macs_before": self.macs_before,
                 "macs_after": self.macs_after, "predicted_speedup": round(self.macs_before / max(self.macs_after, 1), 4),
                 **self.details}

@@ -177,6 +177,7 @@ class RankPolicy:
 
     @property
     def mode(self) -> str:
+        """Which rule applies: 'rank', 'energy', 'evbmf' or (the default) 'speedup'."""
         if self.rank > 0:
             return "rank"
         if self.energy > 0:
@@ -187,6 +188,7 @@ class RankPolicy:
 
     @property
     def target_speedup(self) -> float:
+        """The MACs speedup m to aim for (2 when no rule was given)."""
         return self.speedup if self.speedup > 0 else 2.0
 
 

@@ -39,7 +39,7 @@ class QDQInsert(Pass):
     exclude: str = ""
     per_channel: bool = True
     percentile: float = 99.99
-    min_channels: int = 4
+    min_reduction: int = 32
     depthwise: Literal["int8", "float"] = "int8"
     lut_sigmoid: bool = True
     min_weight_size: int = 64
@@ -52,8 +52,8 @@ class QDQInsert(Pass):
     def __post_init__(self):
         if not 50.0 < self.percentile <= 100.0:
             raise PipelineError(f"qdq-insert: percentile={self.percentile} must be in (50, 100]")
-        if min(self.min_channels, self.min_weight_size, self.skip_first) < 0:
-            raise PipelineError("qdq-insert: min_channels, min_weight_size and skip_first must be >= 0")
+        if min(self.min_reduction, self.min_weight_size, self.skip_first) < 0:
+            raise PipelineError("qdq-insert: min_reduction, min_weight_size and skip_first must be >= 0")
 
     def run(self, model, ctx: PassContext | None = None) -> PassResult:
         if ctx is None or ctx.calibration is None:
@@ -110,8 +110,10 @@ class QDQInsert(Pass):
                 skipped[node.name] = f"weight has fewer than {self.min_weight_size} values (int8 gains nothing)"
             elif self.depthwise == "float" and _is_depthwise(node, weight):
                 skipped[node.name] = "depthwise kept float (depthwise=float)"
-            elif node.op in ("Conv", "ConvTranspose") and _input_channels(node, weight) < self.min_channels:
-                skipped[node.name] = f"fewer than {self.min_channels} input channels (int8 gains nothing)"
+            elif node.op in ("Conv", "ConvTranspose") and _input_channels_per_group(node, weight) < 4 \
+                    and not _is_depthwise(node, weight) and _reduction_size(node, weight) < self.min_reduction:
+                # e.g. a 3x3 stem on 3 channels: 27-long dot products pack badly into int8 kernels
+                skipped[node.name] = f"dot products shorter than {self.min_reduction} (int8 gains nothing)"
             else:
                 chosen.append(node)
         return chosen, skipped
@@ -239,10 +241,14 @@ class QDQInsert(Pass):
             axis=0, shape=list(bias.shape))
 
 
-def _input_channels(node: gs.Node, weight: np.ndarray) -> int:
-    if node.op == "Conv":
-        return int(weight.shape[1]) * int(node.attrs.get("group", 1))
-    return int(weight.shape[0])
+def _input_channels_per_group(node: gs.Node, weight: np.ndarray) -> int:
+    return int(weight.shape[1] if node.op == "Conv" else weight.shape[0] // int(node.attrs.get("group", 1)))
+
+
+def _reduction_size(node: gs.Node, weight: np.ndarray) -> int:
+    """Length of one output value's dot product: input channels per group x kernel area."""
+    area = int(np.prod(weight.shape[2:])) if weight.ndim > 2 else 1
+    return _input_channels_per_group(node, weight) * area
 
 
 def _is_depthwise(node: gs.Node, weight: np.ndarray) -> bool:

@@ -48,7 +48,8 @@ def add_parser(sub) -> None:
                         help=f"largest allowed relative output error (default {EXACT_REL_TOL:g} for exact "
                              "pipelines; unlimited for lossy ones)")
     parser.add_argument("--on-fail", choices=("stop", "rollback"), default="stop",
-                        help="when an exact pass fails verification: stop (default) or undo it and go on")
+                        help="when a pass fails verification (an exact pass changing outputs, or a lossy "
+                             "one exceeding --max-error): stop (default) or undo it and go on")
     parser.add_argument("--seed", type=int, default=0, help="seed for random verification inputs")
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
     parser.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -107,12 +108,22 @@ def excess_error(report: VerifyReport, tolerance: float, noise: list[float]) -> 
     return max(bad, key=lambda o: o.max_rel) if bad else None
 
 
-def make_pass_check(feeds: list[dict[str, np.ndarray]], tolerance: float, noise: list[float]):
-    """A PassManager equivalence hook: an exact pass must keep outputs within `tolerance`."""
+def make_pass_check(feeds: list[dict[str, np.ndarray]], tolerance: float, noise: list[float],
+                    reference: Model | None = None, max_error: float | None = None):
+    """A PassManager equivalence hook: an exact pass must keep outputs within `tolerance` of the model
+    before it; with `max_error`, a lossy pass must keep them within `max_error` of the original
+    `reference` (so the lossy pass that breaks the budget is the one named and rolled back)."""
 
     def check(pass_: Pass, before: Model, after: Model) -> dict | None:
         if not pass_.exact:
-            return None
+            if max_error is None or reference is None:
+                return None
+            report = compare_models(reference, after, feeds)
+            worst = excess_error(report, max_error, noise)
+            if worst is not None:
+                raise VerificationError(f"lossy pass pushed output {worst.name!r} to relative error "
+                                        f"{worst.max_rel:.3g} > --max-error {max_error:g} against the original")
+            return report.as_dict()
         report = compare_models(before, after, feeds)
         worst = excess_error(report, tolerance, noise)
         if worst is not None:
@@ -150,8 +161,8 @@ def run(args) -> int:
     reference = model.copy()
     feeds = verification_feeds(reference, calib, args.seed) if args.verify else None
     noise = float_noise(reference, feeds) if args.verify else []
-    check = make_pass_check(feeds, args.max_error if args.max_error is not None else EXACT_REL_TOL, noise) \
-        if args.verify else None
+    check = make_pass_check(feeds, args.max_error if args.max_error is not None else EXACT_REL_TOL, noise,
+                            reference, args.max_error) if args.verify else None
     ctx = PassContext(calibration=calib, reference=reference, progress=not quiet and not args.json, seed=args.seed)
     manager = PassManager(passes, verify_each=args.verify, equivalence=check, rollback=args.on_fail == "rollback")
     start = time.perf_counter()

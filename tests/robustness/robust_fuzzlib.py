@@ -487,16 +487,27 @@ def option_values(info) -> list[str]:
     return ["", "zzz", "conv1;fc", ";;"]
 
 
+# Options that only scale a pass's running time (training epochs, iterations, timing repeats):
+# fuzzing keeps them small so each case stays far below the 30 s hang limit.
+COST_OPTIONS = {"epochs": ["1", "0", "-1"], "stage1_epochs": ["1", "0", "-1"], "iters": ["1", "0", "-1"],
+                "repeats": ["1", "0", "-1"], "samples": ["64", "1", "0", "-1"], "steps": ["1", "0", "-1"],
+                "batch": ["8", "1", "0", "-1"]}
+
+
 def pass_option_specs(rng: random.Random, per_pass: int) -> list[str]:
-    """Pipeline texts: each registered pass alone with defaults, then with random option values."""
+    """Pipeline texts: each registered pass alone with defaults, then with random option values
+    (running-time options are capped, see COST_OPTIONS)."""
     specs = []
     for name, cls in registry().items():
-        specs.append(name)
         infos = options_of(cls)
+        caps = {i.name: COST_OPTIONS[i.name][0] for i in infos if i.name in COST_OPTIONS}
+        specs.append(name + ("{" + ",".join(f"{k}={v}" for k, v in caps.items()) + "}" if caps else ""))
         for _ in range(per_pass - 1 if infos else 0):
             chosen = rng.sample(infos, k=min(len(infos), rng.choice((1, 1, 2))))
-            body = ",".join(f"{i.name}={rng.choice(option_values(i))}" for i in chosen)
-            specs.append(f"{name}{{{body}}}")
+            values = dict(caps)
+            for info in chosen:
+                values[info.name] = rng.choice(COST_OPTIONS.get(info.name) or option_values(info))
+            specs.append(name + "{" + ",".join(f"{k}={v}" for k, v in values.items()) + "}")
     return specs
 
 

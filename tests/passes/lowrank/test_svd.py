@@ -155,3 +155,16 @@ def test_full_rank_on_ppocr_det(form, real_model_path):
     actual = run_onnxruntime(with_outputs(model, names), feeds)
     for name in names:
         assert relative_max_error(expected[name], actual[name]) < 1e-4, name
+
+
+def test_lossy_pipeline_keeps_the_model_valid_under_the_manager():
+    from slimcc.passes.manager import PassManager
+    from slimcc.passes.pipeline import parse_pipeline
+
+    model = load_model(build("conv-gemm", width=32))
+    passes = parse_pipeline("decompose-tucker{speedup=2,multiple=4},decompose-svd{speedup=2,form=gemm,keep_s=true}")
+    report = PassManager(passes, verify_each=True).run(model)
+    assert [r.result.modified for r in report.records] == [True, True]
+    tucker, svd = (r.result.stats for r in report.records)
+    assert tucker["macs_after"] < tucker["macs_before"] and svd["macs_after"] < svd["macs_before"]
+    assert ops(model)["MatMul"] >= 3

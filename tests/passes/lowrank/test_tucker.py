@@ -9,7 +9,7 @@ import pytest
 from lowrank_helpers import conv_model, ppocr_det, relative_max_error, with_outputs
 from slimcc.errors import PipelineError
 from slimcc.ir.model import load_model
-from slimcc.ir.verify import assert_equivalent, random_feeds, run_onnxruntime
+from slimcc.ir.verify import assert_equivalent, run_onnxruntime
 from slimcc.models.zoo import build
 from slimcc.passes.lowrank.decompose_tucker import DecomposeTucker
 from slimcc.passes.lowrank.tucker import relative_error, tucker2
