@@ -11,10 +11,11 @@ the same m=2 decomposition executed as convs (Tucker-2 three convs; SVD U*S*V^T 
 each with its own im2col) and as GEMMs over one shared im2col (SVD as three MatMuls), plus the
 two-factor variants with S folded. This answers the survey's question with numbers.
 
-Latencies are medians of interleaved runs (A, B, A, B...) in one process, onnxruntime with
-graph optimisations on, one thread.
+Latencies are the best of interleaved runs (A, B, A, B...) in one process (at least --repeats
+rounds and one second per comparison), onnxruntime with graph optimisations on, one thread.
 
-    python bench/lowrank.py [--json bench/out/lowrank.json] [--repeats 7] [--quick] [--with-svd] [--skip-models]
+    python bench/lowrank.py [--json bench/out/lowrank.json] [--repeats 7] [--quick] [--with-svd] [--with-measure]
+                             [--skip-models]
 """
 
 from __future__ import annotations
@@ -49,20 +50,28 @@ from slimcc.passes.lowrank.measure import single_layer_graph  # noqa: E402
 from slimcc.passes.lowrank.ranks import RankPolicy  # noqa: E402
 
 
-def interleaved_ms(models: list[Model], repeats: int) -> list[float]:
-    """Median latency (ms) of each model, runs interleaved so machine noise hits all alike."""
+def interleaved_ms(models: list[Model], repeats: int, min_seconds: float = 1.0, max_rounds: int = 200) -> list[float]:
+    """Best (minimum) latency in ms of each model over interleaved rounds (A, B, A, B...).
+
+    At least `repeats` rounds, more until `min_seconds` have passed (fast layers get many
+    samples). The minimum, not the median, because on a shared machine other processes only
+    ever add time: the fastest run is the least disturbed one.
+    """
     sessions = [make_session(m, optimize=True, threads=1) for m in models]
     feeds = random_feeds(models[0], seed=0)
     outputs = [[o.name for o in s.get_outputs()] for s in sessions]
     for session, names in zip(sessions, outputs):
         session.run(names, feeds)
     times: list[list[float]] = [[] for _ in models]
-    for _ in range(repeats):
+    start = time.perf_counter()
+    for round_ in range(max_rounds):
         for i, (session, names) in enumerate(zip(sessions, outputs)):
-            start = time.perf_counter()
+            t0 = time.perf_counter()
             session.run(names, feeds)
-            times[i].append((time.perf_counter() - start) * 1e3)
-    return [statistics.median(t) for t in times]
+            times[i].append((time.perf_counter() - t0) * 1e3)
+        if round_ + 1 >= repeats and time.perf_counter() - start > min_seconds:
+            break
+    return [min(t) for t in times]
 
 
 def total_macs(model: Model) -> int:
@@ -176,12 +185,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer shapes")
     parser.add_argument("--with-svd", action="store_true",
                         help="also run decompose-tucker{speedup=2},decompose-svd{speedup=2} on the models")
+    parser.add_argument("--with-measure", action="store_true",
+                        help="also run decompose-tucker{speedup=2,measure=true} (keeps only layers timed faster)")
     parser.add_argument("--skip-models", action="store_true")
     args = parser.parse_args(argv)
 
     tucker = DecomposeTucker(speedup=2)
     both = [DecomposeTucker(speedup=2), DecomposeSvd(speedup=2)]
-    pipelines = {"tucker": [tucker], "tucker+svd": both} if args.with_svd else {"tucker": [tucker]}
+    pipelines = {"tucker": [tucker]}
+    if args.with_svd:
+        pipelines["tucker+svd"] = both
+    if args.with_measure:
+        pipelines["tucker-measured"] = [DecomposeTucker(speedup=2, measure=True)]
     models = {
         "vgg-224-w64": lambda: load_model(build("vgg", size=224, width=64)),
         "resnet-basic-224-w64": lambda: load_model(build("resnet-basic", size=224, width=64)),

@@ -16,19 +16,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+# this file is named tvm.py: drop its folder from the path so `import tvm` finds Apache TVM, not us
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from slimcc.ir.verify import compare_outputs, make_session, random_feeds, run_onnxruntime
-from slimcc.models import zoo
-from slimcc.models.fetch import REAL_MODELS, real_model_path
-from slimcc.targets.compiler import compile_model, prepare_model
-from slimcc.targets.runner import load_artifact
-from slimcc.targets.target import make_target
-from slimcc.targets.tune import tune_model
+import numpy as np  # noqa: E402
+
+from slimcc.ir.verify import compare_outputs, make_session, random_feeds, run_onnxruntime  # noqa: E402
+from slimcc.models import zoo  # noqa: E402
+from slimcc.models.fetch import REAL_MODELS, real_model_path  # noqa: E402
+from slimcc.targets.compiler import compile_model, prepare_model  # noqa: E402
+from slimcc.targets.runner import load_artifact  # noqa: E402
+from slimcc.targets.target import make_target  # noqa: E402
+from slimcc.targets.tune import tune_model  # noqa: E402
 
 
 def load(name: str, zoo_size: int, zoo_width: int):

@@ -261,13 +261,16 @@ MAX_DIM = 2**31 - 1
 
 
 def check_declared_dims(proto: onnx.ModelProto) -> None:
-    """Refuse negative or absurd (>= 2**31) dims on graph inputs and outputs before anything allocates."""
+    """Refuse absurd dims (< -1 or >= 2**31) on graph inputs and outputs before anything allocates.
+
+    -1 stays allowed: some exporters (Paddle) write it for a dynamic dim.
+    """
     for kind, values in (("input", proto.graph.input), ("output", proto.graph.output)):
         for value in values:
             for axis, dim in enumerate(value.type.tensor_type.shape.dim):
-                if dim.HasField("dim_value") and not 0 <= dim.dim_value <= MAX_DIM:
+                if dim.HasField("dim_value") and not -1 <= dim.dim_value <= MAX_DIM:
                     raise ModelLoadError(f"invalid ONNX model: {kind} {value.name!r} dim {axis} is {dim.dim_value}; "
-                                         f"dims must be in 0..{MAX_DIM}")
+                                         f"dims must be in 0..{MAX_DIM} (or -1 for a dynamic dim)")
 
 
 def check_and_infer(proto: onnx.ModelProto) -> onnx.ModelProto:

@@ -147,7 +147,7 @@ def _child_main(request_path: str) -> int:
     request = json.loads(Path(request_path).read_text())
     result_path = Path(request["result"])
     try:
-        model = load_model(request["model"])
+        model = load_model(request["model"], isolate=False)  # our own file, written just now
         info = build_library(model, TargetSpec.from_dict(request["target"]), Path(request["so_path"]),
                              database_dir=request.get("database_dir"))
         result = {"ok": True, "info": info}

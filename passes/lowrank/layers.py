@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from slimcc.ir.cost import constant_value as cost_constant
 from slimcc.passes.lowrank.ranks import ConvGeometry
 
 
@@ -80,13 +81,10 @@ class MatMulLayer:
 
 def constant_value(tensor) -> np.ndarray | None:
     """The value of an initializer or of a Constant node's output; None for a computed tensor."""
-    if isinstance(tensor, gs.Constant):
-        return np.asarray(tensor.values)
-    if isinstance(tensor, gs.Variable) and len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
-        value = tensor.inputs[0].attrs.get("value")
-        if isinstance(value, gs.Constant):
-            return np.asarray(value.values)
-    return None
+    if tensor is None:
+        return None
+    found = cost_constant(tensor)
+    return np.asarray(found.values) if found is not None else None
 
 
 def _present(node: gs.Node, index: int) -> bool:

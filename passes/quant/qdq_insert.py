@@ -2,11 +2,19 @@
 
 Weights: per-channel symmetric int8 (zero point 0), stored as int8 initializers behind a
 DequantizeLinear (the file shrinks ~4x). Bias: int32 with scale s_in * s_w. Activations:
-per-tensor u8 (asymmetric) or s8 (symmetric), placed so that onnxruntime's QDQ fusions
-apply: the input and output of every quantized Conv/ConvTranspose/Gemm/MatMul (the output
-after a following Relu/Clip, which the quantized range then absorbs), both branches and
-the output of a residual Add, and one shared scale for Concat inputs/output and across
-layout-only ops (Reshape, Transpose, MaxPool, ...). Graph outputs stay float.
+per-tensor u8 (asymmetric; u8 x s8 is what x86 int8 kernels multiply) or s8 (symmetric).
+
+Placement follows the patterns onnxruntime fuses, so no Q/DQ is left between float ops:
+the input and output of every quantized Conv/ConvTranspose/Gemm/MatMul (after a sole
+following Relu/Clip, which the quantized range absorbs), both branches and the output of
+a residual Add (QLinearAdd), Sigmoid and x*Sigmoid(x) when their inputs are quantized
+(QLinearSigmoid table + QLinearMul), one shared scale for a Concat feeding a quantized op
+and across layout-only ops. Layers stay float when quantizing them cannot pay: dot
+products shorter than `min_reduction` on < 4 input channels (image stems), tiny weights,
+`terminal` layers whose output reaches no quantized op (logits, box regressions), the
+first `skip_first` layers (large, cheap, accuracy-sensitive maps) and `exclude=` names.
+HardSwish/HardSigmoid have no onnxruntime integer kernel, so they stay float between a
+DQ and a Q. Graph outputs stay float.
 """
 
 from __future__ import annotations

@@ -24,12 +24,30 @@ def calibration_batches(ctx, pass_name: str) -> list[dict[str, np.ndarray]]:
     return batches
 
 
-def reference_model(ctx, pass_name: str):
-    """The model before the pipeline (`ctx.reference`), or a PassError."""
+def reference_model(ctx, pass_name: str, model=None):
+    """The model before the pipeline (`ctx.reference`), or a PassError.
+
+    When `model` was canonicalized in the pipeline (no BatchNormalization left) but the
+    reference still has BatchNormalization, the reference is canonicalized too (an exact
+    rewrite, cached in ctx.notes) so that layers, names and weights correspond one to one."""
     reference = getattr(ctx, "reference", None) if ctx is not None else None
     if reference is None:
         raise PassError(f"{pass_name} needs the original model as ctx.reference (the PassManager sets it)")
-    return reference
+    if model is None or _has_batchnorm(model) or not _has_batchnorm(reference):
+        return reference
+    cache = ctx.notes.setdefault("recover:canonical_reference", {})
+    if id(reference) not in cache:
+        from slimcc.passes.canonicalize import Canonicalize
+
+        canonical = reference.copy()
+        Canonicalize().run(canonical)
+        cache.clear()
+        cache[id(reference)] = canonical
+    return cache[id(reference)]
+
+
+def _has_batchnorm(model) -> bool:
+    return any(node.op == "BatchNormalization" for node in model.graph.nodes)
 
 
 def stream(model, batches: list[dict[str, np.ndarray]], names: list[str]) -> Iterator[dict[str, np.ndarray]]:

@@ -29,6 +29,7 @@ from slimcc.passes.recover.layers import find_layers
 from slimcc.passes.recover.torch_mapper import TorchGraph, import_torch
 
 MAX_BOUNDARIES = 8
+TEACHER_CACHE_BYTES = 1 << 30
 
 
 def logits_tensor(graph) -> str:
@@ -127,7 +128,7 @@ class Distill(Pass):
         from tqdm import tqdm
 
         batches = calibration_batches(ctx, self.name)
-        reference = reference_model(ctx, self.name)
+        reference = reference_model(ctx, self.name, model)
         samples = stack_samples(batches)
         count = len(next(iter(samples.values())))
         labels = self._labels(ctx, count)
@@ -142,6 +143,7 @@ class Distill(Pass):
         optimizer = torch.optim.Adam(student.parameter_list(), lr=self.lr)
         capture = [name for name, _ in boundaries] + [logits]
         selectors = {name: None if kept is None else torch.from_numpy(kept) for name, kept in boundaries}
+        targets = self._teacher_outputs(torch, teacher, samples, capture, count)
         history = []
         lam = 0.0
         bar = tqdm(range(self.epochs), desc=self.name, unit="epoch", disable=not getattr(ctx, "progress", False))
@@ -152,8 +154,11 @@ class Distill(Pass):
             for start in range(0, count, self.batch):
                 pick = order[start:start + self.batch]
                 feeds = {k: torch.from_numpy(v[pick]) for k, v in samples.items()}
-                with torch.no_grad():
-                    target = teacher(feeds, capture)
+                if targets is None:
+                    with torch.no_grad():
+                        target = teacher(feeds, capture)
+                else:
+                    target = {name: value[pick] for name, value in targets.items()}
                 got = student(feeds, capture)
                 task = self._task_loss(torch, got[logits], target[logits],
                                        None if labels is None else torch.from_numpy(labels[pick]))
@@ -175,6 +180,22 @@ class Distill(Pass):
         written = student.write_back()
         return PassResult(True, {"boundaries": [name for name, _ in boundaries], "samples": count, "labels": labels is not None,
                                  "parameters": written, "history": history})
+
+    def _teacher_outputs(self, torch, teacher, samples, capture, count) -> dict | None:
+        """The teacher's captured tensors for every sample, computed once (inputs never change);
+        None when they would take more than TEACHER_CACHE_BYTES (then they are recomputed per step)."""
+        parts: dict[str, list] = {name: [] for name in capture}
+        with torch.no_grad():
+            for start in range(0, count, self.batch):
+                if start == self.batch:
+                    per_sample = sum(v[0].numel() * 4 for v in parts.values()) / self.batch
+                    if per_sample * count > TEACHER_CACHE_BYTES:
+                        return None
+                feeds = {k: torch.from_numpy(v[start:start + self.batch]) for k, v in samples.items()}
+                for name, value in teacher(feeds, capture).items():
+                    if name in parts:
+                        parts[name].append(value)
+        return {name: torch.cat(values) for name, values in parts.items()}
 
     def _labels(self, ctx, count: int) -> np.ndarray | None:
         labels = (getattr(ctx, "notes", None) or {}).get("labels")

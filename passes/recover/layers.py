@@ -28,6 +28,7 @@ class LinearLayer:
     output: gs.Variable
     bias_node: gs.Node | None = None
     reason: str = ""
+    graph: gs.Graph | None = None  # where a MatMul without bias gets its new Add
 
     @property
     def name(self) -> str:
@@ -140,10 +141,8 @@ class LinearLayer:
         mid = gs.Variable(_fresh_name(self.node, "matmul_out"), dtype=out.dtype, shape=out.shape)
         self.node.outputs[0] = mid
         add = gs.Node("Add", _fresh_name(self.node, "refit_add"), inputs=[mid, fresh], outputs=[out])
-        self._graph_nodes.append(add)
+        self.graph.nodes.append(add)  # the pass toposorts the graph when it is done
         self.bias_node = add
-
-    _graph_nodes: list = None  # set by find_layers so that a MatMul can grow an Add
 
 
 _counter = [0]
@@ -193,7 +192,7 @@ def find_layers(graph: gs.Graph) -> list[LinearLayer]:
         weight = constant_value(weight_tensor)
         if weight is None and not quantized:
             continue
-        layer = LinearLayer(node, node.outputs[0])
+        layer = LinearLayer(node, node.outputs[0], graph=graph)
         if quantized:
             layer.reason = "weights are quantized (DequantizeLinear); refit before qdq-insert"
         elif node.op == "Conv" and layer.groups != 1:
@@ -212,7 +211,6 @@ def find_layers(graph: gs.Graph) -> list[LinearLayer]:
                 if value is not None and value.size == weight.shape[-1] and value.reshape(-1).shape[0] == value.shape[-1]:
                     layer.bias_node = consumers[0]
                     layer.output = consumers[0].outputs[0]
-        layer._graph_nodes = graph.nodes
         layers.append(layer)
     return layers
 

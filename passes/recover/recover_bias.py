@@ -55,7 +55,7 @@ class RecoverBias(Pass):
 
     def run(self, model, ctx: PassContext | None = None) -> PassResult:
         batches = calibration_batches(ctx, self.name)
-        reference = reference_model(ctx, self.name)
+        reference = reference_model(ctx, self.name, model)
         known = tensor_names(reference)
         skipped: dict[str, str] = {}
         candidates: list[LinearLayer] = []

@@ -96,7 +96,7 @@ class RecoverLstsq(Pass):
 
     def run(self, model, ctx: PassContext | None = None) -> PassResult:
         batches = calibration_batches(ctx, self.name)
-        reference = reference_model(ctx, self.name)
+        reference = reference_model(ctx, self.name, model)
         known = tensor_names(reference)
         originals = {l.output.name: l for l in find_layers(reference.graph)}
         seed = getattr(ctx, "seed", 0) or 0

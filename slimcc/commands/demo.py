@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import signal
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -67,8 +69,8 @@ class Settings:
     @classmethod
     def from_args(cls, quick: bool, trials: int | None) -> Settings:
         if quick:
-            return cls(32, 20, "last", 0 if trials is None else trials)
-        return cls(128, 100, "all", 32 if trials is None else trials)
+            return cls(32, 20, "last", trials or 0)
+        return cls(128, 100, "all", trials or 0)
 
 
 @dataclass
@@ -116,7 +118,8 @@ def add_parser(sub) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="reduced mode: less calibration data, fewer timing runs, TVM for the last stage only")
     parser.add_argument("--trials", type=int, metavar="N",
-                        help="MetaSchedule tuning trials for the final model (default 32; 0 with --quick)")
+                        help="also tune the final model with N MetaSchedule trials and add a tuned row "
+                             "(default 0: tuning takes many minutes on 2 cores)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary instead of the table")
     parser.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
@@ -345,6 +348,11 @@ def run_demo(out: Path, settings: Settings, *, progress: bool) -> dict:
     return summary
 
 
+def _interrupt(signum, frame):
+    """SIGTERM behaves like Ctrl-C, so the half-written report folder is removed."""
+    raise KeyboardInterrupt
+
+
 def run(args) -> int:
     """Handler of `slimcc demo`."""
     quiet = bool(getattr(args, "quiet", False))
@@ -353,7 +361,13 @@ def run(args) -> int:
     out = Path(args.out)
     check_out_folder(out)
     settings = Settings.from_args(args.quick, args.trials)
-    summary = run_demo(out, settings, progress=not quiet and not args.json)
+    previous = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() \
+        else None
+    try:
+        summary = run_demo(out, settings, progress=not quiet and not args.json)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     if args.json:
         print_json(summary)
         return 0

@@ -121,8 +121,8 @@ def make_pass_check(feeds: list[dict[str, np.ndarray]], tolerance: float, noise:
             report = compare_models(reference, after, feeds)
             worst = excess_error(report, max_error, noise)
             if worst is not None:
-                raise VerificationError(f"lossy pass pushed output {worst.name!r} to relative error "
-                                        f"{worst.max_rel:.3g} > --max-error {max_error:g} against the original")
+                raise VerificationError(f"output {worst.name!r} relative error {worst.max_rel:.3g} > --max-error "
+                                        f"{max_error:g} against the original (lossy pipeline budget)")
             return report.as_dict()
         report = compare_models(before, after, feeds)
         worst = excess_error(report, tolerance, noise)

