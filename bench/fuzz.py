@@ -50,7 +50,7 @@ def main() -> int:
             ("real-bytes", lambda: fuzz_real_bytes(run, tmp, paths, sizes["real_per_model"], rng)),
             ("zoo-bytes", lambda: fuzz_zoo_bytes(run, tmp, sizes["zoo_per_model"], rng)),
             ("graph-edit", lambda: fuzz_graph_edits(run, sizes["graph_edits"], seed=args.seed)),
-            ("pass-options", lambda: fuzz_pass_options(run, rng, sizes["pass_per_pass"])),
+            ("pass-options", lambda: fuzz_pass_options(run, rng, sizes["pass_per_pass"], training=True)),
             ("pipeline-text", lambda: fuzz_pipeline_text(run, sizes["pipeline_text"])),
             ("cli", lambda: fuzz_cli(run, tmp, sizes["cli"], rng)),
         ]

@@ -26,14 +26,21 @@ BLOCK = re.compile(r"(<!-- BEGIN GENERATED: (?P<name>[a-z-]+) -->\n)(?P<body>.*?
 
 def help_texts() -> dict[str, str]:
     """`slimcc --help` (key "") and `slimcc COMMAND --help` for every available subcommand."""
-    os.environ["COLUMNS"] = HELP_COLUMNS
     from slimcc.cli import build_parser
 
-    parser = build_parser()
-    texts = {"": parser.format_help()}
-    for action in parser._subparsers._group_actions:  # argparse keeps subparsers here; no public accessor
-        for name, sub in action.choices.items():
-            texts[name] = sub.format_help()
+    saved = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = HELP_COLUMNS
+    try:
+        parser = build_parser()
+        texts = {"": parser.format_help()}
+        for action in parser._subparsers._group_actions:  # argparse keeps subparsers here; no public accessor
+            for name, sub in action.choices.items():
+                texts[name] = sub.format_help()
+    finally:
+        if saved is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = saved
     return texts
 
 

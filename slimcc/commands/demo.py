@@ -28,7 +28,7 @@ from slimcc.errors import SlimccError
 from slimcc.ir.atomic import atomic_folder
 from slimcc.ir.calibration import CalibrationData
 from slimcc.ir.cost import model_cost
-from slimcc.ir.model import Model, load_model, save_model
+from slimcc.ir.model import Model, first_line, load_model, save_model
 from slimcc.ir.verify import make_session
 from slimcc.passes.base import PassContext, registry
 from slimcc.passes.manager import PassManager
@@ -223,6 +223,8 @@ def tvm_latency_ms(model: Model, folder: Path, feeds: dict[str, np.ndarray], rep
         return 1e3 * load_artifact(folder).time(feeds, repeat=repeats), "", tuning
     except SlimccError as exc:
         return None, f"TVM: {exc}", tuning
+    except Exception as exc:  # a TVM runtime failure must not end the demo: the row says why
+        return None, f"TVM: {type(exc).__name__}: {first_line(exc)}", tuning
 
 
 def conv_channels(model: Model) -> dict[str, int]:
@@ -236,9 +238,14 @@ def measure(row: Row, model: Model, path: Path, subject: Subject, settings: Sett
     cost = model_cost(model)
     save_model(model, path)
     row.params, row.macs, row.file_bytes = cost.params, cost.macs, path.stat().st_size
-    if subject.accuracy is not None:
-        row.accuracy = float(subject.accuracy(model))
-    row.ort_ms = ort_latency_ms(model, subject.calibration.batches[0], settings.latency_repeats)
+    try:
+        if subject.accuracy is not None:
+            row.accuracy = float(subject.accuracy(model))
+        row.ort_ms = ort_latency_ms(model, subject.calibration.batches[0], settings.latency_repeats)
+    except SlimccError as exc:
+        row.note = "; ".join(filter(None, [row.note, f"onnxruntime: {exc}"]))
+    except Exception as exc:  # onnxruntime refusing to run a stage's model: say so in the row
+        row.note = "; ".join(filter(None, [row.note, f"onnxruntime: {type(exc).__name__}: {first_line(exc)}"]))
 
 
 def run_stages(subject: Subject, settings: Settings, folder: Path, bar) -> tuple[list[Row], list[tuple[Row, Model]],

@@ -581,12 +581,18 @@ def fuzz_graph_edits(run: FuzzRun, examples: int, seed: int = 0) -> None:
     one()
 
 
-def fuzz_pass_options(run: FuzzRun, rng: random.Random, per_pass: int) -> None:
+# Passes that train (tens of seconds even at one epoch on 2 cores): fuzzed by bench/fuzz.py only.
+TRAINING_PASSES = {"distill"}
+
+
+def fuzz_pass_options(run: FuzzRun, rng: random.Random, per_pass: int, *, training: bool = False) -> None:
     """Every registered pass, with default and random (often hostile) options, on small zoo models."""
     from slimcc.models.zoo import build
 
     models = {name: load_model(build(name, seed=0)) for name in ZOO_FOR_PASSES}
     for spec in pass_option_specs(rng, per_pass):
+        if not training and spec.split("{")[0] in TRAINING_PASSES:
+            continue
         name = rng.choice(ZOO_FOR_PASSES)
         if parse_pipeline(spec.split("{")[0])[0].needs_calibration:
             name = "conv-gemm"  # data-driven passes (training, least squares) get the smallest model
