@@ -72,7 +72,11 @@ def predict(model, images: np.ndarray, batch: int | None = None) -> np.ndarray:
 
 
 def accuracy(model) -> float:
-    """Held-out top-1 accuracy (fraction) of a model variant."""
+    """Held-out top-1 accuracy (fraction) of a model variant (a Model, a ModelProto or a path)."""
+    if isinstance(model, (str, Path)):
+        from slimcc.ir.model import load_model
+
+        model = load_model(model)
     _, _, x_test, y_test = split()
     return float((predict(model, x_test) == y_test).mean())
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from slimcc.errors import SlimccError
+
 UNARY_OPS = frozenset({
     "Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Tanh", "Cast", "Identity", "Dropout",
     "Elu", "Selu", "Softplus", "Softsign", "Neg", "Abs", "Exp", "Log", "Sqrt", "Reciprocal", "Erf", "Gelu",
@@ -686,6 +688,10 @@ class _Builder:
 
 def analyze_channels(graph: gs.Graph) -> ChannelAnalysis:
     """Build channel spaces, merge exactly-coupled units, and group and block them (see module doc)."""
+    dynamic = [t.name for t in graph.tensors().values() if isinstance(t, gs.Variable) and static_shape(t) is None]
+    if dynamic:
+        raise SlimccError(f"channel analysis needs static shapes, but {dynamic[0]!r} (and {len(dynamic) - 1} more) "
+                          "is dynamic; give --input-shape and run canonicalize first")
     builder = _Builder(graph)
     builder.run()
     uf = builder.uf

@@ -288,7 +288,7 @@ def _clamps_at_zero(node: gs.Node) -> bool:
     if node.op == "Relu":
         return True
     low = constant_value(node.inputs[1]) if len(node.inputs) > 1 and not node.inputs[1].is_empty() else None
-    return low is not None and low.size == 1 and float(low) == 0.0
+    return low is not None and low.size == 1 and float(np.asarray(low).reshape(-1)[0]) == 0.0
 
 
 class _UnionFind:
