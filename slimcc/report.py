@@ -104,8 +104,9 @@ def plot_accuracy_vs_macs(ax, stages: list[dict]) -> None:
         ax.set_axis_off()
         return
     ax.plot([p[0] / 1e6 for p in points], [100 * p[1] for p in points], "-o", color="#2f7ed8")
-    for macs, acc, label in points:
-        ax.annotate(label, (macs / 1e6, 100 * acc), textcoords="offset points", xytext=(5, 5), fontsize=9)
+    for index, (macs, acc, label) in enumerate(points):  # alternate above/below: stages often coincide
+        ax.annotate(label, (macs / 1e6, 100 * acc), textcoords="offset points",
+                    xytext=(6, 6) if index % 2 == 0 else (6, -14), fontsize=9)
     ax.set_xlabel("MACs (millions)")
     ax.set_ylabel("held-out accuracy (%)")
     low = min(100 * p[1] for p in points)

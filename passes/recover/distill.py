@@ -44,14 +44,14 @@ def logits_tensor(graph) -> str:
 def match_boundaries(student, teacher, ctx=None) -> list[tuple[str, np.ndarray | None]]:
     """Tensors to guide, as (name, kept original channels or None).
 
-    Candidates are produced by a node, are not the logits, and exist in both graphs by name
+    Candidates are produced by a node, are neither the logits nor a graph output, and exist in both graphs by name
     with equal static shapes; a pruned conv/gemm output also qualifies when its original
     channels are known exactly (ctx.notes["channel_map"] or the sliced weights), and is then
     compared with those channels of the teacher. At most MAX_BOUNDARIES, evenly spread over depth.
     """
     teacher_shapes = {t.name: t.shape for t in teacher.graph.tensors().values() if not _is_constant(t)}
     last = logits_tensor(student.graph)
-    inputs = {t.name for t in student.graph.inputs}
+    inputs = {t.name for t in student.graph.inputs} | {t.name for t in student.graph.outputs}
     originals = {l.output.name: l for l in find_layers(teacher.graph)}
     pruned = {}
     for layer in find_layers(student.graph):
