@@ -14,11 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import tvm
-from tvm import relax, rpc
 
 from slimcc.errors import SlimccError
 from slimcc.ir.model import first_line
+from slimcc.targets.tvm_import import ensure_tvm
+
+tvm = ensure_tvm()
+from tvm import relax, rpc  # noqa: E402  (after ensure_tvm, which keeps torch out of TVM's import)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9090

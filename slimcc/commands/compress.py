@@ -11,19 +11,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from slimcc.commands.common import add_model_arguments, print_json
-from slimcc.commands.optimize import (EXACT_REL_TOL, check_output_path, excess_error, float_noise, make_pass_check,
-                                      print_report, summarize, verification_feeds)
+from slimcc.commands.optimize import check_output_path, print_report, run_verified, summarize
 from slimcc.compress_plan import plan
-from slimcc.errors import SlimccError, VerificationError
+from slimcc.errors import SlimccError
 from slimcc.ir.model import Model, load_model, parse_input_shapes, save_model
-from slimcc.ir.verify import compare_models
-from slimcc.passes.base import PassContext
-from slimcc.passes.manager import ManagerReport, PassManager
 from slimcc.passes.pipeline import format_pipeline, parse_pipeline
 
 TARGETS = ("x86", "arm", "cuda")
@@ -55,45 +49,6 @@ def add_parser(sub) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON summary instead of tables")
     parser.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
-
-
-@dataclass
-class VerifiedRun:
-    """The outcome of running a pipeline under the verification gate."""
-
-    report: ManagerReport
-    seconds: float
-    verification: dict | None
-
-
-def run_verified(model: Model, passes, calib, *, max_error: float | None, seed: int = 0,
-                 progress: bool = True, verify: bool = True) -> VerifiedRun:
-    """Run `passes` over `model` in place with `slimcc optimize`'s verification gate.
-
-    Exact passes must keep outputs within EXACT_REL_TOL (or `max_error`) of the model before
-    them; the final model must stay within `max_error` of the original when it is given.
-    Raises VerificationError otherwise.
-    """
-    exact = all(p.exact for p in passes)
-    tolerance = max_error if max_error is not None else (EXACT_REL_TOL if exact else None)
-    reference = model.copy()
-    feeds = verification_feeds(reference, calib, seed) if verify else None
-    noise = float_noise(reference, feeds) if verify else []
-    check = make_pass_check(feeds, max_error if max_error is not None else EXACT_REL_TOL, noise) if verify else None
-    ctx = PassContext(calibration=calib, reference=reference, progress=progress, seed=seed)
-    start = time.perf_counter()
-    report = PassManager(passes, verify_each=verify, equivalence=check).run(model, ctx)
-    seconds = time.perf_counter() - start
-    model.refresh_shapes()
-    verification = None
-    if verify:
-        result = compare_models(reference, model, feeds)
-        verification = dict(result.as_dict(), tolerance=tolerance, batches=len(feeds), float_noise=noise)
-        worst = excess_error(result, tolerance, noise) if tolerance is not None else None
-        if worst is not None:
-            raise VerificationError(f"compressed model differs from the original: output {worst.name!r} relative "
-                                    f"error {worst.max_rel:.3g} > {tolerance:g}; nothing written")
-    return VerifiedRun(report, seconds, verification)
 
 
 def default_artifact_dir(output: Path, target: str) -> Path:

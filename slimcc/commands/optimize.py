@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +135,48 @@ def make_pass_check(feeds: list[dict[str, np.ndarray]], tolerance: float, noise:
     return check
 
 
+@dataclass
+class VerifiedRun:
+    """The outcome of running a pipeline under the verification gate."""
+
+    report: ManagerReport
+    seconds: float
+    verification: dict | None
+
+
+def run_verified(model: Model, passes, calib, *, max_error: float | None, seed: int = 0,
+                 progress: bool = True, verify: bool = True, rollback: bool = False) -> VerifiedRun:
+    """Run `passes` over `model` in place with `slimcc optimize`'s verification gate.
+
+    Exact passes must keep outputs within EXACT_REL_TOL (or `max_error`) of the model before
+    them; the final model must stay within `max_error` of the original when it is given.
+    Raises VerificationError otherwise; with `rollback`, a pass failing its check is undone
+    (and named in the report) and the run goes on.
+    """
+    exact = all(p.exact for p in passes)
+    tolerance = max_error if max_error is not None else (EXACT_REL_TOL if exact else None)
+    reference = model.copy()
+    feeds = verification_feeds(reference, calib, seed) if verify else None
+    noise = float_noise(reference, feeds) if verify else []
+    check = make_pass_check(feeds, max_error if max_error is not None else EXACT_REL_TOL, noise,
+                            reference, max_error) if verify else None
+    ctx = PassContext(calibration=calib, reference=reference, progress=progress, seed=seed)
+    start = time.perf_counter()
+    report = PassManager(passes, verify_each=verify, equivalence=check, rollback=rollback).run(model, ctx)
+    seconds = time.perf_counter() - start
+    model.refresh_shapes()
+    verification = None
+    if verify:
+        result = compare_models(reference, model, feeds)
+        verification = dict(result.as_dict(), tolerance=tolerance, batches=len(feeds), float_noise=noise)
+        worst = excess_error(result, tolerance, noise) if tolerance is not None else None
+        if worst is not None:
+            kind = "exact" if exact else "lossy"
+            raise VerificationError(f"result differs from the original: output {worst.name!r} relative "
+                                    f"error {worst.max_rel:.3g} > {tolerance:g} ({kind} pipeline); nothing written")
+    return VerifiedRun(report, seconds, verification)
+
+
 def run(args) -> int:
     """Handler of `slimcc optimize`."""
     quiet = bool(getattr(args, "quiet", False))
@@ -148,7 +191,6 @@ def run(args) -> int:
     if needing and not args.calib:
         raise SlimccError(f"pass(es) {', '.join(needing)} need calibration data; give --calib FILE.npz|FOLDER")
     exact = all(p.exact for p in passes)
-    tolerance = args.max_error if args.max_error is not None else (EXACT_REL_TOL if exact else None)
 
     source = Path(args.model)
     model = load_model(source, parse_input_shapes(args.input_shape))
@@ -158,28 +200,10 @@ def run(args) -> int:
 
         calib = load_calibration(args.calib, model)
     before = summarize(model, source.stat().st_size)
-    reference = model.copy()
-    feeds = verification_feeds(reference, calib, args.seed) if args.verify else None
-    noise = float_noise(reference, feeds) if args.verify else []
-    check = make_pass_check(feeds, args.max_error if args.max_error is not None else EXACT_REL_TOL, noise,
-                            reference, args.max_error) if args.verify else None
-    ctx = PassContext(calibration=calib, reference=reference, progress=not quiet and not args.json, seed=args.seed)
-    manager = PassManager(passes, verify_each=args.verify, equivalence=check, rollback=args.on_fail == "rollback")
-    start = time.perf_counter()
-    report = manager.run(model, ctx)
-    seconds = time.perf_counter() - start
-    model.refresh_shapes()
-
-    verification = None
-    if args.verify:
-        result = compare_models(reference, model, feeds)
-        verification = dict(result.as_dict(), tolerance=tolerance, batches=len(feeds), float_noise=noise)
-        worst = excess_error(result, tolerance, noise) if tolerance is not None else None
-        if worst is not None:
-            kind = "exact" if exact else "lossy"
-            raise VerificationError(f"optimized model differs from the original: output {worst.name!r} relative "
-                                    f"error {worst.max_rel:.3g} > {tolerance:g} ({kind} pipeline); "
-                                    f"nothing written to {output}")
+    outcome = run_verified(model, passes, calib, max_error=args.max_error, seed=args.seed,
+                           progress=not quiet and not args.json, verify=args.verify,
+                           rollback=args.on_fail == "rollback")
+    report, seconds, verification = outcome.report, outcome.seconds, outcome.verification
 
     save_model(model, output)
     after = summarize(model, output.stat().st_size)

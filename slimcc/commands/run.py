@@ -57,9 +57,9 @@ def open_session(args):
     if args.tracker:
         if not args.key:
             raise SlimccError("--tracker needs --key K (the device key registered with the tracker)")
-        from slimcc.targets.rpc import connect_tracker, parse_address
+        from slimcc.targets.rpc import DEFAULT_TRACKER_PORT, connect_tracker, parse_address
 
-        return connect_tracker(*parse_address(args.tracker), args.key)
+        return connect_tracker(*parse_address(args.tracker, DEFAULT_TRACKER_PORT), args.key)
     return None
 
 
