@@ -50,7 +50,7 @@ def digits_task() -> Task:
     model = load_model(digits.MODEL_PATH)
     Canonicalize().run(model)
     x_train, y_train, _, _ = digits.split()
-    return Task("digits", model, digits.accuracy, CalibrationData(digits.calibration_batches(512)),
+    return Task("digits", model, digits.accuracy, CalibrationData(digits.calibration_batches(256)),
                 CalibrationData([{digits.INPUT_NAME: x_train}]), y_train, 64)
 
 
@@ -88,7 +88,8 @@ def measure(task: Task, model, method: str, pipeline: str, target: float | None,
     return row
 
 
-def bench_task(task: Task, ratios: list[float], distill_epochs: int, methods: set[str]) -> list[dict]:
+def bench_task(task: Task, ratios: list[float], distill_epochs: int, methods: set[str],
+               distill_ratios: list[float] | None = None) -> list[dict]:
     rows = [measure(task, task.reference, "original", "", None, 0.0)]
     for ratio in ratios:
         prune = f"prune-channels{{macs={1.0 / ratio:.4f}}}"
@@ -105,7 +106,7 @@ def bench_task(task: Task, ratios: list[float], distill_epochs: int, methods: se
             both, _ = run_pipeline(task, refit, "recover-bias")
             rows.append(measure(task, both, "prune+lstsq+bias", prune + ",recover-lstsq{layers=all},recover-bias",
                                 ratio, prune_s + time.perf_counter() - start))
-        if "distill" in methods:
+        if "distill" in methods and (distill_ratios is None or ratio in distill_ratios):
             spec = f"distill{{epochs={distill_epochs},stage1_epochs={max(1, distill_epochs // 4)},lr=0.002," \
                    f"batch={task.distill_batch}}}"
             start = time.perf_counter()
@@ -174,6 +175,7 @@ def main(argv=None) -> int:
     parser.add_argument("--ratios", default="1.5,2,3")
     parser.add_argument("--methods", default="lstsq,distill,tucker,int8")
     parser.add_argument("--distill-epochs", type=int, default=12)
+    parser.add_argument("--distill-ratios", help="run distill only at these reductions (default: all)")
     parser.add_argument("--json", help="also write the JSON here")
     parser.add_argument("--plot", help="write the accuracy-vs-MACs PNG here")
     args = parser.parse_args(argv)
@@ -182,7 +184,8 @@ def main(argv=None) -> int:
     rows = []
     for name in args.models.split(","):
         task = TASKS[name]()
-        rows.extend(bench_task(task, ratios, args.distill_epochs, methods))
+        distill_ratios = [float(r) for r in args.distill_ratios.split(",")] if args.distill_ratios else None
+        rows.extend(bench_task(task, ratios, args.distill_epochs, methods, distill_ratios))
     print(table(rows), file=sys.stderr)
     text = json.dumps({"bench": "accuracy", "results": rows}, indent=2)
     print(text)

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+
+# One BLAS thread: with two, OpenBLAS busy-waits against onnxruntime/TVM threads on 2 cores and
+# small factorisations (SVD, lstsq) slow down ~10x. Must be set before numpy is imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from pathlib import Path  # noqa: E402
 from typing import Callable
 
 import pytest

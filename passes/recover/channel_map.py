@@ -135,7 +135,8 @@ def kept_channels(ctx, layer, original_layer, cur_rows: np.ndarray, ref_rows: np
     if channels > original:
         return f"output has more channels ({channels}) than the original ({original})"
     kept = recorded_map(ctx, layer.output.name, channels, original)
-    if kept is None and original_layer is not None and original_layer.reason == "" and layer.reason == "":
+    if kept is None and original_layer is not None \
+            and layer.weight_array() is not None and original_layer.weight_array() is not None:
         kept = weight_map(layer.filters(), original_layer.filters())
     if kept is not None:
         return kept

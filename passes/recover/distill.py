@@ -56,7 +56,7 @@ def match_boundaries(student, teacher, ctx=None) -> list[tuple[str, np.ndarray |
     pruned = {}
     for layer in find_layers(student.graph):
         original = originals.get(layer.output.name)
-        if original is None or layer.reason or original.reason:
+        if original is None or layer.weight_array() is None or original.weight_array() is None:
             continue
         if original.out_channels() > layer.out_channels():
             kept = recorded_map(ctx, layer.output.name, layer.out_channels(), original.out_channels())
