@@ -83,6 +83,12 @@ class PruneChannels(Pass):
         if not selection.removed:
             return PassResult(False, stats)
         prune_model(model, analysis, selection.removed)
+        if ctx is not None:
+            # which original channels each pruned tensor kept, for the recover-* passes
+            total = {name: space.units * space.unit for name, space in analysis.spaces.items()}
+            kept = analysis.kept_elements(selection.removed)
+            ctx.notes.setdefault("channel_map", {}).update(
+                {name: idx for name, idx in kept.items() if len(idx) != total[name]})
         after = model_cost(model)
         stats.update({"macs_before": before.macs, "macs_after": after.macs,
                       "macs_ratio": round(after.macs / before.macs, 4) if before.macs else None,
