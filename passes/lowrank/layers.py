@@ -123,6 +123,8 @@ def read_conv(node: gs.Node) -> ConvLayer | Refusal:
         return Refusal(f"only 2-D convs are decomposed (kernel has rank {weight.ndim - 2})")
     if not np.issubdtype(weight.dtype, np.floating):
         return Refusal(f"weight dtype {weight.dtype} is not floating point")
+    if not np.isfinite(weight).all():
+        return Refusal("weight contains NaN or inf (an SVD of it would not converge)")
     bias = None
     if _present(node, 2):
         bias = constant_value(node.inputs[2])
@@ -157,6 +159,8 @@ def read_matmul(node: gs.Node) -> MatMulLayer | Refusal:
         return Refusal(f"right operand has rank {b.ndim}, not 2")
     if not np.issubdtype(b.dtype, np.floating):
         return Refusal(f"weight dtype {b.dtype} is not floating point")
+    if not np.isfinite(b).all():
+        return Refusal("weight contains NaN or inf (an SVD of it would not converge)")
     a = node.inputs[0]
     if not _static(a.shape):
         return Refusal("input shape is not static (run canonicalize with --input-shape)")
