@@ -16,6 +16,7 @@ from targets_helpers import assert_matches_onnxruntime, feeds_for
 
 
 @pytest.mark.slow
+@pytest.mark.tuning
 def test_tuned_database_is_reused_by_compile(zoo_model, x86, tmp_path, monkeypatch):
     monkeypatch.setenv("SLIMCC_CACHE", str(tmp_path / "cache"))
     model = zoo_model("conv-gemm")
