@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from slimcc.errors import SlimccError
-from slimcc.ir.model import Model, first_line, run_shape_inference
+from slimcc.ir.model import Model, first_line, numpy_dtype, run_shape_inference
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -140,7 +140,7 @@ class CalibrationData:
             raise SlimccError(f"{path} has {len(files)} image(s) ({', '.join(IMAGE_SUFFIXES)}); "
                               f"need at least {batch}")
         images = [_load_image(f, height, width, channels, prep) for f in files[: len(files) - len(files) % batch]]
-        dtype = _np_dtype(tensor.dtype) or np.float32
+        dtype = numpy_dtype(tensor.dtype) or np.float32
         batches = [{tensor.name: np.stack(images[i:i + batch]).astype(dtype)} for i in range(0, len(images), batch)]
         return cls(batches, f"{path} ({prep.describe()})")
 
@@ -217,20 +217,10 @@ def _as_dict(item, source: str) -> dict:
     return item
 
 
-def _np_dtype(dtype) -> np.dtype | None:
-    if dtype is None:
-        return None
-    try:
-        return np.dtype(dtype)
-    except TypeError:
-        try:
-            return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(dtype)))
-        except Exception:
-            return None
 
 
 def _model_inputs(model: Model) -> dict[str, tuple[list | None, np.dtype | None]]:
-    return {t.name: (t.shape, _np_dtype(t.dtype)) for t in model.graph.inputs}
+    return {t.name: (t.shape, numpy_dtype(t.dtype)) for t in model.graph.inputs}
 
 
 def _split_samples(arrays: dict[str, np.ndarray], model: Model, source: str) -> list[dict[str, np.ndarray]]:

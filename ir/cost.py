@@ -23,6 +23,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from slimcc.ir.model import numpy_dtype
+
 ELEMENTWISE = frozenset({
     "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Mod", "Where",
     "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "ThresholdedRelu", "Sigmoid", "HardSigmoid",
@@ -234,26 +236,16 @@ def _matmul_macs(node: gs.Node, operands: tuple[int, int]) -> tuple[int, None]:
 
 
 def _is_weight(tensor: gs.Constant) -> bool:
-    dtype = _np_dtype(tensor.dtype)
+    dtype = numpy_dtype(tensor.dtype)
     if dtype is None:  # bfloat16, float8, int4...: numpy has no type, but these only hold weights
         return True
     return np.issubdtype(dtype, np.floating) or dtype in WEIGHT_DTYPES_INT
 
 
-def _np_dtype(dtype) -> np.dtype | None:
-    if dtype is None:
-        return None
-    try:
-        return np.dtype(dtype)
-    except TypeError:
-        try:
-            return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(dtype)))
-        except Exception:
-            return None
 
 
 def _itemsize(dtype) -> float | None:
-    np_dtype = _np_dtype(dtype)
+    np_dtype = numpy_dtype(dtype)
     if np_dtype is not None:
         return np_dtype.itemsize
     try:  # onnx-only types: bfloat16 (2), float8 (1), int4/uint4 (0.5)

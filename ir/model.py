@@ -147,6 +147,19 @@ def first_line(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def numpy_dtype(dtype) -> np.dtype | None:
+    """A tensor's dtype (numpy dtype or ONNX TensorProto enum) as a numpy dtype; None when numpy has none."""
+    if dtype is None:
+        return None
+    try:
+        return np.dtype(dtype)
+    except TypeError:
+        try:
+            return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(dtype)))
+        except Exception:
+            return None
+
+
 def file_sha256(path: Path) -> str:
     """sha256 of a file, streamed."""
     digest = hashlib.sha256()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slimcc.errors import SlimccError
+from slimcc.ir.model import file_sha256
 
 PIP_TIMEOUT_S = 600
 MAX_MEMBER_BYTES = 256 * 2**20
@@ -118,13 +118,7 @@ def cached_path(name: str) -> Path:
     return cache_root() / f"{entry.package}-{entry.version}" / entry.filename
 
 
-def sha256_of(path: Path) -> str:
-    """sha256 of a file, streamed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+sha256_of = file_sha256  # kept as this module's name for the cache check
 
 
 def real_model_path(name: str) -> Path:
