@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 
 import numpy as np
 
 from slimcc.ir.cost import model_cost
 from slimcc.ir.model import load_model
-from slimcc.ir.verify import make_session, random_feeds
+from slimcc.ir.verify import interleaved_latency, random_feeds
 from slimcc.passes.canonicalize import Canonicalize
 from slimcc.passes.prune.prune_channels import PruneChannels
 
@@ -32,19 +30,6 @@ def load_benchmark_model(name: str):
     from slimcc.models.fetch import REAL_MODELS, real_model_path
     spec = REAL_MODELS[name]
     return load_model(real_model_path(name), {spec.input_name: list(spec.input_shape)})
-
-
-def interleaved_latency(models, feeds, repeats: int, warmup: int = 3) -> list[float]:
-    """Median seconds per run of each model, runs interleaved, onnxruntime optimized, 1 thread."""
-    sessions = [make_session(m, optimize=True, threads=1) for m in models]
-    times = [[] for _ in sessions]
-    for i in range(warmup + repeats):
-        for k, session in enumerate(sessions):
-            start = time.perf_counter()
-            session.run(None, feeds)
-            if i >= warmup:
-                times[k].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
 
 
 def bench_model(name: str, macs: float, repeats: int) -> dict:

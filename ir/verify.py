@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import statistics
+import time
+
 import numpy as np
 import onnx
 
@@ -148,3 +151,20 @@ def assert_equivalent(reference, candidate, feeds=None, *, rel_tol: float = 1e-4
             raise VerificationError(f"output {out.name!r} differs: max abs {out.max_abs:.3g}, "
                                     f"relative {out.max_rel:.3g} > {rel_tol:g}")
     return report
+
+
+def interleaved_latency(models, feeds: dict[str, np.ndarray], repeats: int, warmup: int = 3) -> list[float]:
+    """Median seconds per run of each model on single-thread optimized onnxruntime.
+
+    Runs are interleaved (model A, model B, A, B, ...) so that load from elsewhere on the
+    machine hits every model alike and their ratio stays fair.
+    """
+    sessions = [make_session(m, optimize=True, threads=1) for m in models]
+    times: list[list[float]] = [[] for _ in sessions]
+    for i in range(warmup + repeats):
+        for k, session in enumerate(sessions):
+            start = time.perf_counter()
+            session.run(None, feeds)
+            if i >= warmup:
+                times[k].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import statistics
-import time
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from slimcc.ir.model import Model
-from slimcc.ir.verify import make_session
+from slimcc.ir.verify import interleaved_latency
 from slimcc.passes.prune.kernel_shape_geometry import ConvGeometry
 from slimcc.passes.prune.kernel_shape_rewrite import emit_gather, emit_rect, emit_rows
 
@@ -38,14 +36,6 @@ def layer_model(node: gs.Node, geom: ConvGeometry, form: str, keep: np.ndarray |
 
 def time_models(models: list[Model], repeats: int = 20, warmup: int = 3, seed: int = 0) -> list[float]:
     """Median seconds per run of each model on single-thread optimized onnxruntime, runs interleaved."""
-    sessions = [make_session(m, optimize=True, threads=1) for m in models]
     shape = models[0].graph.inputs[0].shape
     feeds = {"x": np.random.default_rng(seed).standard_normal(shape).astype(np.float32)}
-    times: list[list[float]] = [[] for _ in sessions]
-    for i in range(warmup + repeats):
-        for k, session in enumerate(sessions):
-            start = time.perf_counter()
-            session.run(None, feeds)
-            if i >= warmup:
-                times[k].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
+    return interleaved_latency(models, feeds, repeats, warmup)

@@ -14,10 +14,11 @@ import math
 from pathlib import Path
 
 from slimcc.commands.common import add_model_arguments, print_json
-from slimcc.commands.optimize import check_output_path, print_report, run_verified, summarize
+from slimcc.commands.optimize import (check_output_path, load_model_and_calibration, print_report, run_verified,
+                                      summarize)
 from slimcc.compress_plan import plan
 from slimcc.errors import SlimccError
-from slimcc.ir.model import Model, load_model, parse_input_shapes, save_model
+from slimcc.ir.model import Model, save_model
 from slimcc.passes.pipeline import format_pipeline, parse_pipeline
 
 TARGETS = ("x86", "arm", "cuda")
@@ -68,13 +69,7 @@ def run(args) -> int:
     planned = plan(macs=args.macs, rank_speedup=args.rank_speedup, int8=args.int8, has_calibration=bool(args.calib))
     passes = parse_pipeline(planned.text)
 
-    source = Path(args.model)
-    model = load_model(source, parse_input_shapes(args.input_shape))
-    calib = None
-    if args.calib:
-        from slimcc.ir.calibration import load_calibration
-
-        calib = load_calibration(args.calib, model)
+    source, model, calib = load_model_and_calibration(args)
     before = summarize(model, source.stat().st_size)
     outcome = run_verified(model, passes, calib, max_error=args.max_error, seed=args.seed,
                            progress=not quiet and not args.json)

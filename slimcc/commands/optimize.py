@@ -177,6 +177,18 @@ def run_verified(model: Model, passes, calib, *, max_error: float | None, seed: 
     return VerifiedRun(report, seconds, verification)
 
 
+def load_model_and_calibration(args) -> tuple[Path, Model, object]:
+    """The MODEL argument loaded with --input-shape, and --calib data (or None) checked against it."""
+    source = Path(args.model)
+    model = load_model(source, parse_input_shapes(args.input_shape))
+    calib = None
+    if args.calib:
+        from slimcc.ir.calibration import load_calibration
+
+        calib = load_calibration(args.calib, model)
+    return source, model, calib
+
+
 def run(args) -> int:
     """Handler of `slimcc optimize`."""
     quiet = bool(getattr(args, "quiet", False))
@@ -192,13 +204,7 @@ def run(args) -> int:
         raise SlimccError(f"pass(es) {', '.join(needing)} need calibration data; give --calib FILE.npz|FOLDER")
     exact = all(p.exact for p in passes)
 
-    source = Path(args.model)
-    model = load_model(source, parse_input_shapes(args.input_shape))
-    calib = None
-    if args.calib:
-        from slimcc.ir.calibration import load_calibration
-
-        calib = load_calibration(args.calib, model)
+    source, model, calib = load_model_and_calibration(args)
     before = summarize(model, source.stat().st_size)
     outcome = run_verified(model, passes, calib, max_error=args.max_error, seed=args.seed,
                            progress=not quiet and not args.json, verify=args.verify,
