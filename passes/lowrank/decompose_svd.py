@@ -9,19 +9,19 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from slimcc.passes.base import Pass, PassContext, PassResult, register_pass
-from slimcc.passes.lowrank.driver import Gates, Plan, decompose_graph
+from slimcc.passes.lowrank.driver import Plan, RankOptions, decompose_graph
 from slimcc.passes.lowrank.emit import LastFactor, NameScope, constant, node, replace_node, variable
 from slimcc.passes.lowrank.im2col import emit_im2col, weight_as_columns
 from slimcc.passes.lowrank.layers import ConvLayer, MatMulLayer, Refusal, read_conv, read_matmul
-from slimcc.passes.lowrank.ranks import (RankPolicy, energy_rank, evbmf_rank, parse_explicit_ranks, round_rank,
-                                         svd_macs, svd_rank_for_speedup, validate_policy)
+from slimcc.passes.lowrank.ranks import (RankPolicy, energy_rank, evbmf_rank, round_rank,
+                                         svd_macs, svd_rank_for_speedup)
 from slimcc.passes.lowrank.svd import SvdFactors, singular_values, truncated_svd
 from slimcc.passes.lowrank.tucker import relative_error
 
 
 @register_pass("decompose-svd")
 @dataclass(frozen=True)
-class DecomposeSvd(Pass):
+class DecomposeSvd(Pass, RankOptions):
     """Truncated SVD B = U S V^T of convs (form=conv: KxK->R then 1x1; form=gemm: one im2col + MatMuls) and Gemm/MatMul.
 
     Options as decompose-tucker (`speedup`, `rank`, `energy`, `evbmf`, `floor`, `ranks`,
@@ -48,14 +48,10 @@ class DecomposeSvd(Pass):
     exact: ClassVar[bool] = False
 
     def __post_init__(self):
-        validate_policy(self.name, self.speedup, self.rank, self.energy, self.evbmf, self.floor, self.multiple)
-        parse_explicit_ranks(self.name, self.ranks)
+        self.validate_rank_options()
 
     def run(self, model, ctx: PassContext | None = None) -> PassResult:
-        policy = RankPolicy(self.speedup, self.rank, self.energy, self.evbmf, self.floor, self.multiple)
-        explicit = parse_explicit_ranks(self.name, self.ranks)
-        gates = Gates(self.min_saving, self.force, self.measure,
-                      frozenset(filter(None, (e.strip() for e in self.exclude.split(";")))))
+        policy, explicit, gates = self.policy, self.explicit_ranks, self.gates
 
         def plan(n: gs.Node) -> Plan | Refusal:
             rank = explicit.get(n.name or n.outputs[0].name)

@@ -9,18 +9,18 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from slimcc.passes.base import Pass, PassContext, PassResult, register_pass
-from slimcc.passes.lowrank.driver import Gates, Plan, decompose_graph
+from slimcc.passes.lowrank.driver import Plan, RankOptions, decompose_graph
 from slimcc.passes.lowrank.emit import LastFactor, NameScope, constant, node, replace_node, variable
 from slimcc.passes.lowrank.layers import ConvLayer, Refusal, read_conv
-from slimcc.passes.lowrank.ranks import (RankPolicy, energy_rank, evbmf_rank, parse_explicit_ranks, round_rank,
-                                         tucker_macs, tucker_rank_for_speedup, unfold, validate_policy)
+from slimcc.passes.lowrank.ranks import (RankPolicy, energy_rank, evbmf_rank, round_rank,
+                                         tucker_macs, tucker_rank_for_speedup, unfold)
 from slimcc.passes.lowrank.svd import singular_values
 from slimcc.passes.lowrank.tucker import TuckerFactors, relative_error, tucker2
 
 
 @register_pass("decompose-tucker")
 @dataclass(frozen=True)
-class DecomposeTucker(Pass):
+class DecomposeTucker(Pass, RankOptions):
     """Tucker-2 decomposition of KxK convs into 1x1 -> KxK -> 1x1 (ranks by speedup, rank, energy or evbmf).
 
     Options: `speedup` (target MACs speedup m, default 2: stride-aware closed-form bound),
@@ -49,22 +49,15 @@ class DecomposeTucker(Pass):
     exact: ClassVar[bool] = False
 
     def __post_init__(self):
-        validate_policy(self.name, self.speedup, self.rank, self.energy, self.evbmf, self.floor, self.multiple)
-        parse_explicit_ranks(self.name, self.ranks)
+        self.validate_rank_options()
         if self.iters < 0:
             from slimcc.errors import PipelineError
             raise PipelineError(f"{self.name}: iters={self.iters} must be >= 0")
 
-    @property
-    def policy(self) -> RankPolicy:
-        return RankPolicy(self.speedup, self.rank, self.energy, self.evbmf, self.floor, self.multiple)
-
     def run(self, model, ctx: PassContext | None = None) -> PassResult:
-        explicit = parse_explicit_ranks(self.name, self.ranks)
-        gates = Gates(self.min_saving, self.force, self.measure,
-                      frozenset(filter(None, (e.strip() for e in self.exclude.split(";")))))
+        explicit = self.explicit_ranks
         return decompose_graph(model, ctx, ("Conv",), lambda n: plan_tucker(n, self.policy, explicit, self.iters),
-                               gates, self.refit)
+                               self.gates, self.refit)
 
 
 def choose_tucker_ranks(layer: ConvLayer, policy: RankPolicy, explicit: tuple[int, ...] | None) -> tuple[int, int]:

@@ -15,6 +15,7 @@ import onnx_graphsurgeon as gs
 from slimcc.passes.base import PassContext, PassResult
 from slimcc.passes.lowrank.emit import LastFactor, NameScope
 from slimcc.passes.lowrank.layers import Refusal
+from slimcc.passes.lowrank.ranks import RankPolicy, parse_explicit_ranks, validate_policy
 
 Rewrite = Callable[[gs.Graph, gs.Node, NameScope], LastFactor | None]
 
@@ -99,3 +100,30 @@ def decompose_graph(model, ctx: PassContext | None, ops: tuple[str, ...], plan: 
     if before is not None and last_factors:
         stats["refit"] = refit_layers(model, before, last_factors, ctx.calibration, progress=ctx.progress)
     return PassResult(modified=bool(layers), stats=stats)
+
+
+class RankOptions:
+    """What the decompose-* passes derive from their shared options (`speedup`, `rank`, `energy`,
+    `evbmf`, `floor`, `ranks`, `multiple`, `min_saving`, `force`, `measure`, `exclude`), which each
+    pass declares as its own dataclass fields so that its option order stays its own."""
+
+    def validate_rank_options(self) -> None:
+        """Raise PipelineError for an invalid rank rule or `ranks=` text."""
+        validate_policy(self.name, self.speedup, self.rank, self.energy, self.evbmf, self.floor, self.multiple)
+        parse_explicit_ranks(self.name, self.ranks)
+
+    @property
+    def policy(self) -> RankPolicy:
+        """The rank rule these options select."""
+        return RankPolicy(self.speedup, self.rank, self.energy, self.evbmf, self.floor, self.multiple)
+
+    @property
+    def explicit_ranks(self) -> dict:
+        """Per-layer ranks given with `ranks=NAME=R;...`."""
+        return parse_explicit_ranks(self.name, self.ranks)
+
+    @property
+    def gates(self) -> Gates:
+        """The MACs-saving / measure / exclude gates these options select."""
+        return Gates(self.min_saving, self.force, self.measure,
+                     frozenset(filter(None, (e.strip() for e in self.exclude.split(";")))))
