@@ -39,11 +39,31 @@ def to_relax(model: Model):
     return mod
 
 
-def prepare_for_build(mod):
-    """Inference-only rewrites every target needs before legalization (BatchNorm, LayerNorm...)."""
+def prepare_for_build(mod, target=None, facts: dict | None = None):
+    """Rewrites every target needs before legalization: real int8 compute, then BatchNorm/LayerNorm decomposition.
+
+    Compile and tuning both call this, so they see the same kernels. Q/DQ layers become integer
+    conv2d/matmul (targets/int8.py) in the operand types `target` multiplies best (u8 x s8 when
+    `target` is None or x86); SLIMCC_TVM_INT8=fake keeps TVM's float Q/DQ instead. `facts`, when
+    given, receives `int8_lowered` (integer conv2d/matmul count) and `int8_mode`.
+    """
     ensure_tvm()
     from tvm import relax
 
+    from slimcc.targets.int8 import count_integer_ops, flavour_for, int8_mode, lower_int8
+
+    mode = int8_mode()
+    if mode == "real":
+        try:
+            mod = lower_int8(mod, flavour_for(target))
+        except SlimccError:
+            raise
+        except Exception as exc:  # a TVM error inside the rewrite
+            raise SlimccError(f"lowering Q/DQ layers to int8 compute failed: {first_line(exc)}; "
+                              "set SLIMCC_TVM_INT8=fake to build with float Q/DQ instead") from None
+    if facts is not None:
+        facts["int8_mode"] = mode
+        facts["int8_lowered"] = count_integer_ops(mod)
     return relax.transform.DecomposeOpsForInference()(mod)
 
 

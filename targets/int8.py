@@ -1,0 +1,326 @@
+"""Real int8 in Relax: DQ -> conv2d/matmul -> Q becomes integer conv2d/matmul + fixed-point requantize.
+
+TVM 0.27's ONNX frontend imports a QDQ model as fake quantization. qdq-insert's layers arrive as
+
+    xd = R.dequantize(x_q, sx, zx, axis=1)                  x_q: u8/s8 activations, scalar sx/zx
+    wd = R.dequantize(W_q, sw, zw, axis=0)                   W_q: s8 constant, sw per output channel, zw == 0
+    y  = R.nn.conv2d(xd, wd, ...)                            Conv
+       | R.matmul(xd, R.permute_dims(wd, [1, 0]))            Gemm (transB=1; W_q is [N, K])
+       | R.matmul(xd, wd)                                    MatMul (W_q is [K, N], sw along axis 1)
+    bd = R.dequantize(b_q, sx*sw, 0, axis=0)                 optional int32 bias ...
+    y  = R.add(y, R.reshape(bd, [1, C, 1, 1]) | bd)          ... added after a reshape for Conv
+    y  = R.nn.relu(y) | R.clip(y, lo, hi)                     optional clamp absorbed by the Q
+    y_q = R.quantize(y, sy, zy, axis=1)                      scalar sy/zy, u8 or s8 out
+
+and are rewritten (constants computed here with numpy) to
+
+    acc = conv2d(pad(x_q, value=zx), W_q, out_dtype=int32) | matmul(x_q, W_q[K, N], out_dtype=int32)
+    acc = int64(acc) + (b_q - zx * sum(W_q[o]))              zero-point correction folded into the bias
+    v   = acc * M0[o]                                        M0 in [2^30, 2^31): intref.quantize_multiplier
+    y_q = clip((v + 2^(s-1) - 1 + ((v >> s) & 1)) >> s + zy)  right shift by s = 31 + shift, half to even
+
+which is bit-exact with `slimcc.passes.quant.intref.qlinear_conv/qlinear_matmul`. Flavours:
+"u8s8" keeps the activation dtype (u8 x s8, what x86 VNNI multiplies); "s8s8" (ARM dot-product,
+CUDA dp4a) shifts u8 activations by -128 and folds the changed zero point into the same
+correction term. Layers outside this form (per-tensor weight zero points != 0, a bias scale
+other than sx*sw, multipliers >= 2^30) keep their float arithmetic. SLIMCC_TVM_INT8=fake turns
+the rewrite off, e.g. to compare against the fake-quantized graph.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from slimcc.errors import SlimccError
+from slimcc.passes.quant.intref import QRANGE, quantize, quantize_multiplier
+from slimcc.targets.tvm_import import ensure_tvm
+
+INT8_ENV = "SLIMCC_TVM_INT8"
+FLAVOURS = ("u8s8", "s8s8")
+COMPUTE_OPS = ("relax.nn.conv2d", "relax.matmul")
+
+
+class _Unsupported(Exception):
+    """The matched layer is not in the form this rewrite lowers; it stays fake-quantized."""
+
+
+def int8_mode() -> str:
+    """SLIMCC_TVM_INT8: "real" (default) lowers Q/DQ layers to integer compute, "fake" leaves TVM's float Q/DQ."""
+    mode = os.environ.get(INT8_ENV, "real").strip().lower() or "real"
+    if mode not in ("real", "fake"):
+        raise SlimccError(f"{INT8_ENV}={mode!r} is not understood; set it to 'real' or 'fake' (or unset it)")
+    return mode
+
+
+def flavour_for(target) -> str:
+    """The int8 operand types a TVM target multiplies best: s8 x s8 on aarch64 and CUDA, else u8 x s8."""
+    if target is None:
+        return "u8s8"
+    if target.kind.name == "cuda":
+        return "s8s8"
+    triple = str(target.attrs.get("mtriple", "") or "")
+    return "s8s8" if triple.startswith("aarch64") else "u8s8"
+
+
+def lower_int8(mod, flavour: str = "u8s8"):
+    """Rewrite every DQ -> conv2d/matmul (-> bias add -> relu/clip) -> Q in `mod` to integer compute."""
+    if flavour not in FLAVOURS:
+        raise SlimccError(f"unknown int8 flavour {flavour!r}; expected one of {FLAVOURS}")
+    tvm = ensure_tvm()
+    from tvm import relax
+    from tvm.relax.dpl import rewrite_call
+
+    patterns = _Patterns()
+
+    def rewriter(orig, matches):
+        try:
+            return patterns.describe(matches).integer_expr(matches[patterns.x], flavour)
+        except _Unsupported:
+            return orig
+
+    @relax.transform.function_pass(opt_level=0, name="SlimccLowerInt8")
+    def lower(func, _mod, _ctx):
+        return rewrite_call(patterns.root, rewriter, func)
+
+    return tvm.transform.Sequential([lower, relax.transform.Normalize(), relax.transform.DeadCodeElimination()])(mod)
+
+
+def compute_calls(mod) -> list[tuple[str, str, str, str]]:
+    """(op, data dtype, weight dtype, out_dtype) of every conv2d/matmul call in `mod`'s Relax functions."""
+    tvm = ensure_tvm()
+    from tvm import relax
+
+    calls = []
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name in COMPUTE_OPS:
+            calls.append((expr.op.name, *(str(_dtype(arg)) for arg in expr.args[:2]), str(expr.attrs.out_dtype)))
+
+    for _, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return calls
+
+
+def count_integer_ops(mod) -> int:
+    """How many conv2d/matmul calls in `mod` multiply int8/uint8 operands into int32."""
+    return sum(1 for _, data, weight, out in compute_calls(mod)
+               if out == "int32" and data in ("int8", "uint8") and weight in ("int8", "uint8"))
+
+
+class _Patterns:
+    """The dataflow pattern of a quantized layer, and the constants read off a match."""
+
+    def __init__(self):
+        ensure_tvm()
+        from tvm.relax.dpl import is_const, is_op, is_tuple, wildcard
+
+        def dequantize(data):
+            return is_op("relax.dequantize")(data, is_const(), is_const())
+
+        self.x = wildcard()
+        self.x_dq = dequantize(self.x)
+        self.w_dq = dequantize(is_const())
+        self.w_t = is_op("relax.permute_dims")(self.w_dq)
+        self.conv = is_op("relax.nn.conv2d")(self.x_dq, self.w_dq)
+        self.matmul = is_op("relax.matmul")(self.x_dq, self.w_t | self.w_dq)
+        core = self.conv | self.matmul
+        self.b_dq = dequantize(is_const())
+        self.biased = is_op("relax.add")(core, is_op("relax.reshape")(self.b_dq, wildcard()) | self.b_dq)
+        pre = core | self.biased
+        self.relu = is_op("relax.nn.relu")(pre)
+        self.clip = is_op("relax.clip")(pre, wildcard(), wildcard())
+        # ONNX Clip with min/max inputs arrives as call_tir(maximum, (y, lo)) then call_tir(minimum, (., hi))
+        self.lo_bound, self.hi_bound = self._clip_bound(), self._clip_bound()
+        self.clip_lo = is_op("relax.call_tir")(wildcard(), is_tuple([pre, self.lo_bound]))
+        self.clip_hi = is_op("relax.call_tir")(wildcard(), is_tuple([self.clip_lo, self.hi_bound]))
+        clamped = self.relu | self.clip | self.clip_hi | self.clip_lo
+        self.q = is_op("relax.quantize")(pre | clamped, is_const(), is_const())
+        self.root = self.q
+
+    @staticmethod
+    def _clip_bound():
+        """A Clip bound as the frontend emits it: where(isnan(c), -+inf, c)."""
+        ensure_tvm()
+        from tvm.relax.dpl import is_const, is_op
+
+        return is_op("relax.where")(is_op("relax.isnan")(is_const()), is_const(), is_const())
+
+    def clamp_bounds(self, m) -> tuple[float | None, float | None]:
+        """The float (lo, hi) a matched relu/clip clamps to; None where a side is open."""
+        if self.relu in m:
+            return 0.0, None
+        if self.clip in m:
+            return tuple(_prim(a) for a in m[self.clip].args[1:3])
+        bounds = []
+        for call, bound, callee in ((self.clip_lo, self.lo_bound, "maximum"), (self.clip_hi, self.hi_bound, "minimum")):
+            if call not in m:
+                bounds.append(None)
+                continue
+            if not str(getattr(m[call].args[0], "name_hint", "")).startswith(callee):
+                raise _Unsupported
+            value = float(_scalar(m[bound].args[2]))
+            if np.isnan(value):
+                raise _Unsupported
+            bounds.append(value)
+        return bounds[0], bounds[1]
+
+    def describe(self, m) -> _Layer:
+        """The integer layer for a match, or _Unsupported when it is not in the lowered form."""
+        x_dq, w_dq, q = m[self.x_dq], m[self.w_dq], m[self.q]
+        x_dtype, out_dtype = _dtype(m[self.x]), str(q.attrs.out_dtype)
+        if x_dtype not in ("uint8", "int8") or out_dtype not in ("uint8", "int8"):
+            raise _Unsupported
+        sx, zx = _scalar(x_dq.args[1]), int(_scalar(x_dq.args[2]))
+        sy, zy = _scalar(q.args[1]), int(_scalar(q.args[2]))
+        w_q, sw, zw = (_const(a) for a in w_dq.args)
+        if w_q.dtype != np.int8 or np.any(zw != 0):
+            raise _Unsupported
+        if self.conv in m:
+            conv = m[self.conv]
+            weight, out_axis, kind = w_q, 0, "conv2d"
+            attrs = conv.attrs
+            layouts = (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout))
+            if layouts != ("NCHW", "OIHW", "NCHW") or w_q.ndim != 4:
+                raise _Unsupported
+        else:
+            if w_q.ndim != 2:
+                raise _Unsupported
+            transposed = self.w_t in m
+            if transposed and [int(a) for a in m[self.w_t].attrs.axes] != [1, 0]:
+                raise _Unsupported
+            weight, out_axis, kind, attrs = (w_q.T if transposed else w_q), (0 if transposed else 1), "matmul", None
+        channels = w_q.shape[out_axis]
+        sw = _per_channel(sw, int(w_dq.attrs.axis) % w_q.ndim, out_axis, channels)
+        bias = np.zeros(channels, np.int64)
+        if self.b_dq in m:
+            b_q, sb, zb = (_const(a) for a in m[self.b_dq].args)
+            if b_q.dtype != np.int32 or np.any(zb != 0) or b_q.size not in (1, channels):
+                raise _Unsupported
+            if not np.array_equal(_per_channel(sb, 0, 0, channels), np.float32(sx) * sw):
+                raise _Unsupported
+            bias = np.broadcast_to(b_q.astype(np.int64).reshape(-1), (channels,))
+        lo, hi = QRANGE[np.dtype(out_dtype)]
+        clamp_lo, clamp_hi = self.clamp_bounds(m)  # Q is monotonic: Q(clamp(y)) == clamp(Q(y), Q(lo), Q(hi))
+        if clamp_lo is not None:
+            lo = max(lo, int(quantize(np.float32(clamp_lo), sy, zy, out_dtype)))
+        if clamp_hi is not None:
+            hi = min(hi, int(quantize(np.float32(clamp_hi), sy, zy, out_dtype)))
+        multiplier = (np.float32(sx) * sw / np.float32(sy)).astype(np.float32)
+        return _Layer(kind, attrs, weight, x_dtype, zx, bias, multiplier, zy, lo, hi, out_dtype)
+
+
+@dataclass
+class _Layer:
+    """One quantized conv2d/matmul with everything its integer form needs."""
+
+    kind: str
+    attrs: object  # conv2d attributes (strides, padding, dilation, groups), None for matmul
+    weight: np.ndarray  # int8, OIHW for conv2d, [K, N] for matmul
+    x_dtype: str
+    zx: int
+    bias: np.ndarray  # int64 per output channel, before the zero-point correction
+    multiplier: np.ndarray  # float32 per output channel: sx * sw / sy
+    zy: int
+    lo: int
+    hi: int
+    out_dtype: str
+
+    def integer_expr(self, x, flavour: str):
+        """The Relax expression computing this layer's quantized output from the quantized input `x`."""
+        ensure_tvm()
+        from tvm import relax
+
+        x, zx = self._activation(x, flavour)
+        w = relax.const(self.weight, "int8")
+        if self.kind == "conv2d":
+            acc = relax.op.nn.conv2d(self._pad(x, zx), w, strides=self.attrs.strides, padding=[0, 0, 0, 0],
+                                     dilation=self.attrs.dilation, groups=int(self.attrs.groups),
+                                     out_dtype="int32")
+            channel_shape = (1, -1, 1, 1)
+            reduce_axes = (1, 2, 3)
+        else:
+            acc = relax.op.matmul(x, w, out_dtype="int32")
+            channel_shape = (-1,)
+            reduce_axes = (0,)
+        w_sum = self.weight.astype(np.int64).sum(axis=reduce_axes)
+        bias = self.bias - zx * w_sum
+        m, shift = np.array([quantize_multiplier(float(v)) for v in self.multiplier], np.int64).T
+        shift = 31 + shift
+        headroom = np.abs(self.weight.astype(np.int64)).sum(axis=reduce_axes) * 255 + np.abs(bias)
+        if np.any(shift < 1) or np.any(shift > 62) or np.any(headroom.astype(np.float64) * m + 2.0**shift >= 2.0**63):
+            raise _Unsupported
+
+        def per_channel(values):
+            return relax.const(np.asarray(values, np.int64).reshape(channel_shape), "int64")
+
+        acc = relax.op.add(relax.op.astype(acc, "int64"), per_channel(bias))
+        v = relax.op.multiply(acc, per_channel(m))
+        odd = relax.op.bitwise_and(relax.op.right_shift(v, per_channel(shift)), relax.const(1, "int64"))
+        rounded = relax.op.right_shift(relax.op.add(relax.op.add(v, per_channel((1 << (shift - 1)) - 1)), odd),
+                                       per_channel(shift))
+        y = relax.op.add(rounded, relax.const(self.zy, "int64"))
+        y = relax.op.minimum(relax.op.maximum(y, relax.const(self.lo, "int64")), relax.const(self.hi, "int64"))
+        return relax.op.astype(y, self.out_dtype)
+
+    def _activation(self, x, flavour: str):
+        """The activation operand and its zero point: s8 x s8 shifts u8 inputs by -128."""
+        ensure_tvm()
+        from tvm import relax
+
+        if flavour == "s8s8" and self.x_dtype == "uint8":
+            shifted = relax.op.subtract(relax.op.astype(x, "int16"), relax.const(128, "int16"))
+            return relax.op.astype(shifted, "int8"), self.zx - 128
+        return x, self.zx
+
+    def _pad(self, x, zx: int):
+        """x padded with its zero point (the quantized 0.0), so the conv itself needs no padding."""
+        ensure_tvm()
+        from tvm import relax
+
+        top, left, bottom, right = (int(p) for p in self.attrs.padding)
+        if not (top or left or bottom or right):
+            return x
+        return relax.op.nn.pad(x, [0, 0, 0, 0, top, bottom, left, right], pad_value=float(zx))
+
+
+def _dtype(expr) -> str | None:
+    """The dtype of a Relax tensor expression, or None when it is not a tensor (TVM 0.27: `expr.ty`)."""
+    dtype = getattr(getattr(expr, "ty", None), "dtype", None)
+    return str(dtype) if dtype is not None else None
+
+
+def _const(expr) -> np.ndarray:
+    """The numpy value of a Relax constant (TVM 0.27 holds it in `.value`, older releases in `.data`)."""
+    value = getattr(expr, "value", None)
+    return (value if value is not None else expr.data).numpy()
+
+
+def _scalar(expr) -> float:
+    """A per-tensor quantization parameter; per-channel activation parameters are not lowered."""
+    value = _const(expr)
+    if value.size != 1:
+        raise _Unsupported
+    return value.reshape(-1)[0].item()
+
+
+def _prim(expr) -> float:
+    """The number held by a clip bound (a FloatImm, or a PrimValue wrapping one)."""
+    value = getattr(expr, "value", None)
+    value = getattr(value, "value", value)
+    if not isinstance(value, (int, float)):
+        raise _Unsupported
+    return float(value)
+
+
+def _per_channel(values: np.ndarray, axis: int, out_axis: int, channels: int) -> np.ndarray:
+    """A float32 scale vector per output channel from a per-tensor or per-axis scale."""
+    values = np.asarray(values, np.float32).reshape(-1)
+    if values.size == 1:
+        return np.full(channels, values[0], np.float32)
+    if values.size != channels or axis != out_axis:
+        raise _Unsupported
+    return values
