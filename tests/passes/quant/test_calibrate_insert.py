@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from quant_helpers import calib_context, canonical_zoo
+from quant_helpers import calib_context, canonical_zoo, optimized_op_types
 
 from slimcc.errors import PassError
 from slimcc.ir.verify import compare_models, run_onnxruntime
@@ -155,3 +155,19 @@ def test_insert_placement_options_c2f_sigmoid_terminal_skip_first():
     plain = canonical_zoo("c2f")
     QDQInsert(lut_sigmoid=False, terminal="int8").run(plain, ctx)
     assert not any(n.op == "Sigmoid" and n.outputs[0].outputs[0].op == "QuantizeLinear" for n in plain.graph.nodes)
+
+
+def test_float_weights_fp16_shrinks_float_layers_and_folds():
+    ctx, held_out = calib_context()
+    full = canonical_zoo("resnet-basic")
+    QDQInsert().run(full, ctx)
+    half = canonical_zoo("resnet-basic")
+    stats = QDQInsert(float_weights="fp16").run(half, ctx).stats
+    assert stats["fp16_weights"] == 2  # the 3-channel stem (min_reduction) and the terminal classifier
+    stem = next(n for n in half.graph.nodes if n.op == "Conv" and n.name in stats["skipped"])
+    cast = stem.inputs[1].inputs[0]
+    assert cast.op == "Cast" and constant_value(cast.inputs[0]).dtype == np.float16
+    assert half.initializer_bytes() < full.initializer_bytes()
+    assert "Cast" not in optimized_op_types(half)  # folded when the session loads
+    report = compare_models(full, half, held_out)
+    assert report.max_rel < 0.02, report.as_dict()

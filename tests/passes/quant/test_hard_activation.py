@@ -1,0 +1,98 @@
+"""qdq-insert: HardSwish/HardSigmoid and average pooling kept in integers (onnxruntime QLinear* fusions)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper, numpy_helper
+from quant_helpers import F, optimized_op_types, qdq_model, vi
+
+from slimcc.ir.calibration import CalibrationData
+from slimcc.ir.model import load_model
+from slimcc.ir.verify import compare_models, run_onnxruntime
+from slimcc.passes.base import PassContext
+from slimcc.passes.pattern import constant_value
+from slimcc.passes.quant.qdq_insert import QDQInsert
+
+
+def _se_net():
+    """x -> Conv -> HardSwish -> Conv -> HardSigmoid(0.25, 0.4) -> Mul(HardSwish out) -> GAP -> Conv -> y."""
+    rng = np.random.default_rng(3)
+
+    def conv_init(name, cout, cin):
+        return [numpy_helper.from_array((rng.standard_normal((cout, cin, 1, 1)) * 0.4).astype(np.float32), f"{name}.w"),
+                numpy_helper.from_array((rng.standard_normal(cout) * 0.3).astype(np.float32), f"{name}.b")]
+
+    nodes = [helper.make_node("Conv", ["x", "c1.w", "c1.b"], ["a"], name="c1"),
+             helper.make_node("HardSwish", ["a"], ["h"], name="hswish"),
+             helper.make_node("Conv", ["h", "c2.w", "c2.b"], ["e"], name="c2"),
+             helper.make_node("HardSigmoid", ["e"], ["g"], name="hsig", alpha=0.25, beta=0.4),
+             helper.make_node("Mul", ["h", "g"], ["m"], name="gate"),
+             helper.make_node("GlobalAveragePool", ["m"], ["p"], name="gap"),
+             helper.make_node("Conv", ["p", "c3.w", "c3.b"], ["y"], name="c3")]
+    inits = conv_init("c1", 16, 8) + conv_init("c2", 16, 16) + conv_init("c3", 10, 16)
+    proto = qdq_model(nodes, inits, [vi("x", F, [1, 8, 6, 6])], [vi("y", F, [1, 10, 1, 1])])
+    return load_model(proto)
+
+
+def _feeds(n):
+    rng = np.random.default_rng(4)
+    return [{"x": (rng.standard_normal((1, 8, 6, 6)) * 2).astype(np.float32)} for _ in range(n)]
+
+
+def _calibrated(n=8):
+    return PassContext(calibration=CalibrationData(_feeds(n)), progress=False)
+
+
+def _ops(model):
+    return [n.op for n in model.graph.nodes]
+
+
+def test_hard_activations_and_pool_run_in_integers():
+    model = _se_net()
+    reference = model.copy()
+    held_out = _feeds(12)[8:]
+    stats = QDQInsert().run(model, _calibrated()).stats
+    assert stats["int8_hard_activations"] == 2
+    assert "HardSwish" not in _ops(model) and "HardSigmoid" not in _ops(model)
+    ran = optimized_op_types(model)
+    # every element-wise op and the pool became an integer kernel; no float island is left
+    assert {"QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool"} <= set(ran)
+    assert not {"HardSwish", "HardSigmoid", "Add", "Mul", "GlobalAveragePool"} & set(ran)
+    error = compare_models(reference, model, held_out).max_rel
+    plain = _se_net()
+    QDQInsert(hard_act="float").run(plain, _calibrated())
+    assert {"HardSwish", "HardSigmoid"} <= set(_ops(plain))
+    assert {"HardSwish", "HardSigmoid"} & set(optimized_op_types(plain))
+    # integer HardSwish/HardSigmoid cost no more accuracy than quantizing around float ones
+    assert error < 0.02 and error < 1.5 * compare_models(reference, plain, held_out).max_rel
+
+
+@pytest.mark.parametrize("act", ["u8", "s8"])
+def test_saturating_hard_sigmoid_is_the_clip(act):
+    """The lowered HardSigmoid is Q(x + beta/alpha) saturating at 0 and 1/alpha, read back times alpha:
+    bit for bit the rounding of clip(alpha * x + beta, 0, 1) to 255 steps (unfused onnxruntime)."""
+    model = _se_net()
+    QDQInsert(act=act).run(model, _calibrated())
+    graph = model.graph
+    for name, alpha, beta in (("hswish", 1 / 6, 0.5), ("hsig", 0.25, 0.4)):
+        add = next(n for n in graph.nodes if n.op == "Add" and n.name.startswith(name))
+        x = add.inputs[0]
+        q = add.outputs[0].outputs[0]
+        dq = q.outputs[0].outputs[0]
+        assert q.op == "QuantizeLinear" and dq.op == "DequantizeLinear"
+        sigmoid = dq.outputs[0]
+        c_q, c_scale, c_zero = (constant_value(t) for t in add.inputs[1].inputs[0].inputs)
+        offset = np.float32(np.float32(int(c_q) - int(c_zero)) * c_scale)
+        assert np.isclose(offset, beta / alpha, rtol=1e-6)
+        probe = model.copy()
+        probe.graph.outputs = [t for t in probe.graph.tensors().values() if t.name in (x.name, sigmoid.name)]
+        for t in probe.graph.outputs:
+            t.dtype = np.float32
+        got = run_onnxruntime(probe, _feeds(9)[8])
+        xv, sv = got[x.name], got[sigmoid.name]
+        span = np.float32(1 / alpha / 255)
+        steps = np.clip(np.round((xv + offset) / span), 0, 255)
+        unit = np.float32(span * np.float32(alpha))
+        np.testing.assert_array_equal(sv, (steps.astype(np.float32) * unit).astype(np.float32))
+        assert np.abs(sv - np.clip(alpha * xv + beta, 0, 1)).max() <= 0.5 / 255 + 1e-6
