@@ -15,11 +15,17 @@ TVM 0.27's ONNX frontend imports a QDQ model as fake quantization. qdq-insert's 
 and are rewritten (constants computed here with numpy) to
 
     acc = conv2d(pad(x_q, value=zx), W_q, out_dtype=int32) | matmul(x_q, W_q[K, N], out_dtype=int32)
-    acc = int64(acc) + (b_q - zx * sum(W_q[o]))              zero-point correction folded into the bias
-    v   = acc * M0[o]                                        M0 in [2^30, 2^31): intref.quantize_multiplier
-    y_q = clip((v + 2^(s-1) - 1 + ((v >> s) & 1)) >> s + zy)  right shift by s = 31 + shift, half to even
+    y_q = call_tir(requantize, acc, bias, M0, s)             one elementwise TIR kernel per layer:
+          v = (int64(acc) + bias[o]) * M0[o]                 bias = b_q - zx * sum(W_q[o]) (zero-point correction)
+          clip((v + 2^(s-1) - 1 + ((v >> s) & 1)) >> s + zy)  M0 in [2^30, 2^31), s = 31 + shift, half to even
 
-which is bit-exact with `slimcc.passes.quant.intref.qlinear_conv/qlinear_matmul`. Flavours:
+The requantize is one TIR function (not a chain of Relax ops) so that FuseOps fuses it into the
+conv2d/matmul as a single epilogue loop with no int64 intermediate tensors. A residual Add
+between quantized tensors, Q(clamp(DQ(a) + DQ(b))), becomes one such kernel too: both inputs
+are rescaled to the output scale with fixed-point multipliers sharing one shift
+(`add_multipliers`), summed in int64, rounded half to even once and clamped.
+
+The layer rewrite is bit-exact with `slimcc.passes.quant.intref.qlinear_conv/qlinear_matmul`. Flavours:
 "u8s8" keeps the activation dtype (u8 x s8, what x86 VNNI multiplies); "s8s8" (ARM dot-product,
 CUDA dp4a) shifts u8 activations by -128 and folds the changed zero point into the same
 correction term. Layers outside this form (per-tensor weight zero points != 0, a bias scale
@@ -66,24 +72,36 @@ def flavour_for(target) -> str:
 
 
 def lower_int8(mod, flavour: str = "u8s8"):
-    """Rewrite every DQ -> conv2d/matmul (-> bias add -> relu/clip) -> Q in `mod` to integer compute."""
+    """Rewrite every DQ -> conv2d/matmul (-> bias -> relu/clip) -> Q and DQ + DQ -> Q in `mod` to integer compute."""
     if flavour not in FLAVOURS:
         raise SlimccError(f"unknown int8 flavour {flavour!r}; expected one of {FLAVOURS}")
     tvm = ensure_tvm()
     from tvm import relax
     from tvm.relax.dpl import rewrite_call
 
-    patterns = _Patterns()
+    layers, adds = _Patterns(), _AddPattern()
 
-    def rewriter(orig, matches):
-        try:
-            return patterns.describe(matches).integer_expr(matches[patterns.x], flavour)
-        except _Unsupported:
-            return orig
+    @tvm.transform.module_pass(opt_level=0, name="SlimccLowerInt8")
+    def lower(mod, _ctx):
+        builder = relax.BlockBuilder(mod)
+        kernels = _Kernels(builder)
 
-    @relax.transform.function_pass(opt_level=0, name="SlimccLowerInt8")
-    def lower(func, _mod, _ctx):
-        return rewrite_call(patterns.root, rewriter, func)
+        def layer(orig, matches):
+            try:
+                return layers.describe(matches).integer_expr(matches[layers.x], flavour, kernels)
+            except _Unsupported:
+                return orig
+
+        def add(orig, matches):
+            try:
+                return adds.integer_expr(matches, kernels)
+            except _Unsupported:
+                return orig
+
+        for gvar, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                builder.update_func(gvar, rewrite_call(adds.root, add, rewrite_call(layers.root, layer, func)))
+        return builder.get()
 
     return tvm.transform.Sequential([lower, relax.transform.Normalize(), relax.transform.DeadCodeElimination()])(mod)
 
@@ -116,57 +134,20 @@ class _Patterns:
 
     def __init__(self):
         ensure_tvm()
-        from tvm.relax.dpl import is_const, is_op, is_tuple, wildcard
-
-        def dequantize(data):
-            return is_op("relax.dequantize")(data, is_const(), is_const())
+        from tvm.relax.dpl import is_const, is_op, wildcard
 
         self.x = wildcard()
-        self.x_dq = dequantize(self.x)
-        self.w_dq = dequantize(is_const())
+        self.x_dq = _dequantize(self.x)
+        self.w_dq = _dequantize(is_const())
         self.w_t = is_op("relax.permute_dims")(self.w_dq)
         self.conv = is_op("relax.nn.conv2d")(self.x_dq, self.w_dq)
         self.matmul = is_op("relax.matmul")(self.x_dq, self.w_t | self.w_dq)
         core = self.conv | self.matmul
-        self.b_dq = dequantize(is_const())
+        self.b_dq = _dequantize(is_const())
         self.biased = is_op("relax.add")(core, is_op("relax.reshape")(self.b_dq, wildcard()) | self.b_dq)
-        pre = core | self.biased
-        self.relu = is_op("relax.nn.relu")(pre)
-        self.clip = is_op("relax.clip")(pre, wildcard(), wildcard())
-        # ONNX Clip with min/max inputs arrives as call_tir(maximum, (y, lo)) then call_tir(minimum, (., hi))
-        self.lo_bound, self.hi_bound = self._clip_bound(), self._clip_bound()
-        self.clip_lo = is_op("relax.call_tir")(wildcard(), is_tuple([pre, self.lo_bound]))
-        self.clip_hi = is_op("relax.call_tir")(wildcard(), is_tuple([self.clip_lo, self.hi_bound]))
-        clamped = self.relu | self.clip | self.clip_hi | self.clip_lo
-        self.q = is_op("relax.quantize")(pre | clamped, is_const(), is_const())
+        self.clamp = _Clamp(core | self.biased)
+        self.q = is_op("relax.quantize")(self.clamp.root, is_const(), is_const())
         self.root = self.q
-
-    @staticmethod
-    def _clip_bound():
-        """A Clip bound as the frontend emits it: where(isnan(c), -+inf, c)."""
-        ensure_tvm()
-        from tvm.relax.dpl import is_const, is_op
-
-        return is_op("relax.where")(is_op("relax.isnan")(is_const()), is_const(), is_const())
-
-    def clamp_bounds(self, m) -> tuple[float | None, float | None]:
-        """The float (lo, hi) a matched relu/clip clamps to; None where a side is open."""
-        if self.relu in m:
-            return 0.0, None
-        if self.clip in m:
-            return tuple(_prim(a) for a in m[self.clip].args[1:3])
-        bounds = []
-        for call, bound, callee in ((self.clip_lo, self.lo_bound, "maximum"), (self.clip_hi, self.hi_bound, "minimum")):
-            if call not in m:
-                bounds.append(None)
-                continue
-            if not str(getattr(m[call].args[0], "name_hint", "")).startswith(callee):
-                raise _Unsupported
-            value = float(_scalar(m[bound].args[2]))
-            if np.isnan(value):
-                raise _Unsupported
-            bounds.append(value)
-        return bounds[0], bounds[1]
 
     def describe(self, m) -> _Layer:
         """The integer layer for a match, or _Unsupported when it is not in the lowered form."""
@@ -203,14 +184,65 @@ class _Patterns:
             if not np.array_equal(_per_channel(sb, 0, 0, channels), np.float32(sx) * sw):
                 raise _Unsupported
             bias = np.broadcast_to(b_q.astype(np.int64).reshape(-1), (channels,))
+        shape = _shape(q)
+        if shape is None:
+            raise _Unsupported
+        lo, hi = self.clamp.out_range(m, sy, zy, out_dtype)
+        multiplier = (np.float32(sx) * sw / np.float32(sy)).astype(np.float32)
+        return _Layer(kind, attrs, weight, x_dtype, zx, bias, multiplier, zy, lo, hi, out_dtype, shape)
+
+
+class _Clamp:
+    """`pre`, optionally clamped by Relu, Clip or the frontend's maximum/minimum form of an ONNX Clip."""
+
+    def __init__(self, pre):
+        ensure_tvm()
+        from tvm.relax.dpl import is_op, is_tuple, wildcard
+
+        self.relu = is_op("relax.nn.relu")(pre)
+        self.clip = is_op("relax.clip")(pre, wildcard(), wildcard())
+        # ONNX Clip with min/max inputs arrives as call_tir(maximum, (y, lo)) then call_tir(minimum, (., hi))
+        self.lo_bound, self.hi_bound = self._clip_bound(), self._clip_bound()
+        self.clip_lo = is_op("relax.call_tir")(wildcard(), is_tuple([pre, self.lo_bound]))
+        self.clip_hi = is_op("relax.call_tir")(wildcard(), is_tuple([self.clip_lo, self.hi_bound]))
+        self.root = pre | self.relu | self.clip | self.clip_hi | self.clip_lo
+
+    @staticmethod
+    def _clip_bound():
+        """A Clip bound as the frontend emits it: where(isnan(c), -+inf, c)."""
+        ensure_tvm()
+        from tvm.relax.dpl import is_const, is_op
+
+        return is_op("relax.where")(is_op("relax.isnan")(is_const()), is_const(), is_const())
+
+    def bounds(self, m) -> tuple[float | None, float | None]:
+        """The float (lo, hi) a matched relu/clip clamps to; None where a side is open."""
+        if self.relu in m:
+            return 0.0, None
+        if self.clip in m:
+            return tuple(_prim(a) for a in m[self.clip].args[1:3])
+        bounds = []
+        for call, bound, callee in ((self.clip_lo, self.lo_bound, "maximum"), (self.clip_hi, self.hi_bound, "minimum")):
+            if call not in m:
+                bounds.append(None)
+                continue
+            if not str(getattr(m[call].args[0], "name_hint", "")).startswith(callee):
+                raise _Unsupported
+            value = float(_scalar(m[bound].args[2]))
+            if np.isnan(value):
+                raise _Unsupported
+            bounds.append(value)
+        return bounds[0], bounds[1]
+
+    def out_range(self, m, sy, zy, out_dtype: str) -> tuple[int, int]:
+        """The quantized output range: the dtype's, narrowed by the clamp (Q(clamp(y)) == clamp(Q(y), Q(lo), Q(hi)))."""
         lo, hi = QRANGE[np.dtype(out_dtype)]
-        clamp_lo, clamp_hi = self.clamp_bounds(m)  # Q is monotonic: Q(clamp(y)) == clamp(Q(y), Q(lo), Q(hi))
+        clamp_lo, clamp_hi = self.bounds(m)
         if clamp_lo is not None:
             lo = max(lo, int(quantize(np.float32(clamp_lo), sy, zy, out_dtype)))
         if clamp_hi is not None:
             hi = min(hi, int(quantize(np.float32(clamp_hi), sy, zy, out_dtype)))
-        multiplier = (np.float32(sx) * sw / np.float32(sy)).astype(np.float32)
-        return _Layer(kind, attrs, weight, x_dtype, zx, bias, multiplier, zy, lo, hi, out_dtype)
+        return lo, hi
 
 
 @dataclass
@@ -228,8 +260,9 @@ class _Layer:
     lo: int
     hi: int
     out_dtype: str
+    shape: tuple[int, ...]  # of the output
 
-    def integer_expr(self, x, flavour: str):
+    def integer_expr(self, x, flavour: str, kernels: _Kernels):
         """The Relax expression computing this layer's quantized output from the quantized input `x`."""
         ensure_tvm()
         from tvm import relax
@@ -240,12 +273,10 @@ class _Layer:
             acc = relax.op.nn.conv2d(self._pad(x, zx), w, strides=self.attrs.strides, padding=[0, 0, 0, 0],
                                      dilation=self.attrs.dilation, groups=int(self.attrs.groups),
                                      out_dtype="int32")
-            channel_shape = (1, -1, 1, 1)
-            reduce_axes = (1, 2, 3)
+            reduce_axes, channel_axis = (1, 2, 3), 1
         else:
             acc = relax.op.matmul(x, w, out_dtype="int32")
-            channel_shape = (-1,)
-            reduce_axes = (0,)
+            reduce_axes, channel_axis = (0,), len(self.shape) - 1
         w_sum = self.weight.astype(np.int64).sum(axis=reduce_axes)
         bias = self.bias - zx * w_sum
         m, shift = np.array([quantize_multiplier(float(v)) for v in self.multiplier], np.int64).T
@@ -253,18 +284,8 @@ class _Layer:
         headroom = np.abs(self.weight.astype(np.int64)).sum(axis=reduce_axes) * 255 + np.abs(bias)
         if np.any(shift < 1) or np.any(shift > 62) or np.any(headroom.astype(np.float64) * m + 2.0**shift >= 2.0**63):
             raise _Unsupported
-
-        def per_channel(values):
-            return relax.const(np.asarray(values, np.int64).reshape(channel_shape), "int64")
-
-        acc = relax.op.add(relax.op.astype(acc, "int64"), per_channel(bias))
-        v = relax.op.multiply(acc, per_channel(m))
-        odd = relax.op.bitwise_and(relax.op.right_shift(v, per_channel(shift)), relax.const(1, "int64"))
-        rounded = relax.op.right_shift(relax.op.add(relax.op.add(v, per_channel((1 << (shift - 1)) - 1)), odd),
-                                       per_channel(shift))
-        y = relax.op.add(rounded, relax.const(self.zy, "int64"))
-        y = relax.op.minimum(relax.op.maximum(y, relax.const(self.lo, "int64")), relax.const(self.hi, "int64"))
-        return relax.op.astype(y, self.out_dtype)
+        return kernels.requantize(acc, self.shape, channel_axis, bias, m, shift, self.zy, self.lo, self.hi,
+                                  self.out_dtype)
 
     def _activation(self, x, flavour: str):
         """The activation operand and its zero point: s8 x s8 shifts u8 inputs by -128."""
@@ -285,6 +306,148 @@ class _Layer:
         if not (top or left or bottom or right):
             return x
         return relax.op.nn.pad(x, [0, 0, 0, 0, top, bottom, left, right], pad_value=float(zx))
+
+
+class _Kernels:
+    """The elementwise integer kernels of the rewrite, as TIR functions added to the module being rewritten.
+
+    One kernel per requantize (and per residual add) keeps the whole epilogue one loop over the
+    output: FuseOps fuses it after the conv2d/matmul, and untuned builds do not materialize an
+    int64 buffer per arithmetic step.
+    """
+
+    def __init__(self, builder):
+        self.builder = builder
+
+    def requantize(self, acc, shape, channel_axis: int, bias, multiplier, shift, zy: int, lo: int, hi: int,
+                   out_dtype: str):
+        """clip(round_half_even((acc + bias[c]) * multiplier[c] / 2^shift[c]) + zy, lo, hi) as `out_dtype`."""
+        ensure_tvm()
+        from tvm import relax, te
+
+        channels = shape[channel_axis]
+        acc_t = te.placeholder(shape, "int32", "acc")
+        params = [te.placeholder((channels,), "int64", name) for name in ("bias", "multiplier", "shift")]
+        bias_t, mult_t, shift_t = params
+
+        def compute(*index):
+            c = index[channel_axis]
+            v = (acc_t[index].astype("int64") + bias_t[c]) * mult_t[c]
+            return _saturate(_round_shift(v, shift_t[c]) + zy, lo, hi, out_dtype)
+
+        out = te.compute(shape, compute, name="requantize")
+        args = [acc] + [relax.const(np.asarray(v, np.int64).reshape(channels), "int64")
+                        for v in (bias, multiplier, shift)]
+        return self._call("requantize", [acc_t, *params, out], args)
+
+    def add(self, a, b, shape, a_dtype: str, b_dtype: str, za: int, zb: int, ma: int, mb: int, shift: int,
+            zy: int, lo: int, hi: int, out_dtype: str):
+        """clip(round_half_even(((a - za) * ma + (b - zb) * mb) / 2^shift) + zy, lo, hi) as `out_dtype`."""
+        ensure_tvm()
+        from tvm import te, tirx
+
+        a_t, b_t = te.placeholder(shape, a_dtype, "a"), te.placeholder(shape, b_dtype, "b")
+
+        def compute(*index):
+            v = ((a_t[index].astype("int64") - za) * ma + (b_t[index].astype("int64") - zb) * mb)
+            return _saturate(_round_shift(v, tirx.const(shift, "int64")) + zy, lo, hi, out_dtype)
+
+        out = te.compute(shape, compute, name="qadd")
+        return self._call("qadd", [a_t, b_t, out], [a, b])
+
+    def _call(self, name: str, tensors, args):
+        """call_tir of the TE computation `tensors` (inputs..., output) on the Relax `args`.
+
+        The kernel is added to the module once (identical kernels are shared); int64 indices match
+        the legalized conv2d/matmul so FuseTIR can merge their buffers.
+        """
+        ensure_tvm()
+        from tvm import relax, te
+
+        func = te.create_prim_func(tensors, index_dtype_override="int64").without_attr("global_symbol")
+        out = tensors[-1]
+        return relax.call_tir(self.builder.add_func(func, name), args,
+                              relax.TensorType([int(d) for d in out.shape], out.dtype))
+
+
+def _round_shift(v, shift):
+    """v / 2^shift rounded half to even, for int64 TIR `v` and 1 <= shift <= 62 (intref.rounding_shift)."""
+    ensure_tvm()
+    from tvm import tirx
+
+    one = tirx.const(1, "int64")
+    return (v + ((one << (shift - one)) - one) + ((v >> shift) & one)) >> shift
+
+
+def _saturate(y, lo: int, hi: int, dtype: str):
+    """int64 TIR `y` clamped to [lo, hi] and cast to `dtype`."""
+    ensure_tvm()
+    from tvm import tirx
+
+    return tirx.max(tirx.min(y, tirx.const(hi, "int64")), tirx.const(lo, "int64")).astype(dtype)
+
+
+def add_multipliers(ra: float, rb: float) -> tuple[int, int, int]:
+    """(ma, mb, shift) with ra ~ ma / 2^shift and rb ~ mb / 2^shift, the larger of ma, mb in [2^30, 2^31).
+
+    One shared shift lets a quantized Add rescale both inputs to the output scale and round once.
+    """
+    _, exponent = quantize_multiplier(max(ra, rb))
+    shift = 31 + exponent
+    return int(round(ra * 2.0**shift)), int(round(rb * 2.0**shift)), shift
+
+
+class _AddPattern:
+    """Q(clamp(DQ(a) + DQ(b))) on per-tensor quantized a, b: the residual Add of a quantized network."""
+
+    def __init__(self):
+        ensure_tvm()
+        from tvm.relax.dpl import is_const, is_op, wildcard
+
+        self.a, self.b = wildcard(), wildcard()
+        self.a_dq, self.b_dq = _dequantize(self.a), _dequantize(self.b)
+        self.add = is_op("relax.add")(self.a_dq, self.b_dq)
+        self.clamp = _Clamp(self.add)
+        self.q = is_op("relax.quantize")(self.clamp.root, is_const(), is_const())
+        self.root = self.q
+
+    def integer_expr(self, m, kernels: _Kernels):
+        """The integer Add for a match, or _Unsupported when it is not in the lowered form."""
+        q, a, b = m[self.q], m[self.a], m[self.b]
+        dtypes = (_dtype(a), _dtype(b), str(q.attrs.out_dtype))
+        if any(d not in ("uint8", "int8") for d in dtypes):
+            raise _Unsupported
+        shape = _shape(q)
+        if shape is None or _shape(a) != shape or _shape(b) != shape:  # broadcasting adds stay float
+            raise _Unsupported
+        (sa, za), (sb, zb) = ((_scalar(m[dq].args[1]), int(_scalar(m[dq].args[2]))) for dq in (self.a_dq, self.b_dq))
+        sy, zy = _scalar(q.args[1]), int(_scalar(q.args[2]))
+        ra, rb = (float(np.float32(s)) / float(np.float32(sy)) for s in (sa, sb))
+        ma, mb, shift = add_multipliers(ra, rb)
+        if not 1 <= shift <= 62 or 255.0 * (ma + mb) + 2.0**shift >= 2.0**63:
+            raise _Unsupported
+        lo, hi = self.clamp.out_range(m, sy, zy, dtypes[2])
+        return kernels.add(a, b, shape, dtypes[0], dtypes[1], za, zb, ma, mb, shift, zy, lo, hi, dtypes[2])
+
+
+def _dequantize(data):
+    """The pattern R.dequantize(data, constant scale, constant zero point)."""
+    ensure_tvm()
+    from tvm.relax.dpl import is_const, is_op
+
+    return is_op("relax.dequantize")(data, is_const(), is_const())
+
+
+def _shape(expr) -> tuple[int, ...] | None:
+    """The static shape of a Relax tensor expression, or None when it is not known."""
+    shape = getattr(getattr(expr, "ty", None), "shape", None)
+    values = getattr(shape, "values", None)
+    if values is None:
+        return None
+    try:
+        return tuple(int(v) for v in values)
+    except TypeError:
+        return None
 
 
 def _dtype(expr) -> str | None:
