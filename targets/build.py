@@ -91,8 +91,8 @@ def build_library(model: Model, spec: TargetSpec, so_path: Path, *, database_dir
 
     check_toolchain(spec)
     target = spec.to_tvm()
-    mod = prepare_for_build(to_relax(model))
     facts: dict = {}
+    mod = prepare_for_build(to_relax(model), target, facts)
     try:
         executable = tvm.compile(mod, target=target, relax_pipeline=compile_pipeline(target, database_dir, facts))
     except Exception as exc:

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from slimcc.errors import SlimccError
-from slimcc.passes.quant.intref import QRANGE, quantize, quantize_multiplier
+from slimcc.passes.quant.intref import QRANGE, add_multipliers, quantize, quantize_multiplier
 from slimcc.targets.tvm_import import ensure_tvm
 
 INT8_ENV = "SLIMCC_TVM_INT8"
@@ -385,16 +385,6 @@ def _saturate(y, lo: int, hi: int, dtype: str):
     from tvm import tirx
 
     return tirx.max(tirx.min(y, tirx.const(hi, "int64")), tirx.const(lo, "int64")).astype(dtype)
-
-
-def add_multipliers(ra: float, rb: float) -> tuple[int, int, int]:
-    """(ma, mb, shift) with ra ~ ma / 2^shift and rb ~ mb / 2^shift, the larger of ma, mb in [2^30, 2^31).
-
-    One shared shift lets a quantized Add rescale both inputs to the output scale and round once.
-    """
-    _, exponent = quantize_multiplier(max(ra, rb))
-    shift = 31 + exponent
-    return int(round(ra * 2.0**shift)), int(round(rb * 2.0**shift)), shift
 
 
 class _AddPattern:

@@ -7,21 +7,26 @@ run keeps what it measured, and the next run or compile picks it up.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from slimcc.errors import SlimccError
 from slimcc.ir.model import Model, first_line
 from slimcc.targets.target import TargetSpec
+from slimcc.targets.tune_workers import index_pseudo_source_files, pooled_builder, torchless_workers
 from slimcc.targets.tvm_import import ensure_tvm
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
-BUILD_TIMEOUT_S = 600.0  # per candidate; a worker's first build imports TVM, which takes minutes on a loaded machine
+# per candidate: LLVM spends minutes on the odd heavily unrolled candidate (seen: a 1x1 conv, > 3 min);
+# dropping it costs one trial, waiting for it stalls the whole batch
+BUILD_TIMEOUT_S = 120.0
+RUN_TIMEOUT_S = 120.0
+MIN_TRIALS_PER_TASK = 4  # with fewer trials than kernels x this, only the heaviest kernels are tuned
+TRIALS_PER_BATCH = 16  # candidates built and measured per round
+SEARCH_POPULATION = 48  # evolutionary search population (TVM's default, 512, suits thousands of trials)
 
 
 def model_key(model: Model) -> str:
@@ -68,10 +73,12 @@ def check_database(database_dir: str | Path) -> Path:
 
 def tune_model(model: Model, spec: TargetSpec, trials: int, *, database_dir: str | Path | None = None,
                trials_per_task: int | None = None, progress: bool = True, seed: int = 0) -> dict:
-    """Tune every fused kernel of `model` for `spec` with MetaSchedule, `trials` measurements in all.
+    """Tune the fused kernels of `model` for `spec` with MetaSchedule, `trials` measurements in all.
 
+    Kernels are tuned heaviest first (FLOPs x occurrences); with few trials only the heaviest
+    get any, at least MIN_TRIALS_PER_TASK each, since a kernel measured once gains little.
     Records are appended to `database_dir` (default: `default_database(model, spec)`); existing
-    records are kept and extended. Returns {database, trials, tasks, records}.
+    records are kept and extended. Returns {database, trials, tasks, records, ...}.
     """
     if trials < 1:
         raise SlimccError(f"--trials must be >= 1, got {trials}")
@@ -85,28 +92,36 @@ def tune_model(model: Model, spec: TargetSpec, trials: int, *, database_dir: str
 
     from slimcc.targets.relax_import import prepare_for_build, to_relax
 
+    index_pseudo_source_files()
+    _log_to_files_only()
     target = spec.to_tvm()
-    mod = fuse_for_tuning(prepare_for_build(to_relax(model)), target)
+    mod = fuse_for_tuning(prepare_for_build(to_relax(model), target), target)  # the kernels compile will see
     try:
         tasks = ms.relax_integration.extract_tasks(mod, target)
     except Exception as exc:
         raise SlimccError(f"MetaSchedule could not extract tuning tasks: {first_line(exc)}") from None
-    tunable = [t for t in tasks if not t.mod.attrs or not t.mod.attrs.get("tirx.is_scheduled", False)]
-    if not tunable:
+    ranked = rank_tasks(tasks)
+    if not ranked:
         raise SlimccError("the model has no kernels MetaSchedule can tune (all are pre-scheduled)")
-    per_task = trials_per_task or max(1, -(-trials // max(1, len(tunable))))
+    chosen = choose_tasks(ranked, trials)
+    per_task = trials_per_task or max(1, -(-trials // len(chosen)))
     before = record_count(db)
     bar = _progress_bar(trials, progress)
     try:
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            tunable, work_dir=str(db), seed=seed)
-        with _torchless_workers():
-            ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(db), max_trials_global=trials,
-                          max_trials_per_task=per_task, num_trials_per_iter=min(64, per_task),
-                          builder=ms.builder.LocalBuilder(max_workers=spec.tvm.get("num-cores"),
-                                                          timeout_sec=BUILD_TIMEOUT_S),
-                          runner=ms.runner.LocalRunner(timeout_sec=BUILD_TIMEOUT_S),
-                          measure_callbacks=ms.MeasureCallback.create("default") + [_progress_callback(bar)])
+            chosen, work_dir=str(db), seed=seed, strategy=_search_strategy(ms),
+            num_threads=spec.tvm.get("num-cores") or "physical")
+        with torchless_workers():
+            builder = pooled_builder(spec.tvm.get("num-cores") or 1, BUILD_TIMEOUT_S)
+            try:
+                ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(db), max_trials_global=trials,
+                              max_trials_per_task=per_task, num_trials_per_iter=min(TRIALS_PER_BATCH, per_task),
+                              builder=builder,
+                              runner=ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S,
+                                                           evaluator_config=_evaluator_config(ms)),
+                              measure_callbacks=ms.MeasureCallback.create("default") + [_progress_callback(bar)])
+            finally:
+                builder.shutdown()
     except KeyboardInterrupt:
         raise SlimccError(f"tuning interrupted; the {record_count(db)} records measured so far are kept in {db}") from None
     except SlimccError:
@@ -116,31 +131,56 @@ def tune_model(model: Model, spec: TargetSpec, trials: int, *, database_dir: str
     finally:
         if bar is not None:
             bar.close()
-    return {"database": str(db), "trials": trials, "trials_per_task": per_task, "tasks": len(tunable),
+    return {"database": str(db), "trials": trials, "trials_per_task": per_task, "tasks": len(chosen),
+            "kernels": len(ranked), "tuned_task_names": [t.task_name for t in chosen],
             "records": record_count(db), "new_records": record_count(db) - before}
 
 
-@contextlib.contextmanager
-def _torchless_workers():
-    """Keep MetaSchedule's builder/runner worker processes from importing PyTorch.
+def rank_tasks(tasks) -> list:
+    """Tunable (not pre-scheduled) tasks, heaviest first by estimated FLOPs x occurrences."""
+    ensure_tvm()
+    from tvm.s_tir.analysis import estimate_tir_flops
 
-    Each worker imports tvm, and apache-tvm-ffi imports torch when installed, which can take
-    longer than a candidate's build timeout on a busy machine. The workers never use torch,
-    so a shadow package that raises ImportError is put first on their PYTHONPATH.
-    """
-    old = os.environ.get("PYTHONPATH")
-    with tempfile.TemporaryDirectory(prefix="slimcc-notorch-") as shadow:
-        os.makedirs(os.path.join(shadow, "torch"))
-        with open(os.path.join(shadow, "torch", "__init__.py"), "w") as handle:
-            handle.write('raise ImportError("torch is hidden from TVM tuning workers by slimcc")\n')
-        os.environ["PYTHONPATH"] = shadow + (os.pathsep + old if old else "")
+    tunable = [t for t in tasks if not t.mod.attrs or not t.mod.attrs.get("tirx.is_scheduled", False)]
+
+    def cost(task) -> float:
         try:
-            yield
-        finally:
-            if old is None:
-                os.environ.pop("PYTHONPATH", None)
-            else:
-                os.environ["PYTHONPATH"] = old
+            return float(estimate_tir_flops(task.dispatched[0])) * task.weight
+        except Exception:  # an op the estimator does not know: rank it last, still tunable
+            return 0.0
+
+    return sorted(tunable, key=cost, reverse=True)
+
+
+def choose_tasks(ranked: list, trials: int) -> list:
+    """The heaviest tasks that `trials` can give MIN_TRIALS_PER_TASK measurements each (at least one task)."""
+    return ranked[:max(1, min(len(ranked), trials // MIN_TRIALS_PER_TASK))]
+
+
+def _log_to_files_only() -> None:
+    """MetaSchedule's per-round tables go to the database's logs/ folder, not to stdout.
+
+    Its console handler takes the level the "tvm.s_tir.meta_schedule" logger has when tuning
+    starts (DEBUG once any tuning ran), which would mix its tables into `slimcc tune --json`.
+    """
+    import logging
+
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+
+
+def _search_strategy(ms):
+    """Evolutionary search sized for a few dozen trials on a small machine.
+
+    TVM's defaults (population 512, 4 genetic rounds) are meant for thousands of trials;
+    a smaller population keeps candidate generation to seconds per batch.
+    """
+    return ms.search_strategy.EvolutionarySearch(population_size=SEARCH_POPULATION, genetic_num_iters=2,
+                                                 init_min_unmeasured=SEARCH_POPULATION // 4)
+
+
+def _evaluator_config(ms):
+    """How each candidate is timed: 3 repeats of >= 20 ms each, enough to rank candidates."""
+    return ms.runner.EvaluatorConfig(number=1, repeat=3, min_repeat_ms=20, enable_cpu_cache_flush=False)
 
 
 def fuse_for_tuning(mod, target):

@@ -122,6 +122,26 @@ def qlinear_matmul(a_q, a_scale, a_zp, b_q, b_scale, b_zp, y_scale, y_zp) -> np.
     return requantize(acc, multiplier, int(y_zp), _out_dtype(y_zp), axis=1)
 
 
+def add_multipliers(ra: float, rb: float) -> tuple[int, int, int]:
+    """(ma, mb, shift) with ra ~ ma / 2^shift and rb ~ mb / 2^shift, the larger of ma, mb in [2^30, 2^31).
+
+    One shared shift lets a quantized Add rescale both inputs to the output scale and round once.
+    """
+    _, exponent = quantize_multiplier(max(ra, rb))
+    shift = 31 + exponent
+    return int(round(ra * 2.0**shift)), int(round(rb * 2.0**shift)), shift
+
+
+def qlinear_add(a_q, a_zp, b_q, b_zp, ra: float, rb: float, y_zp: int, dtype, relu: bool = False) -> np.ndarray:
+    """Integer Add of two quantized tensors rescaled to the output scale (ra = s_a/s_y, rb = s_b/s_y):
+    round_half_even(((a - za)*ma + (b - zb)*mb) / 2^shift) + zy, saturated (relu: >= zy)."""
+    ma, mb, shift = add_multipliers(ra, rb)
+    total = (np.asarray(a_q).astype(object) - int(a_zp)) * ma + (np.asarray(b_q).astype(object) - int(b_zp)) * mb
+    lo, hi = QRANGE[np.dtype(dtype)]
+    lo = max(lo, int(y_zp)) if relu else lo
+    return np.clip(rounding_shift(total, shift).astype(np.int64) + int(y_zp), lo, hi).astype(dtype)
+
+
 def _out_dtype(zero_point) -> np.dtype:
     """The output integer type: the zero point's when it is u8/s8, else uint8 (ONNX default)."""
     dtype = np.asarray(zero_point).dtype

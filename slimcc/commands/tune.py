@@ -14,11 +14,14 @@ def add_parser(sub) -> None:
     """Register the `tune` subcommand."""
     parser = sub.add_parser("tune", help="tune a model's kernels with MetaSchedule (database reused by compile)",
                             description="Canonicalize MODEL and tune its fused kernels with TVM MetaSchedule on this "
-                                        "machine; records go to a database that `slimcc compile` reuses.")
+                                        "machine; records go to a database that `slimcc compile` reuses. "
+                                        "Per-kernel logs and latencies are in the database's logs/ folder.")
     add_model_arguments(parser)
     parser.add_argument("--target", choices=("x86",), default="x86", help="only x86 runs here")
-    parser.add_argument("--trials", type=int, required=True, metavar="N", help="measurements in total")
-    parser.add_argument("--trials-per-task", type=int, metavar="N", help="cap per kernel (default: N / kernels)")
+    parser.add_argument("--trials", type=int, required=True, metavar="N",
+                        help="measurements in total; kernels are tuned heaviest first, at least 4 trials each")
+    parser.add_argument("--trials-per-task", type=int, metavar="N",
+                        help="cap per kernel (default: N / kernels tuned)")
     parser.add_argument("--mcpu", metavar="CPU", help="LLVM CPU name (default: this machine's)")
     parser.add_argument("--num-cores", type=int, metavar="N", help="threads kernels may use")
     parser.add_argument("--db", metavar="DIR", help="database folder (default: per model+target in ~/.cache/slimcc)")

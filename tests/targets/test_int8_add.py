@@ -10,20 +10,11 @@ from onnx import TensorProto, helper, numpy_helper
 from slimcc.ir.model import load_model
 from slimcc.passes.quant import intref
 from slimcc.targets.build import backend_pipeline
-from slimcc.targets.int8 import add_multipliers, lower_int8
+from slimcc.targets.int8 import lower_int8
 from slimcc.targets.relax_import import to_relax
 from slimcc.targets.tvm_import import ensure_tvm
 
 DTYPES = {"uint8": TensorProto.UINT8, "int8": TensorProto.INT8}
-
-
-def qadd_reference(a, za, b, zb, ra: float, rb: float, zy: int, dtype: str, relu: bool = False) -> np.ndarray:
-    """Integer Add: round_half_even(((a - za) * ma + (b - zb) * mb) / 2^shift) + zy, saturated (relu: >= zy)."""
-    ma, mb, shift = add_multipliers(ra, rb)
-    v = (a.astype(object) - int(za)) * ma + (b.astype(object) - int(zb)) * mb
-    lo, hi = intref.QRANGE[np.dtype(dtype)]
-    lo = max(lo, int(zy)) if relu else lo
-    return np.clip(intref.rounding_shift(v, shift).astype(np.int64) + int(zy), lo, hi).astype(dtype)
 
 
 def _qadd_model(shape, a_dtype: str, b_dtype: str, y_dtype: str, scales, zeros, relu: bool):
@@ -77,7 +68,7 @@ def test_residual_add_is_bit_exact_with_the_integer_reference(case):
     got = _run(mod, a, b)
     (sa, sb, sy), (za, zb, zy) = scales, zeros
     ra, rb = (float(np.float32(s)) / float(np.float32(sy)) for s in (sa, sb))
-    want = qadd_reference(a, za, b, zb, ra, rb, zy, y_dtype, relu)
+    want = intref.qlinear_add(a, za, b, zb, ra, rb, zy, y_dtype, relu)
     assert got.dtype == np.dtype(y_dtype)
     np.testing.assert_array_equal(got, want)
     assert len(np.unique(want)) > 50
@@ -101,7 +92,7 @@ def test_residual_add_rounds_ties_half_to_even_like_float_quantize():
 
 @pytest.mark.parametrize("ra, rb", [(0.72, 0.4), (3.5, 0.001), (0.01, 0.03)])
 def test_add_multipliers_share_one_shift_at_int32_precision(ra, rb):
-    ma, mb, shift = add_multipliers(ra, rb)
+    ma, mb, shift = intref.add_multipliers(ra, rb)
     assert 2**30 <= max(ma, mb) < 2**31
     for real, m in ((ra, ma), (rb, mb)):
         assert abs(m / 2.0**shift - real) <= 2.0**-(shift + 1)
