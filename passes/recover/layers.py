@@ -21,7 +21,7 @@ class LinearLayer:
 
     `node` is the Conv/Gemm/MatMul; `bias_node` the Add that carries a MatMul's bias (or None);
     `output` the tensor holding weight-times-input plus bias (the pre-activation).
-    `reason` is set when the layer cannot be refitted (grouped conv, quantized weights...).
+    `reason` is set when the layer cannot be refitted (quantized weights, auto_pad...).
     """
 
     node: gs.Node
@@ -53,7 +53,10 @@ class LinearLayer:
         return np.asarray(_float_value(tensor), np.float32) if _is_dequantized(tensor) else constant_value(tensor)
 
     def matrix(self) -> np.ndarray:
-        """Effective [fan_in, Cout] matrix so that output = rows @ matrix + bias (float64)."""
+        """Effective [fan_in, Cout] matrix so that output = rows @ matrix + bias (float64).
+
+        For a grouped conv fan_in is that of one group: output channel o reads group
+        o // (Cout / group) of the input rows (see `sample_rows`)."""
         w = np.asarray(self.weight_array(), np.float64)
         if self.op == "Conv":
             return w.reshape(w.shape[0], -1).T
@@ -195,8 +198,6 @@ def find_layers(graph: gs.Graph) -> list[LinearLayer]:
         layer = LinearLayer(node, node.outputs[0], graph=graph)
         if quantized:
             layer.reason = "weights are quantized (DequantizeLinear); refit before qdq-insert"
-        elif node.op == "Conv" and layer.groups != 1:
-            layer.reason = f"grouped/depthwise conv (group={layer.groups}) is not refitted"
         elif node.op == "Conv" and node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
             layer.reason = f"auto_pad={node.attrs['auto_pad']} is not supported; run canonicalize first"
         elif node.op == "Gemm" and node.attrs.get("transA", 0):
@@ -240,9 +241,10 @@ def pick_positions(layer: LinearLayer, output_shape: tuple[int, ...], limit: int
 
 
 def sample_rows(layer: LinearLayer, x: np.ndarray, index) -> np.ndarray:
-    """Input rows [P, fan_in] (im2col for convs) that produce the outputs at `index`."""
+    """Input rows [P, groups, fan_in] (im2col for convs, one block per conv group) that produce
+    the outputs at `index`; groups is 1 except for grouped convs."""
     if layer.op != "Conv":
-        return x.reshape(-1, x.shape[-1])[index].astype(np.float64)
+        return x.reshape(-1, x.shape[-1])[index].astype(np.float64)[:, None, :]
     w = layer.weight_array()
     if x.ndim != 4 or w.ndim != 4:
         raise ValueError("only 2-D convolutions are refitted")
@@ -255,7 +257,16 @@ def sample_rows(layer: LinearLayer, x: np.ndarray, index) -> np.ndarray:
     ww = ow[:, None] * sw + np.arange(kw)[None, :] * dw
     patches = padded[nn[:, None, None, None], np.arange(x.shape[1])[None, :, None, None], hh[:, None, :, None],
                      ww[:, None, None, :]]
-    return patches.reshape(len(nn), -1).astype(np.float64)
+    return patches.reshape(len(nn), layer.groups, -1).astype(np.float64)
+
+
+def row_samples(layer: LinearLayer, input_shape: tuple[int, ...], index) -> np.ndarray:
+    """Which sample of the batch (index along axis 0) each row at `index` comes from
+    (`input_shape`: the shape of the layer's input in that batch)."""
+    if layer.op == "Conv":
+        return np.asarray(index[0])
+    per_sample = int(np.prod(input_shape[1:-1])) if len(input_shape) > 2 else 1
+    return np.asarray(index) // max(per_sample, 1)
 
 
 def output_rows(layer: LinearLayer, y: np.ndarray, index) -> np.ndarray:

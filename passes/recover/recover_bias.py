@@ -39,6 +39,10 @@ class RecoverBias(Pass):
     Layers are corrected one by one in topological order, each on activations that already
     include the corrections upstream of it. A layer's output is matched to the original by
     tensor name; pruned outputs use ctx.notes["channel_map"] or an inferred channel alignment.
+    A correction that increases the error of the model's first output (sampled positions of
+    the calibration data) is undone: the mean shift is optimal for the layer itself, but
+    through the nonlinearities after it, and after layers refitted to the uncorrected
+    activations (recover-lstsq), it can move the output away from the original.
     """
 
     samples: int = 2048
@@ -69,11 +73,29 @@ class RecoverBias(Pass):
         if not candidates:
             return PassResult(False, {"corrected": 0, "skipped": skipped})
         originals = {l.output.name: l for l in find_layers(reference.graph)}
-        reference_stats = self._statistics(reference, batches, [l.output.name for l in candidates])
-        corrected, shifts = 0, []
-        for layer in candidates:
+        output = model.graph.outputs[0].name if model.graph.outputs else None
+        output = output if output in known else None
+        watched = [l.output.name for l in candidates] + ([output] if output else [])
+        reference_stats = self._statistics(reference, batches, list(dict.fromkeys(watched)))
+        corrected, shifts, reverted = 0, [], 0
+        last: tuple[LinearLayer, np.ndarray, float, float] | None = None  # layer, old bias, error before, shift
+        for layer in candidates + [None]:
+            names = ([layer.output.name] if layer is not None else []) + ([output] if output else [])
+            current = self._statistics(model, batches, list(dict.fromkeys(names))) if names else {}
+            error = _output_error(current, reference_stats, output)
+            if last is not None and error > last[2]:
+                # the previous correction made the model's output worse on the calibration data: undo it
+                last[0].set_bias(last[1])
+                skipped[last[0].name] = "bias correction increased the model's output error on the calibration data"
+                corrected, reverted = corrected - 1, reverted + 1
+                shifts.remove(last[3])
+                current = self._statistics(model, batches, list(dict.fromkeys(names))) if layer is not None else {}
+                error = last[2]
+            last = None
+            if layer is None:
+                break
             ref_sum, ref_rows, count = reference_stats[layer.output.name]
-            (cur_sum, cur_rows, cur_count), = self._statistics(model, batches, [layer.output.name]).values()
+            cur_sum, cur_rows, cur_count = current[layer.output.name]
             if cur_count != count:
                 skipped[layer.name] = "output size differs from the original beyond the channel axis"
                 continue
@@ -85,12 +107,15 @@ class RecoverBias(Pass):
             scale = max(float(np.abs(ref_sum[kept]).max()) / count, 1e-12)
             if float(np.abs(delta).max()) <= self.min_shift * max(scale, 1.0):
                 continue
-            layer.set_bias(layer.bias() + delta)
+            old_bias = layer.bias()
+            layer.set_bias(old_bias + delta)
             corrected += 1
             shifts.append(float(np.abs(delta).mean()))
-        if corrected:
+            if output is not None:
+                last = (layer, old_bias, error, shifts[-1])
+        if corrected or reverted:
             model.graph.cleanup().toposort()
-        return PassResult(corrected > 0, {"corrected": corrected, "candidates": len(candidates),
+        return PassResult(corrected > 0, {"corrected": corrected, "candidates": len(candidates), "reverted": reverted,
                                           "mean_abs_shift": round(float(np.mean(shifts)), 6) if shifts else 0.0,
                                           "skipped": skipped})
 
@@ -107,3 +132,11 @@ class RecoverBias(Pass):
                 counts[name] += count
                 rows[name].append(channel_rows(values[name], index, per_batch))
         return {n: (sums[n], np.concatenate(rows[n]), counts[n]) for n in names}
+
+
+def _output_error(current: dict, reference: dict, output: str | None) -> float:
+    """Squared error of the sampled model-output rows against the original's (0 without an output)."""
+    if output is None or output not in current:
+        return 0.0
+    got, want = current[output][1], reference[output][1]
+    return float(np.sum((got - want) ** 2)) if got.shape == want.shape else float("inf")

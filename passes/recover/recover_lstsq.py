@@ -18,57 +18,17 @@ from tqdm import tqdm
 from slimcc.errors import PipelineError
 from slimcc.passes.base import Pass, PassContext, PassResult, register_pass
 from slimcc.passes.recover.activations import calibration_batches, reference_model, stream, tensor_names
-from slimcc.passes.recover.channel_map import kept_channels
-from slimcc.passes.recover.layers import LinearLayer, find_layers, output_rows, pick_positions, sample_rows
+from slimcc.passes.recover.channel_map import kept_channels, known_channels, remember_channels
+from slimcc.passes.recover.layers import (LinearLayer, find_layers, output_rows, pick_positions, row_samples,
+                                          sample_rows)
+from slimcc.passes.recover.normal_equations import NormalEquations, choose_ridge, total
 
 MATCH_ROWS = 4096  # sampled rows kept for matching pruned output channels by correlation
 EXACT_ERROR = 1e-10  # relative reconstruction error below which a layer is left untouched
-# fewer calibration rows than this share of a layer's inputs make the fit a guess: refused.
-# (between this and 1 the ridge pull toward the current weights keeps unseen directions as they were)
-MIN_ROWS_PER_INPUT = 0.5
-
-
-@dataclass
-class NormalEquations:
-    """Accumulated A^T A, A^T Y and Y^T Y (diagonal) for rows A = [inputs, 1] and targets Y."""
-
-    gram: np.ndarray
-    cross: np.ndarray
-    target_sq: np.ndarray
-    rows: int = 0
-
-    @classmethod
-    def empty(cls, fan_in: int, outputs: int) -> NormalEquations:
-        return cls(np.zeros((fan_in + 1, fan_in + 1)), np.zeros((fan_in + 1, outputs)), np.zeros(outputs))
-
-    def add(self, inputs: np.ndarray, targets: np.ndarray) -> None:
-        rows = np.concatenate([inputs, np.ones((inputs.shape[0], 1))], axis=1)
-        self.gram += rows.T @ rows
-        self.cross += rows.T @ targets
-        self.target_sq += (targets * targets).sum(axis=0)
-        self.rows += inputs.shape[0]
-
-    def error(self, solution: np.ndarray, columns: np.ndarray) -> float:
-        """Squared reconstruction error of [matrix; bias] against the selected target columns."""
-        cross = self.cross[:, columns]
-        return float(self.target_sq[columns].sum() - 2.0 * np.sum(solution * cross)
-                     + np.sum(solution * (self.gram @ solution)))
-
-    def solve(self, columns: np.ndarray, ridge: float, prior: np.ndarray) -> np.ndarray:
-        """Ridge solution [matrix; bias] pulled toward `prior` (the current weights; the bias is free).
-
-        The penalty is `ridge` times the mean input power, so it is scale-free; pulling toward
-        the current weights rather than zero keeps directions the data does not see unchanged."""
-        fan_in = self.gram.shape[0] - 1
-        penalty = max(ridge * float(np.trace(self.gram[:fan_in, :fan_in])) / max(fan_in, 1), 1e-12)
-        system = self.gram.copy()
-        system[np.arange(fan_in), np.arange(fan_in)] += penalty
-        rhs = self.cross[:, columns].copy()
-        rhs[:fan_in] += penalty * prior[:fan_in]
-        try:
-            return np.linalg.solve(system, rhs)
-        except np.linalg.LinAlgError:
-            return np.linalg.lstsq(system, rhs, rcond=None)[0]
+# with fewer calibration rows than this many per unknown (inputs + bias of one output), the
+# fixed ridge may overfit: the ridge is chosen by cross-validation over FOLDS folds instead
+CROSS_VALIDATE_ROWS_PER_INPUT = 4
+FOLDS = 8
 
 
 @register_pass("recover-lstsq")
@@ -78,7 +38,10 @@ class RecoverLstsq(Pass):
 
     layers=affected refits the consumers whose inputs changed shape (pruned input channels,
     the last factor of a decomposed layer); layers=all also refits every later conv/gemm
-    whose output has a counterpart in the original model. Grouped/depthwise convs are skipped.
+    whose output has a counterpart in the original model. A grouped/depthwise conv is refitted
+    per group (per channel). Layers with few calibration rows per input (pooled inputs, the
+    head) get a ridge chosen by two-fold cross-validation, or keep their weights when no
+    refit predicts held-out calibration samples better.
     """
 
     ridge: float = 1e-3
@@ -154,36 +117,82 @@ class RecoverLstsq(Pass):
     def _refit(self, layer: LinearLayer, original: LinearLayer | None, model, batches, ctx,
                targets: list) -> dict | str:
         matrix, bias = layer.matrix(), layer.bias()
-        current = np.vstack([matrix, bias[None, :]])
-        equations: NormalEquations | None = None
-        cur_rows, ref_rows = [], []
-        for (index, wanted), inputs in zip(targets, stream(model, batches, [layer.input.name])):
-            rows = sample_rows(layer, inputs[layer.input.name], index)
-            if rows.shape[1] != matrix.shape[0]:
-                return "input size does not match the layer's weights"
-            wanted = wanted.astype(np.float64)
-            if equations is None:
-                equations = NormalEquations.empty(rows.shape[1], wanted.shape[1])
-            equations.add(rows, wanted)
-            if sum(len(r) for r in cur_rows) < MATCH_ROWS:
-                cur_rows.append(rows @ matrix + bias)
-                ref_rows.append(wanted)
-        if equations is None:
-            return "no calibration rows"
-        if equations.rows < MIN_ROWS_PER_INPUT * matrix.shape[0]:
-            return (f"only {equations.rows} calibration rows for {matrix.shape[0]} inputs per output; "
-                    "give more calibration samples")
-        kept = kept_channels(ctx, layer, original, np.concatenate(cur_rows), np.concatenate(ref_rows))
+        groups, fan_in, channels = layer.groups, matrix.shape[0], matrix.shape[1]
+        if channels % groups:
+            return f"{channels} output channels do not split into {groups} groups"
+        per_group = channels // groups
+        current = np.concatenate([matrix.reshape(fan_in, groups, per_group).transpose(1, 0, 2),
+                                  bias.reshape(groups, 1, per_group)], axis=1)
+        width = targets[0][1].shape[1] if targets else channels
+        kept = known_channels(ctx, layer, original, channels, width)
         if isinstance(kept, str):
             return kept
-        before = equations.error(current, kept)
-        scale = max(float(equations.target_sq[kept].sum()), 1e-30)
+        rows_total = sum(len(np.atleast_1d(index[0] if layer.op == "Conv" else index)) for index, _ in targets)
+        validate = rows_total < CROSS_VALIDATE_ROWS_PER_INPUT * (fan_in + 1)
+        folds = [NormalEquations.empty(groups, fan_in, per_group) for _ in range(FOLDS if validate else 1)]
+        pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # rows held until `kept` is known
+        seen = 0  # calibration samples so far: a sample's rows all go to fold (sample number % folds)
+        for (index, wanted), inputs in zip(targets, stream(model, batches, [layer.input.name])):
+            x = inputs[layer.input.name]
+            rows = sample_rows(layer, x, index)
+            if rows.shape[1:] != (groups, fan_in):
+                return "input size does not match the layer's weights"
+            pending.append((rows, wanted.astype(np.float64), (seen + row_samples(layer, x.shape, index)) % len(folds)))
+            seen += x.shape[0]
+            if kept is None and sum(len(p[0]) for p in pending) >= MATCH_ROWS:
+                kept = self._match(ctx, layer, original, current, pending)
+                if isinstance(kept, str):
+                    return kept
+            if kept is not None:
+                _accumulate(folds, pending, kept, groups, per_group)
+        if kept is None and pending:
+            kept = self._match(ctx, layer, original, current, pending)
+            if isinstance(kept, str):
+                return kept
+            _accumulate(folds, pending, kept, groups, per_group)
+        equations = total(folds)
+        if equations.rows == 0:
+            return "no calibration rows"
+        remember_channels(ctx, layer.output.name, kept, width)
+        scale = max(equations.target_sq, 1e-30)
+        before = equations.error(current)
         if before / scale < EXACT_ERROR:
             return "already reproduces the original output"
-        solution = equations.solve(kept, self.ridge, current)
-        after = equations.error(solution, kept)
+        ridge, outcome = self.ridge, {}
+        if validate:
+            if sum(1 for fold in folds if fold.rows) < 2:
+                return (f"only {equations.rows} calibration rows from one sample for {fan_in} inputs per output; "
+                        "give more calibration samples")
+            ridge, validated, unchanged = choose_ridge(folds, current, self.ridge)
+            if ridge is None:
+                return (f"no refit predicts held-out calibration samples better than the current weights "
+                        f"({equations.rows} rows for {fan_in} inputs per output; relative error {unchanged:.3g})")
+            outcome = {"ridge": ridge if np.isfinite(ridge) else "bias only", "validation_error": round(validated, 6),
+                       "validation_error_before": round(unchanged, 6)}
+        solution = equations.solve(ridge, current)
+        after = equations.error(solution)
         if not np.all(np.isfinite(solution)) or after >= before:
             return f"refit did not reduce the reconstruction error ({before / scale:.3g} -> {after / scale:.3g})"
-        layer.set_matrix(solution[:-1])
-        layer.set_bias(solution[-1])
-        return {"rows": equations.rows, "error_before": round(before / scale, 6), "error_after": round(after / scale, 6)}
+        layer.set_matrix(solution[:, :fan_in].transpose(1, 0, 2).reshape(fan_in, channels))
+        layer.set_bias(solution[:, fan_in].reshape(channels))
+        return {"rows": equations.rows, "error_before": round(before / scale, 6), "error_after": round(after / scale, 6),
+                **outcome}
+
+    @staticmethod
+    def _match(ctx, layer, original, current: np.ndarray, pending: list) -> np.ndarray | str:
+        """Kept original channels inferred from the pending rows' current and original outputs."""
+        rows = np.concatenate([p[0] for p in pending])
+        wanted = np.concatenate([p[1] for p in pending])
+        outputs = np.einsum("pgf,gfo->pgo", rows, current[:, :-1]) + current[:, -1][None]
+        return kept_channels(ctx, layer, original, outputs.reshape(len(rows), -1), wanted)
+
+
+def _accumulate(folds: list[NormalEquations], pending: list, kept: np.ndarray, groups: int, per_group: int) -> None:
+    """Add the pending rows to their folds (targets: the kept original channels, split per group)."""
+    for rows, wanted, fold in pending:
+        targets = wanted[:, kept].reshape(len(rows), groups, per_group)
+        for f in range(len(folds)):
+            chosen = fold == f
+            if chosen.any():
+                folds[f].add(rows[chosen], targets[chosen])
+    pending.clear()

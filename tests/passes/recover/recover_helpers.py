@@ -8,7 +8,7 @@ from slimcc.ir.calibration import CalibrationData
 from slimcc.ir.model import load_model
 from slimcc.ir.verify import run_onnxruntime
 from slimcc.models import zoo
-from slimcc.models.data import zoo_inputs
+from slimcc.models.data import image_names, zoo_inputs
 from slimcc.passes.base import PassContext
 from slimcc.passes.canonicalize import Canonicalize
 
@@ -24,6 +24,13 @@ def zoo_context(reference, count: int = 16, seed: int = 1) -> PassContext:
     """Calibration from real photos, with `reference` as the original model."""
     return PassContext(calibration=CalibrationData.from_arrays(zoo_inputs(count, seed=seed)),
                        reference=reference, progress=False)
+
+
+def held_out_inputs(count: int = 6) -> list[dict[str, np.ndarray]]:
+    """Zoo feeds that are not calibration inputs: crops from another seed (zoo_inputs starts with
+    the whole photos, which every seed and so `zoo_context`'s calibration share)."""
+    whole = len(image_names("photos"))
+    return zoo_inputs(whole + count, seed=7)[whole:]
 
 
 def output_error(model, reference, feeds) -> float:

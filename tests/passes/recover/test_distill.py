@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from recover_helpers import canonical_zoo, output_error, zoo_context
+from recover_helpers import canonical_zoo, held_out_inputs, output_error, zoo_context
 
 from slimcc.errors import PassError, PipelineError
 from slimcc.ir.verify import run_onnxruntime
-from slimcc.models.data import zoo_inputs
 from slimcc.passes.prune.prune_channels import PruneChannels
 
 torch = pytest.importorskip("torch")
@@ -17,7 +16,7 @@ torch = pytest.importorskip("torch")
 from slimcc.passes.recover.distill import Distill, match_boundaries  # noqa: E402
 from slimcc.passes.recover.torch_mapper import TorchGraph  # noqa: E402
 
-HELD_OUT = zoo_inputs(6, seed=7)
+HELD_OUT = held_out_inputs()
 
 
 def test_boundaries_of_a_pruned_model_carry_the_kept_channels():
