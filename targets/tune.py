@@ -86,7 +86,11 @@ def tune_model(model: Model, spec: TargetSpec, trials: int, *, database_dir: str
         raise SlimccError(f"tuning runs kernels on this machine; target {spec.name} cannot run here "
                           "(tune for x86, or tune on the device itself)")
     db = Path(database_dir) if database_dir is not None else default_database(model, spec)
-    db.mkdir(parents=True, exist_ok=True)
+    try:
+        db.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SlimccError(f"cannot use {db} as a tuning database folder: {exc.strerror} "
+                          "(give --db a new or existing folder)") from None
     ensure_tvm()
     from tvm.s_tir import meta_schedule as ms
 
@@ -131,9 +135,10 @@ def tune_model(model: Model, spec: TargetSpec, trials: int, *, database_dir: str
     finally:
         if bar is not None:
             bar.close()
+    records = record_count(db)
     return {"database": str(db), "trials": trials, "trials_per_task": per_task, "tasks": len(chosen),
             "kernels": len(ranked), "tuned_task_names": [t.task_name for t in chosen],
-            "records": record_count(db), "new_records": record_count(db) - before}
+            "records": records, "new_records": records - before}
 
 
 def rank_tasks(tasks) -> list:

@@ -110,3 +110,25 @@ def test_console_script_subprocess_has_no_traceback(bad_files, zoo_file, tmp_pat
                                      str(tmp_path / "o.onnx")], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "" and (tmp_path / "o.onnx").stat().st_size > 0
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--trials", "0"], "--trials must be >= 1"),
+    (["--trials", "4", "--db", "FILE"], "cannot use"),
+    (["--trials", "4", "--target", "arm"], "invalid choice"),
+])
+def test_tune_bad_arguments_fail_before_tuning(cli, zoo_file, tmp_path, args, expected):
+    a_file = tmp_path / "plain.txt"
+    a_file.write_text("not a folder\n")
+    args = [str(a_file) if a == "FILE" else a for a in args]
+    code, out, err = cli("tune", zoo_file, *args)
+    assert_one_line_failure(code, out, err)
+    assert expected in err
+    assert a_file.read_text() == "not a folder\n"
+
+
+def test_unknown_int8_mode_fails_and_writes_no_artifact(cli, zoo_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("SLIMCC_TVM_INT8", "bogus")
+    code, out, err = cli("compile", zoo_file, "--target", "x86", "-o", tmp_path / "art")
+    assert_one_line_failure(code, out, err)
+    assert "SLIMCC_TVM_INT8" in err and not (tmp_path / "art").exists()
