@@ -210,14 +210,12 @@ def main(argv=None) -> int:
         distill_ratios = [float(r) for r in args.distill_ratios.split(",")] if args.distill_ratios else None
         rows.extend(bench_task(task, ratios, args.distill_epochs, methods, distill_ratios, args.criterion))
     print(table(rows), file=sys.stderr)
-    text = json.dumps({"bench": "accuracy", "results": rows}, indent=2)
-    print(text)
+    result = {"bench": "accuracy", "results": rows}
+    print(json.dumps(result, indent=2))
     if args.json:
-        from slimcc.ir.atomic import atomic_file
+        from slimcc.ir.atomic import save_json_atomic
 
-        with atomic_file(args.json) as tmp:
-            with open(tmp, "w") as handle:
-                handle.write(text + "\n")
+        save_json_atomic(args.json, result)
     if args.plot:
         plot(rows, args.plot)
     return 0

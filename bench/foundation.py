@@ -18,6 +18,7 @@ from pathlib import Path
 import onnx
 
 from slimcc.ir.model import load_model, save_model
+from slimcc.ir.atomic import save_json_atomic
 from slimcc.ir.verify import compare_models, random_feeds
 from slimcc.models.data import real_inputs
 from slimcc.models.fetch import REAL_MODELS, real_model_path
@@ -71,10 +72,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         results = [measure(name, args.repeat, Path(tmp)) for name in REAL_MODELS]
-    text = json.dumps({"benchmark": "foundation", "results": results}, indent=2)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text + "\n")
-    print(text)
+    report = {"benchmark": "foundation", "results": results}
+    save_json_atomic(args.out, report)
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "robustne
 from robust_fuzzlib import (FuzzRun, fuzz_cli, fuzz_graph_edits, fuzz_pass_options,  # noqa: E402
                             fuzz_pipeline_text, fuzz_real_bytes, fuzz_zoo_bytes)
 
-from slimcc.ir.atomic import atomic_file  # noqa: E402
+from slimcc.ir.atomic import save_json_atomic  # noqa: E402
 from slimcc.models.fetch import RegistryUnreachable, real_model_path  # noqa: E402
 
 CI_SIZES = {"real_per_model": 12, "zoo_per_model": 20, "graph_edits": 750, "pass_per_pass": 3,
@@ -64,11 +64,9 @@ def main() -> int:
               "outcomes": dict(run.outcomes), "escapes": run.escapes, "internal_errors": run.internal,
               "slowest": {"seconds": round(run.slowest[0], 2), "case": run.slowest[1]},
               "scale": args.scale, "seed": args.seed}
-    text = json.dumps(report, indent=2, sort_keys=True)
-    print(text)
+    print(json.dumps(report, indent=2, sort_keys=True))
     if args.json:
-        with atomic_file(args.json) as tmp_path:
-            tmp_path.write_text(text + "\n")
+        save_json_atomic(args.json, report)
     failed = bool(run.escapes) or (args.strict and bool(run.internal))
     return 1 if failed else 0
 

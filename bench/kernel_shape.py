@@ -22,6 +22,7 @@ import sys
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from slimcc.ir.atomic import save_json_atomic
 from slimcc.ir.verify import compare_models
 from slimcc.passes.prune.kernel_shape_geometry import conv_geometry
 from slimcc.passes.prune.kernel_shape_measure import layer_model, time_models
@@ -76,11 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     shapes = [tuple(int(v) for v in item.split("x")) for item in args.shapes.split(",") if item]
     results = {"threads": 1, "repeats": args.repeats, "results": [bench_shape(c, hw, args.repeats) for c, hw in shapes]}
-    text = json.dumps(results, indent=2)
-    print(text)
+    print(json.dumps(results, indent=2))
     if args.json:
-        with open(args.json, "w") as handle:
-            handle.write(text + "\n")
+        save_json_atomic(args.json, results)
     return 0
 
 

@@ -37,6 +37,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import onnx_graphsurgeon as gs  # noqa: E402
 
+from slimcc.ir.atomic import save_json_atomic  # noqa: E402
 from slimcc.ir.cost import model_cost  # noqa: E402
 from slimcc.ir.model import Model, load_model  # noqa: E402
 from slimcc.ir.verify import make_session, random_feeds  # noqa: E402
@@ -221,13 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         "shapes_where_3gemm_beats_3conv": sum(r["gemm_over_conv_3factor"] > 1 for r in rows),
         "shapes": len(rows),
     }
-    text = json.dumps(results, indent=2)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(args.json)
-    print(text)
+        save_json_atomic(args.json, results)
+    print(json.dumps(results, indent=2))
     return 0
 
 

@@ -16,6 +16,7 @@ import sys
 import numpy as np
 
 from slimcc.ir.cost import model_cost
+from slimcc.ir.atomic import save_json_atomic
 from slimcc.ir.model import load_model
 from slimcc.ir.verify import interleaved_latency, random_feeds
 from slimcc.passes.canonicalize import Canonicalize
@@ -60,12 +61,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     np.random.seed(0)
     results = [bench_model(name, args.macs, args.repeats) for name in args.models.split(",")]
-    text = json.dumps({"bench": "prune", "onnxruntime_threads": 1, "results": results}, indent=2)
-    print(text)
+    report = {"bench": "prune", "onnxruntime_threads": 1, "results": results}
+    print(json.dumps(report, indent=2))
     if args.json:
-        from slimcc.ir.atomic import atomic_file
-        with atomic_file(args.json) as tmp:
-            tmp.write_text(text)
+        save_json_atomic(args.json, report)
     return 0
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from slimcc.ir.atomic import save_json_atomic
 from slimcc.ir.calibration import CalibrationData
 from slimcc.ir.model import load_model, save_model
 from slimcc.ir.verify import interleaved_latency
@@ -262,12 +263,9 @@ def main(argv: list[str] | None = None) -> int:
             result["models"][name] = bench_model(name, args.rounds, args.profile, Path(tmp))
             print(f"{name}: " + json.dumps({k: result['models'][name][k] for k in ('speedup_vs_fp32',
                   'slimcc_vs_ort')}), file=sys.stderr)
-    text = json.dumps(result, indent=2)
-    print(text)
+    print(json.dumps(result, indent=2))
     if args.out:
-        partial = args.out.with_suffix(args.out.suffix + ".tmp")
-        partial.write_text(text)
-        partial.replace(args.out)
+        save_json_atomic(args.out, result)
     return 0
 
 

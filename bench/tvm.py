@@ -34,6 +34,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 import numpy as np  # noqa: E402
 
 from slimcc.errors import SlimccError  # noqa: E402
+from slimcc.ir.atomic import save_json_atomic  # noqa: E402
 from slimcc.ir.verify import compare_outputs, make_session, random_feeds, run_onnxruntime  # noqa: E402
 from slimcc.models import zoo  # noqa: E402
 from slimcc.models.data import real_inputs, zoo_inputs  # noqa: E402
@@ -166,18 +167,9 @@ def main() -> None:
         for name in args.models.split(","):
             results["models"].append(measure(name.strip(), args, Path(tmp), quant))
             results["seconds"] = round(time.perf_counter() - start, 1)
-            write(results, args.out)
+            if args.out:
+                save_json_atomic(args.out, results)
     print(json.dumps(results, indent=2))
-
-
-def write(results: dict, out: Path | None) -> None:
-    """Write the JSON through a temporary file, so an interrupted run never leaves half a file."""
-    if out is None:
-        return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, out)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,19 @@ def atomic_folder(path: str | Path):
         raise
 
 
+def save_json_atomic(path: str | Path, data) -> Path:
+    """`data` as indented JSON at `path`, written atomically (benchmarks rewrite results as they go).
+
+    The parent folder is created; an interrupted write leaves the previous file as it was."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path, suffix=".json") as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
 def save_npz_atomic(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
     """np.savez atomically (np.savez would append .npz to a temp name, so write via a handle)."""
     with atomic_file(path, suffix=".npz") as tmp:

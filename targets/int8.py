@@ -281,9 +281,7 @@ class _Layer:
         bias = self.bias - zx * w_sum
         m, shift = np.array([quantize_multiplier(float(v)) for v in self.multiplier], np.int64).T
         shift = 31 + shift
-        headroom = np.abs(self.weight.astype(np.int64)).sum(axis=reduce_axes) * 255 + np.abs(bias)
-        if np.any(shift < 1) or np.any(shift > 62) or np.any(headroom.astype(np.float64) * m + 2.0**shift >= 2.0**63):
-            raise _Unsupported
+        _require_int64(np.abs(self.weight.astype(np.int64)).sum(axis=reduce_axes) * 255 + np.abs(bias), m, shift)
         return kernels.requantize(acc, self.shape, channel_axis, bias, m, shift, self.zy, self.lo, self.hi,
                                   self.out_dtype)
 
@@ -379,6 +377,14 @@ def _round_shift(v, shift):
     return (v + ((one << (shift - one)) - one) + ((v >> shift) & one)) >> shift
 
 
+def _require_int64(magnitude: np.ndarray, multiplier: np.ndarray, shift: np.ndarray) -> None:
+    """_Unsupported unless |value| * multiplier plus the rounding term fits int64 and 1 <= shift <= 62,
+    the range `_round_shift` is exact for (`magnitude` bounds the integer being requantized)."""
+    if np.any(shift < 1) or np.any(shift > 62) or \
+            np.any(magnitude.astype(np.float64) * multiplier + 2.0**shift >= 2.0**63):
+        raise _Unsupported
+
+
 def _saturate(y, lo: int, hi: int, dtype: str):
     """int64 TIR `y` clamped to [lo, hi] and cast to `dtype`."""
     ensure_tvm()
@@ -414,8 +420,7 @@ class _AddPattern:
         sy, zy = _scalar(q.args[1]), int(_scalar(q.args[2]))
         ra, rb = (float(np.float32(s)) / float(np.float32(sy)) for s in (sa, sb))
         ma, mb, shift = add_multipliers(ra, rb)
-        if not 1 <= shift <= 62 or 255.0 * (ma + mb) + 2.0**shift >= 2.0**63:
-            raise _Unsupported
+        _require_int64(np.array([255]), np.array([ma + mb]), np.array([shift]))  # |a - za|, |b - zb| <= 255
         lo, hi = self.clamp.out_range(m, sy, zy, dtypes[2])
         return kernels.add(a, b, shape, dtypes[0], dtypes[1], za, zb, ma, mb, shift, zy, lo, hi, dtypes[2])
 

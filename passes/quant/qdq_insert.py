@@ -119,11 +119,13 @@ class QDQInsert(Pass):
             self._lower_hard_activation(graph, node)
         for node in chosen:
             self._quantize_weights(graph, node)
-        halved = [n for n in graph.nodes if n.name in skipped] if self.float_weights == "fp16" else []
-        halved = [n for n in halved if _store_half(graph, n, self.min_weight_size)]
+        halved = 0
+        if self.float_weights == "fp16":
+            for node in [n for n in graph.nodes if n.name in skipped]:
+                halved += _store_half(graph, node, self.min_weight_size)
         graph.cleanup().toposort()
         return PassResult(True, {"quantized_layers": len(chosen), "activation_tensors": len(anchors),
-                                 "int8_hard_activations": len(hard), "fp16_weights": len(halved),
+                                 "int8_hard_activations": len(hard), "fp16_weights": halved,
                                  "skipped": skipped,
                                  "method": self.method, "act": self.act})
 

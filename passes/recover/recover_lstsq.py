@@ -40,7 +40,7 @@ class RecoverLstsq(Pass):
     the last factor of a decomposed layer); layers=all also refits every later conv/gemm
     whose output has a counterpart in the original model. A grouped/depthwise conv is refitted
     per group (per channel). Layers with few calibration rows per input (pooled inputs, the
-    head) get a ridge chosen by two-fold cross-validation, or keep their weights when no
+    head) get a ridge chosen by cross-validation over calibration samples, or keep their weights when no
     refit predicts held-out calibration samples better.
     """
 
