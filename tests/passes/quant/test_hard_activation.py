@@ -85,14 +85,37 @@ def test_saturating_hard_sigmoid_is_the_clip(act):
         c_q, c_scale, c_zero = (constant_value(t) for t in add.inputs[1].inputs[0].inputs)
         offset = np.float32(np.float32(int(c_q) - int(c_zero)) * c_scale)
         assert np.isclose(offset, beta / alpha, rtol=1e-6)
-        probe = model.copy()
-        probe.graph.outputs = [t for t in probe.graph.tensors().values() if t.name in (x.name, sigmoid.name)]
-        for t in probe.graph.outputs:
-            t.dtype = np.float32
-        got = run_onnxruntime(probe, _feeds(9)[8])
+        got = run_onnxruntime(_probe_outputs(model.copy(), [x.name, sigmoid.name]), _feeds(9)[8])
         xv, sv = got[x.name], got[sigmoid.name]
         span = np.float32(1 / alpha / 255)
         steps = np.clip(np.round((xv + offset) / span), 0, 255)
         unit = np.float32(span * np.float32(alpha))
         np.testing.assert_array_equal(sv, (steps.astype(np.float32) * unit).astype(np.float32))
         assert np.abs(sv - np.clip(alpha * xv + beta, 0, 1)).max() <= 0.5 / 255 + 1e-6
+
+
+def test_pre_activation_grid_covers_only_what_the_hard_activation_distinguishes():
+    """A tensor read only by integer HardSwish/HardSigmoid spends its u8 levels on
+    [-beta/alpha, hi] (HardSigmoid: up to (1-beta)/alpha): below, both are exactly 0."""
+    model = _se_net()
+    probe = _probe_outputs(_se_net(), ["a", "e"])
+    raw = [run_onnxruntime(probe, feed) for feed in _feeds(8)]
+    a_min = min(float(r["a"].min()) for r in raw)
+    e_min = min(float(r["e"].min()) for r in raw)
+    e_max = max(float(r["e"].max()) for r in raw)
+    assert a_min < -3.5 and e_min < -2.0 and e_max > 3.0  # the calibration data reaches past the kinks
+    QDQInsert().run(model, _calibrated())
+    for name, lo, hi in (("a", -3.0, None), ("e", -1.6, 2.4)):
+        q = next(n for n in model.graph.nodes if n.op == "QuantizeLinear" and n.inputs[0].name == name)
+        scale, zero = float(constant_value(q.inputs[1])), int(constant_value(q.inputs[2]))
+        assert abs(-zero * scale - lo) <= scale, name  # grid starts at the kink, not at the data minimum
+        if hi is not None:
+            assert abs((255 - zero) * scale - hi) <= scale, name
+
+
+def _probe_outputs(model, names):
+    """`model` with the named intermediate tensors as its outputs."""
+    model.graph.outputs = [t for t in model.graph.tensors().values() if t.name in names]
+    for t in model.graph.outputs:
+        t.dtype = np.float32
+    return model
