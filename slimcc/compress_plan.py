@@ -76,6 +76,7 @@ def plan(*, macs: float | None = None, rank_speedup: float | None = None, int8: 
             lossy = True
             result.add("qdq-propagate", "Q/DQ stay where they were inserted")
             result.add("qdq-cancel", "redundant DQ->Q pairs stay")
+            result.add("qdq-align-channels", "3-channel (image) convs keep onnxruntime's slower generic int8 kernel")
     if lossy and has_calibration:
         result.add("recover-bias", "no bias correction")
     elif lossy:

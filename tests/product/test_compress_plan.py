@@ -19,7 +19,7 @@ def test_full_plan_orders_prune_refit_decompose_quantize_then_bias():
     text = plan_pipeline(macs=0.5, rank_speedup=2, int8=True, has_calibration=True)
     names = [p.name for p in parse_pipeline(text)]
     assert names == ["canonicalize", "prune-channels", "recover-lstsq", "decompose-tucker", "qdq-insert",
-                     "qdq-propagate", "qdq-cancel", "recover-bias"]
+                     "qdq-propagate", "qdq-cancel", "qdq-align-channels", "recover-bias"]
     assert format_pipeline(parse_pipeline(text)).startswith("canonicalize,prune-channels{macs=0.5}")
 
 
