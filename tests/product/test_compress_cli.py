@@ -46,7 +46,7 @@ def test_compress_int8_json_summary(cli, resnet_file, resnet_calib, tmp_path):
     code, stdout, stderr = cli("compress", resnet_file, "--int8", "--calib", resnet_calib, "--json", "-o", out)
     assert code == 0, stderr
     summary = json.loads(stdout)
-    assert summary["pipeline"] == "canonicalize,qdq-insert,qdq-propagate,qdq-cancel,recover-bias"
+    assert summary["pipeline"] == "canonicalize,qdq-insert,qdq-propagate,qdq-cancel,qdq-align-channels,recover-bias"
     ops = {node.op_type for node in onnx.load(out).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert summary["after"]["file_bytes"] < summary["before"]["file_bytes"] / 3
