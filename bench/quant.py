@@ -179,26 +179,38 @@ def orientation_agreement(paths: dict[str, Path]) -> dict:
     (`slimcc.models.orientation`: each page whole and in 15 seeded crops, turned 0/90/180/270:
     128 inputs, none of them a calibration input)."""
     x, labels = orientation.dataset(kinds=("documents",))
-    return classifier_agreement(paths, orientation.predict, x, labels)
+    return classifier_agreement(paths, orientation.scores, x, labels)
 
 
 def digits_agreement(paths: dict[str, Path]) -> dict:
     """Top-1 agreement with fp32, and accuracy, of the bundled digits classifier on its held-out split."""
     _, _, x_test, y_test = digits.split()
-    return classifier_agreement(paths, digits.predict, x_test, y_test)
+    return classifier_agreement(paths, digits.scores, x_test, y_test)
 
 
-def classifier_agreement(paths: dict[str, Path], predict, x: np.ndarray, labels: np.ndarray) -> dict:
+def classifier_agreement(paths: dict[str, Path], scores, x: np.ndarray, labels: np.ndarray) -> dict:
     """{variant: agreement with fp32's top-1 and accuracy}, fp32 with its accuracy only;
-    `predict(model, x)` is the task's own class predictor."""
+    `scores(model, x)` is the task's own [N, classes] output.
+
+    Each variant also lists the fp32 top-2 margin (in the model's output units) of every input
+    whose top-1 it changes, and fp32 reports its smallest margins: a flip of an input fp32 itself
+    nearly ties is rounding noise, one of a clear decision is an accuracy problem."""
     import onnx
 
-    preds = {key: predict(onnx.load(str(p)), x) for key, p in paths.items()}
-    out = {"fp32": {"accuracy": float(np.mean(preds["fp32"] == labels)), "images": len(x)}}
-    for key, pred in preds.items():
+    outputs = {key: scores(onnx.load(str(p)), x) for key, p in paths.items()}
+    reference = outputs["fp32"]
+    top2 = np.sort(reference, axis=1)[:, -2:]
+    margins = top2[:, 1] - top2[:, 0]
+    fp32_pred = reference.argmax(axis=1)
+    out = {"fp32": {"accuracy": float(np.mean(fp32_pred == labels)), "images": len(x),
+                    "smallest_margins": [round(float(m), 4) for m in np.sort(margins)[:8]]}}
+    for key, output in outputs.items():
         if key != "fp32":
-            out[key] = {"agreement": float(np.mean(pred == preds["fp32"])),
-                        "accuracy": float(np.mean(pred == labels)), "images": len(x)}
+            pred = output.argmax(axis=1)
+            flipped = np.flatnonzero(pred != fp32_pred)
+            out[key] = {"agreement": float(np.mean(pred == fp32_pred)),
+                        "accuracy": float(np.mean(pred == labels)), "images": len(x),
+                        "flipped_fp32_margins": sorted(round(float(margins[i]), 4) for i in flipped)}
     return out
 
 

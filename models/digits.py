@@ -55,6 +55,11 @@ def split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 def predict(model, images: np.ndarray, batch: int | None = None) -> np.ndarray:
     """Class predictions of a digits-model variant on onnxruntime (batched to its input batch size)."""
+    return scores(model, images, batch).argmax(axis=1)
+
+
+def scores(model, images: np.ndarray, batch: int | None = None) -> np.ndarray:
+    """The model's output scores [N, 10] on onnxruntime, batched to its input batch size."""
     from slimcc.ir.verify import make_session
 
     session = make_session(model, optimize=True)
@@ -68,7 +73,7 @@ def predict(model, images: np.ndarray, batch: int | None = None) -> np.ndarray:
             chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
         out = session.run(None, {session.get_inputs()[0].name: chunk})[0]
         logits.append(out[: len(out) - pad])
-    return np.concatenate(logits).argmax(axis=1)
+    return np.concatenate(logits)
 
 
 def accuracy(model) -> float:

@@ -82,12 +82,17 @@ def _model_input(view: np.ndarray, k: int) -> np.ndarray:
 
 
 def predict(model, x: np.ndarray) -> np.ndarray:
-    """Class indices of a model variant on onnxruntime, one image per run (the model's batch is 1)."""
+    """Class indices of a model variant on onnxruntime."""
+    return scores(model, x).argmax(axis=1)
+
+
+def scores(model, x: np.ndarray) -> np.ndarray:
+    """The model's class probabilities [N, 4] on onnxruntime, one image per run (its batch is 1)."""
     from slimcc.ir.verify import make_session
 
     session = make_session(model, optimize=True)
     name = session.get_inputs()[0].name
-    return np.asarray([int(np.argmax(session.run(None, {name: x[i:i + 1]})[0])) for i in range(len(x))])
+    return np.concatenate([session.run(None, {name: x[i:i + 1]})[0].reshape(1, -1) for i in range(len(x))])
 
 
 def accuracy(model, seed: int = EVAL_SEED, kinds: tuple[str, ...] = KINDS) -> float:

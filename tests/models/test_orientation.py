@@ -48,5 +48,9 @@ def test_original_model_reads_document_orientation(real_model_path):
     x, y = orientation.dataset(0, ("documents",))
     page = orientation.predict(model, x[:4 * (1 + orientation.CROPS["documents"])])
     np.testing.assert_array_equal(page[:4], [0, 3, 2, 1])  # the whole page in its four rotations
+    probabilities = orientation.scores(model, x[:4])
+    assert probabilities.shape == (4, 4)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(probabilities.argmax(axis=1), page[:4])
     assert (page == y[:len(page)]).mean() >= 0.9  # crops of the page
     assert orientation.accuracy(model, kinds=("documents",)) >= 0.7
