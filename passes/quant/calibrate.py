@@ -119,6 +119,17 @@ def qparams_for_range(lo: float, hi: float, dtype: str) -> QParams:
     return QParams(scale, zero_point, dtype)
 
 
+def qparams_from_low(lo: float, hi: float) -> QParams:
+    """u8 parameters whose lowest level decodes to `lo` (< 0) itself, up to float rounding, and
+    whose top reaches at least `hi`: the zero point is floor(255 * -lo / (hi - lo)) and the scale
+    -lo / zero point, so every level is lo plus a whole number of steps."""
+    lo, hi = float(lo), max(float(hi), 0.0)
+    if not lo < 0.0:
+        raise ValueError(f"qparams_from_low needs lo < 0, got {lo}")
+    zero_point = int(np.clip(np.floor(255.0 * -lo / (hi - lo)), 1, 255))
+    return QParams(float(np.float32(-lo / zero_point)), zero_point, "u8")
+
+
 def symmetric_weight_scales(weight: np.ndarray, axis: int | None, *, bits: int = 8) -> np.ndarray:
     """Per-channel (or per-tensor when axis is None) symmetric scales max|w| / (2^(bits-1) - 1)."""
     qmax = float(2 ** (bits - 1) - 1)

