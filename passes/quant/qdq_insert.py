@@ -286,8 +286,10 @@ class QDQInsert(Pass):
         calibrated Q/DQ."""
         alpha, beta = _hard_sigmoid_params(node)
         x = node.inputs[0]
-        sigmoid = _reread_shifted(graph, node, x, alpha) if linear else self._saturating_shift(graph, node, x, alpha,
-                                                                                                 beta)
+        if linear:
+            sigmoid = _reread_shifted(graph, node, x, alpha)
+        else:
+            sigmoid = self._saturating_shift(graph, node, x, alpha, beta)
         if node.op == "HardSwish":
             node.op, node.attrs = "Mul", {}
             node.inputs.clear()
@@ -309,7 +311,6 @@ class QDQInsert(Pass):
         q = make_quantize(graph, shifted, add_constant(graph, f"{node.name}_scale", span), zero)
         return make_dequantize(graph, q, add_constant(graph, f"{node.name}_unit_scale",
                                                       np.float32(span * np.float32(alpha))), zero, shape=x.shape)
-
 
     def _quantize_weights(self, graph: gs.Graph, node: gs.Node) -> None:
         weight = constant_value(node.inputs[1])
@@ -368,8 +369,8 @@ def _clip_to_hard_activation(ranges: dict[str, tuple[float, float]], anchors: li
     hard_ids = {id(n) for n in hard}
     out = dict(ranges)
     for tensor in anchors:
-        readers = list(tensor.outputs)
-        if not readers or any(id(r) not in hard_ids for r in readers):
+        readers = _hard_readers(tensor, hard_ids)
+        if not readers:
             continue
         lo, hi = out[tensor.name]
         floors, ceilings = [], []
@@ -392,8 +393,8 @@ def _linear_hard_inputs(anchors: list[gs.Tensor], hard: list[gs.Node], ranges: d
     group_sizes = collections.Counter(groups.find(t.name) for t in anchors)
     linear = set()
     for tensor in anchors:
-        readers = list(tensor.outputs)
-        if not readers or any(id(r) not in hard_ids for r in readers) or group_sizes[groups.find(tensor.name)] > 1:
+        readers = _hard_readers(tensor, hard_ids)
+        if not readers or group_sizes[groups.find(tensor.name)] > 1:
             continue
         shapes = {_hard_sigmoid_params(r) for r in readers}
         if len(shapes) != 1:
@@ -403,6 +404,12 @@ def _linear_hard_inputs(anchors: list[gs.Tensor], hard: list[gs.Node], ranges: d
         if lo < 0.0 and lo == -beta / alpha and hi <= (1.0 - beta) / alpha:
             linear.add(tensor.name)
     return linear
+
+
+def _hard_readers(tensor: gs.Tensor, hard_ids: set[int]) -> list[gs.Node]:
+    """The tensor's readers when every one is an integer HardSigmoid/HardSwish, else []."""
+    readers = list(tensor.outputs)
+    return readers if readers and all(id(r) in hard_ids for r in readers) else []
 
 
 def _reread_shifted(graph: gs.Graph, node: gs.Node, x: gs.Tensor, alpha: float) -> gs.Variable:

@@ -142,9 +142,9 @@ def test_hard_swish_below_its_upper_kink_is_one_integer_mul():
     mul = next(n for n in model.graph.nodes if n.name == "hswish")
     out_q = mul.outputs[0].outputs[0]
     step = float(constant_value(out_q.inputs[1]))
-    got = run_onnxruntime(_probe_outputs(model.copy(), [mul.inputs[0].name, out_q.outputs[0].outputs[0].outputs[0].name]),
-                          feeds[4])
-    xv, hv = got[mul.inputs[0].name], got[out_q.outputs[0].outputs[0].outputs[0].name]
+    x_name, h_name = mul.inputs[0].name, out_q.outputs[0].outputs[0].outputs[0].name  # Mul -> Q -> DQ
+    got = run_onnxruntime(_probe_outputs(model.copy(), [x_name, h_name]), feeds[4])
+    xv, hv = got[x_name], got[h_name]
     assert xv.min() == pytest.approx(-3.0, abs=1e-5)
     assert np.abs(hv - xv * np.clip(xv + 3, 0, 6) / 6).max() <= 0.5 * step + 1e-6
 
