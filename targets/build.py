@@ -17,6 +17,8 @@ from pathlib import Path
 
 from slimcc.errors import SlimccError
 from slimcc.ir.model import Model, first_line, load_model, save_model
+from slimcc.targets.schedules.apply import apply_cpu_schedules
+from slimcc.targets.schedules.isa import cpu_vector_for
 from slimcc.targets.target import TargetSpec, check_toolchain
 from slimcc.targets.tvm_import import ensure_tvm
 
@@ -26,8 +28,8 @@ LIBRARY_NAME = "model.so"
 def compile_pipeline(target, database_dir: str | None = None, facts: dict | None = None):
     """TVM's default Relax pipeline for `target`, with a MetaSchedule database applied after fusion.
 
-    Tuned kernels replace the untuned ones before GPU default schedules (dlight) run, so dlight
-    only schedules what the database does not cover. `facts["tuned_kernels"]` receives how many
+    Tuned kernels replace the untuned ones before the default schedules run (slimcc's CPU
+    schedules, or dlight on GPUs), so those only schedule what the database does not cover. `facts["tuned_kernels"]` receives how many
     fused kernels the database covered.
     """
     tvm = ensure_tvm()
@@ -39,6 +41,7 @@ def compile_pipeline(target, database_dir: str | None = None, facts: dict | None
     fuse, schedule = legalize[:5], legalize[5:]
     lower = (list(rp.dataflow_lower_passes(target)) + list(rp.finalize_passes(target)))
     facts = facts if facts is not None else {}
+    vector = cpu_vector_for(target)
 
     @tvm.transform.module_pass(opt_level=0, name="SlimccCompilePipeline")
     def _pipeline(mod, _ctx):
@@ -48,6 +51,8 @@ def compile_pipeline(target, database_dir: str | None = None, facts: dict | None
                 mod = relax.transform.MetaScheduleApplyDatabase(str(database_dir))(mod)
             facts["tuned_kernels"] = count_scheduled_functions(mod)
             facts["kernels"] = count_functions(mod)
+            if vector is not None:
+                mod = apply_cpu_schedules(mod, vector, facts)
             return tvm.transform.Sequential(schedule + lower)(mod)
 
     return _pipeline

@@ -42,6 +42,9 @@ import numpy as np
 
 from slimcc.errors import SlimccError
 from slimcc.passes.quant.intref import QRANGE, add_multipliers, quantize, quantize_multiplier
+from slimcc.targets.relax_values import constant_array as _const
+from slimcc.targets.relax_values import static_shape as _shape
+from slimcc.targets.relax_values import tensor_dtype as _dtype
 from slimcc.targets.tvm_import import ensure_tvm
 
 INT8_ENV = "SLIMCC_TVM_INT8"
@@ -431,30 +434,6 @@ def _dequantize(data):
     from tvm.relax.dpl import is_const, is_op
 
     return is_op("relax.dequantize")(data, is_const(), is_const())
-
-
-def _shape(expr) -> tuple[int, ...] | None:
-    """The static shape of a Relax tensor expression, or None when it is not known."""
-    shape = getattr(getattr(expr, "ty", None), "shape", None)
-    values = getattr(shape, "values", None)
-    if values is None:
-        return None
-    try:
-        return tuple(int(v) for v in values)
-    except TypeError:
-        return None
-
-
-def _dtype(expr) -> str | None:
-    """The dtype of a Relax tensor expression, or None when it is not a tensor (TVM 0.27: `expr.ty`)."""
-    dtype = getattr(getattr(expr, "ty", None), "dtype", None)
-    return str(dtype) if dtype is not None else None
-
-
-def _const(expr) -> np.ndarray:
-    """The numpy value of a Relax constant (TVM 0.27 holds it in `.value`, older releases in `.data`)."""
-    value = getattr(expr, "value", None)
-    return (value if value is not None else expr.data).numpy()
 
 
 def _scalar(expr) -> float:

@@ -42,7 +42,8 @@ def to_relax(model: Model):
 def prepare_for_build(mod, target=None, facts: dict | None = None):
     """Rewrites every target needs before legalization: real int8 compute, then BatchNorm/LayerNorm decomposition.
 
-    Compile and tuning both call this, so they see the same kernels. Q/DQ layers become integer
+    Compile and tuning both call this, so they see the same kernels. On CPU targets float conv2d
+    layers with constant weights become slimcc's packed conv (targets/schedules/pack_weights.py). Q/DQ layers become integer
     conv2d/matmul (targets/int8.py) in the operand types `target` multiplies best (u8 x s8 when
     `target` is None or x86); SLIMCC_TVM_INT8=fake keeps TVM's float Q/DQ instead. `facts`, when
     given, receives `int8_lowered` (integer conv2d/matmul count) and `int8_mode`.
@@ -51,6 +52,8 @@ def prepare_for_build(mod, target=None, facts: dict | None = None):
     from tvm import relax
 
     from slimcc.targets.int8 import count_integer_ops, flavour_for, int8_mode, lower_int8
+    from slimcc.targets.schedules.isa import cpu_vector_for
+    from slimcc.targets.schedules.pack_weights import pack_conv_weights
 
     mode = int8_mode()
     if mode == "real":
@@ -64,7 +67,11 @@ def prepare_for_build(mod, target=None, facts: dict | None = None):
     if facts is not None:
         facts["int8_mode"] = mode
         facts["int8_lowered"] = count_integer_ops(mod)
-    return relax.transform.DecomposeOpsForInference()(mod)
+    mod = relax.transform.DecomposeOpsForInference()(mod)
+    vector = cpu_vector_for(target) if target is not None else None
+    if vector is not None:
+        mod = pack_conv_weights(relax.transform.FoldConstant()(mod), vector)
+    return mod
 
 
 def describe_import_error(exc: BaseException) -> str:

@@ -1,0 +1,76 @@
+"""After fusion: give every kernel no tuning record covers one of slimcc's CPU schedules.
+
+Rules are tried in order on each unscheduled PrimFunc: packed conv, depthwise conv, then
+element-wise/pooling; what none of them takes goes to TVM's dlight CPU rules (GEMV,
+reductions). A rule that fails leaves the kernel as it was (naive but correct), and the
+build facts say how many kernels each path took.
+"""
+
+from __future__ import annotations
+
+from slimcc.targets.schedules.conv import schedule_conv
+from slimcc.targets.schedules.depthwise import schedule_depthwise
+from slimcc.targets.schedules.elementwise import (inline_producers, is_reduction, root_blocks, schedule_flat,
+                                                  schedule_pool)
+from slimcc.targets.schedules.isa import CpuVector
+from slimcc.targets.tvm_import import ensure_tvm
+
+SCHEDULED_ATTR = "tirx.is_scheduled"
+
+
+def schedule_kernel(func, vector: CpuVector):
+    """(scheduled PrimFunc, rule name) for one kernel, or (None, None) when no slimcc rule applies."""
+    ensure_tvm()
+    from tvm import s_tir
+
+    for name, rule in (("conv", schedule_conv), ("depthwise", schedule_depthwise), ("elementwise", _elementwise)):
+        sch = s_tir.Schedule(func)
+        try:
+            if rule(sch, vector):
+                return sch.mod["main"].with_attr(SCHEDULED_ATTR, True), name
+        except Exception:  # ScheduleError, or the RuntimeError/ValueError tvm_ffi maps TVM errors to
+            continue
+    return None, None
+
+
+def _elementwise(sch, vector: CpuVector) -> bool:
+    """Element-wise / injective kernels, and single pooling reductions after an optional pad."""
+    inline_producers(sch)
+    blocks = root_blocks(sch)
+    reductions = [b for b in blocks if is_reduction(sch, b)]
+    if len(reductions) > 1:
+        return False
+    if reductions and not schedule_pool(sch, reductions[0], vector):
+        return False
+    for block in root_blocks(sch):
+        if not is_reduction(sch, block):
+            schedule_flat(sch, block, vector)
+    return True
+
+
+def apply_cpu_schedules(mod, vector: CpuVector, facts: dict | None = None):
+    """Schedule every unscheduled PrimFunc of `mod`; dlight's CPU rules take what slimcc's rules leave."""
+    tvm = ensure_tvm()
+    from tvm.s_tir import dlight
+
+    counts: dict[str, int] = {}
+    updates = {}
+    for gvar, func in mod.functions.items():
+        if not isinstance(func, tvm.tirx.PrimFunc) or _is_scheduled(func):
+            continue
+        scheduled, rule = schedule_kernel(func, vector)
+        if scheduled is not None:
+            updates[gvar] = scheduled
+            counts[rule] = counts.get(rule, 0) + 1
+    for gvar, func in updates.items():
+        mod[gvar] = func
+    mod = dlight.ApplyDefaultSchedule(dlight.cpu.GEMV(), dlight.cpu.Reduction())(mod)
+    if facts is not None:
+        facts["slimcc_schedules"] = counts
+        facts["unscheduled_kernels"] = sorted(g.name_hint for g, f in mod.functions.items()
+                                              if isinstance(f, tvm.tirx.PrimFunc) and not _is_scheduled(f))
+    return mod
+
+
+def _is_scheduled(func) -> bool:
+    return func.attrs is not None and bool(func.attrs.get(SCHEDULED_ATTR, False))

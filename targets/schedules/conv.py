@@ -1,0 +1,69 @@
+"""Register-blocked, vectorized direct convolution for slimcc's packed conv on CPUs.
+
+Loop nest (NCHW output, weights packed [F/fi, Cg, KH, KW, fi], see pack_weights):
+
+    parallel for fo, y:                        fo = blocks of fb x fi output channels
+      for xo:                                  xb output columns per tile
+        acc[xb, fb*fi] = 0                      fb x xb vector accumulators in registers
+        for c, ry, rx:                          the reduction
+          for fb (unrolled), xb (unrolled), fi (vectorized):
+            acc[x, f] += broadcast(pad[c, y*s+ry, x*s+rx]) * Wp[f // fi, c, ry, rx, f % fi]
+        epilogue (bias, BN scale, activation, residual add) while the tile is hot
+
+This is NeoCPU's register-blocked direct conv with the blocked layout confined to the packed
+weight: one weight vector feeds xb FMAs and one broadcast input feeds fb FMAs, so the inner
+loop stays FMA-bound and activations stay NCHW between layers.
+"""
+
+from __future__ import annotations
+
+from slimcc.targets.schedules.epilogue import (attach_epilogue, find_block, inline_epilogue, schedule_pad,
+                                               vectorize_innermost)
+from slimcc.targets.schedules.isa import CpuVector
+from slimcc.targets.schedules.pack_weights import CONV_BLOCK, GROUPED_CONV_BLOCK
+
+
+def conv_tile(fi: int, out_channels: int, out_width: int, vector: CpuVector, grouped: bool) -> tuple[int, int]:
+    """(fb, xb): output-channel vectors and output columns per register tile.
+
+    fb is 2 where the channels allow it (1 for grouped convs, so a tile never spans two
+    groups), xb the largest divisor of the output width with fb * xb within the accumulator budget.
+    """
+    fb = 2 if not grouped and out_channels % (2 * fi) == 0 else 1
+    budget = max(1, vector.accumulators // fb)
+    xb = max(d for d in range(1, min(budget, out_width) + 1) if out_width % d == 0)
+    return fb, xb
+
+
+def schedule_conv(sch, vector: CpuVector) -> bool:
+    """Schedule the `slimcc_conv`/`slimcc_gconv` kernel in `sch`; False when the function has none."""
+    conv = find_block(sch, CONV_BLOCK)
+    grouped = conv is None
+    if grouped:
+        conv = find_block(sch, GROUPED_CONV_BLOCK)
+    if conv is None:
+        return False
+    block = sch.get(conv)
+    fi = int(block.reads[-1].source.shape[-1])
+    _, out_channels, _, out_width = [int(d) for d in block.writes[0].source.shape]
+    fb, xb = conv_tile(fi, out_channels, out_width, vector, grouped)
+
+    tail = inline_epilogue(sch, conv)
+    n, f, y, x, rc, ry, rx = sch.get_loops(conv)
+    fo, fbl, fil = sch.split(f, [None, fb, fi])
+    xo, xi = sch.split(x, [None, xb])
+    sch.reorder(n, fo, y, xo, rc, ry, rx, fbl, xi, fil)
+    cache = sch.cache_write(conv, 0, "local")
+    sch.transform_layout(conv, ("write", 0), lambda a, b, c, d: (a, c, d, b))
+    if attach_epilogue(sch, cache, tail, xo):
+        vectorize_innermost(sch, cache)
+    sch.vectorize(fil)
+    sch.unroll(xi)
+    sch.unroll(fbl)
+    sch.unroll(rx)
+    outer = sch.fuse(n, fo, y)
+    if vector.cores > 1:
+        sch.parallel(outer)
+    sch.decompose_reduction(conv, rc)
+    schedule_pad(sch, vector)
+    return True

@@ -1,0 +1,80 @@
+"""What surrounds the main block of a fused kernel: its padding producer and its element-wise epilogue."""
+
+from __future__ import annotations
+
+from slimcc.targets.tvm_import import ensure_tvm
+
+
+def find_block(sch, prefix: str):
+    """The first block whose name starts with `prefix` (FuseTIR may add a suffix), or None."""
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        if sch.get(block).name_hint.startswith(prefix):
+            return block
+    return None
+
+
+def inline_epilogue(sch, main) -> list:
+    """Inline every block after `main` into its consumer; returns the blocks that remain after `main`.
+
+    A fused conv kernel is conv -> bias add -> (residual add) -> activation; inlining the
+    intermediates leaves one block that reads the conv result once.
+    """
+    ensure_tvm()
+    from tvm.s_tir.schedule import ScheduleError
+
+    blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
+    names = [sch.get(b).name_hint for b in blocks]
+    start = names.index(sch.get(main).name_hint) + 1
+    for block in blocks[start:-1]:
+        try:
+            sch.compute_inline(block)
+        except ScheduleError:
+            pass  # not element-wise (e.g. a reshape): it stays a loop of its own
+    blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
+    names = [sch.get(b).name_hint for b in blocks]
+    return blocks[names.index(sch.get(main).name_hint) + 1:]
+
+
+def attach_epilogue(sch, cache, tail: list, loop) -> bool:
+    """Fold the epilogue into the cache write-back `cache` and run it under `loop` (per output tile).
+
+    Returns False (leaving the epilogue as separate loops) when it cannot be fused, e.g. when it
+    is not element-wise in the conv output.
+    """
+    ensure_tvm()
+    from tvm.s_tir.schedule import ScheduleError
+
+    try:
+        for block in tail:
+            sch.reverse_compute_inline(block)
+    except ScheduleError:
+        pass
+    try:
+        sch.reverse_compute_at(cache, loop, preserve_unit_loops=True)
+    except ScheduleError:
+        return False
+    return True
+
+
+def schedule_pad(sch, vector) -> None:
+    """Run the padding copy (a producer kept at the root) in parallel over its leading loops."""
+    from slimcc.targets.schedules.pack_weights import PAD_BLOCK
+
+    pad = find_block(sch, PAD_BLOCK)
+    if pad is None:
+        return
+    loops = sch.get_loops(pad)
+    outer = sch.fuse(*loops[:-1])
+    if vector.cores > 1:
+        sch.parallel(outer)
+
+
+def vectorize_innermost(sch, block) -> None:
+    """Vectorize `block`'s innermost loop when TVM can (contiguous element-wise write-back)."""
+    ensure_tvm()
+    from tvm.s_tir.schedule import ScheduleError
+
+    try:
+        sch.vectorize(sch.get_loops(block)[-1])
+    except ScheduleError:
+        pass

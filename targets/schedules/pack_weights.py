@@ -1,0 +1,147 @@
+"""Before legalization: float conv2d with a constant weight -> slimcc's conv with a packed weight.
+
+TVM legalizes `R.nn.conv2d` into loops over the OIHW weight, which a vectorized kernel can only
+read with gathers. This rewrite replaces each float32 NCHW/OIHW conv2d whose weight is a
+constant by a `call_tir` of slimcc's own conv computation (TE), with the weight re-laid out by
+numpy at compile time so the schedule's vectors load it contiguously:
+
+    regular / grouped conv:  W[F, Cg, KH, KW] -> Wp[F / fi, Cg, KH, KW, fi]   (`slimcc_conv` / `slimcc_gconv`)
+        out[n, f, y, x] = sum_{c, ry, rx} pad[n, g(f) * Cg + c, y*sh + ry*dh, x*sw + rx*dw]
+                                          * Wp[f // fi, c, ry, rx, f % fi]
+    depthwise (Cg == 1):     W[F, 1, KH, KW] -> W[F, KH, KW]                  (block `slimcc_dwconv`)
+
+fi is the widest vector width (lanes, lanes/2, lanes/4) dividing the channels of one group.
+Activations stay NCHW: no layout transforms between layers. Pure arithmetic reordering of the
+same products: outputs match the legalized conv2d to float rounding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from slimcc.targets.relax_values import constant_array, static_shape, tensor_dtype
+from slimcc.targets.schedules.isa import CpuVector
+from slimcc.targets.tvm_import import ensure_tvm
+
+CONV_BLOCK = "slimcc_conv"
+GROUPED_CONV_BLOCK = "slimcc_gconv"
+DWCONV_BLOCK = "slimcc_dwconv"
+PAD_BLOCK = "slimcc_pad"
+UNSET_DTYPES = ("", "None", "void")  # how TVM 0.27 prints an out_dtype left to follow the inputs
+
+
+def pack_conv_weights(mod, vector: CpuVector):
+    """Rewrite every eligible conv2d of `mod` (see module doc); other calls are left as they are."""
+    tvm = ensure_tvm()
+    from tvm import relax
+    from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+
+    pattern = is_op("relax.nn.conv2d")(wildcard(), is_const())
+
+    @tvm.transform.module_pass(opt_level=0, name="SlimccPackConvWeights")
+    def rewrite(mod, _ctx):
+        builder = relax.BlockBuilder(mod)
+
+        def replace(call, _matches):
+            conv = _ConvCall.read(call)
+            return conv.packed_call(builder, vector) if conv is not None else call
+
+        for gvar, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                builder.update_func(gvar, rewrite_call(pattern, replace, func))
+        return builder.get()
+
+    return tvm.transform.Sequential([rewrite, relax.transform.DeadCodeElimination()])(mod)
+
+
+class _ConvCall:
+    """The facts of one conv2d call this rewrite can replace exactly."""
+
+    def __init__(self, data, weight: np.ndarray, in_shape, out_shape, attrs):
+        self.data, self.weight = data, weight
+        self.in_shape, self.out_shape = in_shape, out_shape
+        self.strides = [int(v) for v in attrs.strides]
+        self.dilation = [int(v) for v in attrs.dilation]
+        top, left, bottom, right = [int(v) for v in attrs.padding]
+        self.pads = (top, left, bottom, right)
+        self.groups = int(attrs.groups)
+
+    @classmethod
+    def read(cls, call) -> _ConvCall | None:
+        """The conv facts, or None when the call is not a float32 NCHW/OIHW conv with static shapes."""
+        attrs = call.attrs
+        if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "OIHW", "NCHW"):
+            return None
+        data, weight = call.args
+        in_shape, out_shape = static_shape(data), static_shape(call)
+        out_dtype = str(attrs.out_dtype)
+        dtypes = {tensor_dtype(data), tensor_dtype(weight), "float32" if out_dtype in UNSET_DTYPES else out_dtype}
+        if in_shape is None or out_shape is None or dtypes != {"float32"} or len(in_shape) != 4:
+            return None
+        return cls(data, constant_array(weight), in_shape, out_shape, attrs)
+
+    def packed_call(self, builder, vector: CpuVector):
+        """The call_tir of slimcc's conv on the packed constant weight."""
+        ensure_tvm()
+        from tvm import relax, te
+
+        out_channels, group_channels, kh, kw = self.weight.shape
+        x = te.placeholder(self.in_shape, "float32", "data")
+        padded = self._pad(x)
+        if group_channels == 1:
+            w_t = te.placeholder((out_channels, kh, kw), "float32", "weight")
+            out = self._depthwise(padded, w_t)
+            packed = self.weight.reshape(out_channels, kh, kw)
+        else:
+            fi = vector.vector_width_dividing(out_channels // self.groups)
+            w_t = te.placeholder((out_channels // fi, group_channels, kh, kw, fi), "float32", "weight")
+            out = self._conv(padded, w_t, fi)
+            packed = self.weight.reshape(out_channels // fi, fi, group_channels, kh, kw).transpose(0, 2, 3, 4, 1)
+        func = te.create_prim_func([x, w_t, out], index_dtype_override="int64").without_attr("global_symbol")
+        name = DWCONV_BLOCK if group_channels == 1 else CONV_BLOCK if self.groups == 1 else GROUPED_CONV_BLOCK
+        return relax.call_tir(builder.add_func(func, name), [self.data, relax.const(np.ascontiguousarray(packed))],
+                              relax.TensorType(list(self.out_shape), "float32"))
+
+    def _pad(self, x):
+        ensure_tvm()
+        from tvm import te, tirx
+
+        top, left, bottom, right = self.pads
+        if not any(self.pads):
+            return x
+        n, c, h, w = self.in_shape
+
+        def value(b, ch, i, j):
+            inside = tirx.all(i >= top, i < h + top, j >= left, j < w + left)
+            return tirx.if_then_else(inside, x[b, ch, i - top, j - left], tirx.const(0.0, "float32"))
+
+        return te.compute((n, c, h + top + bottom, w + left + right), value, name=PAD_BLOCK)
+
+    def _conv(self, padded, w_t, fi: int):
+        ensure_tvm()
+        from tvm import te
+
+        out_channels, group_channels, kh, kw = self.weight.shape
+        per_group = out_channels // self.groups
+        (sh, sw), (dh, dw) = self.strides, self.dilation
+        rc = te.reduce_axis((0, group_channels), "rc")
+        ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
+
+        def channel(f):
+            return rc if self.groups == 1 else f // per_group * group_channels + rc
+
+        return te.compute(self.out_shape, lambda n, f, y, x: te.sum(
+            padded[n, channel(f), y * sh + ry * dh, x * sw + rx * dw] * w_t[f // fi, rc, ry, rx, f % fi],
+            axis=[rc, ry, rx]), name=CONV_BLOCK if self.groups == 1 else GROUPED_CONV_BLOCK)
+
+    def _depthwise(self, padded, w_t):
+        ensure_tvm()
+        from tvm import te
+
+        out_channels, _, kh, kw = self.weight.shape
+        multiplier = out_channels // self.in_shape[1]
+        (sh, sw), (dh, dw) = self.strides, self.dilation
+        ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
+        return te.compute(self.out_shape, lambda n, f, y, x: te.sum(
+            padded[n, f // multiplier, y * sh + ry * dh, x * sw + rx * dw] * w_t[f, ry, rx],
+            axis=[ry, rx]), name=DWCONV_BLOCK)
