@@ -50,11 +50,15 @@ def schedule_conv(sch, vector: CpuVector) -> bool:
 
     tail = inline_epilogue(sch, conv)
     n, f, y, x, rc, ry, rx = sch.get_loops(conv)
-    fo, fbl, fil = sch.split(f, [None, fb, fi])
-    xo, xi = sch.split(x, [None, xb])
-    sch.reorder(n, fo, y, xo, rc, ry, rx, fbl, xi, fil)
+    if fi == 1:
+        fo, fbl, xo, xi, fil = _split_row_vectors(sch, conv, out_channels, out_width, vector)
+    else:
+        fo, fbl, fil = sch.split(f, [None, fb, fi])
+        xo, xi = sch.split(x, [None, xb])
+        sch.reorder(n, fo, y, xo, rc, ry, rx, fbl, xi, fil)
     cache = sch.cache_write(conv, 0, "local")
-    sch.transform_layout(conv, ("write", 0), lambda a, b, c, d: (a, c, d, b))
+    if fi > 1:
+        sch.transform_layout(conv, ("write", 0), lambda a, b, c, d: (a, c, d, b))
     if attach_epilogue(sch, cache, tail, xo):
         vectorize_innermost(sch, cache)
     sch.vectorize(fil)
@@ -67,3 +71,18 @@ def schedule_conv(sch, vector: CpuVector) -> bool:
     sch.decompose_reduction(conv, rc)
     schedule_pad(sch, vector)
     return True
+
+
+def _split_row_vectors(sch, conv, out_channels: int, out_width: int, vector: CpuVector):
+    """Tiling for convs with too few output channels for a channel vector (e.g. a 1-channel head).
+
+    Vectors run along the output row instead (the weight is then the broadcast), with up to
+    4 output channels per tile. Returns the loops in the roles of the channel-vector tiling.
+    """
+    n, f, y, x, rc, ry, rx = sch.get_loops(conv)
+    width = vector.vector_width_dividing(out_width)
+    fb = max(d for d in (1, 2, 3, 4) if out_channels % d == 0)
+    fo, fbl = sch.split(f, [None, fb])
+    xo, xi, xl = sch.split(x, [None, 1, width])
+    sch.reorder(n, fo, y, xo, rc, ry, rx, fbl, xi, xl)
+    return fo, fbl, xo, xi, xl

@@ -11,7 +11,8 @@ numpy at compile time so the schedule's vectors load it contiguously:
     depthwise (Cg == 1):     W[F, 1, KH, KW] -> W[F, KH, KW]                  (block `slimcc_dwconv`)
 
 fi is the widest vector width (lanes, lanes/2, lanes/4) dividing the channels of one group.
-Activations stay NCHW: no layout transforms between layers. Pure arithmetic reordering of the
+A constant-weight conv2d_transpose becomes the direct conv of its zero-inserted input
+(`as_direct_conv`). Activations stay NCHW: no layout transforms between layers. Pure arithmetic reordering of the
 same products: outputs match the legalized conv2d to float rounding.
 """
 
@@ -36,7 +37,7 @@ def pack_conv_weights(mod, vector: CpuVector):
     from tvm import relax
     from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
-    pattern = is_op("relax.nn.conv2d")(wildcard(), is_const())
+    pattern = is_op("relax.nn.conv2d")(wildcard(), is_const()) | is_op("relax.nn.conv2d_transpose")(wildcard(), is_const())
 
     @tvm.transform.module_pass(opt_level=0, name="SlimccPackConvWeights")
     def rewrite(mod, _ctx):
@@ -65,12 +66,37 @@ class _ConvCall:
         top, left, bottom, right = [int(v) for v in attrs.padding]
         self.pads = (top, left, bottom, right)
         self.groups = int(attrs.groups)
+        self.output_padding = [int(v) for v in getattr(attrs, "output_padding", (0, 0))]
+        self.zero_insert = (1, 1)  # transposed conv: input strides become zeros between input pixels
+
+    def as_direct_conv(self) -> _ConvCall | None:
+        """A transposed conv as the stride-1 conv of its zero-inserted, padded input with the flipped weight.
+
+        W[C, F, KH, KW] (IOHW) becomes W'[F, C, KH, KW] flipped in space; the input gets
+        stride - 1 zeros between pixels and d*(K-1) - pad (+ output_padding) around. None when
+        a padding exceeds d*(K-1) (it would crop) or the conv is grouped.
+        """
+        if self.groups != 1:
+            return None
+        kh, kw = self.weight.shape[2:]
+        (dh, dw), (top, left, bottom, right) = self.dilation, self.pads
+        extra_h, extra_w = self.output_padding
+        pads = (dh * (kh - 1) - top, dw * (kw - 1) - left, dh * (kh - 1) - bottom + extra_h,
+                dw * (kw - 1) - right + extra_w)
+        if min(pads) < 0:
+            return None
+        self.zero_insert, self.strides = tuple(self.strides), [1, 1]
+        self.pads = pads
+        self.weight = np.ascontiguousarray(self.weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+        return self
 
     @classmethod
     def read(cls, call) -> _ConvCall | None:
         """The conv facts, or None when the call is not a float32 NCHW/OIHW conv with static shapes."""
         attrs = call.attrs
-        if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "OIHW", "NCHW"):
+        transposed = call.op.name == "relax.nn.conv2d_transpose"
+        kernel_layout = "IOHW" if transposed else "OIHW"
+        if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", kernel_layout, "NCHW"):
             return None
         data, weight = call.args
         in_shape, out_shape = static_shape(data), static_shape(call)
@@ -78,7 +104,8 @@ class _ConvCall:
         dtypes = {tensor_dtype(data), tensor_dtype(weight), "float32" if out_dtype in UNSET_DTYPES else out_dtype}
         if in_shape is None or out_shape is None or dtypes != {"float32"} or len(in_shape) != 4:
             return None
-        return cls(data, constant_array(weight), in_shape, out_shape, attrs)
+        conv = cls(data, constant_array(weight), in_shape, out_shape, attrs)
+        return conv.as_direct_conv() if transposed else conv
 
     def packed_call(self, builder, vector: CpuVector):
         """The call_tir of slimcc's conv on the packed constant weight."""
@@ -107,15 +134,18 @@ class _ConvCall:
         from tvm import te, tirx
 
         top, left, bottom, right = self.pads
-        if not any(self.pads):
+        zh, zw = self.zero_insert
+        if not any(self.pads) and (zh, zw) == (1, 1):
             return x
         n, c, h, w = self.in_shape
+        height, width = (h - 1) * zh + 1, (w - 1) * zw + 1
 
         def value(b, ch, i, j):
-            inside = tirx.all(i >= top, i < h + top, j >= left, j < w + left)
-            return tirx.if_then_else(inside, x[b, ch, i - top, j - left], tirx.const(0.0, "float32"))
+            i, j = i - top, j - left
+            inside = tirx.all(i >= 0, i < height, j >= 0, j < width, i % zh == 0, j % zw == 0)
+            return tirx.if_then_else(inside, x[b, ch, i // zh, j // zw], tirx.const(0.0, "float32"))
 
-        return te.compute((n, c, h + top + bottom, w + left + right), value, name=PAD_BLOCK)
+        return te.compute((n, c, height + top + bottom, width + left + right), value, name=PAD_BLOCK)
 
     def _conv(self, padded, w_t, fi: int):
         ensure_tvm()
