@@ -45,6 +45,7 @@ from slimcc.passes.quant.intref import QRANGE, add_multipliers, quantize, quanti
 from slimcc.targets.relax_values import constant_array as _const
 from slimcc.targets.relax_values import static_shape as _shape
 from slimcc.targets.relax_values import tensor_dtype as _dtype
+from slimcc.targets.te_kernels import call_te_kernel
 from slimcc.targets.tvm_import import ensure_tvm
 
 INT8_ENV = "SLIMCC_TVM_INT8"
@@ -357,18 +358,8 @@ class _Kernels:
         return self._call("qadd", [a_t, b_t, out], [a, b])
 
     def _call(self, name: str, tensors, args):
-        """call_tir of the TE computation `tensors` (inputs..., output) on the Relax `args`.
-
-        The kernel is added to the module once (identical kernels are shared); int64 indices match
-        the legalized conv2d/matmul so FuseTIR can merge their buffers.
-        """
-        ensure_tvm()
-        from tvm import relax, te
-
-        func = te.create_prim_func(tensors, index_dtype_override="int64").without_attr("global_symbol")
-        out = tensors[-1]
-        return relax.call_tir(self.builder.add_func(func, name), args,
-                              relax.TensorType([int(d) for d in out.shape], out.dtype))
+        """call_tir of the TE computation `tensors` (inputs..., output) on the Relax `args`."""
+        return call_te_kernel(self.builder, name, tensors, args)
 
 
 def _round_shift(v, shift):

@@ -43,7 +43,8 @@ def prepare_for_build(mod, target=None, facts: dict | None = None):
     """Rewrites every target needs before legalization: real int8 compute, then BatchNorm/LayerNorm decomposition.
 
     Compile and tuning both call this, so they see the same kernels. On CPU targets float conv2d
-    layers with constant weights become slimcc's packed conv (targets/schedules/pack_weights.py). Q/DQ layers become integer
+    layers with constant weights become slimcc's packed conv (targets/schedules/pack_weights.py)
+    and sigmoid/tanh/exp use a vectorizable exp (targets/schedules/fast_math.py). Q/DQ layers become integer
     conv2d/matmul (targets/int8.py) in the operand types `target` multiplies best (u8 x s8 when
     `target` is None or x86); SLIMCC_TVM_INT8=fake keeps TVM's float Q/DQ instead. `facts`, when
     given, receives `int8_lowered` (integer conv2d/matmul count) and `int8_mode`.
@@ -53,6 +54,7 @@ def prepare_for_build(mod, target=None, facts: dict | None = None):
 
     from slimcc.targets.int8 import count_integer_ops, flavour_for, int8_mode, lower_int8
     from slimcc.targets.schedules.isa import cpu_vector_for
+    from slimcc.targets.schedules.fast_math import use_fast_exp
     from slimcc.targets.schedules.pack_weights import pack_conv_weights
 
     mode = int8_mode()
@@ -70,16 +72,48 @@ def prepare_for_build(mod, target=None, facts: dict | None = None):
     mod = relax.transform.DecomposeOpsForInference()(mod)
     vector = cpu_vector_for(target) if target is not None else None
     if vector is not None:
-        mod = pack_conv_weights(relax.transform.FoldConstant()(mod), vector)
+        mod = use_fast_exp(pack_conv_weights(relax.transform.FoldConstant()(mod), vector))
     return mod
 
 
-def describe_import_error(exc: BaseException) -> str:
-    """One line naming the ONNX op TVM could not handle, with what to do about it."""
+def describe_import_error(exc: BaseException, model: Model | None = None) -> str:
+    """One line naming the ONNX op(s) TVM could not handle, with what to do about it.
+
+    When the frontend rejects ops it does not implement, every one is named: LSTM/GRU are
+    what slimcc's lower-recurrent pass rewrites (given `model`, the reason it left each one),
+    any other op cannot be compiled with TVM and the model still runs on onnxruntime.
+    Other failures get the canonicalize hint.
+    """
     message = first_line(exc)
+    unsupported = re.search(r"not supported for frontend ONNX:\s*(.+)", message)
+    if unsupported:
+        ops = sorted({op.strip() for op in unsupported.group(1).split(",") if op.strip()})
+        return _unsupported_ops_hint(ops, model)
     op = re.search(r"(?:operator|op)[\s:]+['\"]?([A-Z][A-Za-z0-9]+)", str(exc))
     hint = ("run `slimcc optimize --pipeline canonicalize` with static --input-shape first "
             "so shape sub-graphs are folded")
     if op:
         return f"{message} (ONNX op {op.group(1)}); {hint}"
     return f"{message}; {hint}"
+
+
+def _unsupported_ops_hint(ops: list[str], model: Model | None) -> str:
+    """What slimcc can and cannot do about ONNX ops TVM's frontend does not implement."""
+    from slimcc.passes.canonicalize._recurrent import RECURRENT_OPS
+    from slimcc.passes.canonicalize.lower_recurrent import recurrent_refusals
+
+    recurrent = [op for op in ops if op in RECURRENT_OPS]
+    others = [op for op in ops if op not in RECURRENT_OPS]
+    parts = [f"TVM's ONNX frontend has no converter for {', '.join(ops)}"]
+    if recurrent:
+        reasons = recurrent_refusals(model.graph) if model is not None else {}
+        why = ("; ".join(f"{name!r}: {reason}" for name, reason in list(reasons.items())[:3]) if reasons else
+               "it needs a static sequence length, sequence_lens absent or equal to it everywhere, the default "
+               "activations, no clip and input_forget=0 (`slimcc optimize MODEL -p canonicalize -o OUT.onnx "
+               "--json` names the reason under lower-recurrent)")
+        parts.append(f"{'/'.join(recurrent)}: slimcc's lower-recurrent pass (part of canonicalize and "
+                     f"`slimcc compile`) unrolls these into MatMul/Sigmoid/Tanh steps but refused them here, {why}")
+    if others:
+        parts.append(f"{', '.join(others)}: slimcc has no rewrite for {'it' if len(others) == 1 else 'them'}, "
+                     "so this model cannot be compiled with TVM; it can still run on onnxruntime")
+    return "; ".join(parts)

@@ -22,6 +22,7 @@ import numpy as np
 
 from slimcc.targets.relax_values import constant_array, static_shape, tensor_dtype
 from slimcc.targets.schedules.isa import CpuVector
+from slimcc.targets.te_kernels import call_te_kernel
 from slimcc.targets.tvm_import import ensure_tvm
 
 CONV_BLOCK = "slimcc_conv"
@@ -124,10 +125,8 @@ class _ConvCall:
             w_t = te.placeholder((out_channels // fi, group_channels, kh, kw, fi), "float32", "weight")
             out = self._conv(padded, w_t, fi)
             packed = self.weight.reshape(out_channels // fi, fi, group_channels, kh, kw).transpose(0, 2, 3, 4, 1)
-        func = te.create_prim_func([x, w_t, out], index_dtype_override="int64").without_attr("global_symbol")
         name = DWCONV_BLOCK if group_channels == 1 else CONV_BLOCK if self.groups == 1 else GROUPED_CONV_BLOCK
-        return relax.call_tir(builder.add_func(func, name), [self.data, relax.const(np.ascontiguousarray(packed))],
-                              relax.TensorType(list(self.out_shape), "float32"))
+        return call_te_kernel(builder, name, [x, w_t, out], [self.data, relax.const(np.ascontiguousarray(packed))])
 
     def _pad(self, x):
         ensure_tvm()

@@ -1,0 +1,64 @@
+"""Before legalization: sigmoid, tanh and exp in float32 computed with TVM's vectorizable fast exp.
+
+LLVM has no vector libm here, so a vectorized `exp` is split into one libm call per lane:
+409,600 sigmoids of YOLOv8n's stem SiLU took 1.22 ms that way and 0.10 ms with
+`topi.fast_exp` (range reduction + degree-5 polynomial, relative error ~1e-7, inputs clamped
+to [-88.4, 88.4]). The rewritten ops stay element-wise, so FuseOps still folds them into the
+conv epilogue.
+
+    sigmoid(x) = 1 / (1 + fast_exp(-x))
+    tanh(x)    = 1 - 2 / (1 + fast_exp(2x))
+    exp(x)     = fast_exp(x)
+"""
+
+from __future__ import annotations
+
+from slimcc.targets.relax_values import static_shape, tensor_dtype
+from slimcc.targets.te_kernels import call_te_kernel
+from slimcc.targets.tvm_import import ensure_tvm
+
+FAST_OPS = {"relax.sigmoid": "slimcc_sigmoid", "relax.tanh": "slimcc_tanh", "relax.exp": "slimcc_exp"}
+
+
+def use_fast_exp(mod):
+    """Rewrite every float32 sigmoid/tanh/exp call in `mod` to the fast-exp form (see module doc)."""
+    tvm = ensure_tvm()
+    from tvm import relax
+    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+
+    pattern = is_op("relax.sigmoid")(wildcard()) | is_op("relax.tanh")(wildcard()) | is_op("relax.exp")(wildcard())
+
+    @tvm.transform.module_pass(opt_level=0, name="SlimccFastExp")
+    def rewrite(mod, _ctx):
+        builder = relax.BlockBuilder(mod)
+
+        def replace(call, _matches):
+            data = call.args[0]
+            shape = static_shape(data)
+            if shape is None or tensor_dtype(data) != "float32":
+                return call
+            return _fast_call(builder, call.op.name, data, shape)
+
+        for gvar, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                builder.update_func(gvar, rewrite_call(pattern, replace, func))
+        return builder.get()
+
+    return rewrite(mod)
+
+
+def _fast_call(builder, op: str, data, shape):
+    """The call_tir computing `op` on `data` with fast_exp (element-wise blocks, inlined when scheduled)."""
+    ensure_tvm()
+    from tvm import te, topi
+
+    x = te.placeholder(shape, "float32", "x")
+    if op == "relax.sigmoid":
+        e = topi.fast_exp(te.compute(shape, lambda *i: -x[i], name="slimcc_neg"))
+        out = te.compute(shape, lambda *i: 1.0 / (1.0 + e[i]), name=FAST_OPS[op])
+    elif op == "relax.tanh":
+        e = topi.fast_exp(te.compute(shape, lambda *i: 2.0 * x[i], name="slimcc_double"))
+        out = te.compute(shape, lambda *i: 1.0 - 2.0 / (1.0 + e[i]), name=FAST_OPS[op])
+    else:
+        out = topi.fast_exp(x)
+    return call_te_kernel(builder, FAST_OPS[op], [x, out], [data])

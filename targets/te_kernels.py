@@ -1,0 +1,20 @@
+"""TE computations as Relax calls: the one way slimcc's Relax rewrites add their own TIR kernels."""
+
+from __future__ import annotations
+
+from slimcc.targets.tvm_import import ensure_tvm
+
+
+def call_te_kernel(builder, name: str, tensors, args):
+    """call_tir of the TE computation `tensors` (inputs..., output) on the Relax expressions `args`.
+
+    The kernel is added to the builder's module once (identical kernels are shared); int64
+    indices match legalized Relax ops so FuseTIR can merge their buffers.
+    """
+    ensure_tvm()
+    from tvm import relax, te
+
+    func = te.create_prim_func(tensors, index_dtype_override="int64").without_attr("global_symbol")
+    out = tensors[-1]
+    return relax.call_tir(builder.add_func(func, name), args,
+                          relax.TensorType([int(d) for d in out.shape], out.dtype))
