@@ -80,6 +80,16 @@ def cpu_flags() -> list[str]:
     return sorted(f for f in flags if "vnni" in f or f in ("avx2", "avx512f", "avx512bw", "amx_int8"))
 
 
+def cpu_model() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it (machines differ between sessions)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    line = next((l for l in text.splitlines() if l.startswith("model name")), "model name: unknown")
+    return line.split(":", 1)[1].strip()
+
+
 def session(path: Path, *, profile: str | None = None):
     import onnxruntime as ort
 

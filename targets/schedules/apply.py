@@ -40,12 +40,10 @@ def _elementwise(sch, vector: CpuVector) -> bool:
     reductions = [b for b in blocks if is_reduction(sch, b)]
     if len(reductions) > 1:
         return False
-    if reductions and not schedule_pool(sch, reductions[0], vector):
-        return False
-    for block in root_blocks(sch):
+    for block in blocks:
         if not is_reduction(sch, block):
             schedule_flat(sch, block, vector)
-    return True
+    return not reductions or schedule_pool(sch, reductions[0], vector)
 
 
 def apply_cpu_schedules(mod, vector: CpuVector, facts: dict | None = None):

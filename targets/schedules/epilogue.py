@@ -57,16 +57,29 @@ def attach_epilogue(sch, cache, tail: list, loop) -> bool:
 
 
 def schedule_pad(sch, vector) -> None:
-    """Run the padding copy (a producer kept at the root) in parallel over its leading loops."""
+    """The padding copy (a producer kept at the root): a zero fill plus a condition-free, vectorized copy.
+
+    `decompose_padding` splits the if_then_else copy in two; as one loop with the condition
+    inside, it cost as much as the depthwise conv it feeds.
+    """
+    ensure_tvm()
+    from tvm.s_tir.schedule import ScheduleError
+
     from slimcc.targets.schedules.pack_weights import PAD_BLOCK
 
     pad = find_block(sch, PAD_BLOCK)
     if pad is None:
         return
     loops = sch.get_loops(pad)
-    outer = sch.fuse(*loops[:-1])
+    outer = sch.fuse(*loops[:-2])
     if vector.cores > 1:
         sch.parallel(outer)
+    try:
+        copy = sch.decompose_padding(pad, sch.get_loops(pad)[-2])
+    except ScheduleError:
+        return
+    vectorize_innermost(sch, copy)
+    vectorize_innermost(sch, pad)
 
 
 def vectorize_innermost(sch, block) -> None:

@@ -44,7 +44,7 @@ def test_heaviest_kernels_are_tuned_first(zoo_model, x86):
     ranked = rank_tasks(ms.relax_integration.extract_tasks(mod, target))
     costs = [estimate_tir_flops(t.dispatched[0]) * t.weight for t in ranked]
     assert costs == sorted(costs, reverse=True) and len(ranked) >= 3
-    assert "conv2d" in ranked[0].task_name
+    assert "conv" in ranked[0].task_name  # slimcc_conv: the packed conv of targets/schedules
 
     assert choose_tasks(ranked, 1) == ranked[:1]
     assert choose_tasks(ranked, 2 * MIN_TRIALS_PER_TASK) == ranked[:2]

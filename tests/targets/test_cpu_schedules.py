@@ -1,0 +1,115 @@
+"""slimcc's CPU schedules (targets/schedules): every layer form they take is scheduled by slimcc's
+rule for it, not left to TVM's naive loops, and still matches onnxruntime."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+from slimcc.ir.model import load_model
+from slimcc.targets.compiler import compile_model, prepare_model
+from slimcc.targets.runner import load_artifact
+from slimcc.targets.schedules.isa import CpuVector, cpu_vector_for
+from slimcc.targets.target import make_target
+
+from targets_helpers import assert_matches_onnxruntime, feeds_for
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ir"))
+from ir_builders import make_proto  # noqa: E402
+
+
+def _layer_model(op: str, x_shape, weight_shape=None, **attrs):
+    """x -> op(x, W, b) -> y, with seeded W and b when `weight_shape` is given."""
+    rng = np.random.default_rng(3)
+    inits, inputs = {}, ["x"]
+    if weight_shape is not None:
+        inits["w"] = rng.standard_normal(weight_shape).astype(np.float32) * 0.3
+        bias_len = weight_shape[1] * attrs.get("group", 1) if op == "ConvTranspose" else weight_shape[0]
+        inits["b"] = rng.standard_normal(bias_len).astype(np.float32)
+        inputs += ["w", "b"]
+    node = helper.make_node(op, inputs, ["y"], **attrs)
+    proto = make_proto([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return prepare_model(load_model(proto))
+
+
+CONV_CASES = {
+    # name: (x shape, weight shape, attrs, slimcc rule that must take the conv)
+    "3x3": ((1, 16, 20, 20), (32, 16, 3, 3), {"pads": [1, 1, 1, 1]}, "conv"),
+    "1x1-half-vector": ((1, 16, 14, 14), (24, 16, 1, 1), {}, "conv"),
+    "strided-asymmetric-pad": ((1, 8, 17, 17), (16, 8, 3, 3), {"strides": [2, 2], "pads": [0, 1, 1, 0]}, "conv"),
+    "dilated": ((1, 8, 16, 16), (16, 8, 3, 3), {"dilations": [2, 2], "pads": [2, 2, 2, 2]}, "conv"),
+    "grouped": ((1, 16, 12, 12), (32, 4, 3, 3), {"group": 4, "pads": [1, 1, 1, 1]}, "conv"),
+    "depthwise": ((1, 24, 15, 15), (24, 1, 3, 3), {"group": 24, "pads": [1, 1, 1, 1]}, "depthwise"),
+    "depthwise-multiplier-strided": ((1, 8, 16, 16), (16, 1, 5, 5), {"group": 8, "strides": [2, 2],
+                                                                     "pads": [2, 2, 2, 2]}, "depthwise"),
+    "three-output-channels": ((1, 8, 16, 16), (3, 8, 3, 3), {"pads": [1, 1, 1, 1]}, "conv"),
+    "single-input-channel": ((1, 1, 16, 16), (8, 1, 3, 3), {}, "depthwise"),
+}
+
+
+@pytest.mark.parametrize("case", list(CONV_CASES))
+def test_conv_forms_take_slimcc_schedules_and_match_onnxruntime(case, x86, tmp_path):
+    x_shape, w_shape, attrs, rule = CONV_CASES[case]
+    model = _layer_model("Conv", x_shape, w_shape, **attrs)
+    manifest = compile_model(model, x86, tmp_path / "art", isolate=False)
+    assert manifest.build["slimcc_schedules"].get(rule) == 1, manifest.build
+    feeds = feeds_for(model)
+    assert_matches_onnxruntime(model, load_artifact(tmp_path / "art").run(feeds), feeds)
+
+
+@pytest.mark.parametrize("attrs", [{"strides": [2, 2]},
+                                   {"strides": [2, 2], "pads": [1, 1, 1, 1], "output_padding": [1, 1]}],
+                         ids=["k2s2", "k3s2-output-padding"])
+def test_conv_transpose_runs_as_packed_direct_conv(attrs, x86, tmp_path):
+    kernel = 2 if "pads" not in attrs else 3
+    model = _layer_model("ConvTranspose", (1, 16, 9, 9), (16, 8, kernel, kernel), **attrs)
+    manifest = compile_model(model, x86, tmp_path / "art", isolate=False)
+    assert manifest.build["slimcc_schedules"].get("conv") == 1, manifest.build
+    feeds = feeds_for(model)
+    assert_matches_onnxruntime(model, load_artifact(tmp_path / "art").run(feeds), feeds)
+
+
+@pytest.mark.parametrize("op,attrs", [("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+                                      ("AveragePool", {"kernel_shape": [2, 2], "strides": [2, 2]}),
+                                      ("Sigmoid", {}), ("Tanh", {}), ("Exp", {}),
+                                      ("Softmax", {"axis": 1})])
+def test_pooling_and_elementwise_match_onnxruntime(op, attrs, x86, tmp_path):
+    model = _layer_model(op, (1, 16, 16, 32), **attrs)
+    manifest = compile_model(model, x86, tmp_path / "art", isolate=False)
+    if op != "Softmax":
+        assert not manifest.build["unscheduled_kernels"], manifest.build
+    feeds = {"x": feeds_for(model)["x"] * 8.0}  # reaches the saturated ends of sigmoid/tanh
+    assert_matches_onnxruntime(model, load_artifact(tmp_path / "art").run(feeds), feeds)
+
+
+def test_conv_with_a_runtime_weight_keeps_tvms_conv(x86, tmp_path):
+    """A weight that is a graph input cannot be packed at compile time: TVM's own conv runs it."""
+    node = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])
+    proto = make_proto([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8]),
+                                helper.make_tensor_value_info("w", TensorProto.FLOAT, [8, 4, 3, 3])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = prepare_model(load_model(proto))
+    manifest = compile_model(model, x86, tmp_path / "art", isolate=False)
+    assert "conv" not in manifest.build["slimcc_schedules"]
+    feeds = feeds_for(model)
+    assert_matches_onnxruntime(model, load_artifact(tmp_path / "art").run(feeds), feeds)
+
+
+def test_vector_facts_follow_the_target():
+    avx512 = cpu_vector_for(make_target("x86", mcpu="skylake-avx512", num_cores=2).to_tvm())
+    avx2 = cpu_vector_for(make_target("x86", mcpu="haswell").to_tvm())
+    neon = cpu_vector_for(make_target("arm", num_cores=4).to_tvm())
+    assert (avx512.lanes, avx512.registers, avx512.cores) == (16, 32, 2)
+    assert (avx2.lanes, avx2.registers) == (8, 16)
+    assert (neon.name, neon.lanes, neon.cores) == ("neon", 4, 4)
+    assert cpu_vector_for(make_target("cuda", cuda_arch="sm_80").to_tvm()) is None
+
+
+@pytest.mark.parametrize("extent,expected", [(64, 16), (24, 8), (36, 4), (3, 1)])
+def test_vector_width_is_the_widest_that_divides(extent, expected):
+    assert CpuVector("avx512", 16, 32, 1).vector_width_dividing(extent) == expected
