@@ -1,4 +1,9 @@
-"""canonicalize: the composite of all canonicalization passes, run to a fixpoint."""
+"""canonicalize: the composite of all canonicalization passes, run to a fixpoint.
+
+It also lowers LSTM/GRU (lower-recurrent) so that every canonical model imports into TVM;
+`recurrent=false` keeps them as they are (e.g. for a model deployed on onnxruntime, whose
+fused LSTM kernel is faster than the unrolled steps).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from slimcc.passes.canonicalize.constant_to_initializer import ConstantToInitial
 from slimcc.passes.canonicalize.fold_batchnorm import FoldBatchNorm
 from slimcc.passes.canonicalize.fold_constants import FoldConstants
 from slimcc.passes.canonicalize.fold_scale_bias import FoldScaleBias
+from slimcc.passes.canonicalize.lower_recurrent import LowerRecurrent
 from slimcc.passes.canonicalize.remove_identity import RemoveIdentity
 from slimcc.passes.canonicalize.upgrade_opset import DEFAULT_TARGET_OPSET, MIN_OPSET, UpgradeOpset
 
@@ -17,17 +23,19 @@ MAX_ROUNDS = 8
 
 @register_pass("canonicalize")
 class Canonicalize(Pass):
-    """Opset upgrade, Constant->initializer, constant/shape folding, Identity removal, BN and scale/bias folding."""
+    """Opset upgrade, Constant->initializer, constant/shape folding, Identity removal, BN/scale/bias folding, LSTM/GRU lowering."""
 
     opset: int = DEFAULT_TARGET_OPSET
+    recurrent: bool = True
 
     def __post_init__(self):
         if self.opset < MIN_OPSET:
             raise PipelineError(f"canonicalize: opset={self.opset} is too old; use {MIN_OPSET} or newer")
 
     def steps(self) -> list[Pass]:
-        """The passes of one round, in order."""
-        return [ConstantToInitializer(), FoldConstants(), RemoveIdentity(), FoldBatchNorm(), FoldScaleBias()]
+        """The passes of one round, in order (lower-recurrent last: it needs the folded, static shapes)."""
+        steps = [ConstantToInitializer(), FoldConstants(), RemoveIdentity(), FoldBatchNorm(), FoldScaleBias()]
+        return steps + [LowerRecurrent()] if self.recurrent else steps
 
     def run(self, model, ctx: PassContext | None = None) -> PassResult:
         nodes_before = len(model.graph.nodes)
