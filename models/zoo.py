@@ -1,7 +1,9 @@
 """Seeded builders for small CNNs that exercise every pass (the test model zoo).
 
 Each builder returns a valid `onnx.ModelProto` (opset 17, IR 8) with one input `x`
-(float32, static [1, 3, size, size]) and one output `y` (class scores).
+(float32, static [1, 3, size, size]) and one output `y`: class scores [1, num_classes], except
+for `crnn`, a text-line recognizer whose `y` is per-column CTC label probabilities
+[size/4, 1, num_classes + 1].
 Every conv is followed by an *unfolded* BatchNormalization (random gamma/beta; running
 mean/var measured on a seeded input and perturbed, as in a trained net) and an activation,
 so canonicalization always has work to do. Weights use He-style scaling; with the measured
@@ -174,13 +176,14 @@ class _Net:
     def relu(self, x: T, name: str) -> T:
         return self.act(x, "relu", name)
 
-    def finish(self, y: T, graph_name: str) -> onnx.ModelProto:
+    def finish(self, y: T, graph_name: str, shape: list[int] | None = None) -> onnx.ModelProto:
+        """The model with input x and output y ([1, y.c] class scores unless `shape` says otherwise)."""
         if y.name != "y":
             raise AssertionError("the last layer must write the output tensor 'y'")
         graph = helper.make_graph(
             self.nodes, graph_name,
             [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, self.input.h, self.input.w])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, y.c])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape or [1, y.c])],
             initializer=self.inits)
         model = helper.make_model(graph, producer_name="slimcc.models.zoo",
                                   opset_imports=[helper.make_opsetid("", OPSET)])
@@ -415,6 +418,40 @@ def build_conv_gemm(seed: int = 0, size: int = 32, width: int = 16, num_classes:
     return net.finish(net.gemm(x, num_classes, "fc2", out="y"), "conv-gemm")
 
 
+def _bilstm(net: _Net, seq: str, steps: int, cin: int, hidden: int, name: str) -> str:
+    """Bidirectional LSTM over a time-major [T, 1, cin] sequence, PyTorch's uniform(+-1/sqrt(H)) weights;
+    returns both directions' hidden states side by side, [T, 1, 2 * hidden] (as PyTorch exports it)."""
+    bound = 1.0 / math.sqrt(hidden)
+    w, r, b = (net.const(f"{name}.{p}", net.rng.uniform(-bound, bound, shape).astype(np.float32))
+               for p, shape in (("W", (2, 4 * hidden, cin)), ("R", (2, 4 * hidden, hidden)), ("B", (2, 8 * hidden))))
+    (y,) = net.node("LSTM", [seq, w, r, b], name, hidden_size=hidden, direction="bidirectional")  # [T, 2, 1, H]
+    (y,) = net.node("Transpose", [y], f"{name}.time_batch_first", perm=[0, 2, 1, 3])
+    shape = net.const(f"{name}.shape", np.array([steps, 1, 2 * hidden], np.int64))
+    (y,) = net.node("Reshape", [y, shape], f"{name}.concat_directions")
+    return y
+
+
+def build_crnn(seed: int = 0, size: int = 32, width: int = 16, num_classes: int = 10) -> onnx.ModelProto:
+    """CRNN text recognizer: conv-bn-relu stages and max-pools, the height max-pooled to 1, the width read
+    as T = size/4 time steps by a bidirectional LSTM (hidden 2*width), then a linear CTC head with a
+    softmax over num_classes + 1 labels (the last is the blank): y is [T, 1, num_classes + 1]."""
+    net = _Net(seed, size)
+    x = net.maxpool(net.cba(net.input, width, 3, "conv1"), "pool1")
+    x = net.maxpool(net.cba(x, 2 * width, 3, "conv2"), "pool2")
+    x = net.cba(x, 4 * width, 3, "conv3")
+    (col,) = net.node("MaxPool", [x.name], "pool_height", kernel_shape=[x.h, 1], strides=[x.h, 1])  # [1, C, 1, T]
+    (seq,) = net.node("Squeeze", [col, net.const("squeeze.axes", np.array([2], np.int64))], "squeeze")
+    (seq,) = net.node("Transpose", [seq], "time_major", perm=[2, 0, 1])  # [T, 1, C]
+    hidden, labels = 2 * width, num_classes + 1
+    features = _bilstm(net, seq, x.w, x.c, hidden, "lstm")
+    w = net.rng.normal(0.0, math.sqrt(1.0 / (2 * hidden)), (2 * hidden, labels)).astype(np.float32)
+    (logits,) = net.node("MatMul", [features, net.const("head.weight", w)], "head.matmul")
+    bias = net.const("head.bias", net.rng.normal(0.0, 0.1, labels).astype(np.float32))
+    (logits,) = net.node("Add", [logits, bias], "head.bias_add")
+    (y,) = net.node("Softmax", [logits], "head.softmax", out="y", axis=-1)
+    return net.finish(T(y, labels, 1, x.w), "crnn", shape=[x.w, 1, labels])
+
+
 ZOO: dict[str, Callable[..., onnx.ModelProto]] = {
     "vgg": build_vgg,
     "resnet-basic": build_resnet_basic,
@@ -423,6 +460,7 @@ ZOO: dict[str, Callable[..., onnx.ModelProto]] = {
     "c2f": build_c2f,
     "shufflenet": build_shufflenet,
     "conv-gemm": build_conv_gemm,
+    "crnn": build_crnn,
 }
 
 

@@ -15,6 +15,11 @@ from slimcc.models.zoo import ZOO, build
 NAMES = list(ZOO)
 
 
+def output_shape(name: str, size: int = 32) -> tuple[int, ...]:
+    """Class scores [1, 10]; crnn: CTC label probabilities per column [size/4, 1, 10 + blank]."""
+    return (size // 4, 1, 11) if name == "crnn" else (1, 10)
+
+
 def session(proto: onnx.ModelProto) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -40,7 +45,8 @@ def zoo() -> dict[str, onnx.ModelProto]:
 
 
 def test_zoo_has_the_announced_names(zoo_names):
-    assert zoo_names == ["vgg", "resnet-basic", "resnet-bottleneck", "mobilenetv2", "c2f", "shufflenet", "conv-gemm"]
+    assert zoo_names == ["vgg", "resnet-basic", "resnet-bottleneck", "mobilenetv2", "c2f", "shufflenet", "conv-gemm",
+                         "crnn"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -62,7 +68,7 @@ def test_runs_with_finite_order_one_outputs(zoo, name):
     feeds = [{"x": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)}] + zoo_inputs(2, size=32)
     outputs = [sess.run(["y"], feed)[0] for feed in feeds]
     for y in outputs:
-        assert y.shape == (1, 10)
+        assert y.shape == output_shape(name)
         assert np.all(np.isfinite(y))
         # activations stay O(1): no blow-up or collapse through depth
         assert 0.05 < np.abs(y).max() < 50
@@ -162,6 +168,18 @@ def test_conv_gemm_head(zoo):
     assert ops(proto).count("Gemm") == 2
 
 
+def test_crnn_reads_columns_with_a_bidirectional_lstm(zoo):
+    proto = zoo["crnn"]
+    inits = {t.name: t for t in proto.graph.initializer}
+    (lstm,) = [n for n in proto.graph.node if n.op_type == "LSTM"]
+    assert attr(lstm, "direction") == b"bidirectional" and attr(lstm, "hidden_size") == 32
+    assert inits[lstm.input[1]].dims == [2, 128, 64]  # 4 gates x 32 hidden, over 64 conv channels
+    assert producer(proto, producer(proto, lstm.input[0]).input[0]).op_type == "Squeeze"  # [1, C, T] -> [T, 1, C]
+    pool = producer(proto, producer(proto, producer(proto, lstm.input[0]).input[0]).input[0])
+    assert pool.op_type == "MaxPool" and attr(pool, "kernel_shape") == [8, 1]  # the height pooled to 1
+    assert ops(proto)[-3:] == ["MatMul", "Add", "Softmax"]
+
+
 def digest(proto):
     return hashlib.sha256(proto.SerializeToString()).hexdigest()
 
@@ -183,7 +201,7 @@ def test_size_and_width_scale_the_model(name):
     weight = next(t for t in proto.graph.initializer if t.name == first.input[1])
     assert weight.dims[0] == 8
     y = session(proto).run(["y"], {"x": np.ones((1, 3, 48, 48), np.float32)})[0]
-    assert y.shape == (1, 10) and np.all(np.isfinite(y))
+    assert y.shape == output_shape(name, 48) and np.all(np.isfinite(y))
 
 
 def test_benchmark_variant_is_resnet18_sized():

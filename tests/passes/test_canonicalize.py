@@ -271,7 +271,10 @@ def test_canonicalize_zoo_model_roundtrip(name, tmp_path):
     result = Canonicalize().run(model)
     path = save_model(model, tmp_path / f"{name}.onnx")
     reloaded = load_model(path)
-    assert result.stats["nodes_after"] < result.stats["nodes_before"]
+    if ops(original)["LSTM"]:  # crnn: unrolling the LSTM adds more nodes than folding removes
+        assert ops(reloaded)["LSTM"] == 0
+    else:
+        assert result.stats["nodes_after"] < result.stats["nodes_before"]
     assert ops(reloaded)["BatchNormalization"] == 0
     assert reloaded.opset >= 13 and reloaded.is_static() and result.stats["static"]
     assert_close(original, reloaded, [random_feeds(original, seed=s) for s in range(2)], tol=1e-4)
