@@ -56,13 +56,13 @@ def quant_bench():
     return module
 
 
-def load(name: str, zoo_size: int, zoo_width: int, quant):
+def load(name: str, zoo_size: int, zoo_width: int, quant, calibrate: bool = True):
     """A canonicalized fp32 model by bench name, with bench/quant.py's calibration feeds for it
     (8 seeded inputs for the zoo models, whose size and width differ from quant.py's)."""
     if name in REAL_MODELS:
         info = REAL_MODELS[name]
         model = prepare_model(real_model_path(name), {info.input_name: list(info.input_shape)})
-        return model, quant.calibration_feeds(name)
+        return model, quant.calibration_feeds(name) if calibrate else None
     return prepare_model(zoo.build(name, seed=0, size=zoo_size, width=zoo_width)), zoo_inputs(8, size=zoo_size, seed=1)
 
 
@@ -103,7 +103,7 @@ class _SkipInt8(Exception):
 
 def measure(name: str, args, workdir: Path, quant) -> dict:
     """All figures for one model."""
-    model, calib = load(name, args.zoo_size, args.zoo_width, quant)
+    model, calib = load(name, args.zoo_size, args.zoo_width, quant, calibrate=not args.no_int8)
     spec = make_target("x86", num_cores=args.threads)
     feeds = random_feeds(model, seed=0)
     result: dict = {"model": name, "input_shapes": {t.name: list(t.shape) for t in model.graph.inputs}}

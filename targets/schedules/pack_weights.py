@@ -38,13 +38,16 @@ def pack_conv_weights(mod, vector: CpuVector):
     from tvm import relax
     from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
-    pattern = is_op("relax.nn.conv2d")(wildcard(), is_const()) | is_op("relax.nn.conv2d_transpose")(wildcard(), is_const())
+    pattern = (is_op("relax.nn.conv2d")(wildcard(), is_const()) | is_op("relax.nn.conv2d_transpose")(wildcard(), is_const())
+               | is_op("relax.matmul")(wildcard(), is_const()))
 
     @tvm.transform.module_pass(opt_level=0, name="SlimccPackConvWeights")
     def rewrite(mod, _ctx):
         builder = relax.BlockBuilder(mod)
 
         def replace(call, _matches):
+            if call.op.name == "relax.matmul":
+                return _vector_matmul(call, builder, vector)
             conv = _ConvCall.read(call)
             return conv.packed_call(builder, vector) if conv is not None else call
 
@@ -56,17 +59,37 @@ def pack_conv_weights(mod, vector: CpuVector):
     return tvm.transform.Sequential([rewrite, relax.transform.DeadCodeElimination()])(mod)
 
 
+def _vector_matmul(call, builder, vector: CpuVector):
+    """x[1, K] @ W[K, N] (a batch-1 Gemm/MatMul with a constant weight) as a packed 1x1 conv.
+
+    TVM's CPU GEMV rule ran VGG's 4096-wide classifier at a fraction of memory bandwidth;
+    as a 1x1 conv on [1, K, 1, 1] the packed weight streams in contiguous vectors.
+    """
+    ensure_tvm()
+    from tvm import relax
+
+    data, weight = call.args
+    in_shape, out_shape = static_shape(data), static_shape(call)
+    if (in_shape is None or out_shape is None or len(in_shape) != 2 or in_shape[0] != 1
+            or {tensor_dtype(data), tensor_dtype(weight)} != {"float32"} or len(static_shape(weight) or ()) != 2):
+        return call
+    k, n = static_shape(weight)
+    matrix = constant_array(weight)
+    conv = _ConvCall(relax.op.reshape(data, [1, k, 1, 1]), np.ascontiguousarray(matrix.T.reshape(n, k, 1, 1)),
+                     (1, k, 1, 1), (1, n, 1, 1))
+    return relax.op.reshape(conv.packed_call(builder, vector), [1, n])
+
+
 class _ConvCall:
     """The facts of one conv2d call this rewrite can replace exactly."""
 
-    def __init__(self, data, weight: np.ndarray, in_shape, out_shape, attrs):
+    def __init__(self, data, weight: np.ndarray, in_shape, out_shape, attrs=None):
         self.data, self.weight = data, weight
         self.in_shape, self.out_shape = in_shape, out_shape
-        self.strides = [int(v) for v in attrs.strides]
-        self.dilation = [int(v) for v in attrs.dilation]
-        top, left, bottom, right = [int(v) for v in attrs.padding]
-        self.pads = (top, left, bottom, right)
-        self.groups = int(attrs.groups)
+        self.strides = [int(v) for v in attrs.strides] if attrs is not None else [1, 1]
+        self.dilation = [int(v) for v in attrs.dilation] if attrs is not None else [1, 1]
+        self.pads = tuple(int(v) for v in attrs.padding) if attrs is not None else (0, 0, 0, 0)
+        self.groups = int(attrs.groups) if attrs is not None else 1
         self.output_padding = [int(v) for v in getattr(attrs, "output_padding", (0, 0))]
         self.zero_insert = (1, 1)  # transposed conv: input strides become zeros between input pixels
 

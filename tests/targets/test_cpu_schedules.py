@@ -113,3 +113,11 @@ def test_vector_facts_follow_the_target():
 @pytest.mark.parametrize("extent,expected", [(64, 16), (24, 8), (36, 4), (3, 1)])
 def test_vector_width_is_the_widest_that_divides(extent, expected):
     assert CpuVector("avx512", 16, 32, 1).vector_width_dividing(extent) == expected
+
+
+def test_batch_one_gemm_runs_as_packed_conv(x86, tmp_path):
+    model = _layer_model("Gemm", (1, 96), (40, 96), transB=1)
+    manifest = compile_model(model, x86, tmp_path / "art", isolate=False)
+    assert manifest.build["slimcc_schedules"].get("conv") == 1, manifest.build
+    feeds = feeds_for(model)
+    assert_matches_onnxruntime(model, load_artifact(tmp_path / "art").run(feeds), feeds)
