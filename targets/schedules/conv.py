@@ -17,9 +17,8 @@ loop stays FMA-bound and activations stay NCHW between layers.
 
 from __future__ import annotations
 
-from slimcc.targets.schedules.epilogue import (attach_epilogue, find_block, inline_epilogue, schedule_pad,
-                                               vectorize_innermost)
-from slimcc.targets.schedules.isa import CpuVector
+from slimcc.targets.schedules.epilogue import find_block, finish_tile, inline_epilogue
+from slimcc.targets.schedules.isa import CpuVector, largest_divisor
 from slimcc.targets.schedules.pack_weights import CONV_BLOCK, GROUPED_CONV_BLOCK
 
 
@@ -31,7 +30,7 @@ def conv_tile(fi: int, out_channels: int, out_width: int, vector: CpuVector, gro
     """
     fb = 2 if not grouped and out_channels % (2 * fi) == 0 else 1
     budget = max(1, vector.accumulators // fb)
-    xb = max(d for d in range(1, min(budget, out_width) + 1) if out_width % d == 0)
+    xb = largest_divisor(out_width, budget)
     return fb, xb
 
 
@@ -59,17 +58,7 @@ def schedule_conv(sch, vector: CpuVector) -> bool:
     cache = sch.cache_write(conv, 0, "local")
     if fi > 1:
         sch.transform_layout(conv, ("write", 0), lambda a, b, c, d: (a, c, d, b))
-    if attach_epilogue(sch, cache, tail, xo):
-        vectorize_innermost(sch, cache)
-    sch.vectorize(fil)
-    sch.unroll(xi)
-    sch.unroll(fbl)
-    sch.unroll(rx)
-    outer = sch.fuse(n, fo, y)
-    if vector.cores > 1:
-        sch.parallel(outer)
-    sch.decompose_reduction(conv, rc)
-    schedule_pad(sch, vector)
+    finish_tile(sch, conv, cache, tail, xo, fil, [xi, fbl, rx], [n, fo, y], rc, vector)
     return True
 
 

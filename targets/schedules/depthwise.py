@@ -7,15 +7,9 @@ rows are register-blocked so each loaded input row feeds up to KH output rows.
 
 from __future__ import annotations
 
-from slimcc.targets.schedules.epilogue import (attach_epilogue, find_block, inline_epilogue, schedule_pad,
-                                               vectorize_innermost)
-from slimcc.targets.schedules.isa import CpuVector
+from slimcc.targets.schedules.epilogue import find_block, finish_tile, inline_epilogue
+from slimcc.targets.schedules.isa import CpuVector, largest_divisor
 from slimcc.targets.schedules.pack_weights import DWCONV_BLOCK
-
-
-def largest_divisor(extent: int, limit: int) -> int:
-    """The largest divisor of `extent` that is <= `limit` (at least 1)."""
-    return max(d for d in range(1, max(1, min(limit, extent)) + 1) if extent % d == 0)
 
 
 def schedule_depthwise(sch, vector: CpuVector) -> bool:
@@ -34,16 +28,5 @@ def schedule_depthwise(sch, vector: CpuVector) -> bool:
     xo, xv, xl = sch.split(x, [None, vectors, width])
     sch.reorder(n, f, yo, xo, ry, rx, yi, xv, xl)
     cache = sch.cache_write(conv, 0, "local")
-    if attach_epilogue(sch, cache, tail, xo):
-        vectorize_innermost(sch, cache)
-    if width > 1:
-        sch.vectorize(xl)
-    sch.unroll(xv)
-    sch.unroll(yi)
-    sch.unroll(rx)
-    outer = sch.fuse(n, f, yo)
-    if vector.cores > 1:
-        sch.parallel(outer)
-    sch.decompose_reduction(conv, ry)
-    schedule_pad(sch, vector)
+    finish_tile(sch, conv, cache, tail, xo, xl, [xv, yi, rx], [n, f, yo], ry, vector)
     return True

@@ -91,3 +91,24 @@ def vectorize_innermost(sch, block) -> None:
         sch.vectorize(sch.get_loops(block)[-1])
     except ScheduleError:
         pass
+
+
+def finish_tile(sch, main, cache, tail: list, tile_loop, vector_loop, unrolled: list, outer: list, reduction,
+                vector) -> None:
+    """The steps every register-tiled kernel ends with, once its loops are split and ordered.
+
+    The epilogue is folded into the write-back under `tile_loop`, `vector_loop` vectorized,
+    `unrolled` unrolled, the `outer` loops fused (and parallel on several cores), the
+    accumulator init hoisted out of the loop `reduction`, and the padding producer scheduled.
+    """
+    if attach_epilogue(sch, cache, tail, tile_loop):
+        vectorize_innermost(sch, cache)
+    if int(sch.get(vector_loop).extent) > 1:
+        sch.vectorize(vector_loop)
+    for loop in unrolled:
+        sch.unroll(loop)
+    fused = sch.fuse(*outer)
+    if vector.cores > 1:
+        sch.parallel(fused)
+    sch.decompose_reduction(main, reduction)
+    schedule_pad(sch, vector)

@@ -35,6 +35,11 @@ class CpuVector:
         return 1
 
 
+def largest_divisor(extent: int, limit: int) -> int:
+    """The largest divisor of `extent` that is <= `limit` (at least 1): a tile size with no remainder."""
+    return max(d for d in range(1, max(1, min(limit, extent)) + 1) if extent % d == 0)
+
+
 def cpu_vector_for(target) -> CpuVector | None:
     """The vector facts of an LLVM CPU target, or None for targets slimcc does not schedule (CUDA)."""
     ensure_tvm()

@@ -18,6 +18,8 @@ same products: outputs match the legalized conv2d to float rounding.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import numpy as np
 
 from slimcc.targets.relax_values import constant_array, static_shape, tensor_dtype
@@ -80,20 +82,21 @@ def _vector_matmul(call, builder, vector: CpuVector):
     return relax.op.reshape(conv.packed_call(builder, vector), [1, n])
 
 
+@dataclass(frozen=True)
 class _ConvCall:
     """The facts of one conv2d call this rewrite can replace exactly."""
 
-    def __init__(self, data, weight: np.ndarray, in_shape, out_shape, attrs=None):
-        self.data, self.weight = data, weight
-        self.in_shape, self.out_shape = in_shape, out_shape
-        self.strides = [int(v) for v in attrs.strides] if attrs is not None else [1, 1]
-        self.dilation = [int(v) for v in attrs.dilation] if attrs is not None else [1, 1]
-        self.pads = tuple(int(v) for v in attrs.padding) if attrs is not None else (0, 0, 0, 0)
-        self.groups = int(attrs.groups) if attrs is not None else 1
-        self.output_padding = [int(v) for v in getattr(attrs, "output_padding", (0, 0))]
-        self.zero_insert = (1, 1)  # transposed conv: input strides become zeros between input pixels
+    data: object
+    weight: np.ndarray
+    in_shape: tuple
+    out_shape: tuple
+    strides: tuple = (1, 1)
+    dilation: tuple = (1, 1)
+    pads: tuple = (0, 0, 0, 0)  # top, left, bottom, right
+    groups: int = 1
+    zero_insert: tuple = (1, 1)  # transposed conv: input strides become zeros between input pixels
 
-    def as_direct_conv(self) -> _ConvCall | None:
+    def as_direct_conv(self, output_padding) -> _ConvCall | None:
         """A transposed conv as the stride-1 conv of its zero-inserted, padded input with the flipped weight.
 
         W[C, F, KH, KW] (IOHW) becomes W'[F, C, KH, KW] flipped in space; the input gets
@@ -104,15 +107,13 @@ class _ConvCall:
             return None
         kh, kw = self.weight.shape[2:]
         (dh, dw), (top, left, bottom, right) = self.dilation, self.pads
-        extra_h, extra_w = self.output_padding
+        extra_h, extra_w = output_padding
         pads = (dh * (kh - 1) - top, dw * (kw - 1) - left, dh * (kh - 1) - bottom + extra_h,
                 dw * (kw - 1) - right + extra_w)
         if min(pads) < 0:
             return None
-        self.zero_insert, self.strides = tuple(self.strides), [1, 1]
-        self.pads = pads
-        self.weight = np.ascontiguousarray(self.weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
-        return self
+        return replace(self, zero_insert=self.strides, strides=(1, 1), pads=pads,
+                       weight=np.ascontiguousarray(self.weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]))
 
     @classmethod
     def read(cls, call) -> _ConvCall | None:
@@ -128,8 +129,9 @@ class _ConvCall:
         dtypes = {tensor_dtype(data), tensor_dtype(weight), "float32" if out_dtype in UNSET_DTYPES else out_dtype}
         if in_shape is None or out_shape is None or dtypes != {"float32"} or len(in_shape) != 4:
             return None
-        conv = cls(data, constant_array(weight), in_shape, out_shape, attrs)
-        return conv.as_direct_conv() if transposed else conv
+        conv = cls(data, constant_array(weight), in_shape, out_shape, strides=_ints(attrs.strides),
+                   dilation=_ints(attrs.dilation), pads=_ints(attrs.padding), groups=int(attrs.groups))
+        return conv.as_direct_conv(_ints(attrs.output_padding)) if transposed else conv
 
     def packed_call(self, builder, vector: CpuVector):
         """The call_tir of slimcc's conv on the packed constant weight."""
@@ -197,3 +199,8 @@ class _ConvCall:
         return te.compute(self.out_shape, lambda n, f, y, x: te.sum(
             padded[n, f // multiplier, y * sh + ry * dh, x * sw + rx * dw] * w_t[f, ry, rx],
             axis=[ry, rx]), name=DWCONV_BLOCK)
+
+
+def _ints(values) -> tuple[int, ...]:
+    """A TVM array attribute as a tuple of Python ints."""
+    return tuple(int(v) for v in values)
