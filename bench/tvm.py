@@ -187,6 +187,10 @@ def main() -> None:
     names = [n.strip() for n in args.models.split(",")]
     if names == ["all"]:
         names = list(zoo.ZOO) + list(REAL_MODELS)
+    unknown = [n for n in names if n not in zoo.ZOO and n not in REAL_MODELS]
+    if unknown:
+        parser.error(f"unknown --models {', '.join(unknown)}; choose from all, "
+                     f"{', '.join(list(zoo.ZOO) + list(REAL_MODELS))}")
     results = {"cpu_model": quant.cpu_model(), "cpu": spec.tvm["mcpu"], "cpu_flags": quant.cpu_flags(),
                "threads": args.threads,
                "trials": args.trials, "repeat": args.repeat, "zoo_size": args.zoo_size, "zoo_width": args.zoo_width,

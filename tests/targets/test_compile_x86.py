@@ -12,11 +12,18 @@ from slimcc.targets.runner import load_artifact
 from targets_helpers import assert_matches_onnxruntime, feeds_for
 
 
+def assert_scheduled_by_slimcc(manifest) -> None:
+    """Every conv runs slimcc's packed conv schedule; only softmax (kept naive on purpose) is unscheduled."""
+    assert manifest.build["slimcc_schedules"].get("conv", 0) > 0, manifest.build
+    assert set(manifest.build["unscheduled_kernels"]) <= {"softmax"}, manifest.build
+
+
 @pytest.mark.parametrize("name", list(ZOO))
 def test_zoo_model_compiles_for_x86_and_matches_onnxruntime(name, zoo_model, x86, tmp_path):
     model = zoo_model(name)
     manifest = compile_model(model, x86, tmp_path / "art", isolate=False)
     assert manifest.target["tvm"]["mcpu"] == x86.tvm["mcpu"]
+    assert_scheduled_by_slimcc(manifest)
     feeds = feeds_for(model)
     assert_matches_onnxruntime(model, load_artifact(tmp_path / "art").run(feeds), feeds)
 
@@ -28,6 +35,7 @@ def test_real_model_compiles_for_x86_and_matches_onnxruntime(name, real_model_pa
     info = REAL_MODELS[name]
     model = prepare_model(real_model_path(name), {info.input_name: list(info.input_shape)})
     assert model.is_static()
-    compile_model(model, x86, tmp_path / "art")  # in a child process, as the CLI does
+    manifest = compile_model(model, x86, tmp_path / "art")  # in a child process, as the CLI does
+    assert_scheduled_by_slimcc(manifest)
     feeds = feeds_for(model)
     assert_matches_onnxruntime(model, load_artifact(tmp_path / "art").run(feeds), feeds)
