@@ -77,20 +77,21 @@ class _Net:
         return outs
 
     # --- layers -----------------------------------------------------------------------------
-    def conv(self, x: T, cout: int, k: int, name: str, stride: int = 1, group: int = 1,
+    def conv(self, x: T, cout: int, k: int | tuple[int, int], name: str, stride: int = 1, group: int = 1,
              bias: bool = False) -> T:
+        """Square k x k conv padded by k // 2, or an unpadded (kh, kw) conv when k is a pair."""
         if x.c % group or cout % group:
             raise SlimccError(f"{name}: channels {x.c}->{cout} not divisible by group {group}")
-        fan_in = (x.c // group) * k * k
-        w = self.rng.normal(0.0, math.sqrt(2.0 / fan_in), (cout, x.c // group, k, k)).astype(np.float32)
+        (kh, kw), pad = (k, 0) if isinstance(k, tuple) else ((k, k), k // 2)
+        fan_in = (x.c // group) * kh * kw
+        w = self.rng.normal(0.0, math.sqrt(2.0 / fan_in), (cout, x.c // group, kh, kw)).astype(np.float32)
         inputs = [x.name, self.const(f"{name}.weight", w)]
         if bias:
             inputs.append(self.const(f"{name}.bias", self.rng.normal(0.0, 0.1, cout).astype(np.float32)))
-        pad = k // 2
-        (out,) = self.node("Conv", inputs, name, kernel_shape=[k, k], strides=[stride, stride],
+        (out,) = self.node("Conv", inputs, name, kernel_shape=[kh, kw], strides=[stride, stride],
                            pads=[pad] * 4, group=group, dilations=[1, 1])
-        size = lambda d: (d + 2 * pad - k) // stride + 1  # noqa: E731
-        return T(out, cout, size(x.h), size(x.w))
+        size = lambda d, kd: (d + 2 * pad - kd) // stride + 1  # noqa: E731
+        return T(out, cout, size(x.h, kh), size(x.w, kw))
 
     def bn(self, x: T, name: str, gamma_scale: float = 1.0) -> T:
         c = x.c
@@ -120,7 +121,7 @@ class _Net:
             raise SlimccError(f"unknown activation {kind!r}")
         return T(out, x.c, x.h, x.w)
 
-    def cba(self, x: T, cout: int, k: int, name: str, stride: int = 1, group: int = 1,
+    def cba(self, x: T, cout: int, k: int | tuple[int, int], name: str, stride: int = 1, group: int = 1,
             act: str = "relu", bias: bool = False, gamma_scale: float = 1.0) -> T:
         """Conv -> BatchNormalization -> activation."""
         y = self.conv(x, cout, k, f"{name}.conv", stride=stride, group=group, bias=bias)
@@ -452,6 +453,80 @@ def build_crnn(seed: int = 0, size: int = 32, width: int = 16, num_classes: int 
     return net.finish(T(y, labels, 1, x.w), "crnn", shape=[x.w, 1, labels])
 
 
+def _linear(net: _Net, x: str, cin: int, cout: int, name: str) -> str:
+    """MatMul over the last axis with a [cin, cout] weight, then its bias Add (as PyTorch exports nn.Linear)."""
+    w = net.rng.normal(0.0, math.sqrt(1.0 / cin), (cin, cout)).astype(np.float32)
+    (y,) = net.node("MatMul", [x, net.const(f"{name}.weight", w)], f"{name}.matmul")
+    bias = net.const(f"{name}.bias", net.rng.normal(0.0, 0.1, cout).astype(np.float32))
+    (y,) = net.node("Add", [y, bias], f"{name}.bias_add")
+    return y
+
+
+def _layer_norm(net: _Net, x: str, channels: int, name: str) -> str:
+    """LayerNormalization over the last axis with a random affine (gamma around 1, small beta)."""
+    gamma = net.const(f"{name}.scale", net.rng.uniform(0.8, 1.2, channels).astype(np.float32))
+    beta = net.const(f"{name}.bias", net.rng.normal(0.0, 0.05, channels).astype(np.float32))
+    (y,) = net.node("LayerNormalization", [x, gamma, beta], name, axis=-1, epsilon=1e-5)
+    return y
+
+
+def _attention(net: _Net, x: str, steps: int, channels: int, heads: int, name: str) -> str:
+    """Multi-head self-attention over [1, T, C]: Q/K/V projections, per-head scaled Softmax(Q K^T) V,
+    heads merged back to [1, T, C] and an output projection."""
+    dim = channels // heads
+    split = net.const(f"{name}.split_heads", np.array([1, steps, heads, dim], np.int64))
+    merge = net.const(f"{name}.merge_heads", np.array([1, steps, channels], np.int64))
+
+    def per_head(role: str, perm: list[int]) -> str:
+        y = _linear(net, x, channels, channels, f"{name}.{role}")
+        (y,) = net.node("Reshape", [y, split], f"{name}.{role}.split")
+        (y,) = net.node("Transpose", [y], f"{name}.{role}.heads_first", perm=perm)
+        return y
+
+    q = per_head("q", [0, 2, 1, 3])  # [1, H, T, D]
+    k = per_head("k", [0, 2, 3, 1])  # [1, H, D, T]
+    v = per_head("v", [0, 2, 1, 3])
+    (scores,) = net.node("MatMul", [q, k], f"{name}.scores")
+    scale = net.const(f"{name}.scale", np.array(1.0 / math.sqrt(dim), np.float32))
+    (scores,) = net.node("Mul", [scores, scale], f"{name}.scaled")
+    (weights,) = net.node("Softmax", [scores], f"{name}.softmax", axis=-1)
+    (y,) = net.node("MatMul", [weights, v], f"{name}.context")
+    (y,) = net.node("Transpose", [y], f"{name}.time_first", perm=[0, 2, 1, 3])
+    (y,) = net.node("Reshape", [y, merge], f"{name}.merge")
+    return _linear(net, y, channels, channels, f"{name}.out")
+
+
+def _transformer_block(net: _Net, x: str, steps: int, channels: int, heads: int, name: str) -> str:
+    """Pre-norm transformer block: x + attention(LN(x)), then + MLP(LN(.)) with a 2x ReLU hidden layer."""
+    y = _attention(net, _layer_norm(net, x, channels, f"{name}.ln1"), steps, channels, heads, f"{name}.attn")
+    (x,) = net.node("Add", [x, y], f"{name}.residual1")
+    y = _linear(net, _layer_norm(net, x, channels, f"{name}.ln2"), channels, 2 * channels, f"{name}.mlp.fc1")
+    (y,) = net.node("Relu", [y], f"{name}.mlp.relu")
+    y = _linear(net, y, 2 * channels, channels, f"{name}.mlp.fc2")
+    (x,) = net.node("Add", [x, y], f"{name}.residual2")
+    return x
+
+
+def build_attn_ctc(seed: int = 0, size: int = 32, width: int = 16, num_classes: int = 10) -> onnx.ModelProto:
+    """Attention text recognizer (SVTR-like): conv-bn-relu stages and max-pools, an unpadded (H, 1) conv-bn
+    reading the height down to 1, the columns read batch-first as [1, T = size/4, C = 2*width] by two pre-norm transformer blocks
+    (2-head self-attention, ReLU MLP, LayerNormalization), a final LayerNormalization and a linear CTC head
+    (MatMul + bias Add) with a softmax over num_classes + 1 labels (the last is the blank):
+    y is [1, T, num_classes + 1]."""
+    net = _Net(seed, size)
+    x = net.maxpool(net.cba(net.input, width, 3, "conv1"), "pool1")
+    x = net.maxpool(net.cba(x, 2 * width, 3, "conv2"), "pool2")
+    col = net.cba(x, x.c, (x.h, 1), "embed", act="none")  # the height read by a conv: [1, C, 1, T]
+    (seq,) = net.node("Squeeze", [col.name, net.const("squeeze.axes", np.array([2], np.int64))], "squeeze")
+    (seq,) = net.node("Transpose", [seq], "batch_time_channel", perm=[0, 2, 1])  # [1, T, C]
+    steps, channels, labels = col.w, col.c, num_classes + 1
+    for b in range(2):
+        seq = _transformer_block(net, seq, steps, channels, 2, f"block{b}")
+    logits = _linear(net, _layer_norm(net, seq, channels, "head.ln"), channels, labels, "head")
+    (y,) = net.node("Softmax", [logits], "head.softmax", out="y", axis=-1)
+    return net.finish(T(y, labels, 1, steps), "attn-ctc", shape=[1, steps, labels])
+
+
 ZOO: dict[str, Callable[..., onnx.ModelProto]] = {
     "vgg": build_vgg,
     "resnet-basic": build_resnet_basic,
@@ -461,6 +536,7 @@ ZOO: dict[str, Callable[..., onnx.ModelProto]] = {
     "shufflenet": build_shufflenet,
     "conv-gemm": build_conv_gemm,
     "crnn": build_crnn,
+    "attn-ctc": build_attn_ctc,
 }
 
 

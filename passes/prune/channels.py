@@ -22,6 +22,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from slimcc.errors import SlimccError
+from slimcc.ir.layout import channel_axis
 
 UNARY_OPS = frozenset({
     "Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Tanh", "Cast", "Identity", "Dropout",
@@ -210,11 +211,12 @@ class _Builder:
         for flat in range(space.units):
             self.uf.union(space.base + flat, space.base + flat % last)
 
-    def default_space(self, tensor) -> Space | None:
+    def default_space(self, tensor, op: str = "", attrs: dict | None = None) -> Space | None:
+        """A one-axis space on the channel axis of `op`'s output (axis 1 when no op is given: graph inputs)."""
         shape = static_shape(tensor)
         if shape is None or len(shape) == 0:
             return None
-        axis = 1 if len(shape) >= 2 else 0
+        axis = channel_axis(op, len(shape), attrs)
         return self.new_space(tensor, axis, (shape[axis],))
 
     def space(self, tensor) -> Space:
@@ -275,7 +277,7 @@ class _Builder:
                         self.block(tensor.name, reason)
                 for tensor in outs:
                     if tensor.name not in self.spaces:
-                        self.default_space(tensor)
+                        self.default_space(tensor, node.op, node.attrs)
                     self.block(tensor.name, reason)
         for tensor in graph.outputs:
             self.block(tensor.name, "graph output")

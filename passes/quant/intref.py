@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from slimcc.ir.layout import channel_axis
+
 QRANGE = {np.dtype(np.uint8): (0, 255), np.dtype(np.int8): (-128, 127)}
 
 
@@ -112,14 +114,16 @@ def qlinear_conv(x_q, x_scale, x_zp, w_q, w_scale, w_zp, y_scale, y_zp, bias_q=N
 
 
 def qlinear_matmul(a_q, a_scale, a_zp, b_q, b_scale, b_zp, y_scale, y_zp) -> np.ndarray:
-    """QLinearMatMul for 2-D a [M, K] and b [K, N] (b scale per tensor or per column)."""
+    """QLinearMatMul for a [..., M, K] (e.g. [M, K] or [N, T, K]) and a 2-D b [K, N]
+    (b scale per tensor or per column: the output channels are on the last axis)."""
     b_zp = np.asarray(b_zp, np.int64)
     acc = (np.asarray(a_q, np.int64) - int(a_zp)) @ (np.asarray(b_q, np.int64) - b_zp.reshape(1, -1))
     b_scale = np.asarray(b_scale, np.float32).reshape(-1)
     multiplier = (np.float32(a_scale) * b_scale / np.float32(y_scale)).astype(np.float32)
+    axis = channel_axis("QLinearMatMul", acc.ndim)
     if multiplier.size == 1:
-        multiplier = np.full(acc.shape[1], multiplier[0], np.float32)
-    return requantize(acc, multiplier, int(y_zp), _out_dtype(y_zp), axis=1)
+        multiplier = np.full(acc.shape[axis], multiplier[0], np.float32)
+    return requantize(acc, multiplier, int(y_zp), _out_dtype(y_zp), axis=axis)
 
 
 def add_multipliers(ra: float, rb: float) -> tuple[int, int, int]:

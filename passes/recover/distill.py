@@ -22,6 +22,7 @@ from typing import ClassVar
 import numpy as np
 
 from slimcc.errors import PassError, PipelineError
+from slimcc.ir.layout import channel_axis
 from slimcc.passes.base import Pass, PassContext, PassResult, register_pass
 from slimcc.passes.recover.activations import calibration_batches, reference_model
 from slimcc.passes.recover.channel_map import recorded_map, weight_map
@@ -41,13 +42,13 @@ def logits_tensor(graph) -> str:
     return out.name
 
 
-def match_boundaries(student, teacher, ctx=None) -> list[tuple[str, np.ndarray | None]]:
-    """Tensors to guide, as (name, kept original channels or None).
+def match_boundaries(student, teacher, ctx=None) -> list[tuple[str, np.ndarray | None, int | None]]:
+    """Tensors to guide, as (name, kept original channels, their axis), or (name, None, None) when unpruned.
 
     Candidates are produced by a node, are neither the logits nor a graph output, and exist in both graphs by name
     with equal static shapes; a pruned conv/gemm output also qualifies when its original
     channels are known exactly (ctx.notes["channel_map"] or the sliced weights), and is then
-    compared with those channels of the teacher. At most MAX_BOUNDARIES, evenly spread over depth.
+    compared with those channels of the teacher (on axis 1 for a conv, the last axis for a MatMul/Gemm). At most MAX_BOUNDARIES, evenly spread over depth.
     """
     teacher_shapes = {t.name: t.shape for t in teacher.graph.tensors().values() if not _is_constant(t)}
     last = logits_tensor(student.graph)
@@ -62,7 +63,7 @@ def match_boundaries(student, teacher, ctx=None) -> list[tuple[str, np.ndarray |
             kept = recorded_map(ctx, layer.output.name, layer.out_channels(), original.out_channels())
             kept = kept if kept is not None else weight_map(layer.filters(), original.filters())
             if kept is not None:
-                pruned[layer.output.name] = kept
+                pruned[layer.output.name] = (kept, layer.op)
     found = []
     for node in student.graph.nodes:
         for t in node.outputs:
@@ -72,11 +73,13 @@ def match_boundaries(student, teacher, ctx=None) -> list[tuple[str, np.ndarray |
             if not (shape and other and all(isinstance(d, int) for d in list(shape) + list(other))):
                 continue
             if list(shape) == list(other):
-                found.append((t.name, None))
-            elif t.name in pruned and len(shape) == len(other) and \
-                    [d for i, d in enumerate(shape) if i != 1] == [d for i, d in enumerate(other) if i != 1]:
-                found.append((t.name, pruned[t.name]))
-    found = list({name: (name, kept) for name, kept in found}.values())
+                found.append((t.name, None, None))
+            elif t.name in pruned and len(shape) == len(other):
+                kept, op = pruned[t.name]
+                axis = channel_axis(op, len(shape))
+                if [d for i, d in enumerate(shape) if i != axis] == [d for i, d in enumerate(other) if i != axis]:
+                    found.append((t.name, kept, axis))
+    found = list({entry[0]: entry for entry in found}.values())
     if len(found) <= MAX_BOUNDARIES:
         return found
     picks = np.linspace(0, len(found) - 1, MAX_BOUNDARIES).round().astype(int)
@@ -141,8 +144,8 @@ class Distill(Pass):
         torch.manual_seed(getattr(ctx, "seed", 0) or 0)
         rng = np.random.default_rng(getattr(ctx, "seed", 0) or 0)
         optimizer = torch.optim.Adam(student.parameter_list(), lr=self.lr)
-        capture = [name for name, _ in boundaries] + [logits]
-        selectors = {name: None if kept is None else torch.from_numpy(kept) for name, kept in boundaries}
+        capture = [name for name, _, _ in boundaries] + [logits]
+        selectors = {name: None if kept is None else (torch.from_numpy(kept), axis) for name, kept, axis in boundaries}
         targets = self._teacher_outputs(torch, teacher, samples, capture, count)
         history = []
         lam = 0.0
@@ -178,7 +181,8 @@ class Distill(Pass):
             history.append({"epoch": epoch + 1, "stage": 1 if guidance_only else 2, "lambda": lam, **epoch_loss})
             bar.set_postfix(task=f"{epoch_loss['task']:.4f}", guide=f"{epoch_loss['guide']:.4f}")
         written = student.write_back()
-        return PassResult(True, {"boundaries": [name for name, _ in boundaries], "samples": count, "labels": labels is not None,
+        return PassResult(True, {"boundaries": [entry[0] for entry in boundaries], "samples": count,
+                                 "labels": labels is not None,
                                  "parameters": written, "history": history})
 
     def _teacher_outputs(self, torch, teacher, samples, capture, count) -> dict | None:
@@ -216,6 +220,7 @@ class Distill(Pass):
         return F.kl_div(F.log_softmax(s / temp, dim=1), F.softmax(t / temp, dim=1), reduction="batchmean") * temp * temp
 
 
-def _select(teacher_value, kept):
-    """The teacher's channels that the pruned student kept (all of them when `kept` is None)."""
-    return teacher_value if kept is None else teacher_value.index_select(1, kept)
+def _select(teacher_value, selector):
+    """The teacher's channels that the pruned student kept: `selector` is (kept indices, channel axis),
+    or None for all of them."""
+    return teacher_value if selector is None else teacher_value.index_select(selector[1], selector[0])

@@ -8,26 +8,27 @@ from typing import ClassVar
 import numpy as np
 
 from slimcc.errors import PipelineError
+from slimcc.ir.layout import channel_axis
 from slimcc.passes.base import Pass, PassContext, PassResult, register_pass
 from slimcc.passes.recover.activations import calibration_batches, reference_model, stream, tensor_names
 from slimcc.passes.recover.channel_map import kept_channels
 from slimcc.passes.recover.layers import LinearLayer, find_layers
 
 
-def channel_rows(y: np.ndarray, seed: int, limit: int) -> np.ndarray:
-    """Up to `limit` positions of an [N, C, ...] activation as [P, C] rows; the same positions for
-    every tensor of the same shape and seed (so original and compressed rows line up)."""
-    rows = np.moveaxis(y, 1, -1).reshape(-1, y.shape[1]) if y.ndim > 2 else y.reshape(-1, y.shape[-1])
+def channel_rows(y: np.ndarray, seed: int, limit: int, axis: int = 1) -> np.ndarray:
+    """Up to `limit` positions of an activation whose channels lie on `axis`, as [P, C] rows; the same
+    positions for every tensor of the same shape and seed (so original and compressed rows line up)."""
+    rows = np.moveaxis(y, axis, -1).reshape(-1, y.shape[axis])
     if rows.shape[0] <= limit:
         return rows.astype(np.float64)
     picked = np.random.default_rng(seed).choice(rows.shape[0], limit, replace=False)
     return rows[np.sort(picked)].astype(np.float64)
 
 
-def channel_sums(y: np.ndarray) -> tuple[np.ndarray, int]:
-    """Per-channel sums over every axis but 1 (N, H, W) and the count of summed values."""
-    axes = tuple(i for i in range(y.ndim) if i != 1) if y.ndim > 2 else (0,)
-    channels = y.shape[1] if y.ndim > 1 else y.shape[0]
+def channel_sums(y: np.ndarray, axis: int = 1) -> tuple[np.ndarray, int]:
+    """Per-channel sums over every axis but the channel `axis`, and the count of summed values."""
+    axes = tuple(i for i in range(y.ndim) if i != axis)
+    channels = y.shape[axis]
     return np.asarray(y, np.float64).sum(axis=axes).reshape(channels), y.size // channels
 
 
@@ -75,13 +76,15 @@ class RecoverBias(Pass):
         originals = {l.output.name: l for l in find_layers(reference.graph)}
         output = model.graph.outputs[0].name if model.graph.outputs else None
         output = output if output in known else None
-        watched = [l.output.name for l in candidates] + ([output] if output else [])
-        reference_stats = self._statistics(reference, batches, list(dict.fromkeys(watched)))
+        # the op whose channels each watched tensor holds: a MatMul/Gemm's are on the last axis, a Conv's on axis 1
+        ops = {output: model.graph.outputs[0].inputs[0].op if model.graph.outputs[0].inputs else ""} if output else {}
+        ops.update({l.output.name: l.op for l in candidates})
+        reference_stats = self._statistics(reference, batches, ops)
         corrected, shifts, reverted = 0, [], 0
         last: tuple[LinearLayer, np.ndarray, float, float] | None = None  # layer, old bias, error before, shift
         for layer in candidates + [None]:
             names = ([layer.output.name] if layer is not None else []) + ([output] if output else [])
-            current = self._statistics(model, batches, list(dict.fromkeys(names))) if names else {}
+            current = self._statistics(model, batches, {n: ops[n] for n in names}) if names else {}
             error = _output_error(current, reference_stats, output)
             if last is not None and error > last[2]:
                 # the previous correction made the model's output worse on the calibration data: undo it
@@ -89,7 +92,7 @@ class RecoverBias(Pass):
                 skipped[last[0].name] = "bias correction increased the model's output error on the calibration data"
                 corrected, reverted = corrected - 1, reverted + 1
                 shifts.remove(last[3])
-                current = self._statistics(model, batches, list(dict.fromkeys(names))) if layer is not None else {}
+                current = self._statistics(model, batches, {n: ops[n] for n in names}) if layer is not None else {}
                 error = last[2]
             last = None
             if layer is None:
@@ -119,18 +122,21 @@ class RecoverBias(Pass):
                                           "mean_abs_shift": round(float(np.mean(shifts)), 6) if shifts else 0.0,
                                           "skipped": skipped})
 
-    def _statistics(self, model, batches, names: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
-        """{tensor: (per-channel sums, sampled rows, values per channel)} over all batches."""
+    def _statistics(self, model, batches, ops: dict[str, str]) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
+        """{tensor: (per-channel sums, sampled rows, values per channel)} over all batches; `ops` maps each
+        tensor to the op whose output channels it holds (which decides the channel axis)."""
+        names = list(ops)
         sums: dict[str, np.ndarray] = {}
         rows: dict[str, list[np.ndarray]] = {n: [] for n in names}
         counts = dict.fromkeys(names, 0)
         per_batch = max(1, self.samples // len(batches))
         for index, values in enumerate(stream(model, batches, names)):
             for name in names:
-                total, count = channel_sums(values[name])
+                axis = channel_axis(ops[name], values[name].ndim)
+                total, count = channel_sums(values[name], axis)
                 sums[name] = sums.get(name, 0) + total
                 counts[name] += count
-                rows[name].append(channel_rows(values[name], index, per_batch))
+                rows[name].append(channel_rows(values[name], index, per_batch, axis))
         return {n: (sums[n], np.concatenate(rows[n]), counts[n]) for n in names}
 
 

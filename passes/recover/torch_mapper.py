@@ -234,6 +234,16 @@ def _squeeze(g, node, args):
     return x
 
 
+def _layer_norm(g, node, args):
+    """LayerNormalization over axes [axis, rank) (axis -1 by default), then scale and optional bias."""
+    x = args[0]
+    axes = tuple(range(int(node.attrs.get("axis", -1)) % x.dim(), x.dim()))
+    mean = x.mean(dim=axes, keepdim=True)
+    var = (x - mean).pow(2).mean(dim=axes, keepdim=True)
+    y = (x - mean) / g.torch.sqrt(var + float(node.attrs.get("epsilon", 1e-5))) * _t(g, args[1])
+    return y + _t(g, args[2]) if len(args) > 2 and args[2] is not None else y
+
+
 def _binary(fn):
     return lambda g, node, args: fn(_t(g, args[0]), _t(g, args[1]))
 
@@ -241,6 +251,7 @@ def _binary(fn):
 _OPS = {
     "Conv": _conv,
     "BatchNormalization": _bn,
+    "LayerNormalization": _layer_norm,
     "Relu": lambda g, n, a: g.torch.relu(a[0]),
     "LeakyRelu": lambda g, n, a: g.torch.nn.functional.leaky_relu(a[0], float(n.attrs.get("alpha", 0.01))),
     "Clip": _clip,

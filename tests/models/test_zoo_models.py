@@ -16,8 +16,9 @@ NAMES = list(ZOO)
 
 
 def output_shape(name: str, size: int = 32) -> tuple[int, ...]:
-    """Class scores [1, 10]; crnn: CTC label probabilities per column [size/4, 1, 10 + blank]."""
-    return (size // 4, 1, 11) if name == "crnn" else (1, 10)
+    """Class scores [1, 10]; crnn: CTC label probabilities per column [size/4, 1, 10 + blank]
+    (attn-ctc: batch-first, [1, size/4, 10 + blank])."""
+    return {"crnn": (size // 4, 1, 11), "attn-ctc": (1, size // 4, 11)}.get(name, (1, 10))
 
 
 def session(proto: onnx.ModelProto) -> ort.InferenceSession:
@@ -46,7 +47,7 @@ def zoo() -> dict[str, onnx.ModelProto]:
 
 def test_zoo_has_the_announced_names(zoo_names):
     assert zoo_names == ["vgg", "resnet-basic", "resnet-bottleneck", "mobilenetv2", "c2f", "shufflenet", "conv-gemm",
-                         "crnn"]
+                         "crnn", "attn-ctc"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -178,6 +179,31 @@ def test_crnn_reads_columns_with_a_bidirectional_lstm(zoo):
     pool = producer(proto, producer(proto, producer(proto, lstm.input[0]).input[0]).input[0])
     assert pool.op_type == "MaxPool" and attr(pool, "kernel_shape") == [8, 1]  # the height pooled to 1
     assert ops(proto)[-3:] == ["MatMul", "Add", "Softmax"]
+
+
+def test_attn_ctc_runs_transformer_blocks_on_batch_first_columns(zoo):
+    proto = zoo["attn-ctc"]
+    inits = {t.name: t for t in proto.graph.initializer}
+    embed = next(n for n in proto.graph.node if n.name == "embed.conv")
+    assert attr(embed, "kernel_shape") == [8, 1] and attr(embed, "pads") == [0, 0, 0, 0]  # height 8 read to 1
+    squeeze = consumers(proto, consumers(proto, embed.output[0])[0].output[0])[0]
+    assert squeeze.op_type == "Squeeze"
+    (to_sequence,) = consumers(proto, squeeze.output[0])
+    assert to_sequence.op_type == "Transpose" and attr(to_sequence, "perm") == [0, 2, 1]  # [1, C, T] -> [1, T, C]
+    # every constant-weight MatMul is a Linear: [in, out] weight, then a bias Add over the last axis
+    linears = [n for n in proto.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
+    assert len(linears) == 2 * 6 + 1  # per block q, k, v, out, fc1, fc2; then the CTC head
+    for matmul in linears:
+        (add,) = consumers(proto, matmul.output[0])
+        bias = next(inits[t] for t in add.input if t in inits)
+        assert add.op_type == "Add" and list(bias.dims) == [inits[matmul.input[1]].dims[1]]
+    assert inits["head.weight"].dims == [32, 11]
+    assert ops(proto).count("LayerNormalization") == 5 and ops(proto).count("Softmax") == 3
+    scores = [n for n in proto.graph.node if n.op_type == "MatMul" and n.input[1] not in inits]
+    assert len(scores) == 4  # Q K^T and weights V in both blocks
+    assert ops(proto)[-4:] == ["LayerNormalization", "MatMul", "Add", "Softmax"]
+    residuals = [n for n in proto.graph.node if n.op_type == "Add" and n.name.endswith(("residual1", "residual2"))]
+    assert len(residuals) == 4
 
 
 def digest(proto):

@@ -26,7 +26,8 @@ def test_boundaries_of_a_pruned_model_carry_the_kept_channels():
     boundaries = match_boundaries(model, reference)
     assert 1 <= len(boundaries) <= 8
     shapes = {t.name: t.shape for t in model.graph.tensors().values()}
-    for name, kept in boundaries:
+    for name, kept, axis in boundaries:
+        assert axis == 1  # conv outputs: channels on axis 1
         assert kept is not None and len(kept) == shapes[name][1] and np.all(np.diff(kept) > 0)
 
 

@@ -89,3 +89,55 @@ def test_int8_model_bias_correction_keeps_int32_bias():
                     and isinstance(n.inputs[0], gs.Constant) and n.inputs[0].values.dtype == np.int32]
     assert int32_biases, "qdq-insert's int32 biases must stay int32"
     assert output_error(model, reference, HELD_OUT) < 0.9 * before
+
+
+def _sequence_linear(weight: np.ndarray, bias: np.ndarray, steps: int):
+    """x [1, T, C] -> MatMul(W [C, K]) -> Add(b [K]) -> y: one attention-style projection."""
+    import sys
+    from pathlib import Path
+
+    from onnx import TensorProto, helper
+
+    from slimcc.ir.model import load_model
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "ir"))
+    from ir_builders import make_proto
+
+    c, k = weight.shape
+    proto = make_proto([helper.make_node("MatMul", ["x", "w"], ["m"], name="proj"),
+                        helper.make_node("Add", ["m", "b"], ["y"], name="proj_bias")],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, steps, c])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                       {"w": weight.astype(np.float32), "b": bias.astype(np.float32)})
+    return load_model(proto)
+
+
+def test_matmul_over_a_sequence_is_corrected_along_its_last_axis():
+    """A MatMul on [N, T, C] has its channels last (T=9 steps, K=5 channels): recover-bias removes the
+    per-channel mean error along K (it used to sum along T and fail to broadcast a [9] shift onto [5])."""
+    from slimcc.ir.calibration import CalibrationData
+    from slimcc.passes.base import PassContext
+
+    rng = np.random.default_rng(0)
+    steps, cin, cout = 9, 6, 5
+    weight, bias = rng.standard_normal((cin, cout)), rng.normal(0.0, 0.1, cout)
+    reference = _sequence_linear(weight, bias, steps)
+    # a "compressed" weight: a per-channel gain error, and inputs with a non-zero mean make it a mean shift
+    model = _sequence_linear(weight * rng.uniform(0.7, 1.3, cout), bias, steps)
+    batches = [{"x": (rng.standard_normal((1, steps, cin)) + 1.0).astype(np.float32)} for _ in range(16)]
+    ctx = PassContext(calibration=CalibrationData.from_arrays(batches), reference=reference, progress=False)
+
+    def mean_error():
+        got = collect_activations(model, ctx.calibration, ["y"], progress=False)["y"]
+        want = collect_activations(reference, ctx.calibration, ["y"], progress=False)["y"]
+        return (np.concatenate(want) - np.concatenate(got)).mean(axis=(0, 1))  # [K]
+
+    before = mean_error()
+    result = RecoverBias().run(model, ctx)
+    assert result.stats["corrected"] == 1, result.stats
+    (layer,) = find_layers(model.graph)
+    assert layer.bias().shape == (cout,)
+    after = mean_error()
+    assert after.shape == (cout,)
+    assert np.abs(after).max() < 1e-3 * np.abs(before).max()
+    assert np.abs(before).max() > 0.1  # there was a shift to remove
