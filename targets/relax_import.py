@@ -43,7 +43,8 @@ def prepare_for_build(mod, target=None, facts: dict | None = None):
     """Rewrites every target needs before legalization: real int8 compute, then BatchNorm/LayerNorm decomposition.
 
     Compile and tuning both call this, so they see the same kernels. On CPU targets float conv2d
-    layers with constant weights become slimcc's packed conv (targets/schedules/pack_weights.py)
+    layers with constant weights become slimcc's packed conv (targets/schedules/pack_weights.py),
+    integer ones on x86 slimcc's int8 conv (targets/schedules/int8_pack.py, VNNI where the target has it),
     and sigmoid/tanh/exp use a vectorizable exp (targets/schedules/fast_math.py). Q/DQ layers become integer
     conv2d/matmul (targets/int8.py) in the operand types `target` multiplies best (u8 x s8 when
     `target` is None or x86); SLIMCC_TVM_INT8=fake keeps TVM's float Q/DQ instead. `facts`, when
@@ -53,7 +54,8 @@ def prepare_for_build(mod, target=None, facts: dict | None = None):
     from tvm import relax
 
     from slimcc.targets.int8 import count_integer_ops, flavour_for, int8_mode, lower_int8
-    from slimcc.targets.schedules.isa import cpu_vector_for
+    from slimcc.targets.schedules.int8_pack import pack_int8_convs
+    from slimcc.targets.schedules.isa import cpu_vector_for, target_has_feature
     from slimcc.targets.schedules.fast_math import use_fast_exp
     from slimcc.targets.schedules.pack_weights import pack_conv_weights
 
@@ -72,7 +74,10 @@ def prepare_for_build(mod, target=None, facts: dict | None = None):
     mod = relax.transform.DecomposeOpsForInference()(mod)
     vector = cpu_vector_for(target) if target is not None else None
     if vector is not None:
-        mod = use_fast_exp(pack_conv_weights(relax.transform.FoldConstant()(mod), vector))
+        mod = relax.transform.FoldConstant()(mod)
+        if flavour_for(target) == "u8s8":  # aarch64 (s8 x s8, sdot) keeps TVM's integer conv2d for now
+            mod = pack_int8_convs(mod, vector, vnni=target_has_feature(target, "avx512vnni"))
+        mod = use_fast_exp(pack_conv_weights(mod, vector))
     return mod
 
 

@@ -1,6 +1,6 @@
 """After fusion: give every kernel no tuning record covers one of slimcc's CPU schedules.
 
-Rules are tried in order on each unscheduled PrimFunc: packed conv, depthwise conv, then
+Rules are tried in order on each unscheduled PrimFunc: VNNI int8 conv, packed conv, depthwise conv, then
 element-wise/pooling; what none of them takes goes to TVM's dlight CPU rules (GEMV,
 reductions). A rule that fails leaves the kernel as it was (naive but correct), and the
 build facts say how many kernels each path took.
@@ -12,6 +12,7 @@ from slimcc.targets.schedules.conv import schedule_conv
 from slimcc.targets.schedules.depthwise import schedule_depthwise
 from slimcc.targets.schedules.elementwise import (inline_producers, is_reduction, root_blocks, schedule_flat,
                                                   schedule_pool)
+from slimcc.targets.schedules.int8_conv import schedule_int8_conv
 from slimcc.targets.schedules.isa import CpuVector
 from slimcc.targets.tvm_import import ensure_tvm
 
@@ -23,7 +24,9 @@ def schedule_kernel(func, vector: CpuVector):
     ensure_tvm()
     from tvm import s_tir
 
-    for name, rule in (("conv", schedule_conv), ("depthwise", schedule_depthwise), ("elementwise", _elementwise)):
+    rules = (("int8_conv", schedule_int8_conv), ("conv", schedule_conv), ("depthwise", schedule_depthwise),
+             ("elementwise", _elementwise))
+    for name, rule in rules:
         sch = s_tir.Schedule(func)
         try:
             if rule(sch, vector):

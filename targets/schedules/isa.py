@@ -42,9 +42,6 @@ def largest_divisor(extent: int, limit: int) -> int:
 
 def cpu_vector_for(target) -> CpuVector | None:
     """The vector facts of an LLVM CPU target, or None for targets slimcc does not schedule (CUDA)."""
-    ensure_tvm()
-    from tvm.target import codegen
-
     if target.kind.name != "llvm":
         return None
     cores = int(target.attrs.get("num-cores", 0) or 0) or 1
@@ -52,14 +49,19 @@ def cpu_vector_for(target) -> CpuVector | None:
     if triple.startswith("aarch64"):
         return CpuVector("neon", 4, 32, cores)
 
-    def has(feature: str) -> bool:
-        try:
-            return bool(codegen.target_has_features(feature, target))
-        except (RuntimeError, ValueError):  # LLVM does not know the feature for this target
-            return False
-
-    if has("avx512f"):
+    if target_has_feature(target, "avx512f"):
         return CpuVector("avx512", 16, 32, cores)
-    if has("avx2"):
+    if target_has_feature(target, "avx2"):
         return CpuVector("avx2", 8, 16, cores)
     return CpuVector("sse", 4, 16, cores)
+
+
+def target_has_feature(target, feature: str) -> bool:
+    """Whether the LLVM CPU `target` has `feature` (e.g. "avx512vnni"); False where LLVM does not know it."""
+    ensure_tvm()
+    from tvm.target import codegen
+
+    try:
+        return bool(codegen.target_has_features(feature, target))
+    except (RuntimeError, ValueError):  # LLVM does not know the feature for this target
+        return False

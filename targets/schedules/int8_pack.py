@@ -1,0 +1,236 @@
+"""Before legalization: the integer conv2d/matmul of targets/int8.py -> slimcc's int8 conv on a packed weight.
+
+targets/int8.py leaves each quantized layer as `conv2d(pad(x_q, zx), W_q, out_dtype=int32)` (or
+`matmul(x_q[1, K], W_q[K, N])`) followed by its requantize kernel. TVM legalizes that conv2d into
+naive loops over OIHW. This rewrite replaces it, when the weight is a constant, by a `call_tir`
+of slimcc's own TE conv with the padding folded in and the weight re-laid out by numpy:
+
+    VNNI (u8 x s8, groups == 1, target with avx512vnni), block `slimcc_qconv`:
+        quads[n, c4, h, w, k] = pad(x)[n, 4*c4 + k, h, w]        (`slimcc_qpack`, zx outside, C padded to 4)
+        W[F, C, KH, KW] -> Wq[F/16, C/4, KH, KW, 16, 4]         (zero weights pad F to 16, C to 4)
+        acc[n, f, y, x] = sum_{c4, ry, rx, k} quads[n, c4, y*sh + ry*dh, x*sw + rx*dw, k]
+                                              * Wq[f // 16, c4, ry, rx, f % 16, k]
+      so the innermost 16 x 4 is one vpdpbusd (schedules/int8_conv.py, schedules/vnni.py); when F is
+      not a multiple of 16 a `slimcc_qcrop` block keeps the first F channels.
+    Otherwise (grouped, depthwise, or no VNNI): the layouts and block names of the float packed conv
+    (schedules/pack_weights.py) with int32 products, scheduled by the float rules:
+        W -> Wp[F / fi, Cg, KH, KW, fi] (`slimcc_conv` / `slimcc_gconv`), W[F, 1, KH, KW] -> W[F, KH, KW]
+        (`slimcc_dwconv`), padding with zx in `slimcc_pad`.
+
+Integer arithmetic, same products: bit-exact with the legalized conv2d. Shapes outside these forms
+(dynamic, non-NCHW, a pad that is not a constant spatial pad) keep TVM's conv2d.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from slimcc.targets.relax_values import constant_array, static_shape, tensor_dtype
+from slimcc.targets.schedules.isa import CpuVector
+from slimcc.targets.schedules.pack_weights import CONV_BLOCK, DWCONV_BLOCK, GROUPED_CONV_BLOCK, PAD_BLOCK
+from slimcc.targets.schedules.vnni import GROUP, LANES
+from slimcc.targets.te_kernels import call_te_kernel
+from slimcc.targets.tvm_import import ensure_tvm
+
+QCONV_BLOCK = "slimcc_qconv"
+QPACK_BLOCK = "slimcc_qpack"
+QCROP_BLOCK = "slimcc_qcrop"
+
+
+def pack_int8_convs(mod, vector: CpuVector, vnni: bool):
+    """Rewrite every integer conv2d (u8 x constant s8 -> int32) and batch-1 integer matmul of `mod`."""
+    tvm = ensure_tvm()
+    from tvm import relax
+    from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+
+    data = wildcard()
+    pad = is_op("relax.nn.pad")(data)
+    conv = is_op("relax.nn.conv2d")(pad | data, is_const())
+    matmul = is_op("relax.matmul")(wildcard(), is_const())
+
+    @tvm.transform.module_pass(opt_level=0, name="SlimccPackInt8Convs")
+    def rewrite(mod, _ctx):
+        builder = relax.BlockBuilder(mod)
+
+        def replace(call, matches):
+            if call.op.name == "relax.matmul":
+                layer = _IntConv.from_matmul(call)
+            else:
+                layer = _IntConv.read(call, matches[data], matches.get(pad))
+            if layer is None:
+                return call
+            out = layer.packed_call(builder, vector, vnni)
+            return relax.op.reshape(out, static_shape(call)) if call.op.name == "relax.matmul" else out
+
+        for gvar, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                builder.update_func(gvar, rewrite_call(conv | matmul, replace, func))
+        return builder.get()
+
+    return tvm.transform.Sequential([rewrite, relax.transform.DeadCodeElimination()])(mod)
+
+
+@dataclass(frozen=True)
+class _IntConv:
+    """One integer conv2d this rewrite replaces: u8 NCHW data, s8 OIHW weight, int32 NCHW output."""
+
+    data: object
+    weight: np.ndarray
+    in_shape: tuple
+    out_shape: tuple
+    strides: tuple = (1, 1)
+    dilation: tuple = (1, 1)
+    pads: tuple = (0, 0, 0, 0)  # top, left, bottom, right
+    pad_value: int = 0
+    groups: int = 1
+
+    @classmethod
+    def read(cls, call, data, pad) -> _IntConv | None:
+        """The conv facts of `call` reading `data` (through the spatial `pad` when given), or None."""
+        attrs = call.attrs
+        if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "OIHW", "NCHW"):
+            return None
+        if str(attrs.out_dtype) != "int32" or any(int(p) for p in attrs.padding):
+            return None
+        pads, pad_value = (0, 0, 0, 0), 0
+        if pad is not None:
+            width = [int(v) for v in pad.attrs.pad_width]
+            value = float(pad.attrs.pad_value)
+            if str(pad.attrs.pad_mode) != "constant" or any(width[:4]) or value != int(value):
+                return None
+            pads, pad_value = (width[4], width[6], width[5], width[7]), int(value)
+        in_shape, out_shape = static_shape(data), static_shape(call)
+        weight = constant_array(call.args[1])
+        if (in_shape is None or out_shape is None or len(in_shape) != 4 or tensor_dtype(data) != "uint8"
+                or weight.dtype != np.int8 or weight.ndim != 4 or not 0 <= pad_value <= 255):
+            return None
+        return cls(data, weight, in_shape, out_shape, strides=_ints(attrs.strides), dilation=_ints(attrs.dilation),
+                   pads=pads, pad_value=pad_value, groups=int(attrs.groups))
+
+    @classmethod
+    def from_matmul(cls, call) -> _IntConv | None:
+        """x[1, K] @ W[K, N] (u8 x constant s8 -> int32) as a 1x1 conv on [1, K, 1, 1], or None."""
+        ensure_tvm()
+        from tvm import relax
+
+        data, weight = call.args
+        in_shape, out_shape = static_shape(data), static_shape(call)
+        matrix = constant_array(weight)
+        if (in_shape is None or out_shape is None or len(in_shape) != 2 or in_shape[0] != 1
+                or tensor_dtype(data) != "uint8" or matrix.dtype != np.int8 or matrix.ndim != 2
+                or str(call.attrs.out_dtype) != "int32"):
+            return None
+        k, n = matrix.shape
+        return cls(relax.op.reshape(data, [1, k, 1, 1]), np.ascontiguousarray(matrix.T.reshape(n, k, 1, 1)),
+                   (1, k, 1, 1), (1, n, 1, 1))
+
+    def packed_call(self, builder, vector: CpuVector, vnni: bool):
+        """The call_tir of slimcc's int8 conv for this layer (see the module doc for which form)."""
+        ensure_tvm()
+        from tvm import relax, te
+
+        out_channels, group_channels, kh, kw = self.weight.shape
+        x = te.placeholder(self.in_shape, "uint8", "data")
+        if vnni and self.groups == 1:
+            tensors, packed, name = self._vnni(x)
+        elif group_channels == 1:
+            w_t = te.placeholder((out_channels, kh, kw), "int8", "weight")
+            tensors, packed, name = [x, w_t, self._depthwise(self._pad(x), w_t)], \
+                self.weight.reshape(out_channels, kh, kw), DWCONV_BLOCK
+        else:
+            fi = vector.vector_width_dividing(out_channels // self.groups)
+            w_t = te.placeholder((out_channels // fi, group_channels, kh, kw, fi), "int8", "weight")
+            tensors = [x, w_t, self._conv(self._pad(x), w_t, fi)]
+            packed = self.weight.reshape(out_channels // fi, fi, group_channels, kh, kw).transpose(0, 2, 3, 4, 1)
+            name = CONV_BLOCK if self.groups == 1 else GROUPED_CONV_BLOCK
+        return call_te_kernel(builder, name, tensors, [self.data, relax.const(np.ascontiguousarray(packed))])
+
+    def _vnni(self, x):
+        """([x, Wq, out], packed weight, kernel name) of the VNNI form."""
+        ensure_tvm()
+        from tvm import te, tirx
+
+        out_channels, channels, kh, kw = self.weight.shape
+        quads, blocks = -(-channels // GROUP), -(-out_channels // LANES)
+        padded = np.zeros((blocks * LANES, quads * GROUP, kh, kw), np.int8)
+        padded[:out_channels, :channels] = self.weight
+        packed = padded.reshape(blocks, LANES, quads, GROUP, kh, kw).transpose(0, 2, 4, 5, 1, 3)
+        w_t = te.placeholder(packed.shape, "int8", "weight")
+
+        n, _, h, w = self.in_shape
+        top, left, bottom, right = self.pads
+
+        def quad(b, q, i, j, k):
+            c, i, j = q * GROUP + k, i - top, j - left
+            inside = ([i >= 0, i < h, j >= 0, j < w] if any(self.pads) else []) + \
+                ([c < channels] if channels % GROUP else [])
+            if not inside:
+                return x[b, c, i, j]
+            return tirx.if_then_else(tirx.all(*inside), x[b, c, i, j], tirx.const(self.pad_value, "uint8"))
+
+        packed_x = te.compute((n, quads, h + top + bottom, w + left + right, GROUP), quad, name=QPACK_BLOCK)
+        (sh, sw), (dh, dw) = self.strides, self.dilation
+        rq, rk = te.reduce_axis((0, quads), "rq"), te.reduce_axis((0, GROUP), "rk")
+        ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
+        _, _, out_h, out_w = self.out_shape
+        acc = te.compute((n, blocks * LANES, out_h, out_w), lambda b, f, y, xx: te.sum(
+            packed_x[b, rq, y * sh + ry * dh, xx * sw + rx * dw, rk].astype("int32")
+            * w_t[f // LANES, rq, ry, rx, f % LANES, rk].astype("int32"), axis=[rq, ry, rx, rk]), name=QCONV_BLOCK)
+        if out_channels % LANES:
+            acc = te.compute(self.out_shape, lambda *index: acc[index], name=QCROP_BLOCK)
+        return [x, w_t, acc], packed, QCONV_BLOCK
+
+    def _pad(self, x):
+        """x padded with its zero point (the float rules' `slimcc_pad` block), or x when unpadded."""
+        ensure_tvm()
+        from tvm import te, tirx
+
+        top, left, bottom, right = self.pads
+        if not any(self.pads):
+            return x
+        n, c, h, w = self.in_shape
+
+        def value(b, ch, i, j):
+            inside = tirx.all(i >= top, i < top + h, j >= left, j < left + w)
+            return tirx.if_then_else(inside, x[b, ch, i - top, j - left], tirx.const(self.pad_value, "uint8"))
+
+        return te.compute((n, c, h + top + bottom, w + left + right), value, name=PAD_BLOCK)
+
+    def _conv(self, padded, w_t, fi: int):
+        """Regular/grouped conv on the [F/fi, Cg, KH, KW, fi] weight with int32 products."""
+        ensure_tvm()
+        from tvm import te
+
+        out_channels, group_channels, kh, kw = self.weight.shape
+        per_group = out_channels // self.groups
+        (sh, sw), (dh, dw) = self.strides, self.dilation
+        rc = te.reduce_axis((0, group_channels), "rc")
+        ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
+
+        def channel(f):
+            return rc if self.groups == 1 else f // per_group * group_channels + rc
+
+        return te.compute(self.out_shape, lambda n, f, y, x: te.sum(
+            padded[n, channel(f), y * sh + ry * dh, x * sw + rx * dw].astype("int32")
+            * w_t[f // fi, rc, ry, rx, f % fi].astype("int32"), axis=[rc, ry, rx]),
+            name=CONV_BLOCK if self.groups == 1 else GROUPED_CONV_BLOCK)
+
+    def _depthwise(self, padded, w_t):
+        """Depthwise conv (channel multiplier allowed) on the [F, KH, KW] weight with int32 products."""
+        ensure_tvm()
+        from tvm import te
+
+        out_channels, _, kh, kw = self.weight.shape
+        multiplier = out_channels // self.in_shape[1]
+        (sh, sw), (dh, dw) = self.strides, self.dilation
+        ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
+        return te.compute(self.out_shape, lambda n, f, y, x: te.sum(
+            padded[n, f // multiplier, y * sh + ry * dh, x * sw + rx * dw].astype("int32")
+            * w_t[f, ry, rx].astype("int32"), axis=[ry, rx]), name=DWCONV_BLOCK)
+
+
+def _ints(values) -> tuple[int, ...]:
+    """A TVM array attribute as a tuple of Python ints."""
+    return tuple(int(v) for v in values)
