@@ -14,7 +14,9 @@ from pathlib import Path
 
 from slimcc.errors import SlimccError
 from slimcc.ir.model import Model, first_line
+from slimcc.targets.schedules.isa import cpu_vector_for
 from slimcc.targets.target import TargetSpec
+from slimcc.targets.tune_seed import seed_database
 from slimcc.targets.tune_workers import index_pseudo_source_files, pooled_builder, torchless_workers
 from slimcc.targets.tvm_import import ensure_tvm
 
@@ -77,6 +79,8 @@ def tune_model(model: Model, spec: TargetSpec, trials: int, *, database_dir: str
 
     Kernels are tuned heaviest first (FLOPs x occurrences); with few trials only the heaviest
     get any, at least MIN_TRIALS_PER_TASK each, since a kernel measured once gains little.
+    Before searching, slimcc's own schedule of each chosen kernel is measured and committed as a
+    record (`tune_seed`), so the tuned build is never slower than the untuned one per kernel.
     Records are appended to `database_dir` (default: `default_database(model, spec)`); existing
     records are kept and extended. Returns {database, trials, tasks, records, ...}.
     """
@@ -111,18 +115,22 @@ def tune_model(model: Model, spec: TargetSpec, trials: int, *, database_dir: str
     per_task = trials_per_task or max(1, -(-trials // len(chosen)))
     before = record_count(db)
     bar = _progress_bar(trials, progress)
+    seeded: dict[str, float] = {}
     try:
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             chosen, work_dir=str(db), seed=seed, strategy=_search_strategy(ms),
             num_threads=spec.tvm.get("num-cores") or "physical")
+        database = ms.database.JSONDatabase(work_dir=str(db))
+        runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=_evaluator_config(ms))
         with torchless_workers():
             builder = pooled_builder(spec.tvm.get("num-cores") or 1, BUILD_TIMEOUT_S)
             try:
+                vector = cpu_vector_for(target)
+                if vector is not None:
+                    seeded = seed_database(database, chosen, target, vector, builder, runner)
                 ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(db), max_trials_global=trials,
                               max_trials_per_task=per_task, num_trials_per_iter=min(TRIALS_PER_BATCH, per_task),
-                              builder=builder,
-                              runner=ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S,
-                                                           evaluator_config=_evaluator_config(ms)),
+                              builder=builder, runner=runner, database=database,
                               measure_callbacks=ms.MeasureCallback.create("default") + [_progress_callback(bar)])
             finally:
                 builder.shutdown()
@@ -138,6 +146,7 @@ def tune_model(model: Model, spec: TargetSpec, trials: int, *, database_dir: str
     records = record_count(db)
     return {"database": str(db), "trials": trials, "trials_per_task": per_task, "tasks": len(chosen),
             "kernels": len(ranked), "tuned_task_names": [t.task_name for t in chosen],
+            "seeded_with_slimcc_schedules": seeded,
             "records": records, "new_records": records - before}
 
 

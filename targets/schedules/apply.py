@@ -21,6 +21,18 @@ SCHEDULED_ATTR = "tirx.is_scheduled"
 
 def schedule_kernel(func, vector: CpuVector):
     """(scheduled PrimFunc, rule name) for one kernel, or (None, None) when no slimcc rule applies."""
+    sch, rule = slimcc_schedule(func, vector)
+    if sch is None:
+        return None, None
+    return sch.mod["main"].with_attr(SCHEDULED_ATTR, True), rule
+
+
+def slimcc_schedule(func, vector: CpuVector):
+    """(Schedule with its trace, rule name) of the first slimcc rule that takes `func`, or (None, None).
+
+    `func` is a PrimFunc or an IRModule holding it as "main"; the trace replays on the same
+    kernel, which is how tuning commits slimcc's schedule as a measured record.
+    """
     ensure_tvm()
     from tvm import s_tir
 
@@ -30,7 +42,7 @@ def schedule_kernel(func, vector: CpuVector):
         sch = s_tir.Schedule(func)
         try:
             if rule(sch, vector):
-                return sch.mod["main"].with_attr(SCHEDULED_ATTR, True), name
+                return sch, name
         except Exception:  # ScheduleError, or the RuntimeError/ValueError tvm_ffi maps TVM errors to
             continue
     return None, None

@@ -7,6 +7,8 @@ It took 77 s (load average ~4) to 147 s (load ~6) on the shared 2-core machine: 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -31,6 +33,15 @@ def one_conv_model() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+def seeded_record_present(db, mean_seconds: float) -> bool:
+    """Whether the database holds a record timed at `mean_seconds` (slimcc's seeded schedule)."""
+    for line in (db / "database_tuning_record.json").read_text().splitlines():
+        run_secs = json.loads(line)[1][1]
+        if run_secs and abs(sum(run_secs) / len(run_secs) - mean_seconds) <= 1e-9 * max(1.0, mean_seconds):
+            return True
+    return False
+
+
 @pytest.mark.slow
 @pytest.mark.tuning
 def test_tuning_records_extend_and_are_applied_by_compile(x86, tmp_path):
@@ -38,7 +49,9 @@ def test_tuning_records_extend_and_are_applied_by_compile(x86, tmp_path):
     db = tmp_path / "db"
     first = tune_model(model, x86, trials=4, database_dir=db, progress=False)
     assert first["tasks"] == 1 and first["new_records"] == record_count(db) > 0
-    assert "conv2d" in first["tuned_task_names"][0]
+    assert "conv" in first["tuned_task_names"][0]
+    seeded = first["seeded_with_slimcc_schedules"]
+    assert list(seeded) == first["tuned_task_names"] and seeded_record_present(db, seeded[first["tuned_task_names"][0]])
     check_database(db)
 
     second = tune_model(model, x86, trials=4, database_dir=db, progress=False)
