@@ -19,7 +19,8 @@ from slimcc.passes.pattern import constant_value
 class LinearLayer:
     """One linear layer of the graph.
 
-    `node` is the Conv/Gemm/MatMul; `bias_node` the Add that carries a MatMul's bias (or None);
+    `node` is the Conv/Gemm/MatMul; `bias_node` the Add that carries a MatMul's bias (or None), right after
+    it or after the QuantizeLinear/DequantizeLinear pair of its output;
     `output` the tensor holding weight-times-input plus bias (the pre-activation).
     `reason` is set when the layer cannot be refitted (quantized weights, auto_pad...).
     """
@@ -84,7 +85,7 @@ class LinearLayer:
         if self.op in ("Conv", "Gemm"):
             return self.node.inputs[2] if len(self.node.inputs) > 2 and not self.node.inputs[2].is_empty() else None
         if self.bias_node is not None:
-            return next(t for t in self.bias_node.inputs if t is not self.node.outputs[0])
+            return next(t for t in self.bias_node.inputs if t is not _through_requantize(self.node.outputs[0]))
         return None
 
     def bias(self) -> np.ndarray:
@@ -202,18 +203,35 @@ def find_layers(graph: gs.Graph) -> list[LinearLayer]:
             layer.reason = f"auto_pad={node.attrs['auto_pad']} is not supported; run canonicalize first"
         elif node.op == "Gemm" and node.attrs.get("transA", 0):
             layer.reason = "Gemm with transA is not refitted"
-        elif node.op == "MatMul":
-            if weight.ndim != 2:
-                layer.reason = "MatMul weight is not a 2-D matrix"
-            consumers = list(node.outputs[0].outputs)
-            if len(consumers) == 1 and consumers[0].op == "Add":
-                other = [t for t in consumers[0].inputs if t is not node.outputs[0]]
-                value = constant_value(other[0]) if len(other) == 1 else None
-                if value is not None and value.size == weight.shape[-1] and value.reshape(-1).shape[0] == value.shape[-1]:
-                    layer.bias_node = consumers[0]
-                    layer.output = consumers[0].outputs[0]
+        elif node.op == "MatMul" and weight.ndim != 2:
+            layer.reason = "MatMul weight is not a 2-D matrix"
+        if node.op == "MatMul":
+            _attach_bias(layer, layer.weight_array().shape[-1])
         layers.append(layer)
     return layers
+
+
+def _attach_bias(layer: LinearLayer, channels: int) -> None:
+    """Make a MatMul's bias Add (a constant [channels] or [1, ..., channels] operand) part of the layer, also
+    when the Add reads the MatMul's output through a QuantizeLinear/DequantizeLinear pair (qdq-insert)."""
+    data = _through_requantize(layer.node.outputs[0])
+    consumers = list(data.outputs)
+    if len(consumers) == 1 and consumers[0].op == "Add":
+        other = [t for t in consumers[0].inputs if t is not data]
+        value = constant_value(other[0]) if len(other) == 1 else None
+        if value is not None and value.size == channels and value.reshape(-1).shape[0] == value.shape[-1]:
+            layer.bias_node = consumers[0]
+            layer.output = consumers[0].outputs[0]
+
+
+def _through_requantize(tensor: gs.Tensor) -> gs.Tensor:
+    """The DequantizeLinear output when `tensor` only feeds a QuantizeLinear -> DequantizeLinear pair (qdq-insert
+    quantizes a MatMul's output before its bias Add), else `tensor` itself."""
+    consumers = list(tensor.outputs)
+    if len(consumers) != 1 or consumers[0].op != "QuantizeLinear":
+        return tensor
+    after = list(consumers[0].outputs[0].outputs)
+    return after[0].outputs[0] if len(after) == 1 and after[0].op == "DequantizeLinear" else tensor
 
 
 def conv_geometry(node: gs.Node, kernel: tuple[int, int]) -> dict:
