@@ -77,21 +77,20 @@ class _Net:
         return outs
 
     # --- layers -----------------------------------------------------------------------------
-    def conv(self, x: T, cout: int, k: int | tuple[int, int], name: str, stride: int = 1, group: int = 1,
+    def conv(self, x: T, cout: int, k: int, name: str, stride: int = 1, group: int = 1,
              bias: bool = False) -> T:
-        """Square k x k conv padded by k // 2, or an unpadded (kh, kw) conv when k is a pair."""
         if x.c % group or cout % group:
             raise SlimccError(f"{name}: channels {x.c}->{cout} not divisible by group {group}")
-        (kh, kw), pad = (k, 0) if isinstance(k, tuple) else ((k, k), k // 2)
-        fan_in = (x.c // group) * kh * kw
-        w = self.rng.normal(0.0, math.sqrt(2.0 / fan_in), (cout, x.c // group, kh, kw)).astype(np.float32)
+        fan_in = (x.c // group) * k * k
+        w = self.rng.normal(0.0, math.sqrt(2.0 / fan_in), (cout, x.c // group, k, k)).astype(np.float32)
         inputs = [x.name, self.const(f"{name}.weight", w)]
         if bias:
             inputs.append(self.const(f"{name}.bias", self.rng.normal(0.0, 0.1, cout).astype(np.float32)))
-        (out,) = self.node("Conv", inputs, name, kernel_shape=[kh, kw], strides=[stride, stride],
+        pad = k // 2
+        (out,) = self.node("Conv", inputs, name, kernel_shape=[k, k], strides=[stride, stride],
                            pads=[pad] * 4, group=group, dilations=[1, 1])
-        size = lambda d, kd: (d + 2 * pad - kd) // stride + 1  # noqa: E731
-        return T(out, cout, size(x.h, kh), size(x.w, kw))
+        size = lambda d: (d + 2 * pad - k) // stride + 1  # noqa: E731
+        return T(out, cout, size(x.h), size(x.w))
 
     def bn(self, x: T, name: str, gamma_scale: float = 1.0) -> T:
         c = x.c
@@ -121,7 +120,7 @@ class _Net:
             raise SlimccError(f"unknown activation {kind!r}")
         return T(out, x.c, x.h, x.w)
 
-    def cba(self, x: T, cout: int, k: int | tuple[int, int], name: str, stride: int = 1, group: int = 1,
+    def cba(self, x: T, cout: int, k: int, name: str, stride: int = 1, group: int = 1,
             act: str = "relu", bias: bool = False, gamma_scale: float = 1.0) -> T:
         """Conv -> BatchNormalization -> activation."""
         y = self.conv(x, cout, k, f"{name}.conv", stride=stride, group=group, bias=bias)
@@ -508,15 +507,16 @@ def _transformer_block(net: _Net, x: str, steps: int, channels: int, heads: int,
 
 
 def build_attn_ctc(seed: int = 0, size: int = 32, width: int = 16, num_classes: int = 10) -> onnx.ModelProto:
-    """Attention text recognizer (SVTR-like): conv-bn-relu stages and max-pools, an unpadded (H, 1) conv-bn
-    reading the height down to 1, the columns read batch-first as [1, T = size/4, C = 2*width] by two pre-norm transformer blocks
+    """Attention text recognizer (SVTR-like): conv-bn-relu stages and max-pools, the height max-pooled to 1 and a
+    1x1 conv-bn embedding, the columns read batch-first as [1, T = size/4, C = 2*width] by two pre-norm transformer blocks
     (2-head self-attention, ReLU MLP, LayerNormalization), a final LayerNormalization and a linear CTC head
     (MatMul + bias Add) with a softmax over num_classes + 1 labels (the last is the blank):
     y is [1, T, num_classes + 1]."""
     net = _Net(seed, size)
     x = net.maxpool(net.cba(net.input, width, 3, "conv1"), "pool1")
     x = net.maxpool(net.cba(x, 2 * width, 3, "conv2"), "pool2")
-    col = net.cba(x, x.c, (x.h, 1), "embed", act="none")  # the height read by a conv: [1, C, 1, T]
+    (col,) = net.node("MaxPool", [x.name], "pool_height", kernel_shape=[x.h, 1], strides=[x.h, 1])  # [1, C, 1, T]
+    col = net.cba(T(col, x.c, 1, x.w), x.c, 1, "embed", act="none")  # zero-mean column features (measured BN)
     (seq,) = net.node("Squeeze", [col.name, net.const("squeeze.axes", np.array([2], np.int64))], "squeeze")
     (seq,) = net.node("Transpose", [seq], "batch_time_channel", perm=[0, 2, 1])  # [1, T, C]
     steps, channels, labels = col.w, col.c, num_classes + 1

@@ -20,7 +20,7 @@ from slimcc.models.data import image_names, zoo_inputs
 from slimcc.models.zoo import build
 
 # (options, largest relative error of the probabilities, smallest share of equal per-step argmax labels);
-# measured on this model: int8 0.019 / 0.96, pruned 0.096 / 0.90, both 0.098 / 0.89
+# measured on this model: int8 0.026 / 0.97, pruned 0.115 / 0.94, both 0.117 / 0.94
 CASES = [
     (["--int8"], 0.05, 0.9),
     (["--macs", "0.7"], 0.2, 0.8),
