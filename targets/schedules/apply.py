@@ -9,7 +9,7 @@ build facts say how many kernels each path took.
 from __future__ import annotations
 
 from slimcc.targets.schedules.conv import schedule_conv
-from slimcc.targets.schedules.depthwise import schedule_depthwise
+from slimcc.targets.schedules.depthwise import schedule_channel_depthwise, schedule_depthwise
 from slimcc.targets.schedules.elementwise import (inline_producers, is_reduction, root_blocks, schedule_flat,
                                                   schedule_pool)
 from slimcc.targets.schedules.int8_conv import schedule_int8_conv
@@ -37,7 +37,7 @@ def slimcc_schedule(func, vector: CpuVector):
     from tvm import s_tir
 
     rules = (("int8_conv", schedule_int8_conv), ("conv", schedule_conv), ("depthwise", schedule_depthwise),
-             ("elementwise", _elementwise))
+             ("depthwise_channels", schedule_channel_depthwise), ("elementwise", _elementwise))
     for name, rule in rules:
         sch = s_tir.Schedule(func)
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from slimcc.targets.schedules.epilogue import find_block, finish_tile, inline_epilogue
 from slimcc.targets.schedules.isa import CpuVector, largest_divisor
-from slimcc.targets.schedules.pack_weights import DWCONV_BLOCK
+from slimcc.targets.schedules.pack_weights import CHANNEL_DWCONV_BLOCK, CHANNEL_PAD_BLOCK, DWCONV_BLOCK
 
 
 def schedule_depthwise(sch, vector: CpuVector) -> bool:
@@ -29,4 +29,34 @@ def schedule_depthwise(sch, vector: CpuVector) -> bool:
     sch.reorder(n, f, yo, xo, ry, rx, yi, xv, xl)
     cache = sch.cache_write(conv, 0, "local")
     finish_tile(sch, conv, cache, tail, xo, xl, [xv, yi, rx], [n, f, yo], ry, vector)
+    return True
+
+
+def schedule_channel_depthwise(sch, vector: CpuVector) -> bool:
+    """Schedule the `slimcc_chdw` kernel: channel vectors, xb output columns per register tile.
+
+    The channel-blocked padded copy of the input is made per block of fi channels, just before
+    that block's outputs are computed, so it is still in cache when the taps read it.
+    """
+    conv = find_block(sch, CHANNEL_DWCONV_BLOCK)
+    if conv is None:
+        return False
+    block = sch.get(conv)
+    fi = int(block.reads[-1].source.shape[-1])
+    _, _, _, out_width = [int(d) for d in block.writes[0].source.shape]
+    xb = largest_divisor(out_width, vector.accumulators)
+
+    tail = inline_epilogue(sch, conv)
+    n, f, y, x, ry, rx = sch.get_loops(conv)
+    fo, fil = sch.split(f, [None, fi])
+    xo, xi = sch.split(x, [None, xb])
+    sch.reorder(n, fo, y, xo, ry, rx, xi, fil)
+    cache = sch.cache_write(conv, 0, "local")
+    sch.transform_layout(conv, ("write", 0), lambda a, b, c, d: (a, c, d, b))
+    pad = find_block(sch, CHANNEL_PAD_BLOCK)
+    finish_tile(sch, conv, cache, tail, xo, fil, [xi, rx], [n, fo], ry, vector)
+    sch.compute_at(pad, sch.get_loops(conv)[0])
+    copy = sch.decompose_padding(pad, sch.get_loops(pad)[1])
+    sch.vectorize(sch.get_loops(copy)[-1])
+    sch.vectorize(sch.get_loops(pad)[-1])
     return True

@@ -9,6 +9,9 @@ numpy at compile time so the schedule's vectors load it contiguously:
         out[n, f, y, x] = sum_{c, ry, rx} pad[n, g(f) * Cg + c, y*sh + ry*dh, x*sw + rx*dw]
                                           * Wp[f // fi, c, ry, rx, f % fi]
     depthwise (Cg == 1):     W[F, 1, KH, KW] -> W[F, KH, KW]                  (block `slimcc_dwconv`)
+                             vectors along the output row, at stride 1 on wide rows
+                        or   W[F, 1, KH, KW] -> Wp[F / fi, KH, KW, fi]         (block `slimcc_chdw`)
+                             channel vectors, on a [N, C / fi, H + pads, W + pads, fi] copy of the input
 
 fi is the widest vector width (lanes, lanes/2, lanes/4) dividing the channels of one group.
 A constant-weight conv2d_transpose becomes the direct conv of its zero-inserted input
@@ -30,7 +33,9 @@ from slimcc.targets.tvm_import import ensure_tvm
 CONV_BLOCK = "slimcc_conv"
 GROUPED_CONV_BLOCK = "slimcc_gconv"
 DWCONV_BLOCK = "slimcc_dwconv"
+CHANNEL_DWCONV_BLOCK = "slimcc_chdw"
 PAD_BLOCK = "slimcc_pad"
+CHANNEL_PAD_BLOCK = "slimcc_chpad"
 UNSET_DTYPES = ("", "None", "void")  # how TVM 0.27 prints an out_dtype left to follow the inputs
 
 
@@ -140,17 +145,23 @@ class _ConvCall:
 
         out_channels, group_channels, kh, kw = self.weight.shape
         x = te.placeholder(self.in_shape, "float32", "data")
-        padded = self._pad(x)
-        if group_channels == 1:
+        channel_fi = self.channel_vectors(vector)
+        if channel_fi > 1:
+            w_t = te.placeholder((out_channels // channel_fi, kh, kw, channel_fi), "float32", "weight")
+            out = self._channel_depthwise(x, w_t, channel_fi)
+            packed = self.weight.reshape(out_channels // channel_fi, channel_fi, kh, kw).transpose(0, 2, 3, 1)
+            name = CHANNEL_DWCONV_BLOCK
+        elif group_channels == 1:
             w_t = te.placeholder((out_channels, kh, kw), "float32", "weight")
-            out = self._depthwise(padded, w_t)
+            out = self._depthwise(self._pad(x), w_t)
             packed = self.weight.reshape(out_channels, kh, kw)
+            name = DWCONV_BLOCK
         else:
             fi = vector.vector_width_dividing(out_channels // self.groups)
             w_t = te.placeholder((out_channels // fi, group_channels, kh, kw, fi), "float32", "weight")
-            out = self._conv(padded, w_t, fi)
+            out = self._conv(self._pad(x), w_t, fi)
             packed = self.weight.reshape(out_channels // fi, fi, group_channels, kh, kw).transpose(0, 2, 3, 4, 1)
-        name = DWCONV_BLOCK if group_channels == 1 else CONV_BLOCK if self.groups == 1 else GROUPED_CONV_BLOCK
+            name = CONV_BLOCK if self.groups == 1 else GROUPED_CONV_BLOCK
         return call_te_kernel(builder, name, [x, w_t, out], [self.data, relax.const(np.ascontiguousarray(packed))])
 
     def _pad(self, x):
@@ -170,6 +181,40 @@ class _ConvCall:
             return tirx.if_then_else(inside, x[b, ch, i // zh, j // zw], tirx.const(0.0, "float32"))
 
         return te.compute((n, c, height + top + bottom, width + left + right), value, name=PAD_BLOCK)
+
+    def channel_vectors(self, vector: CpuVector) -> int:
+        """Channel-vector width for a depthwise conv, or 1 to keep vectors along the output row.
+
+        Rows vectorize well only at stride 1 on rows at least two vectors wide; strided or narrow
+        depthwise convs (MobileNet's downsampling and 14x14/7x7 stages) run on channel vectors,
+        reading a channel-blocked copy of the padded input.
+        """
+        out_channels, group_channels = self.weight.shape[:2]
+        if group_channels != 1 or out_channels != self.in_shape[1]:
+            return 1
+        fi = vector.vector_width_dividing(out_channels)
+        rows_vectorize = self.strides == (1, 1) and self.out_shape[3] >= 2 * vector.lanes
+        return 1 if rows_vectorize or fi < vector.lanes // 2 else fi
+
+    def _channel_depthwise(self, x, w_t, fi: int):
+        """Depthwise conv on a [N, C/fi, H+pads, W+pads, fi] copy of the padded input."""
+        ensure_tvm()
+        from tvm import te, tirx
+
+        n, channels, h, w = self.in_shape
+        top, left, bottom, right = self.pads
+        _, _, kh, kw = self.weight.shape
+        (sh, sw), (dh, dw) = self.strides, self.dilation
+
+        def value(b, cb, i, j, ci):
+            inside = tirx.all(i >= top, i < h + top, j >= left, j < w + left)
+            return tirx.if_then_else(inside, x[b, cb * fi + ci, i - top, j - left], tirx.const(0.0, "float32"))
+
+        blocked = te.compute((n, channels // fi, h + top + bottom, w + left + right, fi), value, name=CHANNEL_PAD_BLOCK)
+        ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
+        return te.compute(self.out_shape, lambda b, f, y, x_: te.sum(
+            blocked[b, f // fi, y * sh + ry * dh, x_ * sw + rx * dw, f % fi] * w_t[f // fi, ry, rx, f % fi],
+            axis=[ry, rx]), name=CHANNEL_DWCONV_BLOCK)
 
     def _conv(self, padded, w_t, fi: int):
         ensure_tvm()
