@@ -13,7 +13,8 @@ bench/quant.py with calibration on real images, tuned with the same --trials). W
 real integer kernels is read from the int8 build info (`int8_lowered`: integer conv2d/matmul
 count; 0 or absent means fake quantization in float). onnxruntime runs with all graph
 optimizations and --threads threads. Latencies are medians over --repeat runs, interleaved
-(ort, untuned, tuned, int8 untuned, int8 tuned, ort, ...) so machine noise hits every engine alike. Outputs are
+(ort, ort int8, untuned, tuned, int8 untuned, int8 tuned, ort, ...) so machine noise hits every engine alike;
+`onnxruntime_int8` is onnxruntime on the same QDQ model the int8 builds compile. Outputs are
 checked against onnxruntime (fp32 builds vs the fp32 model, the int8 build vs the QDQ model).
 The JSON is rewritten after each model, so an interrupted run keeps finished models.
 """
@@ -121,13 +122,17 @@ def measure(name: str, args, workdir: Path, quant) -> dict:
     reference = run_onnxruntime(model, feeds, session=session)
     errors = {key: compare_outputs(reference, art.run(feeds)).max_rel for key, art in artifacts.items()}
 
+    qdq_session = None
     try:
         if args.no_int8:
             raise _SkipInt8
         quantized, pipeline = int8_model(name, model, calib, quant)
         qdq_reference = run_onnxruntime(quantized, feeds)
+        qdq_session = make_session(quantized, optimize=True, threads=args.threads)
         manifest = compile_model(quantized, spec, workdir / f"{name}-int8-untuned")
-        result["int8_untuned"] = {"pipeline": pipeline, "build": {k: v for k, v in manifest.build.items() if "int8" in k}}
+        result["int8_untuned"] = {"pipeline": pipeline, "build": {k: v for k, v in manifest.build.items() if "int8" in k},
+                                  "schedules": {"slimcc": manifest.build.get("slimcc_schedules"),
+                                                "unscheduled": manifest.build.get("unscheduled_kernels")}}
         artifacts["tvm_int8_untuned"] = load_artifact(workdir / f"{name}-int8-untuned")
         if args.trials:
             result["int8_tuned"] = {"pipeline": pipeline,
@@ -142,6 +147,8 @@ def measure(name: str, args, workdir: Path, quant) -> dict:
         pass
 
     engines = {"onnxruntime": lambda f: session.run(None, f)}
+    if qdq_session is not None:  # onnxruntime on the same QDQ model as the int8 builds (its QLinear kernels)
+        engines["onnxruntime_int8"] = lambda f: qdq_session.run(None, f)
     engines.update({key: (lambda f, art=art: art.time(f, repeat=1, warmup=0)) for key, art in artifacts.items()})
     ms = interleaved(engines, {key: feeds for key in engines}, args.repeat)
     result["latency_ms"] = ms
@@ -151,6 +158,8 @@ def measure(name: str, args, workdir: Path, quant) -> dict:
         result["tuned_speedup_over_untuned"] = round(ms["tvm_untuned"] / ms["tvm_tuned"], 2)
     if "tvm_int8_untuned" in ms:
         result["int8_speedup_over_fp32_untuned"] = round(ms["tvm_untuned"] / ms["tvm_int8_untuned"], 2)
+        if "onnxruntime_int8" in ms:
+            result["int8_untuned_speedup_over_ort_int8"] = round(ms["onnxruntime_int8"] / ms["tvm_int8_untuned"], 2)
     if "tvm_int8_tuned" in ms:
         result["int8_speedup_over_fp32_tuned"] = round(ms["tvm_tuned"] / ms["tvm_int8_tuned"], 2)
     result["max_rel_error_vs_ort"] = errors

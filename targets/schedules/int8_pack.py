@@ -6,7 +6,8 @@ naive loops over OIHW. This rewrite replaces it, when the weight is a constant, 
 of slimcc's own TE conv with the padding folded in and the weight re-laid out by numpy:
 
     VNNI (u8 x s8, groups == 1, target with avx512vnni), block `slimcc_qconv`:
-        quads[n, c4, h, w, k] = pad(x)[n, 4*c4 + k, h, w]        (`slimcc_qpack`, zx outside, C padded to 4)
+        quads[n, c4, h, w, k] = pad(x)[n, 4*c4 + k, h, w]        (`slimcc_qpack`, zx outside, C padded to 4;
+                                                                  a strided 1x1 conv packs only the pixels it reads)
         W[F, C, KH, KW] -> Wq[F/16, C/4, KH, KW, 16, 4]         (zero weights pad F to 16, C to 4)
         acc[n, f, y, x] = sum_{c4, ry, rx, k} quads[n, c4, y*sh + ry*dh, x*sw + rx*dw, k]
                                               * Wq[f // 16, c4, ry, rx, f % 16, k]
@@ -160,21 +161,26 @@ class _IntConv:
         w_t = te.placeholder(packed.shape, "int8", "weight")
 
         n, _, h, w = self.in_shape
+        _, _, out_h, out_w = self.out_shape
         top, left, bottom, right = self.pads
+        (sh, sw), (dh, dw) = self.strides, self.dilation
+        if kh == kw == 1:  # a strided 1x1 conv reads only every s-th pixel: pack just those
+            (ph, pw), (sh, sw) = (sh, sw), (1, 1)
+            extent = (out_h, out_w)
+        else:
+            (ph, pw), extent = (1, 1), (h + top + bottom, w + left + right)
 
         def quad(b, q, i, j, k):
-            c, i, j = q * GROUP + k, i - top, j - left
+            c, i, j = q * GROUP + k, i * ph - top, j * pw - left
             inside = ([i >= 0, i < h, j >= 0, j < w] if any(self.pads) else []) + \
                 ([c < channels] if channels % GROUP else [])
             if not inside:
                 return x[b, c, i, j]
             return tirx.if_then_else(tirx.all(*inside), x[b, c, i, j], tirx.const(self.pad_value, "uint8"))
 
-        packed_x = te.compute((n, quads, h + top + bottom, w + left + right, GROUP), quad, name=QPACK_BLOCK)
-        (sh, sw), (dh, dw) = self.strides, self.dilation
+        packed_x = te.compute((n, quads, *extent, GROUP), quad, name=QPACK_BLOCK)
         rq, rk = te.reduce_axis((0, quads), "rq"), te.reduce_axis((0, GROUP), "rk")
         ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
-        _, _, out_h, out_w = self.out_shape
         acc = te.compute((n, blocks * LANES, out_h, out_w), lambda b, f, y, xx: te.sum(
             packed_x[b, rq, y * sh + ry * dh, xx * sw + rx * dw, rk].astype("int32")
             * w_t[f // LANES, rq, ry, rx, f % LANES, rk].astype("int32"), axis=[rq, ry, rx, rk]), name=QCONV_BLOCK)

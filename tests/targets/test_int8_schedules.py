@@ -1,0 +1,142 @@
+"""slimcc's int8 conv kernels on x86 (targets/schedules/int8_pack.py, int8_conv.py, vnni.py): bit-exact
+with the numpy integer reference in every layer form, VNNI instructions where the target has them,
+and an int8 zoo model end to end."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slimcc.passes.quant import intref
+from slimcc.passes.quant.qdq_insert import QDQInsert
+from slimcc.ir.verify import run_onnxruntime
+from slimcc.targets.build import compile_pipeline
+from slimcc.targets.compiler import compile_model
+from slimcc.targets.relax_import import prepare_for_build, to_relax
+from slimcc.targets.runner import load_artifact
+from slimcc.targets.schedules.isa import target_has_feature
+from slimcc.targets.target import make_target
+from slimcc.targets.tvm_import import ensure_tvm
+
+from test_int8_relax import _clamp, _one_step_bound, _qdq_layer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "passes" / "quant"))
+from quant_helpers import calib_context, canonical_zoo  # noqa: E402
+
+HOST = make_target("x86", num_cores=1)
+HOST_VNNI = target_has_feature(HOST.to_tvm(), "avx512vnni")
+NO_VNNI_CPU = "skylake-avx512"  # AVX-512 without VNNI: runs on any AVX-512 host, takes the exact int32 path
+needs_vnni = pytest.mark.skipif(not HOST_VNNI, reason="this CPU has no AVX512-VNNI")
+
+CASES = {  # cin, cout, group, (h, w), kernel, strides, pads (top, left, bottom, right), dilations, act, rule
+    "1x1": (64, 64, 1, (14, 14), (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), None, "int8_conv"),
+    "1x1-strided": (32, 64, 1, (15, 14), (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), "Relu", "int8_conv"),
+    "3x3-strided-asym-pad": (32, 48, 1, (15, 13), (3, 3), (2, 2), (1, 0, 2, 1), (1, 1), None, "int8_conv"),
+    "cin-5-cout-7": (5, 7, 1, (11, 9), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), "Relu", "int8_conv"),
+    "cout-20-dilated-clip": (12, 20, 1, (10, 12), (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), "Clip", "int8_conv"),
+    "grouped": (16, 32, 4, (12, 12), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), None, "conv"),
+    "depthwise-strided": (24, 24, 24, (15, 15), (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), "Relu", "depthwise"),
+}
+
+
+def _layer(case: str):
+    """(QDQ model, u8 input, expected u8 output from intref) for one CASES entry."""
+    cin, cout, group, hw, kernel, strides, pads, dilations, act, _ = CASES[case]
+    rng = np.random.default_rng(11)
+    w_q = rng.integers(-127, 128, (cout, cin // group, *kernel)).astype(np.int8)
+    fan_in = cin // group * kernel[0] * kernel[1]
+    w_s = (rng.uniform(0.002, 0.02, cout) * 3 / np.sqrt(fan_in)).astype(np.float32)  # outputs span the u8 range
+    bias = rng.integers(-3000, 3000, cout).astype(np.int32)
+    model, (x_s, x_z, y_s, y_z) = _qdq_layer(
+        "Conv", (1, cin, *hw), w_q, w_s, bias, w_axis=0, act=act, strides=list(strides), pads=list(pads),
+        dilations=list(dilations), group=group)
+    x = rng.integers(0, 256, (1, cin, *hw)).astype(np.uint8)
+    want = intref.qlinear_conv(x, x_s, x_z, w_q, w_s, 0, y_s, y_z, bias, strides=strides, pads=pads,
+                               dilations=dilations, group=group)
+    return model, x, _clamp(want, act, y_s, y_z)
+
+
+def _build(model, spec):
+    """(Relax executable, build facts) of `model` through slimcc's x86 pipeline, in process."""
+    tvm = ensure_tvm()
+    target = spec.to_tvm()
+    facts: dict = {}
+    mod = prepare_for_build(to_relax(model), target, facts)
+    return tvm.compile(mod, target=target, relax_pipeline=compile_pipeline(target, None, facts)), facts
+
+
+def _run(executable, x: np.ndarray) -> np.ndarray:
+    tvm = ensure_tvm()
+    from tvm import relax
+
+    return relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+
+
+def _assembly(executable) -> str:
+    return "\n".join(m.inspect_source("asm") for m in executable.mod.imports if m.kind == "llvm")
+
+
+@needs_vnni
+@pytest.mark.parametrize("case", list(CASES))
+def test_int8_conv_forms_are_bit_exact_with_vnni(case):
+    model, x, want = _layer(case)
+    executable, facts = _build(model, HOST)
+    assert facts["slimcc_schedules"] == {CASES[case][-1]: 1}, facts
+    got = _run(executable, x)
+    assert got.dtype == np.uint8 and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+    assert len(np.unique(want)) > 20  # not a saturated, trivially equal output
+    assert ("vpdpbusd" in _assembly(executable)) == (CASES[case][-1] == "int8_conv")
+
+
+@pytest.mark.parametrize("case", ["3x3-strided-asym-pad", "cin-5-cout-7", "grouped", "depthwise-strided"])
+def test_int8_convs_without_vnni_take_the_exact_int32_path(case):
+    model, x, want = _layer(case)
+    executable, facts = _build(model, make_target("x86", mcpu=NO_VNNI_CPU, num_cores=1))
+    rule = "depthwise" if CASES[case][-1] == "depthwise" else "conv"
+    assert facts["slimcc_schedules"] == {rule: 1}, facts
+    assert "vpdpbusd" not in _assembly(executable) and "vpmaddubsw" not in _assembly(executable)
+    np.testing.assert_array_equal(_run(executable, x), want)
+
+
+@needs_vnni
+@pytest.mark.parametrize("form", ["gemm-transB", "matmul-clip"])
+def test_batch1_integer_matmul_runs_as_a_vnni_1x1_conv(form):
+    rng = np.random.default_rng(5)
+    k, n = 75, 40
+    w_kn = rng.integers(-127, 128, (k, n)).astype(np.int8)
+    w_s = rng.uniform(0.0005, 0.004, n).astype(np.float32)
+    x = rng.integers(0, 256, (1, k)).astype(np.uint8)
+    if form == "gemm-transB":
+        bias = rng.integers(-3000, 3000, n).astype(np.int32)
+        model, (x_s, x_z, y_s, y_z) = _qdq_layer("Gemm", x.shape, np.ascontiguousarray(w_kn.T), w_s, bias,
+                                                 w_axis=0, transB=1)
+        acc = (x.astype(np.int64) - int(x_z)) @ w_kn.astype(np.int64) + bias
+        want = intref.requantize(acc, (np.float32(x_s) * w_s / np.float32(y_s)).astype(np.float32), int(y_z))
+    else:
+        model, (x_s, x_z, y_s, y_z) = _qdq_layer("MatMul", x.shape, w_kn, w_s, None, w_axis=1, act="Clip")
+        want = _clamp(intref.qlinear_matmul(x, x_s, x_z, w_kn, w_s, np.zeros(n, np.int8), y_s, y_z), "Clip",
+                      y_s, y_z)
+    executable, facts = _build(model, HOST)
+    assert facts["slimcc_schedules"].get("int8_conv") == 1, facts
+    np.testing.assert_array_equal(_run(executable, x), want)
+    assert len(np.unique(want)) > 5
+
+
+@needs_vnni
+def test_quantized_zoo_resnet_runs_every_integer_conv_on_vnni_and_matches_onnxruntime(tmp_path):
+    model = canonical_zoo("resnet-basic")
+    ctx, held_out = calib_context()
+    layers = QDQInsert().run(model, ctx).stats["quantized_layers"]
+    manifest = compile_model(model, HOST, tmp_path / "art", isolate=False)
+    assert manifest.build["int8_lowered"] == layers
+    assert manifest.build["slimcc_schedules"]["int8_conv"] == layers, manifest.build
+    assert manifest.build["unscheduled_kernels"] == []
+    artifact, bound = load_artifact(tmp_path / "art"), _one_step_bound(model)
+    for feeds in held_out:
+        got, want = artifact.run(feeds)["y"], run_onnxruntime(model, feeds)["y"]
+        assert np.abs(got - want).max() <= bound  # one step at most, at rounding ties of float Q/DQ
+        assert got.argmax() == want.argmax()
