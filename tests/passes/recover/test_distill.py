@@ -31,6 +31,22 @@ def test_boundaries_of_a_pruned_model_carry_the_kept_channels():
         assert kept is not None and len(kept) == shapes[name][1] and np.all(np.diff(kept) > 0)
 
 
+def test_pruned_matmuls_over_sequences_are_compared_on_their_last_axis(monkeypatch):
+    """attn-ctc's MLP hidden layers (MatMul on [1, T, C]) lose channels on the last axis; their teacher
+    counterparts are selected along that axis (axis 1 would have dropped them as unmatched shapes)."""
+    from slimcc.passes.recover import distill
+
+    monkeypatch.setattr(distill, "MAX_BOUNDARIES", 1000)  # every candidate, not 8 spread over depth
+    reference = canonical_zoo("attn-ctc")
+    model = reference.copy()
+    PruneChannels(ratio=0.5).run(model)
+    shapes = {t.name: t.shape for t in model.graph.tensors().values()}
+    pruned = {name: (kept, axis) for name, kept, axis in match_boundaries(model, reference) if kept is not None}
+    for block in ("block0", "block1"):
+        kept, axis = pruned[f"{block}.mlp.fc1.bias_add_out"]
+        assert axis == 2 and len(kept) == shapes[f"{block}.mlp.fc1.bias_add_out"][2] < 64
+
+
 def test_distill_brings_the_pruned_student_closer_and_writes_weights_back():
     reference = canonical_zoo("resnet-basic")
     model = reference.copy()
