@@ -149,3 +149,33 @@ def test_analysis_is_json_data():
     assert data["prunable_groups"] == 1
     assert sum(g["prunable"] for g in data["groups"]) == 1
     assert any(g["blocked"] == ["graph input"] for g in data["groups"])
+
+
+def test_transformer_mlp_behind_a_layernorm_is_prunable_on_the_last_axis():
+    """[1, C, T] columns transposed to [1, T, C] (as after a conv stem): LayerNorm blocks the C of the residual
+    stream, but its output's space starts on the last axis, so the MLP hidden layer (MatMul -> bias Add ->
+    Relu -> MatMul) stays prunable."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    steps, c, hidden = 5, 4, 6
+    inits = {"g": rng.uniform(0.5, 1.5, c), "be": rng.normal(0, 0.1, c), "w1": rng.normal(0, 0.5, (c, hidden)),
+             "b1": rng.normal(0, 0.1, hidden), "w2": rng.normal(0, 0.5, (hidden, c))}
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], name="time_first", perm=[0, 2, 1]),
+             helper.make_node("LayerNormalization", ["t", "g", "be"], ["n"], name="ln", axis=-1),
+             helper.make_node("MatMul", ["n", "w1"], ["h"], name="fc1"),
+             helper.make_node("Add", ["h", "b1"], ["hb"], name="fc1_bias"),
+             helper.make_node("Relu", ["hb"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, steps])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, steps, c])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model, an = _analyze(proto)
+    assert an.spaces["n"].axis == 2 and an.spaces["h"].axis == 2
+    (group,) = an.prunable_groups()
+    assert {an.spaces[t].axis for t in ("h", "hb", "r")} == {2}
+    assert len(group.components) == hidden
+    assert any("LayerNormalization" in r for g in an.groups for r in g.blocked)
+    report, unmasked, _ = check_mask_equivalence(model, seed=2)
+    assert unmasked.max_rel > 1e-3  # channels were really removed, and the pruned model equals the masked one
