@@ -8,7 +8,7 @@ build facts say how many kernels each path took.
 
 from __future__ import annotations
 
-from slimcc.targets.schedules.conv import schedule_conv
+from slimcc.targets.schedules.conv import schedule_conv, schedule_pointwise
 from slimcc.targets.schedules.depthwise import schedule_channel_depthwise, schedule_depthwise
 from slimcc.targets.schedules.elementwise import (inline_producers, is_reduction, root_blocks, schedule_flat,
                                                   schedule_pool)
@@ -36,8 +36,9 @@ def slimcc_schedule(func, vector: CpuVector):
     ensure_tvm()
     from tvm import s_tir
 
-    rules = (("int8_conv", schedule_int8_conv), ("conv", schedule_conv), ("depthwise", schedule_depthwise),
-             ("depthwise_channels", schedule_channel_depthwise), ("elementwise", _elementwise))
+    rules = (("int8_conv", schedule_int8_conv), ("pointwise", schedule_pointwise), ("conv", schedule_conv),
+             ("depthwise", schedule_depthwise), ("depthwise_channels", schedule_channel_depthwise),
+             ("elementwise", _elementwise))
     for name, rule in rules:
         sch = s_tir.Schedule(func)
         try:

@@ -21,6 +21,8 @@ from slimcc.targets.schedules.epilogue import find_block, finish_tile, inline_ep
 from slimcc.targets.schedules.isa import CpuVector, largest_divisor
 from slimcc.targets.schedules.pack_weights import CONV_BLOCK, GROUPED_CONV_BLOCK
 
+POINTWISE_CHANNELS = 4  # output channels per 1x1 tile: 4 broadcasts feed 4 x pv FMAs
+
 
 def conv_tile(fi: int, out_channels: int, out_width: int, vector: CpuVector, grouped: bool) -> tuple[int, int]:
     """(fb, xb): output-channel vectors and output columns per register tile.
@@ -75,3 +77,49 @@ def _split_row_vectors(sch, conv, out_channels: int, out_width: int, vector: Cpu
     xo, xi, xl = sch.split(x, [None, 1, width])
     sch.reorder(n, fo, y, xo, rc, ry, rx, fbl, xi, xl)
     return fo, fbl, xo, xi, xl
+
+
+def _is_pointwise(block) -> bool:
+    """A 1x1, stride-1, unpadded conv: its input and output planes are the same size."""
+    data, weight = block.reads[0].source, block.reads[-1].source
+    kh, kw = [int(d) for d in weight.shape[2:4]]
+    return (kh, kw) == (1, 1) and [int(d) for d in data.shape[2:]] == [int(d) for d in block.writes[0].source.shape[2:]]
+
+
+def _spatial_vector_width(block, vector: CpuVector) -> int:
+    _, _, height, width = [int(d) for d in block.writes[0].source.shape]
+    return vector.vector_width_dividing(height * width)
+
+
+def schedule_pointwise(sch, vector: CpuVector) -> bool:
+    """A 1x1, stride-1 conv as the matrix product out[F, H*W] = W[F, C] @ x[C, H*W] on NCHW activations.
+
+    Vectors run along the flattened plane (the conv, its accumulators and its epilogue iterate
+    over H*W), so input loads and output stores are contiguous and the write-back needs no
+    transpose; each tile holds fb output channels x pv vectors, and the weights are broadcast
+    (fb consecutive channels of one packed [.., C, 1, 1, fi] row). False when the kernel has no
+    such conv, or its plane is not a multiple of half a vector (14x14, 7x7: the channel-vector
+    tiling of `schedule_conv` takes those).
+    """
+    conv = find_block(sch, CONV_BLOCK)
+    if conv is None or not _is_pointwise(sch.get(conv)) or _spatial_vector_width(sch.get(conv), vector) < vector.lanes // 2:
+        return False
+    tail = inline_epilogue(sch, conv)
+    block = sch.get(conv)
+    _, out_channels, height, width = [int(d) for d in block.writes[0].source.shape]
+    fi = int(block.reads[-1].source.shape[-1])
+    lanes = _spatial_vector_width(block, vector)
+    fb = largest_divisor(fi, POINTWISE_CHANNELS) if fi > 1 else largest_divisor(out_channels, POINTWISE_CHANNELS)
+    pv = largest_divisor(height * width // lanes, max(1, vector.accumulators // fb))
+    plane = height * width
+    cache = sch.cache_write(conv, 0, "local")
+    sch.transform_layout(conv, ("write", 0), lambda a, b, c, d: (a, b, c * width + d))
+    for stage in [cache, *tail]:
+        sch.transform_block_layout(stage, lambda a, b, c, d: (a, b, c * width + d))
+    sch.transform_block_layout(conv, lambda a, b, c, d, e, g, h: (a, b, c * width + d, e, g, h))
+    n, f, p, rc, ry, rx = sch.get_loops(conv)
+    po, pvl, pl = sch.split(p, [None, pv, lanes])
+    fo, fbl = sch.split(f, [None, fb])
+    sch.reorder(n, po, fo, rc, ry, rx, fbl, pvl, pl)
+    finish_tile(sch, conv, cache, tail, fo, pl, [fbl, pvl], [n, po], rc, vector)
+    return True

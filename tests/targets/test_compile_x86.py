@@ -18,9 +18,10 @@ KNOWN_UNSCHEDULED = {"attn-ctc": {"layer_norm"}}
 
 
 def assert_scheduled_by_slimcc(manifest, known: set[str] = frozenset()) -> None:
-    """Every conv runs slimcc's packed conv schedule; only softmax kernels (kept naive on purpose; a second
+    """Convs run slimcc's packed conv schedules; only softmax kernels (kept naive on purpose; a second
     softmax shape is `softmax1`) and the `known` gaps are unscheduled."""
-    assert manifest.build["slimcc_schedules"].get("conv", 0) > 0, manifest.build
+    rules = manifest.build["slimcc_schedules"]
+    assert rules.get("conv", 0) + rules.get("pointwise", 0) > 0, manifest.build
     unscheduled = {k for k in manifest.build["unscheduled_kernels"] if k.rstrip("0123456789") != "softmax"}
     assert unscheduled <= set(known), manifest.build
 
