@@ -76,7 +76,8 @@ def schedule_pad(sch, vector) -> None:
         sch.parallel(outer)
     try:
         copy = sch.decompose_padding(pad, sch.get_loops(pad)[-2])
-    except ScheduleError:
+    except ScheduleError:  # no padding: a strided subsample copy
+        vectorize_innermost(sch, pad)
         return
     vectorize_innermost(sch, copy)
     vectorize_innermost(sch, pad)

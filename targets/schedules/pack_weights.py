@@ -159,7 +159,8 @@ class _ConvCall:
         else:
             fi = vector.vector_width_dividing(out_channels // self.groups)
             w_t = te.placeholder((out_channels // fi, group_channels, kh, kw, fi), "float32", "weight")
-            out = self._conv(self._pad(x), w_t, fi)
+            conv, data = self._input_plane(x)
+            out = conv._conv(data, w_t, fi)
             packed = self.weight.reshape(out_channels // fi, fi, group_channels, kh, kw).transpose(0, 2, 3, 4, 1)
             name = CONV_BLOCK if self.groups == 1 else GROUPED_CONV_BLOCK
         return call_te_kernel(builder, name, [x, w_t, out], [self.data, relax.const(np.ascontiguousarray(packed))])
@@ -181,6 +182,20 @@ class _ConvCall:
             return tirx.if_then_else(inside, x[b, ch, i // zh, j // zw], tirx.const(0.0, "float32"))
 
         return te.compute((n, c, height + top + bottom, width + left + right), value, name=PAD_BLOCK)
+
+    def _input_plane(self, x):
+        """(conv, the tensor it reads): the padded input, or for an unpadded strided 1x1 conv the
+        stride-1 conv on a copy of the pixels it reads (every sh-th row, sw-th column), so that
+        it runs as a plain matrix product over the plane (`conv.schedule_pointwise`)."""
+        ensure_tvm()
+        from tvm import te
+
+        kh, kw = self.weight.shape[2:]
+        if (kh, kw) != (1, 1) or self.strides == (1, 1) or any(self.pads) or self.zero_insert != (1, 1):
+            return self, self._pad(x)
+        (n, c), (out_h, out_w), (sh, sw) = self.in_shape[:2], self.out_shape[2:], self.strides
+        subsampled = te.compute((n, c, out_h, out_w), lambda b, ch, i, j: x[b, ch, i * sh, j * sw], name=PAD_BLOCK)
+        return replace(self, strides=(1, 1)), subsampled
 
     def channel_vectors(self, vector: CpuVector) -> int:
         """Channel-vector width for a depthwise conv, or 1 to keep vectors along the output row.

@@ -43,6 +43,7 @@ CONV_CASES = {
     "1x1-half-vector": ((1, 16, 14, 14), (24, 16, 1, 1), {}, "conv"),
     "1x1-plane-vectors": ((1, 24, 8, 12), (40, 24, 1, 1), {}, "pointwise"),
     "1x1-three-output-channels": ((1, 8, 8, 8), (3, 8, 1, 1), {}, "pointwise"),
+    "1x1-strided": ((1, 16, 16, 17), (32, 16, 1, 1), {"strides": [2, 2]}, "pointwise"),
     "strided-asymmetric-pad": ((1, 8, 17, 17), (16, 8, 3, 3), {"strides": [2, 2], "pads": [0, 1, 1, 0]}, "conv"),
     "dilated": ((1, 8, 16, 16), (16, 8, 3, 3), {"dilations": [2, 2], "pads": [2, 2, 2, 2]}, "conv"),
     "grouped": ((1, 16, 12, 12), (32, 4, 3, 3), {"group": 4, "pads": [1, 1, 1, 1]}, "conv"),
