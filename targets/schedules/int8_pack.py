@@ -16,7 +16,8 @@ of slimcc's own TE conv with the padding folded in and the weight re-laid out by
     Otherwise (grouped, depthwise, or no VNNI): the layouts and block names of the float packed conv
     (schedules/pack_weights.py) with int32 products, scheduled by the float rules:
         W -> Wp[F / fi, Cg, KH, KW, fi] (`slimcc_conv` / `slimcc_gconv`), W[F, 1, KH, KW] -> W[F, KH, KW]
-        (`slimcc_dwconv`), padding with zx in `slimcc_pad`.
+        (`slimcc_dwconv`) or, where the float rules pick channel vectors (strided or narrow depthwise),
+        W[C/fi, KH, KW, fi] on a channel-blocked copy of the input (`slimcc_chdw`); padding with zx.
 
 Integer arithmetic, same products: bit-exact with the legalized conv2d. Shapes outside these forms
 (dynamic, non-NCHW, a pad that is not a constant spatial pad) keep TVM's conv2d.
@@ -30,7 +31,8 @@ import numpy as np
 
 from slimcc.targets.relax_values import constant_array, static_shape, tensor_dtype
 from slimcc.targets.schedules.isa import CpuVector
-from slimcc.targets.schedules.pack_weights import CONV_BLOCK, DWCONV_BLOCK, GROUPED_CONV_BLOCK, PAD_BLOCK
+from slimcc.targets.schedules.pack_weights import (CHANNEL_DWCONV_BLOCK, CHANNEL_PAD_BLOCK, CONV_BLOCK,
+                                                   DWCONV_BLOCK, GROUPED_CONV_BLOCK, PAD_BLOCK, _ConvCall, _ints)
 from slimcc.targets.schedules.vnni import GROUP, LANES
 from slimcc.targets.te_kernels import call_te_kernel
 from slimcc.targets.tvm_import import ensure_tvm
@@ -62,7 +64,10 @@ def pack_int8_convs(mod, vector: CpuVector, vnni: bool):
                 layer = _IntConv.read(call, matches[data], matches.get(pad))
             if layer is None:
                 return call
-            out = layer.packed_call(builder, vector, vnni)
+            try:
+                out = layer.packed_call(builder, vector, vnni)
+            except Exception:  # a TVM error building the kernel: this layer keeps TVM's integer conv2d
+                return call
             return relax.op.reshape(out, static_shape(call)) if call.op.name == "relax.matmul" else out
 
         for gvar, func in list(mod.functions.items()):
@@ -136,6 +141,11 @@ class _IntConv:
         x = te.placeholder(self.in_shape, "uint8", "data")
         if vnni and self.groups == 1:
             tensors, packed, name = self._vnni(x)
+        elif group_channels == 1 and self._channel_vectors(vector) > 1:
+            fi = self._channel_vectors(vector)
+            w_t = te.placeholder((out_channels // fi, kh, kw, fi), "int8", "weight")
+            tensors, name = [x, w_t, self._channel_depthwise(x, w_t, fi)], CHANNEL_DWCONV_BLOCK
+            packed = self.weight.reshape(out_channels // fi, fi, kh, kw).transpose(0, 2, 3, 1)
         elif group_channels == 1:
             w_t = te.placeholder((out_channels, kh, kw), "int8", "weight")
             tensors, packed, name = [x, w_t, self._depthwise(self._pad(x), w_t)], \
@@ -188,6 +198,33 @@ class _IntConv:
             acc = te.compute(self.out_shape, lambda *index: acc[index], name=QCROP_BLOCK)
         return [x, w_t, acc], packed, QCONV_BLOCK
 
+    def _channel_vectors(self, vector: CpuVector) -> int:
+        """The float rules' choice for this depthwise conv: channel-vector width, or 1 for row vectors."""
+        return _ConvCall(self.data, self.weight, self.in_shape, self.out_shape, strides=self.strides,
+                         dilation=self.dilation, pads=self.pads, groups=self.groups).channel_vectors(vector)
+
+    def _channel_depthwise(self, x, w_t, fi: int):
+        """Depthwise conv on a [N, C/fi, H+pads, W+pads, fi] copy of the input padded with zx (`slimcc_chdw`)."""
+        ensure_tvm()
+        from tvm import te, tirx
+
+        n, channels, h, w = self.in_shape
+        top, left, bottom, right = self.pads
+        _, _, kh, kw = self.weight.shape
+        (sh, sw), (dh, dw) = self.strides, self.dilation
+
+        def value(b, cb, i, j, ci):
+            inside = tirx.all(i >= top, i < h + top, j >= left, j < w + left)
+            return tirx.if_then_else(inside, x[b, cb * fi + ci, i - top, j - left],
+                                     tirx.const(self.pad_value, "uint8"))
+
+        blocked = te.compute((n, channels // fi, h + top + bottom, w + left + right, fi), value,
+                             name=CHANNEL_PAD_BLOCK)
+        ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
+        return te.compute(self.out_shape, lambda b, f, y, x_: te.sum(
+            blocked[b, f // fi, y * sh + ry * dh, x_ * sw + rx * dw, f % fi].astype("int32")
+            * w_t[f // fi, ry, rx, f % fi].astype("int32"), axis=[ry, rx]), name=CHANNEL_DWCONV_BLOCK)
+
     def _pad(self, x):
         """x padded with its zero point (the float rules' `slimcc_pad` block), or x when unpadded."""
         ensure_tvm()
@@ -236,7 +273,3 @@ class _IntConv:
             padded[n, f // multiplier, y * sh + ry * dh, x * sw + rx * dw].astype("int32")
             * w_t[f, ry, rx].astype("int32"), axis=[ry, rx]), name=DWCONV_BLOCK)
 
-
-def _ints(values) -> tuple[int, ...]:
-    """A TVM array attribute as a tuple of Python ints."""
-    return tuple(int(v) for v in values)

@@ -38,7 +38,8 @@ CASES = {  # cin, cout, group, (h, w), kernel, strides, pads (top, left, bottom,
     "cin-5-cout-7": (5, 7, 1, (11, 9), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), "Relu", "int8_conv"),
     "cout-20-dilated-clip": (12, 20, 1, (10, 12), (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), "Clip", "int8_conv"),
     "grouped": (16, 32, 4, (12, 12), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), None, "conv"),
-    "depthwise-strided": (24, 24, 24, (15, 15), (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), "Relu", "depthwise"),
+    "depthwise-strided": (24, 24, 24, (15, 15), (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), "Relu", "depthwise_channels"),
+    "depthwise-rows": (8, 8, 8, (20, 40), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), None, "depthwise"),
 }
 
 
@@ -90,13 +91,14 @@ def test_int8_conv_forms_are_bit_exact_with_vnni(case):
     np.testing.assert_array_equal(got, want)
     assert len(np.unique(want)) > 20  # not a saturated, trivially equal output
     assert ("vpdpbusd" in _assembly(executable)) == (CASES[case][-1] == "int8_conv")
+    assert "vpmaddubsw" not in _assembly(executable)  # the int16-saturating u8 x s8 multiply is never used
 
 
 @pytest.mark.parametrize("case", ["3x3-strided-asym-pad", "cin-5-cout-7", "grouped", "depthwise-strided"])
 def test_int8_convs_without_vnni_take_the_exact_int32_path(case):
     model, x, want = _layer(case)
     executable, facts = _build(model, make_target("x86", mcpu=NO_VNNI_CPU, num_cores=1))
-    rule = "depthwise" if CASES[case][-1] == "depthwise" else "conv"
+    rule = "conv" if CASES[case][-1] == "int8_conv" else CASES[case][-1]
     assert facts["slimcc_schedules"] == {rule: 1}, facts
     assert "vpdpbusd" not in _assembly(executable) and "vpmaddubsw" not in _assembly(executable)
     np.testing.assert_array_equal(_run(executable, x), want)
