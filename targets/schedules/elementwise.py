@@ -43,7 +43,13 @@ def inline_producers(sch) -> None:
 
 
 def schedule_flat(sch, block, vector: CpuVector) -> None:
-    """Flatten `block`'s loops, vectorize the inner `lanes` when they divide the extent, parallelize the rest."""
+    """Vectorize `block` and parallelize its outer loops.
+
+    An element-wise block (every input read at the output's own index, or broadcast) is one
+    flat loop split into vectors. A block that moves data (concat, reshape, transpose: a
+    channel shuffle) reads at indices computed with div/mod of the output index; there the
+    vector runs along the innermost output axis only, where those indices stay contiguous.
+    """
     loops = sch.get_loops(block)
     if not loops:
         return
@@ -51,15 +57,40 @@ def schedule_flat(sch, block, vector: CpuVector) -> None:
     total = 1
     for extent in extents:
         total *= extent
-    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-    width = vector.vector_width_dividing(total)
-    if width > 1:
-        outer, inner = sch.split(fused, [None, width])
+    row_width = vector.vector_width_dividing(extents[-1])
+    if len(loops) > 1 and not reads_follow_output(sch, block) and row_width >= min(4, vector.lanes):
+        outer, inner = sch.split(loops[-1], [None, row_width])
         sch.vectorize(inner)
+        outer = sch.fuse(*loops[:-1], outer)
     else:
+        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        width = vector.vector_width_dividing(total)
         outer = fused
+        if width > 1:
+            outer, inner = sch.split(fused, [None, width])
+            sch.vectorize(inner)
     if vector.cores > 1 and total >= MIN_PARALLEL_ELEMENTS:
         sch.parallel(outer)
+
+
+def reads_follow_output(sch, block) -> bool:
+    """Whether every read of `block` indexes its buffer by the block's own iterators (right-aligned)
+    or broadcasts (a constant index), as an element-wise op does."""
+    stmt = sch.get(block)
+    iter_vars = [iv.var for iv in stmt.iter_vars]
+    for region in stmt.reads:
+        indices = [r.min for r in region.region]
+        for axis, index in enumerate(indices):
+            own = iter_vars[len(iter_vars) - len(indices) + axis] if len(indices) <= len(iter_vars) else None
+            if not (index.same_as(own) or _is_constant(index)):
+                return False
+    return True
+
+
+def _is_constant(expr) -> bool:
+    tvm = ensure_tvm()
+
+    return isinstance(expr, tvm.tirx.IntImm)
 
 
 def schedule_pool(sch, block, vector: CpuVector) -> bool:

@@ -13,6 +13,7 @@ from onnx import TensorProto, helper
 from slimcc.ir.model import load_model
 from slimcc.targets.compiler import compile_model, prepare_model
 from slimcc.targets.runner import load_artifact
+from slimcc.targets.schedules.elementwise import reads_follow_output
 from slimcc.targets.schedules.isa import CpuVector, cpu_vector_for
 from slimcc.targets.target import make_target
 
@@ -127,3 +128,30 @@ def test_batch_one_gemm_runs_as_packed_conv(x86, tmp_path):
     assert manifest.build["slimcc_schedules"].get("conv") == 1, manifest.build
     feeds = feeds_for(model)
     assert_matches_onnxruntime(model, load_artifact(tmp_path / "art").run(feeds), feeds)
+
+
+def test_channel_shuffle_kernel_is_scheduled_and_matches_onnxruntime(x86, tmp_path):
+    """Reshape -> Transpose -> Reshape (ShuffleNet's channel shuffle) fuses into one data-moving kernel."""
+    shapes = {"shape5": np.array([1, 2, 8, 6, 20], np.int64), "shape4": np.array([1, 16, 6, 20], np.int64)}
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Reshape", ["r", "shape5"], ["g"]),
+             helper.make_node("Transpose", ["g"], ["t"], perm=[0, 2, 1, 3, 4]),
+             helper.make_node("Reshape", ["t", "shape4"], ["y"])]
+    proto = make_proto(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 6, 20])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 6, 20])], shapes)
+    model = prepare_model(load_model(proto))
+    manifest = compile_model(model, x86, tmp_path / "art", isolate=False)
+    assert not manifest.build["unscheduled_kernels"] and manifest.build["slimcc_schedules"].get("elementwise"), manifest.build
+    feeds = feeds_for(model)
+    assert_matches_onnxruntime(model, load_artifact(tmp_path / "art").run(feeds), feeds)
+
+
+def test_only_element_wise_reads_count_as_following_the_output():
+    from tvm import s_tir, te
+
+    x = te.placeholder((2, 3, 8), name="x")
+    bias = te.placeholder((3, 1), name="bias")
+    added = te.compute((2, 3, 8), lambda a, b, c: x[a, b, c] + bias[b, 0], name="added")
+    moved = te.compute((3, 2, 8), lambda a, b, c: x[b, a, c], name="moved")
+    for out, expected in ((added, True), (moved, False)):
+        sch = s_tir.Schedule(te.create_prim_func([x, bias, out] if out is added else [x, out]))
+        assert reads_follow_output(sch, sch.get_sblock(out.op.name)) is expected
