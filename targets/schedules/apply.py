@@ -14,6 +14,7 @@ from slimcc.targets.schedules.elementwise import (inline_producers, is_reduction
                                                   schedule_pool)
 from slimcc.targets.schedules.int8_conv import schedule_int8_conv
 from slimcc.targets.schedules.isa import CpuVector
+from slimcc.targets.schedules.matmul import schedule_matmul
 from slimcc.targets.tvm_import import ensure_tvm
 
 SCHEDULED_ATTR = "tirx.is_scheduled"
@@ -37,8 +38,8 @@ def slimcc_schedule(func, vector: CpuVector):
     from tvm import s_tir
 
     rules = (("int8_conv", schedule_int8_conv), ("pointwise", schedule_pointwise), ("conv", schedule_conv),
-             ("depthwise", schedule_depthwise), ("depthwise_channels", schedule_channel_depthwise),
-             ("elementwise", _elementwise))
+             ("matmul", schedule_matmul), ("depthwise", schedule_depthwise),
+             ("depthwise_channels", schedule_channel_depthwise), ("elementwise", _elementwise))
     for name, rule in rules:
         sch = s_tir.Schedule(func)
         try:

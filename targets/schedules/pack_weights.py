@@ -27,6 +27,7 @@ import numpy as np
 
 from slimcc.targets.relax_values import constant_array, static_shape, tensor_dtype
 from slimcc.targets.schedules.isa import CpuVector
+from slimcc.targets.schedules.pack_matmul import packed_matmul_call
 from slimcc.targets.te_kernels import call_te_kernel
 from slimcc.targets.tvm_import import ensure_tvm
 
@@ -54,7 +55,7 @@ def pack_conv_weights(mod, vector: CpuVector):
 
         def replace(call, _matches):
             if call.op.name == "relax.matmul":
-                return _vector_matmul(call, builder, vector)
+                return packed_matmul_call(call, builder, vector)
             conv = _ConvCall.read(call)
             return conv.packed_call(builder, vector) if conv is not None else call
 
@@ -64,27 +65,6 @@ def pack_conv_weights(mod, vector: CpuVector):
         return builder.get()
 
     return tvm.transform.Sequential([rewrite, relax.transform.DeadCodeElimination()])(mod)
-
-
-def _vector_matmul(call, builder, vector: CpuVector):
-    """x[1, K] @ W[K, N] (a batch-1 Gemm/MatMul with a constant weight) as a packed 1x1 conv.
-
-    TVM's CPU GEMV rule ran VGG's 4096-wide classifier at a fraction of memory bandwidth;
-    as a 1x1 conv on [1, K, 1, 1] the packed weight streams in contiguous vectors.
-    """
-    ensure_tvm()
-    from tvm import relax
-
-    data, weight = call.args
-    in_shape, out_shape = static_shape(data), static_shape(call)
-    if (in_shape is None or out_shape is None or len(in_shape) != 2 or in_shape[0] != 1
-            or {tensor_dtype(data), tensor_dtype(weight)} != {"float32"} or len(static_shape(weight) or ()) != 2):
-        return call
-    k, n = static_shape(weight)
-    matrix = constant_array(weight)
-    conv = _ConvCall(relax.op.reshape(data, [1, k, 1, 1]), np.ascontiguousarray(matrix.T.reshape(n, k, 1, 1)),
-                     (1, k, 1, 1), (1, n, 1, 1))
-    return relax.op.reshape(conv.packed_call(builder, vector), [1, n])
 
 
 @dataclass(frozen=True)

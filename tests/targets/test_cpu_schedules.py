@@ -122,10 +122,10 @@ def test_vector_width_is_the_widest_that_divides(extent, expected):
     assert CpuVector("avx512", 16, 32, 1).vector_width_dividing(extent) == expected
 
 
-def test_batch_one_gemm_runs_as_packed_conv(x86, tmp_path):
+def test_batch_one_gemm_runs_as_packed_matmul(x86, tmp_path):
     model = _layer_model("Gemm", (1, 96), (40, 96), transB=1)
     manifest = compile_model(model, x86, tmp_path / "art", isolate=False)
-    assert manifest.build["slimcc_schedules"].get("conv") == 1, manifest.build
+    assert manifest.build["slimcc_schedules"].get("matmul") == 1, manifest.build
     feeds = feeds_for(model)
     assert_matches_onnxruntime(model, load_artifact(tmp_path / "art").run(feeds), feeds)
 
@@ -155,3 +155,21 @@ def test_only_element_wise_reads_count_as_following_the_output():
     for out, expected in ((added, True), (moved, False)):
         sch = s_tir.Schedule(te.create_prim_func([x, bias, out] if out is added else [x, out]))
         assert reads_follow_output(sch, sch.get_sblock(out.op.name)) is expected
+
+
+@pytest.mark.parametrize("x_shape,w_shape", [((2, 7, 1, 24), (2, 1, 24, 40)), ((3, 5, 24), (24, 40)), ((6, 24), (24, 12))],
+                         ids=["per-direction-weights", "tokens", "rows"])
+def test_matmul_with_a_constant_weight_runs_as_packed_gemm(x_shape, w_shape, x86, tmp_path):
+    """MatMul on [*batch, M, K] x constant [*wbatch, K, N] (an LSTM's input projection for both
+    directions, a transformer's projection over tokens) runs slimcc's GEMM, with its bias fused."""
+    rng = np.random.default_rng(5)
+    inits = {"w": rng.standard_normal(w_shape).astype(np.float32), "b": rng.standard_normal(w_shape[-1]).astype(np.float32)}
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])]
+    out_shape = [max(a, b) for a, b in zip(x_shape[:-2], ([1] * (len(x_shape) - len(w_shape)) + list(w_shape))[:-2])]
+    proto = make_proto(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape + [x_shape[-2], w_shape[-1]])], inits)
+    model = prepare_model(load_model(proto))
+    manifest = compile_model(model, x86, tmp_path / "art", isolate=False)
+    assert manifest.build["slimcc_schedules"].get("matmul") == 1 and not manifest.build["unscheduled_kernels"], manifest.build
+    feeds = feeds_for(model)
+    assert_matches_onnxruntime(model, load_artifact(tmp_path / "art").run(feeds), feeds)
