@@ -17,6 +17,7 @@ from slimcc.ir.model import Model, first_line
 from slimcc.targets.schedules.isa import cpu_vector_for
 from slimcc.targets.target import TargetSpec
 from slimcc.targets.tune_seed import seed_database
+from slimcc.targets.tune_space import tune_contexts
 from slimcc.targets.tune_workers import index_pseudo_source_files, pooled_builder, torchless_workers
 from slimcc.targets.tvm_import import ensure_tvm
 
@@ -79,8 +80,10 @@ def tune_model(model: Model, spec: TargetSpec, trials: int, *, database_dir: str
 
     Kernels are tuned heaviest first (FLOPs x occurrences); with few trials only the heaviest
     get any, at least MIN_TRIALS_PER_TASK each, since a kernel measured once gains little.
-    Before searching, slimcc's own schedule of each chosen kernel is measured and committed as a
-    record (`tune_seed`), so the tuned build is never slower than the untuned one per kernel.
+    Kernels slimcc's rules schedule are searched in slimcc's own space (its schedule with tunable
+    tile sizes, `tune_space`), others in MetaSchedule's. Before searching, slimcc's own schedule
+    of each chosen kernel is measured and committed as a record (`tune_seed`), so the tuned build
+    is never slower than the untuned one per kernel.
     Records are appended to `database_dir` (default: `default_database(model, spec)`); existing
     records are kept and extended. Returns {database, trials, tasks, records, ...}.
     """
@@ -117,15 +120,14 @@ def tune_model(model: Model, spec: TargetSpec, trials: int, *, database_dir: str
     bar = _progress_bar(trials, progress)
     seeded: dict[str, float] = {}
     try:
-        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            chosen, work_dir=str(db), seed=seed, strategy=_search_strategy(ms),
-            num_threads=spec.tvm.get("num-cores") or "physical")
+        vector = cpu_vector_for(target)
+        contexts, weights = tune_contexts(chosen, str(db), vector, _search_strategy(ms),
+                                          spec.tvm.get("num-cores") or "physical", seed)
         database = ms.database.JSONDatabase(work_dir=str(db))
         runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=_evaluator_config(ms))
         with torchless_workers():
             builder = pooled_builder(spec.tvm.get("num-cores") or 1, BUILD_TIMEOUT_S)
             try:
-                vector = cpu_vector_for(target)
                 if vector is not None:
                     seeded = seed_database(database, chosen, target, vector, builder, runner)
                 ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(db), max_trials_global=trials,

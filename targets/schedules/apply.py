@@ -1,8 +1,8 @@
 """After fusion: give every kernel no tuning record covers one of slimcc's CPU schedules.
 
-Rules are tried in order on each unscheduled PrimFunc: VNNI int8 conv, packed conv, depthwise conv, then
-element-wise/pooling; what none of them takes goes to TVM's dlight CPU rules (GEMV,
-reductions). A rule that fails leaves the kernel as it was (naive but correct), and the
+Rules are tried in order on each unscheduled PrimFunc (SLIMCC_RULES): VNNI int8 conv, 1x1
+conv, packed conv, packed matmul, depthwise conv, then element-wise/pooling; what none of them
+takes goes to TVM's dlight CPU rules (GEMV, reductions). A rule that fails leaves the kernel as it was (naive but correct), and the
 build facts say how many kernels each path took.
 """
 
@@ -18,6 +18,25 @@ from slimcc.targets.schedules.matmul import schedule_matmul
 from slimcc.targets.tvm_import import ensure_tvm
 
 SCHEDULED_ATTR = "tirx.is_scheduled"
+
+
+def _elementwise(sch, vector: CpuVector) -> bool:
+    """Element-wise / injective kernels, and single pooling reductions after an optional pad."""
+    inline_producers(sch)
+    blocks = root_blocks(sch)
+    reductions = [b for b in blocks if is_reduction(sch, b)]
+    if len(reductions) > 1:
+        return False
+    for block in blocks:
+        if not is_reduction(sch, block):
+            schedule_flat(sch, block, vector)
+    return not reductions or schedule_pool(sch, reductions[0], vector)
+
+
+# (name, rule) in the order they are tried; a rule returns False when the kernel is not its kind
+SLIMCC_RULES = (("int8_conv", schedule_int8_conv), ("pointwise", schedule_pointwise), ("conv", schedule_conv),
+                ("matmul", schedule_matmul), ("depthwise", schedule_depthwise),
+                ("depthwise_channels", schedule_channel_depthwise), ("elementwise", _elementwise))
 
 
 def schedule_kernel(func, vector: CpuVector):
@@ -37,30 +56,20 @@ def slimcc_schedule(func, vector: CpuVector):
     ensure_tvm()
     from tvm import s_tir
 
-    rules = (("int8_conv", schedule_int8_conv), ("pointwise", schedule_pointwise), ("conv", schedule_conv),
-             ("matmul", schedule_matmul), ("depthwise", schedule_depthwise),
-             ("depthwise_channels", schedule_channel_depthwise), ("elementwise", _elementwise))
-    for name, rule in rules:
-        sch = s_tir.Schedule(func)
+    return apply_first_rule(lambda: s_tir.Schedule(func), vector)
+
+
+def apply_first_rule(fresh_schedule, vector: CpuVector):
+    """(schedule, rule name) of the first rule in SLIMCC_RULES that takes the schedule
+    `fresh_schedule()` returns (a new one per rule tried), or (None, None)."""
+    for name, rule in SLIMCC_RULES:
+        sch = fresh_schedule()
         try:
             if rule(sch, vector):
                 return sch, name
         except Exception:  # ScheduleError, or the RuntimeError/ValueError tvm_ffi maps TVM errors to
             continue
     return None, None
-
-
-def _elementwise(sch, vector: CpuVector) -> bool:
-    """Element-wise / injective kernels, and single pooling reductions after an optional pad."""
-    inline_producers(sch)
-    blocks = root_blocks(sch)
-    reductions = [b for b in blocks if is_reduction(sch, b)]
-    if len(reductions) > 1:
-        return False
-    for block in blocks:
-        if not is_reduction(sch, block):
-            schedule_flat(sch, block, vector)
-    return not reductions or schedule_pool(sch, reductions[0], vector)
 
 
 def apply_cpu_schedules(mod, vector: CpuVector, facts: dict | None = None):

@@ -18,7 +18,7 @@ loop stays FMA-bound and activations stay NCHW between layers.
 from __future__ import annotations
 
 from slimcc.targets.schedules.epilogue import find_block, finish_tile, inline_epilogue
-from slimcc.targets.schedules.isa import CpuVector, largest_divisor
+from slimcc.targets.schedules.isa import CpuVector, largest_divisor, split_tile
 from slimcc.targets.schedules.pack_weights import CONV_BLOCK, GROUPED_CONV_BLOCK
 
 POINTWISE_CHANNELS = 4  # output channels per 1x1 tile: 4 broadcasts feed 4 x pv FMAs
@@ -54,8 +54,9 @@ def schedule_conv(sch, vector: CpuVector) -> bool:
     if fi == 1:
         fo, fbl, xo, xi, fil = _split_row_vectors(sch, conv, out_channels, out_width, vector)
     else:
-        fo, fbl, fil = sch.split(f, [None, fb, fi])
-        xo, xi = sch.split(x, [None, xb])
+        blocks, fil = sch.split(f, [None, fi])
+        fo, fbl = split_tile(sch, blocks, fb, vector)
+        xo, xi = split_tile(sch, x, xb, vector)
         sch.reorder(n, fo, y, xo, rc, ry, rx, fbl, xi, fil)
     cache = sch.cache_write(conv, 0, "local")
     if fi > 1:
@@ -73,7 +74,7 @@ def _split_row_vectors(sch, conv, out_channels: int, out_width: int, vector: Cpu
     n, f, y, x, rc, ry, rx = sch.get_loops(conv)
     width = vector.vector_width_dividing(out_width)
     fb = max(d for d in (1, 2, 3, 4) if out_channels % d == 0)
-    fo, fbl = sch.split(f, [None, fb])
+    fo, fbl = split_tile(sch, f, fb, vector)
     xo, xi, xl = sch.split(x, [None, 1, width])
     sch.reorder(n, fo, y, xo, rc, ry, rx, fbl, xi, xl)
     return fo, fbl, xo, xi, xl
@@ -118,8 +119,9 @@ def schedule_pointwise(sch, vector: CpuVector) -> bool:
         sch.transform_block_layout(stage, lambda a, b, c, d: (a, b, c * width + d))
     sch.transform_block_layout(conv, lambda a, b, c, d, e, g, h: (a, b, c * width + d, e, g, h))
     n, f, p, rc, ry, rx = sch.get_loops(conv)
-    po, pvl, pl = sch.split(p, [None, pv, lanes])
-    fo, fbl = sch.split(f, [None, fb])
+    vectors, pl = sch.split(p, [None, lanes])
+    po, pvl = split_tile(sch, vectors, pv, vector)
+    fo, fbl = split_tile(sch, f, fb, vector)
     sch.reorder(n, po, fo, rc, ry, rx, fbl, pvl, pl)
     finish_tile(sch, conv, cache, tail, fo, pl, [fbl, pvl], [n, po], rc, vector)
     return True

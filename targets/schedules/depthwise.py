@@ -7,8 +7,8 @@ rows are register-blocked so each loaded input row feeds up to KH output rows.
 
 from __future__ import annotations
 
-from slimcc.targets.schedules.epilogue import find_block, finish_tile, inline_epilogue
-from slimcc.targets.schedules.isa import CpuVector, largest_divisor
+from slimcc.targets.schedules.epilogue import find_block, finish_tile, inline_epilogue, split_padding
+from slimcc.targets.schedules.isa import CpuVector, largest_divisor, split_tile
 from slimcc.targets.schedules.pack_weights import CHANNEL_DWCONV_BLOCK, CHANNEL_PAD_BLOCK, DWCONV_BLOCK
 
 
@@ -24,8 +24,9 @@ def schedule_depthwise(sch, vector: CpuVector) -> bool:
 
     tail = inline_epilogue(sch, conv)
     n, f, y, x, ry, rx = sch.get_loops(conv)
-    yo, yi = sch.split(y, [None, rows])
-    xo, xv, xl = sch.split(x, [None, vectors, width])
+    yo, yi = split_tile(sch, y, rows, vector)
+    row_vectors, xl = sch.split(x, [None, width])
+    xo, xv = split_tile(sch, row_vectors, vectors, vector)
     sch.reorder(n, f, yo, xo, ry, rx, yi, xv, xl)
     cache = sch.cache_write(conv, 0, "local")
     finish_tile(sch, conv, cache, tail, xo, xl, [xv, yi, rx], [n, f, yo], ry, vector)
@@ -49,14 +50,15 @@ def schedule_channel_depthwise(sch, vector: CpuVector) -> bool:
     tail = inline_epilogue(sch, conv)
     n, f, y, x, ry, rx = sch.get_loops(conv)
     fo, fil = sch.split(f, [None, fi])
-    xo, xi = sch.split(x, [None, xb])
+    xo, xi = split_tile(sch, x, xb, vector)
     sch.reorder(n, fo, y, xo, ry, rx, xi, fil)
     cache = sch.cache_write(conv, 0, "local")
     sch.transform_layout(conv, ("write", 0), lambda a, b, c, d: (a, c, d, b))
     pad = find_block(sch, CHANNEL_PAD_BLOCK)
     finish_tile(sch, conv, cache, tail, xo, fil, [xi, rx], [n, fo], ry, vector)
     sch.compute_at(pad, sch.get_loops(conv)[0])
-    copy = sch.decompose_padding(pad, sch.get_loops(pad)[1])
-    sch.vectorize(sch.get_loops(copy)[-1])
+    copy = split_padding(sch, pad, sch.get_loops(pad)[1], vector)
+    if copy is not None:
+        sch.vectorize(sch.get_loops(copy)[-1])
     sch.vectorize(sch.get_loops(pad)[-1])
     return True

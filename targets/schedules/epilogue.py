@@ -62,9 +62,6 @@ def schedule_pad(sch, vector) -> None:
     `decompose_padding` splits the if_then_else copy in two; as one loop with the condition
     inside, it cost as much as the depthwise conv it feeds.
     """
-    ensure_tvm()
-    from tvm.s_tir.schedule import ScheduleError
-
     from slimcc.targets.schedules.pack_weights import PAD_BLOCK
 
     pad = find_block(sch, PAD_BLOCK)
@@ -74,13 +71,28 @@ def schedule_pad(sch, vector) -> None:
     outer = sch.fuse(*loops[:-2])
     if vector.cores > 1:
         sch.parallel(outer)
-    try:
-        copy = sch.decompose_padding(pad, sch.get_loops(pad)[-2])
-    except ScheduleError:  # no padding: a strided subsample copy
-        vectorize_innermost(sch, pad)
-        return
-    vectorize_innermost(sch, copy)
+    copy = split_padding(sch, pad, sch.get_loops(pad)[-2], vector)
+    if copy is not None:
+        vectorize_innermost(sch, copy)
     vectorize_innermost(sch, pad)
+
+
+def split_padding(sch, pad, loop, vector):
+    """`decompose_padding(pad, loop)`: the copy block, or None where the pad stays one loop.
+
+    It stays one loop (with its condition) when there is no padding to split off (a strided
+    subsample copy), and in tuning spaces: TVM 0.27 cannot print a DecomposePadding instruction
+    as Python, and MetaSchedule prints every design space.
+    """
+    ensure_tvm()
+    from tvm.s_tir.schedule import ScheduleError
+
+    if vector.tunable:
+        return None
+    try:
+        return sch.decompose_padding(pad, loop)
+    except ScheduleError:
+        return None
 
 
 def vectorize_innermost(sch, block) -> None:

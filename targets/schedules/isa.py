@@ -9,12 +9,17 @@ from slimcc.targets.tvm_import import ensure_tvm
 
 @dataclass(frozen=True)
 class CpuVector:
-    """Vector facts of one CPU target: `lanes` fp32 values per register, `registers` vector registers."""
+    """Vector facts of one CPU target: `lanes` fp32 values per register, `registers` vector registers.
+
+    `tunable` marks a tuning design space: register-tile sizes become sampled decisions
+    (starting at the defaults) that MetaSchedule's search may mutate.
+    """
 
     name: str
     lanes: int
     registers: int
     cores: int
+    tunable: bool = False
 
     @property
     def accumulators(self) -> int:
@@ -38,6 +43,17 @@ class CpuVector:
 def largest_divisor(extent: int, limit: int) -> int:
     """The largest divisor of `extent` that is <= `limit` (at least 1): a tile size with no remainder."""
     return max(d for d in range(1, max(1, min(limit, extent)) + 1) if extent % d == 0)
+
+
+def split_tile(sch, loop, inner: int, vector: CpuVector) -> list:
+    """`sch.split(loop, [None, inner])`; in a tuning space the inner factor is a sampled tile
+    decision that starts at `inner` and that the search may change to any divisor of the extent."""
+    if not vector.tunable:
+        return sch.split(loop, [None, inner])
+    extent = int(sch.get(loop).extent)
+    factors = sch.sample_perfect_tile(loop, n=2, max_innermost_factor=max(inner, vector.accumulators),
+                                      decision=[extent // inner, inner])
+    return sch.split(loop, factors)
 
 
 def cpu_vector_for(target) -> CpuVector | None:

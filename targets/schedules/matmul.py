@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from slimcc.targets.schedules.epilogue import find_block, finish_tile, inline_epilogue
-from slimcc.targets.schedules.isa import CpuVector, largest_divisor
+from slimcc.targets.schedules.isa import CpuVector, largest_divisor, split_tile
 from slimcc.targets.schedules.pack_matmul import MATMUL_BLOCK
 
 MAX_COLUMN_VECTORS = 4  # fb: weight vectors per tile, each reused by rb broadcast rows
@@ -31,8 +31,9 @@ def schedule_matmul(sch, vector: CpuVector) -> bool:
 
     tail = inline_epilogue(sch, gemm)
     g, r, n, k = sch.get_loops(gemm)
-    no, fbl, fil = sch.split(n, [None, fb, fi])
-    ro, rbl = sch.split(r, [None, rb])
+    blocks, fil = sch.split(n, [None, fi])
+    no, fbl = split_tile(sch, blocks, fb, vector)
+    ro, rbl = split_tile(sch, r, rb, vector)
     sch.reorder(g, no, ro, k, rbl, fbl, fil)
     cache = sch.cache_write(gemm, 0, "local")
     finish_tile(sch, gemm, cache, tail, ro, fil, [rbl, fbl], [g, no], k, vector)
