@@ -11,7 +11,7 @@ from __future__ import annotations
 from slimcc.targets.schedules.conv import schedule_conv, schedule_pointwise
 from slimcc.targets.schedules.depthwise import schedule_channel_depthwise, schedule_depthwise
 from slimcc.targets.schedules.elementwise import (inline_producers, is_reduction, root_blocks, schedule_flat,
-                                                  schedule_pool)
+                                                  schedule_plane_sum, schedule_pool)
 from slimcc.targets.schedules.int8_conv import schedule_int8_conv
 from slimcc.targets.schedules.isa import CpuVector
 from slimcc.targets.schedules.matmul import schedule_matmul
@@ -27,6 +27,8 @@ def _elementwise(sch, vector: CpuVector) -> bool:
     reductions = [b for b in blocks if is_reduction(sch, b)]
     if len(reductions) > 1:
         return False
+    if reductions and schedule_plane_sum(sch, reductions[0], vector):
+        return True
     for block in blocks:
         if not is_reduction(sch, block):
             schedule_flat(sch, block, vector)

@@ -123,3 +123,52 @@ def schedule_pool(sch, block, vector: CpuVector) -> bool:
         sch.parallel(outer)
     sch.decompose_reduction(block, window[0])
     return True
+
+
+def schedule_plane_sum(sch, block, vector: CpuVector) -> bool:
+    """A sum over whole trailing axes (global average pooling): vector partial sums, then a short sum.
+
+    The reduced axes are fused and split into vectors (`rfactor`), so each output reads its plane
+    as contiguous vectors into one register; the consumers (the divide of a mean) run per output.
+    Returns False (nothing changed) when the reduction is not over contiguous trailing axes, or
+    its size is not a multiple of a quarter vector.
+    """
+    tvm = ensure_tvm()
+
+    stmt = sch.get(block)
+    kinds = [iv.iter_type == tvm.tirx.IterVar.CommReduce for iv in stmt.iter_vars]
+    loops = sch.get_loops(block)
+    count = kinds.index(True) if True in kinds else len(kinds)
+    if len(loops) != len(kinds) or count == len(kinds) or not all(kinds[count:]) or len(stmt.reads) != 1:
+        return False
+    reduced = [iv.var for iv in stmt.iter_vars[count:]]
+    trailing = [r.min for r in stmt.reads[0].region][-len(reduced):]
+    if not all(index.same_as(var) for index, var in zip(trailing, reduced)):
+        return False
+    size = 1
+    for loop in loops[count:]:
+        size *= int(sch.get(loop).extent)
+    width = vector.vector_width_dividing(size)
+    if size <= MAX_POOL_WINDOW or width < max(2, vector.lanes // 4):
+        return False
+    outer = sch.fuse(*loops[:count]) if count > 1 else loops[0]
+    plane = sch.fuse(*loops[count:]) if len(loops) - count > 1 else loops[count]
+    _, lanes = sch.split(plane, [None, width])
+    partial = sch.rfactor(lanes, factor_axis=0)
+    sch.compute_at(partial, outer)
+    for consumer in sch.get_consumers(block):
+        sch.reverse_compute_at(consumer, outer)
+    partial_loops = sch.get_loops(partial)
+    # under `outer`, compute_at made one loop per remaining iterator in the rfactor block's order:
+    # the lanes (factor_axis=0, spatial) and then the vector steps (the reduction)
+    below = [i for i, loop in enumerate(partial_loops) if sch.get(loop).same_as(sch.get(outer))][0] + 1
+    lane_loop, steps = [loop for loop in partial_loops[below:] if int(sch.get(loop).extent) > 1]
+    if (int(sch.get(lane_loop).extent), int(sch.get(steps).extent)) != (width, size // width):
+        return False
+    sch.reorder(steps, lane_loop)
+    sch.vectorize(lane_loop)
+    sch.set_scope(partial, 0, "local")
+    if vector.cores > 1:
+        sch.parallel(outer)
+    sch.decompose_reduction(partial, steps)
+    return True
