@@ -19,7 +19,7 @@ per tile, so no int32 tensor reaches memory.
 from __future__ import annotations
 
 from slimcc.targets.schedules.epilogue import find_block, inline_epilogue, vectorize_innermost
-from slimcc.targets.schedules.int8_pack import QCONV_BLOCK, QPACK_BLOCK
+from slimcc.targets.schedules.int8_pack import QCONV_BLOCK, QCROP_BLOCK, QPACK_BLOCK
 from slimcc.targets.schedules.isa import CpuVector, largest_divisor
 from slimcc.targets.schedules.vnni import LANES, vnni_intrin
 from slimcc.targets.tvm_import import ensure_tvm
@@ -52,6 +52,7 @@ def schedule_int8_conv(sch, vector: CpuVector) -> bool:
     _, out_channels, _, out_width = [int(d) for d in sch.get(conv).writes[0].source.shape]
     fb, xb = qconv_tile(out_channels // LANES, out_width)
 
+    cropped = find_block(sch, QCROP_BLOCK) is not None
     tail = inline_epilogue(sch, conv)
     n, f, y, x, rq, ry, rx, rk = sch.get_loops(conv)
     fo, fbl, fi = sch.split(f, [None, fb, LANES])
@@ -59,7 +60,7 @@ def schedule_int8_conv(sch, vector: CpuVector) -> bool:
     sch.reorder(n, fo, y, xo, rq, ry, rx, fbl, xi, fi, rk)
     cache = sch.cache_write(conv, 0, "global")
     sch.transform_layout(conv, ("write", 0), lambda a, b, c, d: (a, c, d, b))
-    for block in _attach_epilogue(sch, cache, tail, xo):
+    for block in _attach_epilogue(sch, cache, tail, xo, fold=not cropped):
         if xb < MIN_ROW_VECTOR:
             _vectorize_channels(sch, block)
         else:
@@ -76,17 +77,20 @@ def schedule_int8_conv(sch, vector: CpuVector) -> bool:
     return True
 
 
-def _attach_epilogue(sch, cache, tail: list, loop) -> list:
+def _attach_epilogue(sch, cache, tail: list, loop, fold: bool) -> list:
     """Run the write-back and the epilogue per tile under `loop`; returns the blocks now under it.
 
-    The epilogue is folded into the write-back where it is element-wise in the accumulator;
-    a block that cannot be (a channel crop) is attached after it under the same loop.
+    With `fold`, the epilogue is folded into the write-back where it is element-wise in the
+    accumulator. Without it (F not a multiple of 16: the write-back covers the padded channels,
+    and TVM 0.27 folds a cropping consumer into it anyway, writing past the output), and for
+    blocks that cannot be folded, the epilogue is attached after the write-back under `loop`,
+    where TVM clips it to the channels that exist.
     """
     ensure_tvm()
     from tvm.s_tir.schedule import ScheduleError
 
-    rest = []
-    for block in tail:
+    rest = [] if fold else list(tail)
+    for block in tail if fold else []:
         try:
             sch.reverse_compute_inline(block)
         except ScheduleError:
