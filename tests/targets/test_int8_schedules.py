@@ -142,3 +142,38 @@ def test_quantized_zoo_resnet_runs_every_integer_conv_on_vnni_and_matches_onnxru
         got, want = artifact.run(feeds)["y"], run_onnxruntime(model, feeds)["y"]
         assert np.abs(got - want).max() <= bound  # one step at most, at rounding ties of float Q/DQ
         assert got.argmax() == want.argmax()
+
+
+@needs_vnni
+def test_cropped_output_channels_write_nothing_past_the_output():
+    # F = 20 computes 32 padded channels per tile; the requantize must write only the 20 that exist
+    # (an earlier schedule wrote all 32 past the output: right results, a corrupted heap)
+    tvm = ensure_tvm()
+    from tvm import relax
+
+    from slimcc.targets.build import backend_pipeline
+    from slimcc.targets.relax_values import constant_array, static_shape
+    from slimcc.targets.schedules.apply import schedule_kernel
+    from slimcc.targets.schedules.isa import cpu_vector_for
+
+    model, x, want = _layer("cout-20-dilated-clip")
+    target = HOST.to_tvm()
+    mod = prepare_for_build(to_relax(model), target)
+    passes = backend_pipeline(target)
+    with target:
+        mod = tvm.transform.Sequential(list(passes.library_dispatch_passes(target))
+                                       + list(passes.legalize_passes(target))[:5])(mod)
+    calls = []
+    relax.analysis.post_order_visit(mod["main"], lambda e: calls.append(e) if isinstance(e, relax.Call)
+                                    and e.op.name == "relax.call_tir" else None)
+    [call] = calls
+    scheduled, rule = schedule_kernel(mod[call.args[0]], cpu_vector_for(target))
+    assert rule == "int8_conv"
+    kernel = tvm.compile(tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")}), target=target).jit()
+    inputs = [tvm.runtime.tensor(x)] + [tvm.runtime.tensor(constant_array(a)) for a in call.args[1].fields[1:]]
+    canary = np.full(2 * want.size, 0xA5, np.uint8)
+    arena = tvm.runtime.tensor(canary)
+    out = arena._create_view(static_shape(call), "uint8")
+    kernel["main"](*inputs, out)
+    np.testing.assert_array_equal(out.numpy(), want)
+    assert (arena.numpy()[want.size:] == 0xA5).all()
