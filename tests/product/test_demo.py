@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -59,11 +60,11 @@ def test_demo_compiles_the_last_stage_with_tvm_or_says_why(demo_run):
     rows = summary["stages"]
     assert all("skipped (--quick)" in row["note"] for row in rows[:-1])
     last = rows[-1]
-    if last["tvm_ms"] is None:
-        assert "TVM" in last["note"]
-    else:
-        assert last["tvm_ms"] > 0
-        assert (out / "artifacts" / last["stage"] / "manifest.json").is_file()
+    if importlib.util.find_spec("tvm") is None:  # no TVM here: the row must say so, with no number
+        assert last["tvm_ms"] is None and "TVM targets not available" in last["note"]
+        return
+    assert last["tvm_ms"] is not None and last["tvm_ms"] > 0, last["note"]
+    assert (out / "artifacts" / last["stage"] / "manifest.json").is_file()
 
 
 def test_demo_report_has_the_table_and_readable_plots(demo_run):

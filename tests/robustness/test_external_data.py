@@ -70,7 +70,9 @@ def test_inside_folder_loads_and_runs(layout):
 def test_symlink_inside_the_folder_is_followed(layout):
     _, inner = layout
     os.symlink(inner / "weights.bin", inner / "sub" / "alias.bin")
-    load_model(external_model(inner, "sub/alias.bin", offset=16))
+    model = load_model(external_model(inner, "sub/alias.bin", offset=16))
+    x = np.ones((2, 4), np.float32)
+    np.testing.assert_allclose(run_onnxruntime(model, {"x": x})["y"], x @ WEIGHT, rtol=1e-6)
 
 
 @pytest.mark.parametrize("location", ["../outside.bin", "sub/../../outside.bin", "..\\outside.bin",
