@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -40,7 +41,9 @@ def _build_and_maybe_run_cuda(model, tmp_path):
     manifest = compile_model(model, make_target("cuda"), tmp_path / "cuda", isolate=False)
     library = tmp_path / "cuda" / manifest.library
     assert manifest.target["tvm"]["kind"] == "cuda"
-    assert b"__tvm_ffi__library_bin" in library.read_bytes() or library.stat().st_size > 0
+    data = library.read_bytes()
+    assert b"__tvm_ffi__library_bin" in data  # the device module is embedded in the host library
+    assert re.search(rb"fused_conv2d\w*_kernel", data), "no CUDA conv kernel in the library"
     if not cuda_device_available():
         pytest.skip(NO_GPU)
     feeds = feeds_for(model)
