@@ -97,7 +97,7 @@ def build_library(model: Model, spec: TargetSpec, so_path: Path, *, database_dir
     check_toolchain(spec)
     target = spec.to_tvm()
     facts: dict = {}
-    mod = prepare_for_build(to_relax(model), target, facts)
+    mod = prepare_for_build(to_relax(model), target, facts, int8_mode=spec.notes.get("int8_mode"))
     try:
         executable = tvm.compile(mod, target=target, relax_pipeline=compile_pipeline(target, database_dir, facts))
     except Exception as exc:

@@ -6,6 +6,7 @@ itself (static shapes, folded shape sub-graphs) because TVM's importer needs tha
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -28,12 +29,15 @@ def prepare_model(source, input_shapes: dict[str, list[int]] | None = None, *, c
 
 
 def compile_model(model: Model, spec: TargetSpec, out_dir: str | Path, *, database_dir: str | Path | None = None,
-                  isolate: bool | None = None) -> Manifest:
+                  isolate: bool | None = None, int8_mode: str | None = None) -> Manifest:
     """Compile a prepared model into the artifact folder `out_dir` (written atomically).
 
     `database_dir` applies a MetaSchedule tuning database. `isolate` (default: on unless
     SLIMCC_DEBUG=1) compiles in a child process so a TVM crash cannot take the caller down.
+    `int8_mode`: "real" lowers Q/DQ layers to integer kernels, "fake" keeps TVM's float Q/DQ
+    (None: "real", or the deprecated SLIMCC_TVM_INT8 variable when set).
     """
+    spec = with_int8_mode(spec, int8_mode)
     if isolate is None:
         isolate = os.environ.get("SLIMCC_DEBUG") != "1"
     db = None
@@ -54,11 +58,11 @@ def compile_model(model: Model, spec: TargetSpec, out_dir: str | Path, *, databa
 
 def compile_file(source, target: str = "x86", *, output_dir: str | Path, input_shapes=None, tuned=None,
                  mcpu: str | None = None, num_cores: int | None = None, cuda_arch: str | None = None,
-                 isolate: bool | None = None) -> Manifest:
+                 isolate: bool | None = None, int8_mode: str | None = None) -> Manifest:
     """Canonicalize `source` (path, ModelProto or Model) and compile it for `target` into `output_dir`.
 
     `tuned`: a tuning-database folder; None reuses the default database of this (model, target)
-    when `slimcc tune` made one; False compiles untuned.
+    when `slimcc tune` made one; False compiles untuned. `int8_mode`: see `compile_model`.
     """
     from slimcc.targets.target import make_target
     from slimcc.targets.tune import default_database, record_count
@@ -71,7 +75,14 @@ def compile_file(source, target: str = "x86", *, output_dir: str | Path, input_s
         database = candidate if record_count(candidate) else None
     elif tuned is False:
         database = None
-    return compile_model(model, spec, output_dir, database_dir=database, isolate=isolate)
+    return compile_model(model, spec, output_dir, database_dir=database, isolate=isolate, int8_mode=int8_mode)
+
+
+def with_int8_mode(spec: TargetSpec, int8_mode: str | None) -> TargetSpec:
+    """`spec` carrying the resolved int8 lowering mode in its notes, which the (child) build reads."""
+    from slimcc.targets.int8 import int8_mode as resolve_int8_mode
+
+    return dataclasses.replace(spec, notes={**spec.notes, "int8_mode": resolve_int8_mode(int8_mode)})
 
 
 def is_int8(model: Model) -> bool:

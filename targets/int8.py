@@ -29,8 +29,10 @@ The layer rewrite is bit-exact with `slimcc.passes.quant.intref.qlinear_conv/qli
 "u8s8" keeps the activation dtype (u8 x s8, what x86 VNNI multiplies); "s8s8" (ARM dot-product,
 CUDA dp4a) shifts u8 activations by -128 and folds the changed zero point into the same
 correction term. Layers outside this form (per-tensor weight zero points != 0, a bias scale
-other than sx*sw, multipliers >= 2^30) keep their float arithmetic. SLIMCC_TVM_INT8=fake turns
-the rewrite off, e.g. to compare against the fake-quantized graph.
+other than sx*sw, multipliers >= 2^30) keep their float arithmetic. The compile option
+`int8_mode="fake"` (`slimcc compile --int8-mode fake`) turns the rewrite off, e.g. to compare
+against the fake-quantized graph; the SLIMCC_TVM_INT8 environment variable is a deprecated
+fallback read only when no mode is given.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ from slimcc.targets.relax_values import tensor_dtype as _dtype
 from slimcc.targets.te_kernels import call_te_kernel
 from slimcc.targets.tvm_import import ensure_tvm
 
-INT8_ENV = "SLIMCC_TVM_INT8"
+INT8_ENV = "SLIMCC_TVM_INT8"  # deprecated: the int8_mode compile option replaces it
+INT8_MODES = ("real", "fake")
 FLAVOURS = ("u8s8", "s8s8")
 COMPUTE_OPS = ("relax.nn.conv2d", "relax.matmul")
 
@@ -57,11 +60,21 @@ class _Unsupported(Exception):
     """The matched layer is not in the form this rewrite lowers; it stays fake-quantized."""
 
 
-def int8_mode() -> str:
-    """SLIMCC_TVM_INT8: "real" (default) lowers Q/DQ layers to integer compute, "fake" leaves TVM's float Q/DQ."""
+def int8_mode(requested: str | None = None) -> str:
+    """The int8 lowering mode: "real" (default) lowers Q/DQ layers to integer compute, "fake" keeps TVM's float Q/DQ.
+
+    `requested` is the compile option (`compile_model(int8_mode=...)`, `slimcc compile --int8-mode`);
+    when it is None the deprecated SLIMCC_TVM_INT8 environment variable is read instead.
+    """
+    if requested is not None:
+        mode = str(requested).strip().lower()
+        if mode not in INT8_MODES:
+            raise SlimccError(f"int8 mode {requested!r} is not understood; use one of {', '.join(INT8_MODES)}")
+        return mode
     mode = os.environ.get(INT8_ENV, "real").strip().lower() or "real"
-    if mode not in ("real", "fake"):
-        raise SlimccError(f"{INT8_ENV}={mode!r} is not understood; set it to 'real' or 'fake' (or unset it)")
+    if mode not in INT8_MODES:
+        raise SlimccError(f"{INT8_ENV}={mode!r} is not understood; set it to 'real' or 'fake' (or unset it; "
+                          "the variable is deprecated: pass --int8-mode to `slimcc compile` instead)")
     return mode
 
 

@@ -39,7 +39,7 @@ def to_relax(model: Model):
     return mod
 
 
-def prepare_for_build(mod, target=None, facts: dict | None = None):
+def prepare_for_build(mod, target=None, facts: dict | None = None, int8_mode: str | None = None):
     """Rewrites every target needs before legalization: real int8 compute, then BatchNorm/LayerNorm decomposition.
 
     Compile and tuning both call this, so they see the same kernels. On CPU targets float conv2d
@@ -47,19 +47,21 @@ def prepare_for_build(mod, target=None, facts: dict | None = None):
     integer ones on x86 slimcc's int8 conv (targets/schedules/int8_pack.py, VNNI where the target has it),
     and sigmoid/tanh/exp use a vectorizable exp (targets/schedules/fast_math.py). Q/DQ layers become integer
     conv2d/matmul (targets/int8.py) in the operand types `target` multiplies best (u8 x s8 when
-    `target` is None or x86); SLIMCC_TVM_INT8=fake keeps TVM's float Q/DQ instead. `facts`, when
+    `target` is None or x86); `int8_mode="fake"` keeps TVM's float Q/DQ instead (None: the
+    deprecated SLIMCC_TVM_INT8 variable, else "real"; see targets/int8.py `int8_mode`). `facts`, when
     given, receives `int8_lowered` (integer conv2d/matmul count) and `int8_mode`.
     """
     ensure_tvm()
     from tvm import relax
 
-    from slimcc.targets.int8 import count_integer_ops, flavour_for, int8_mode, lower_int8
+    from slimcc.targets.int8 import count_integer_ops, flavour_for, lower_int8
+    from slimcc.targets.int8 import int8_mode as resolve_int8_mode
     from slimcc.targets.schedules.int8_pack import pack_int8_convs
     from slimcc.targets.schedules.isa import cpu_vector_for, target_has_feature
     from slimcc.targets.schedules.fast_math import use_fast_exp
     from slimcc.targets.schedules.pack_weights import pack_conv_weights
 
-    mode = int8_mode()
+    mode = resolve_int8_mode(int8_mode)
     if mode == "real":
         try:
             mod = lower_int8(mod, flavour_for(target))
@@ -67,7 +69,7 @@ def prepare_for_build(mod, target=None, facts: dict | None = None):
             raise
         except Exception as exc:  # a TVM error inside the rewrite
             raise SlimccError(f"lowering Q/DQ layers to int8 compute failed: {first_line(exc)}; "
-                              "set SLIMCC_TVM_INT8=fake to build with float Q/DQ instead") from None
+                              "compile with --int8-mode fake to build with float Q/DQ instead") from None
     if facts is not None:
         facts["int8_mode"] = mode
         facts["int8_lowered"] = count_integer_ops(mod)

@@ -106,7 +106,7 @@ def tune_model(model: Model, spec: TargetSpec, trials: int, *, database_dir: str
     index_pseudo_source_files()
     _log_to_files_only()
     target = spec.to_tvm()
-    mod = fuse_for_tuning(prepare_for_build(to_relax(model), target), target)  # the kernels compile will see
+    mod = fuse_for_tuning(prepare_for_build(to_relax(model), target, int8_mode=spec.notes.get("int8_mode")), target)  # the kernels compile will see
     try:
         tasks = ms.relax_integration.extract_tasks(mod, target)
     except Exception as exc:

@@ -27,6 +27,9 @@ def add_parser(sub) -> None:
     tuned.add_argument("--tuned", metavar="DB", help="apply this MetaSchedule database (from `slimcc tune --db`)")
     tuned.add_argument("--untuned", action="store_true",
                        help="ignore the default tuning database of this model/target even if it exists")
+    parser.add_argument("--int8-mode", choices=("real", "fake"), default=None,
+                        help="Q/DQ models: 'real' (default) compiles integer kernels, 'fake' keeps float Q/DQ "
+                             "(replaces the deprecated SLIMCC_TVM_INT8 variable)")
     parser.add_argument("-o", "--output", required=True, metavar="DIR", help="artifact folder to write")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
     parser.set_defaults(func=run)
@@ -39,7 +42,8 @@ def run(args) -> int:
     tuned = args.tuned if args.tuned else (False if args.untuned else None)
     manifest = compile_file(args.model, args.target, output_dir=Path(args.output),
                             input_shapes=parse_input_shapes(args.input_shape), tuned=tuned, mcpu=args.mcpu,
-                            num_cores=args.num_cores, cuda_arch=args.cuda_arch)
+                            num_cores=args.num_cores, cuda_arch=args.cuda_arch,
+                            int8_mode=args.int8_mode)
     if args.json:
         print_json(manifest.as_dict())
     else:

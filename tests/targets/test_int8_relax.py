@@ -11,6 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from slimcc.errors import SlimccError
 from slimcc.ir.model import load_model
 from slimcc.ir.verify import run_onnxruntime
 from slimcc.passes.pattern import constant_value
@@ -158,12 +159,31 @@ def test_prepare_for_build_emits_integer_conv_unless_switched_off(monkeypatch):
     arm = prepare_for_build(to_relax(model), make_target("arm", int8=True).to_tvm())
     assert compute_calls(arm) == [("relax.nn.conv2d", "int8", "int8", "int32")]
 
-    monkeypatch.setenv(INT8_ENV, "fake")
     facts = {}
-    fake = prepare_for_build(to_relax(model), None, facts)
+    fake = prepare_for_build(to_relax(model), None, facts, int8_mode="fake")
     assert facts == {"int8_mode": "fake", "int8_lowered": 0}
     [(op, data, weight, _)] = compute_calls(fake)
     assert (op, data, weight) == ("relax.nn.conv2d", "float32", "float32")
+
+    monkeypatch.setenv(INT8_ENV, "fake")  # the deprecated variable: read only when no mode is given
+    facts = {}
+    prepare_for_build(to_relax(model), None, facts)
+    assert facts["int8_mode"] == "fake"
+    facts = {}
+    prepare_for_build(to_relax(model), None, facts, int8_mode="real")
+    assert facts == {"int8_mode": "real", "int8_lowered": 1}
+
+
+def test_int8_mode_option_reaches_the_isolated_build_and_rejects_unknown_modes(tmp_path):
+    rng = np.random.default_rng(0)
+    w_q = rng.integers(-127, 128, (4, 3, 3, 3)).astype(np.int8)
+    model, _ = _qdq_layer("Conv", (1, 3, 8, 8), w_q, np.full(4, 0.01, np.float32), np.zeros(4, np.int32),
+                          w_axis=0, pads=[1, 1, 1, 1])
+    manifest = compile_model(model, make_target("x86"), tmp_path / "fake", isolate=True, int8_mode="fake")
+    assert (manifest.build["int8_mode"], manifest.build["int8_lowered"]) == ("fake", 0)
+    with pytest.raises(SlimccError, match="int8 mode 'bogus'"):
+        compile_model(model, make_target("x86"), tmp_path / "bad", int8_mode="bogus")
+    assert not (tmp_path / "bad").exists()
 
 
 def test_layer_outside_the_lowered_form_keeps_float_qdq():
