@@ -12,8 +12,9 @@ CPU (host mcpu, --threads cores): fp32 untuned, fp32 tuned (fresh MetaSchedule d
 bench/quant.py with calibration on real images, tuned with the same --trials). Whether TVM ran
 real integer kernels is read from the int8 build info (`int8_lowered`: integer conv2d/matmul
 count; 0 or absent means fake quantization in float). onnxruntime runs with all graph
-optimizations and --threads threads. Latencies are medians over --repeat runs, interleaved
-(ort, ort int8, untuned, tuned, int8 untuned, int8 tuned, ort, ...) so machine noise hits every engine alike;
+optimizations and --threads threads. Latencies are medians over --repeat runs, timed in interleaved
+blocks of 5 (ort, ort int8, untuned, tuned, int8 untuned, int8 tuned, ort, ...) so machine noise hits
+every engine alike while no engine's spinning thread pool runs into the next engine's block;
 `onnxruntime_int8` is onnxruntime on the same QDQ model the int8 builds compile. Outputs are
 checked against onnxruntime (fp32 builds vs the fp32 model, the int8 build vs the QDQ model).
 The JSON is rewritten after each model, so an interrupted run keeps finished models.
@@ -86,14 +87,24 @@ def tuned_build(model, spec, trials: int, workdir: Path, tag: str, quiet: bool) 
             "build": {k: v for k, v in manifest.build.items() if "int8" in k}}
 
 
-def interleaved(engines: dict, feeds_of: dict, repeat: int, warmup: int = 3) -> dict[str, float]:
-    """Median milliseconds per run of each engine (a zero-argument runner), runs interleaved."""
+def interleaved(engines: dict, feeds_of: dict, repeat: int, block: int = 5, warmup: int = 3) -> dict[str, float]:
+    """Median milliseconds per run of each engine (a one-argument runner), timed in interleaved blocks.
+
+    Each round runs every engine once untimed and then `block` timed runs, until `repeat` timed
+    runs per engine. Blocks, not single runs, because thread pools spin after a run: onnxruntime's
+    workers spinning for the next request would steal the cores from TVM's (and TVM's from
+    onnxruntime's) if the engines alternated run by run at 2 threads.
+    """
     samples: dict[str, list[float]] = {key: [] for key in engines}
-    for i in range(warmup + repeat):
-        for key, run in engines.items():
-            start = time.perf_counter()
+    for key, run in engines.items():
+        for _ in range(warmup):
             run(feeds_of[key])
-            if i >= warmup:
+    while min(len(vals) for vals in samples.values()) < repeat:
+        for key, run in engines.items():
+            run(feeds_of[key])
+            for _ in range(block):
+                start = time.perf_counter()
+                run(feeds_of[key])
                 samples[key].append(time.perf_counter() - start)
     return {key: round(1e3 * float(np.median(vals)), 3) for key, vals in samples.items()}
 
