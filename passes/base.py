@@ -42,13 +42,18 @@ class PassContext:
 class Pass:
     """Base class of all passes. Subclasses are frozen dataclasses registered by name.
 
-    Class attributes: `name` (kebab-case, set by `register_pass`), `exact` (the rewrite
-    keeps outputs equal to float tolerance), `needs_calibration` (needs `ctx.calibration`).
+    Class attributes: `name` (kebab-case, set by `register_pass`), `exact` (the rewrite with
+    default options keeps outputs equal to float tolerance; `is_exact()` answers for the
+    configured instance and is what the verification gate asks), `needs_calibration` (needs `ctx.calibration`).
     """
 
     name: ClassVar[str] = ""
     exact: ClassVar[bool] = True
     needs_calibration: ClassVar[bool] = False
+
+    def is_exact(self) -> bool:
+        """Whether this configured pass keeps outputs equal to float tolerance (options may make it lossy)."""
+        return bool(type(self).exact)
 
     def run(self, model, ctx: PassContext | None = None) -> PassResult:  # pragma: no cover - interface
         """Rewrite `model` in place and report what changed."""

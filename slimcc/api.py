@@ -6,7 +6,9 @@
     slimcc.compile(small, target="x86", output_dir="small-x86")
 
     model = slimcc.load("model.onnx", input_shapes={"x": [1, 3, 224, 224]})
-    slimcc.Pipeline.from_spec("canonicalize,prune-channels{macs=0.6}").run(model)
+    slimcc.Pipeline.from_spec("canonicalize,prune-channels{macs=0.6}").run(model)  # verified
+
+Every run goes through slimcc.passes.verified (the same gate as the CLI); `verify=False` opts out.
 
 Models are a path, an onnx.ModelProto or a loaded slimcc Model; calibration is a dict of
 arrays (or a list of such batches), an .npz path, an image folder, an onnxruntime-style
@@ -19,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slimcc.errors import VerificationError
 from slimcc.ir.model import Model, load_model, save_model
 from slimcc.passes.base import Pass, PassContext, register_pass
-from slimcc.passes.manager import ManagerReport, PassManager
+from slimcc.passes.manager import ManagerReport
 from slimcc.passes.pipeline import format_pipeline, parse_pipeline
+from slimcc.passes.verified import run_verified
 
 __all__ = ["load", "save", "Pipeline", "register_pass", "compile", "compress", "as_calibration"]
 
@@ -74,28 +76,33 @@ class Pipeline:
         """The pipeline as text (re-parsable)."""
         return format_pipeline(self.passes)
 
-    def run(self, model, *, calibration: Any = None, input_shapes=None, progress: bool = False,
-            seed: int = 0) -> ManagerReport:
-        """Run the passes over `model` and return the report.
+    def run(self, model, *, calibration: Any = None, input_shapes=None, progress: bool = False, seed: int = 0,
+            verify: bool = True, max_error: float | None = None, rollback: bool = False) -> ManagerReport:
+        """Run the passes over `model` through the verified run and return the report.
 
-        A Model is edited in place. Give a path or ModelProto only when the report is all you
-        need; otherwise load it first with `slimcc.load` and keep the Model.
+        Verified by default (slimcc.passes.verified): exact passes must keep onnxruntime outputs
+        equal, `max_error` bounds lossy ones against the original, and a refused run raises a
+        one-line VerificationError/PassError and leaves the model unchanged. `verify=False` is the
+        explicit opt-out. A Model is edited in place; give a path or ModelProto only when the
+        report is all you need.
         """
         model = load(model, input_shapes)
-        ctx = PassContext(calibration=as_calibration(calibration, model), progress=progress, seed=seed)
-        report = PassManager(self.passes, verify_each=self.verify_each, fixpoint=self.fixpoint).run(model, ctx)
-        model.refresh_shapes()
-        self.history.append(report)
-        return report
+        outcome = run_verified(model, self.passes, as_calibration(calibration, model), max_error=max_error,
+                               seed=seed, progress=progress, verify=verify, rollback=rollback,
+                               fixpoint=self.fixpoint, check_valid=verify or self.verify_each)
+        self.history.append(outcome.report)
+        return outcome.report
 
 
 def compress(model, *, macs: float | None = None, rank_speedup: float | None = None, int8: bool = False,
-             calibration: Any = None, input_shapes=None, max_error: float | None = None) -> tuple[Model, str]:
-    """The common compression path (same plan as `slimcc compress`).
+             calibration: Any = None, input_shapes=None, max_error: float | None = None,
+             verify: bool = True) -> tuple[Model, str]:
+    """The common compression path (same plan and verified run as `slimcc compress`).
 
     Returns (compressed copy, the pipeline text it ran); the input model is not modified.
-    With `max_error`, raises VerificationError when an output's relative error against the
-    original exceeds it (on random inputs plus the first calibration batches).
+    Exact passes are checked one by one; with `max_error`, raises VerificationError when an
+    output's relative error against the original exceeds it (on random inputs plus the first
+    calibration batches). `verify=False` turns the checks off.
     """
     from slimcc.compress_plan import plan
 
@@ -103,21 +110,8 @@ def compress(model, *, macs: float | None = None, rank_speedup: float | None = N
     work = original.copy()
     calib = as_calibration(calibration, work)
     text = plan(macs=macs, rank_speedup=rank_speedup, int8=int8, has_calibration=calib is not None).text
-    Pipeline.from_spec(text).run(work, calibration=calib)
-    if max_error is not None:
-        check_error(original, work, calib, max_error)
+    Pipeline.from_spec(text).run(work, calibration=calib, max_error=max_error, verify=verify)
     return work, text
-
-
-def check_error(reference: Model, candidate: Model, calib, max_error: float) -> None:
-    """Raise VerificationError when `candidate` drifts from `reference` by more than `max_error` (relative)."""
-    from slimcc.ir.verify import compare_models, random_feeds
-
-    feeds = [random_feeds(reference, seed=0)] + (list(calib.batches[:8]) if calib is not None else [])
-    report = compare_models(reference, candidate, feeds)
-    if report.max_rel > max_error:
-        raise VerificationError(f"compressed model differs from the original: relative error "
-                                f"{report.max_rel:.3g} > {max_error:g}")
 
 
 def compile(model, target: str = "x86", *, output_dir: str | Path, input_shapes=None, tuned=None,

@@ -107,6 +107,10 @@ class QDQCancel(RewritePass):
 
     merge: bool = False
 
+    def is_exact(self) -> bool:
+        """Cancelling identical round trips is exact; merging two roundings into one is not."""
+        return not self.merge
+
     def active_rules(self):
         return (CANCEL, MERGE) if self.merge else (CANCEL,)
 

@@ -14,12 +14,12 @@ import math
 from pathlib import Path
 
 from slimcc.commands.common import add_model_arguments, print_json
-from slimcc.commands.optimize import (check_output_path, load_model_and_calibration, print_report, run_verified,
-                                      summarize)
+from slimcc.commands.optimize import check_output_path, load_model_and_calibration, print_report, summarize
 from slimcc.compress_plan import plan
 from slimcc.errors import SlimccError
 from slimcc.ir.model import Model, save_model
 from slimcc.passes.pipeline import format_pipeline, parse_pipeline
+from slimcc.passes.verified import run_verified
 
 TARGETS = ("x86", "arm", "cuda")
 
@@ -76,7 +76,7 @@ def run(args) -> int:
     save_model(model, output)
     after = summarize(model, output.stat().st_size)
     summary = {"model": str(source), "output": str(output), "pipeline": format_pipeline(passes),
-               "exact": all(p.exact for p in passes), "notes": planned.notes,
+               "exact": outcome.exact, "notes": planned.notes,
                "rerun": rerun_command(source, output, format_pipeline(passes), args),
                "seconds": round(outcome.seconds, 4), "before": before, "after": after,
                "passes": outcome.report.as_dict(), "rolled_back": [], "verification": outcome.verification,

@@ -23,16 +23,15 @@ from pathlib import Path
 import numpy as np
 
 from slimcc.commands.common import print_json, print_table
-from slimcc.commands.optimize import EXACT_REL_TOL, float_noise, make_pass_check, verification_feeds
 from slimcc.errors import SlimccError
 from slimcc.ir.atomic import atomic_folder
 from slimcc.ir.calibration import CalibrationData
 from slimcc.ir.cost import model_cost
 from slimcc.ir.model import Model, first_line, load_model, save_model
 from slimcc.ir.verify import make_session
-from slimcc.passes.base import PassContext, registry
-from slimcc.passes.manager import PassManager
+from slimcc.passes.base import registry
 from slimcc.passes.pipeline import parse_pipeline
+from slimcc.passes.verified import run_verified
 from slimcc.report import TABLE_HEADERS, table_rows, write_report
 
 DEFAULT_OUT = "slimcc-demo"
@@ -167,17 +166,13 @@ def available_passes(stage: Stage) -> tuple[list[str], list[str]]:
 
 
 def apply_stage(model: Model, specs: list[str], subject: Subject, reference: Model) -> tuple[Model, dict]:
-    """Run the stage's passes on a copy of `model`; exact passes must match onnxruntime.
+    """Run the stage's passes on a copy of `model` through the verified run (exact passes must match onnxruntime).
 
     `reference` (the original model) is what recovery passes reconstruct towards.
     """
     work = model.copy()
     passes = parse_pipeline(",".join(specs))
-    feeds = verification_feeds(work, subject.calibration, seed=0)
-    check = make_pass_check(feeds, EXACT_REL_TOL, float_noise(work, feeds))
-    ctx = PassContext(calibration=subject.calibration, reference=reference, progress=False)
-    report = PassManager(passes, verify_each=True, equivalence=check).run(work, ctx)
-    work.refresh_shapes()
+    report = run_verified(work, passes, subject.calibration, reference=reference, progress=False).report
     stats = {r.name: {k: v for k, v in r.result.stats.items() if isinstance(v, (int, float, str, bool))}
              for r in report.records}
     return work, stats

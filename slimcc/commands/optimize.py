@@ -1,34 +1,26 @@
 """`slimcc optimize MODEL -p PIPELINE -o OUT`: run a pass pipeline, verify it, write the result.
 
-Verification is on by default (`--no-verify` turns it off): every exact pass must keep the
-outputs equal (relative error <= 1e-4 or --max-error, or within 4x the change onnxruntime's
-own fusions make) against the model before it, so a bad pass is named; the final model is compared with the original, and lossy pipelines must stay
-within --max-error when given. OUT is written (atomically) only after everything succeeded.
+Verification is on by default (`--no-verify` turns it off) and is slimcc.passes.verified's gate,
+the same one every entry point uses: every exact pass must keep the outputs equal (relative
+error <= 1e-4 or --max-error, or within 4x the change onnxruntime's own fusions make) against
+the model before it, so a bad pass is named; the final model is compared with the original, and
+lossy pipelines must stay within --max-error when given. OUT is written (atomically) only after
+everything succeeded.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import time
-from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from slimcc.commands.common import add_model_arguments, print_json, print_table
 from slimcc.commands.inspect import cost_with_static_shapes, human
-from slimcc.errors import SlimccError, VerificationError
+from slimcc.errors import SlimccError
 from slimcc.ir.model import Model, load_model, parse_input_shapes, save_model
-from slimcc.ir.verify import (OutputError, VerifyReport, compare_models, make_session, random_feeds,
-                              run_onnxruntime)
-from slimcc.passes.base import Pass, PassContext
-from slimcc.passes.manager import ManagerReport, PassManager
+from slimcc.passes.manager import ManagerReport
 from slimcc.passes.pipeline import format_pipeline, parse_pipeline
-
-EXACT_REL_TOL = 1e-4
-MAX_CALIB_VERIFY_BATCHES = 8
-NOISE_FACTOR = 4.0  # an error up to 4x onnxruntime's own fusion noise is float reordering, not a bug
+from slimcc.passes.verified import EXACT_REL_TOL, pipeline_is_exact, run_verified
 
 
 def add_parser(sub) -> None:
@@ -73,110 +65,6 @@ def summarize(model: Model, file_bytes: int) -> dict:
             "macs_complete": report.complete, "weight_bytes": report.weight_bytes, "file_bytes": file_bytes}
 
 
-def verification_feeds(model: Model, calib, seed: int) -> list[dict[str, np.ndarray]]:
-    """Random inputs plus the first calibration batches: what equivalence is judged on."""
-    feeds = [random_feeds(model, seed=seed)]
-    if calib is not None:
-        feeds += calib.batches[:MAX_CALIB_VERIFY_BATCHES]
-    return feeds
-
-
-def float_noise(reference: Model, feeds: list[dict[str, np.ndarray]]) -> list[float]:
-    """Per output, the largest change onnxruntime's own fusions make (optimized vs unoptimized run).
-
-    Outputs near zero (e.g. sigmoid scores on random inputs) make relative errors meaningless;
-    a rewrite that moves an output no more than reordered float arithmetic does is exact.
-    """
-    plain = make_session(reference)
-    try:
-        fused = make_session(reference, optimize=True)
-    except SlimccError:  # the optimizer refuses some graphs; then no noise allowance
-        return []
-    noise: list[float] = []
-    for batch in feeds:
-        a = list(run_onnxruntime(reference, batch, session=plain).values())
-        b = list(run_onnxruntime(reference, batch, session=fused).values())
-        diffs = [float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) if x.size else 0.0
-                 for x, y in zip(a, b)]
-        noise = [max(n, d) for n, d in zip(noise, diffs)] if noise else diffs
-    return noise
-
-
-def excess_error(report: VerifyReport, tolerance: float, noise: list[float]) -> OutputError | None:
-    """The worst output whose error exceeds both tolerance x scale and the float noise, or None."""
-    bad = [o for o, n in zip(report.outputs, noise + [0.0] * len(report.outputs))
-           if o.max_rel > tolerance and o.max_abs > NOISE_FACTOR * n]
-    return max(bad, key=lambda o: o.max_rel) if bad else None
-
-
-def make_pass_check(feeds: list[dict[str, np.ndarray]], tolerance: float, noise: list[float],
-                    reference: Model | None = None, max_error: float | None = None):
-    """A PassManager equivalence hook: an exact pass must keep outputs within `tolerance` of the model
-    before it; with `max_error`, a lossy pass must keep them within `max_error` of the original
-    `reference` (so the lossy pass that breaks the budget is the one named and rolled back)."""
-
-    def check(pass_: Pass, before: Model, after: Model) -> dict | None:
-        if not pass_.exact:
-            if max_error is None or reference is None:
-                return None
-            report = compare_models(reference, after, feeds)
-            worst = excess_error(report, max_error, noise)
-            if worst is not None:
-                raise VerificationError(f"output {worst.name!r} relative error {worst.max_rel:.3g} > --max-error "
-                                        f"{max_error:g} against the original (lossy pipeline budget)")
-            return report.as_dict()
-        report = compare_models(before, after, feeds)
-        worst = excess_error(report, tolerance, noise)
-        if worst is not None:
-            raise VerificationError(f"exact pass changed output {worst.name!r}: relative error "
-                                    f"{worst.max_rel:.3g} > {tolerance:g}")
-        return report.as_dict()
-
-    return check
-
-
-@dataclass
-class VerifiedRun:
-    """The outcome of running a pipeline under the verification gate."""
-
-    report: ManagerReport
-    seconds: float
-    verification: dict | None
-
-
-def run_verified(model: Model, passes, calib, *, max_error: float | None, seed: int = 0,
-                 progress: bool = True, verify: bool = True, rollback: bool = False) -> VerifiedRun:
-    """Run `passes` over `model` in place with `slimcc optimize`'s verification gate.
-
-    Exact passes must keep outputs within EXACT_REL_TOL (or `max_error`) of the model before
-    them; the final model must stay within `max_error` of the original when it is given.
-    Raises VerificationError otherwise; with `rollback`, a pass failing its check is undone
-    (and named in the report) and the run goes on.
-    """
-    exact = all(p.exact for p in passes)
-    tolerance = max_error if max_error is not None else (EXACT_REL_TOL if exact else None)
-    reference = model.copy()
-    feeds = verification_feeds(reference, calib, seed) if verify else None
-    noise = float_noise(reference, feeds) if verify else []
-    check = make_pass_check(feeds, max_error if max_error is not None else EXACT_REL_TOL, noise,
-                            reference, max_error) if verify else None
-    ctx = PassContext(calibration=calib, reference=reference, progress=progress, seed=seed)
-    start = time.perf_counter()
-    report = PassManager(passes, verify_each=verify, equivalence=check, rollback=rollback).run(model, ctx)
-    seconds = time.perf_counter() - start
-    model.refresh_shapes()
-    verification = None
-    if verify:
-        result = compare_models(reference, model, feeds)
-        verification = dict(result.as_dict(), tolerance=tolerance, batches=len(feeds), float_noise=noise)
-        worst = excess_error(result, tolerance, noise) if tolerance is not None else None
-        if worst is not None:
-            kind = "exact" if exact else "lossy"
-            raise VerificationError(f"result differs from the original: output {worst.name!r} relative "
-                                    f"error {worst.max_rel:.3g} > {tolerance:g} ({kind} pipeline); nothing written")
-    return VerifiedRun(report, seconds, verification)
-
-
 def load_model_and_calibration(args) -> tuple[Path, Model, object]:
     """The MODEL argument loaded with --input-shape, and --calib data (or None) checked against it."""
     source = Path(args.model)
@@ -202,7 +90,7 @@ def run(args) -> int:
     needing = [p.name for p in passes if p.needs_calibration]
     if needing and not args.calib:
         raise SlimccError(f"pass(es) {', '.join(needing)} need calibration data; give --calib FILE.npz|FOLDER")
-    exact = all(p.exact for p in passes)
+    exact = pipeline_is_exact(passes)
 
     source, model, calib = load_model_and_calibration(args)
     before = summarize(model, source.stat().st_size)

@@ -226,7 +226,7 @@ def test_inspect_borrows_folded_shapes_on_yolov8n(cli, real_model_path):
 
 
 def test_gate_ignores_float_noise_but_not_real_changes():
-    from slimcc.commands.optimize import excess_error
+    from slimcc.passes.verified import excess_error
     from slimcc.ir.verify import OutputError, VerifyReport
 
     tiny = VerifyReport([OutputError("p", max_abs=1.5e-7, max_rel=2.5e-3, scale=6e-5)])

@@ -1,0 +1,167 @@
+"""The verified run: the one gate between a pass pipeline and its caller.
+
+Every entry point runs passes through `run_verified`: `slimcc optimize`, `slimcc compress`,
+`slimcc demo`, `slimcc.Pipeline.run` and `slimcc.compress`. It owns
+
+- the verification inputs: random inputs plus the first calibration batches (`verification_feeds`);
+- the float-noise allowance: an error no larger than NOISE_FACTOR x the change onnxruntime's own
+  fusions make is float reordering, not a bug (`float_noise`, `excess_error`);
+- the budgets: a pass whose configured instance is exact (`Pass.is_exact()`) must keep the outputs
+  of the model before it within EXACT_REL_TOL (or `max_error`); with `max_error`, a lossy pass must
+  keep the outputs within `max_error` of the original, and so must the final model;
+- validity: onnx.checker + strict shape inference after every pass, and the final model must load
+  in onnxruntime;
+- rollback (`rollback=True`: a pass failing its check is undone, named in the report, and the run
+  goes on) and the report (`VerifiedRun`).
+
+The pipeline runs on a copy; the caller's model is replaced only when everything passed, so a
+refused run leaves the model (and the disk) untouched. `verify=False` is the explicit opt-out.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from slimcc.errors import SlimccError, VerificationError
+from slimcc.ir.model import Model
+from slimcc.ir.verify import OutputError, VerifyReport, compare_models, make_session, random_feeds, run_onnxruntime
+from slimcc.passes.base import Pass, PassContext
+from slimcc.passes.manager import ManagerReport, PassManager
+
+EXACT_REL_TOL = 1e-4
+MAX_CALIB_VERIFY_BATCHES = 8
+NOISE_FACTOR = 4.0  # an error up to 4x onnxruntime's own fusion noise is float reordering, not a bug
+
+
+def pipeline_is_exact(passes: list[Pass]) -> bool:
+    """True when every configured pass of the pipeline keeps outputs equal to float tolerance."""
+    return all(p.is_exact() for p in passes)
+
+
+def verification_feeds(model: Model, calib, seed: int) -> list[dict[str, np.ndarray]]:
+    """Random inputs plus the first calibration batches: what equivalence is judged on."""
+    feeds = [random_feeds(model, seed=seed)]
+    if calib is not None:
+        feeds += list(calib.batches[:MAX_CALIB_VERIFY_BATCHES])
+    return feeds
+
+
+def float_noise(reference: Model, feeds: list[dict[str, np.ndarray]]) -> list[float]:
+    """Per output, the largest change onnxruntime's own fusions make (optimized vs unoptimized run).
+
+    Outputs near zero (e.g. sigmoid scores on random inputs) make relative errors meaningless;
+    a rewrite that moves an output no more than reordered float arithmetic does is exact.
+    """
+    plain = make_session(reference)
+    try:
+        fused = make_session(reference, optimize=True)
+    except SlimccError:  # the optimizer refuses some graphs; then no noise allowance
+        return []
+    noise: list[float] = []
+    for batch in feeds:
+        a = list(run_onnxruntime(reference, batch, session=plain).values())
+        b = list(run_onnxruntime(reference, batch, session=fused).values())
+        diffs = [float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) if x.size else 0.0
+                 for x, y in zip(a, b)]
+        noise = [max(n, d) for n, d in zip(noise, diffs)] if noise else diffs
+    return noise
+
+
+def excess_error(report: VerifyReport, tolerance: float, noise: list[float]) -> OutputError | None:
+    """The worst output whose error exceeds both tolerance x scale and the float noise, or None."""
+    bad = [o for o, n in zip(report.outputs, noise + [0.0] * len(report.outputs))
+           if o.max_rel > tolerance and o.max_abs > NOISE_FACTOR * n]
+    return max(bad, key=lambda o: o.max_rel) if bad else None
+
+
+def make_pass_check(feeds: list[dict[str, np.ndarray]], tolerance: float, noise: list[float],
+                    reference: Model | None = None, max_error: float | None = None):
+    """A PassManager equivalence hook: an exact pass must keep outputs within `tolerance` of the model
+    before it; with `max_error`, a lossy pass must keep them within `max_error` of the original
+    `reference` (so the lossy pass that breaks the budget is the one named and rolled back)."""
+
+    def check(pass_: Pass, before: Model, after: Model) -> dict | None:
+        if not pass_.is_exact():
+            if max_error is None or reference is None:
+                return None
+            report = compare_models(reference, after, feeds)
+            worst = excess_error(report, max_error, noise)
+            if worst is not None:
+                raise VerificationError(f"output {worst.name!r} relative error {worst.max_rel:.3g} > --max-error "
+                                        f"{max_error:g} against the original (lossy pipeline budget)")
+            return report.as_dict()
+        report = compare_models(before, after, feeds)
+        worst = excess_error(report, tolerance, noise)
+        if worst is not None:
+            raise VerificationError(f"exact pass changed output {worst.name!r}: relative error "
+                                    f"{worst.max_rel:.3g} > {tolerance:g}")
+        return report.as_dict()
+
+    return check
+
+
+@dataclass
+class VerifiedRun:
+    """The outcome of running a pipeline under the verification gate."""
+
+    report: ManagerReport
+    seconds: float
+    verification: dict | None
+    exact: bool
+
+    @property
+    def rolled_back(self) -> list[str]:
+        """Names of the passes undone because they failed their check."""
+        return [r.name for r in self.report.records if r.rolled_back]
+
+
+def run_verified(model: Model, passes: list[Pass], calib=None, *, max_error: float | None = None, seed: int = 0,
+                 progress: bool = True, verify: bool = True, rollback: bool = False,
+                 reference: Model | None = None, fixpoint: bool = False,
+                 check_valid: bool | None = None) -> VerifiedRun:
+    """Run `passes` over `model` under the verification gate; `model` is replaced only on success.
+
+    `reference` is the model data-aware passes (recovery) reconstruct towards (default: `model`
+    as it is now). Raises VerificationError (one line) when a check fails, unless `rollback`
+    undoes the failing pass; with `verify=False` the passes run unchecked (`check_valid` still
+    runs onnx.checker after each pass; it defaults to `verify`).
+    """
+    exact = pipeline_is_exact(passes)
+    tolerance = max_error if max_error is not None else (EXACT_REL_TOL if exact else None)
+    original = model.copy()
+    work = model.copy()
+    feeds = verification_feeds(original, calib, seed) if verify else None
+    noise = float_noise(original, feeds) if verify else []
+    check = make_pass_check(feeds, max_error if max_error is not None else EXACT_REL_TOL, noise,
+                            original, max_error) if verify else None
+    ctx = PassContext(calibration=calib, reference=reference or original, progress=progress, seed=seed)
+    start = time.perf_counter()
+    validate = verify if check_valid is None else check_valid
+    report = PassManager(passes, verify_each=validate, equivalence=check, rollback=rollback,
+                         fixpoint=fixpoint).run(work, ctx)
+    seconds = time.perf_counter() - start
+    work.refresh_shapes()
+    verification = final_check(original, work, feeds, tolerance, noise, exact) if verify else None
+    report.verification = verification
+    model.graph, model.metadata = work.graph, work.metadata
+    return VerifiedRun(report, seconds, verification, exact)
+
+
+def final_check(original: Model, result: Model, feeds: list[dict[str, np.ndarray]], tolerance: float | None,
+                noise: list[float], exact: bool) -> dict:
+    """Compare the final model with the original (it must load in onnxruntime and stay within `tolerance`)."""
+    try:
+        compared = compare_models(original, result, feeds)
+    except VerificationError:
+        raise
+    except SlimccError as exc:
+        raise VerificationError(f"the rewritten model fails: {exc}; nothing written") from None
+    worst = excess_error(compared, tolerance, noise) if tolerance is not None else None
+    if worst is not None:
+        kind = "exact" if exact else "lossy"
+        raise VerificationError(f"result differs from the original: output {worst.name!r} relative "
+                                f"error {worst.max_rel:.3g} > {tolerance:g} ({kind} pipeline); nothing written")
+    return dict(compared.as_dict(), tolerance=tolerance, batches=len(feeds), float_noise=noise)
