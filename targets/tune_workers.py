@@ -68,7 +68,7 @@ def pooled_builder(max_workers: int, timeout_sec: float, max_uses: int = 64):
         def __init__(self):
             super().__init__()
             self.pool = PopenPoolExecutor(max_workers=max_workers, timeout=timeout_sec,
-                                          initializer=index_pseudo_source_files, maximum_process_uses=max_uses)
+                                          initializer=start_worker, maximum_process_uses=max_uses)
             for _ in range(max_workers):  # workers start up while the parent searches its first candidates
                 self.pool.submit(warm_up_worker)
 
@@ -95,6 +95,15 @@ def _no_params(build_input) -> bool:
     if build_input.params:
         raise ValueError("the pooled builder does not take bound parameters")
     return True
+
+
+def start_worker() -> None:
+    """A builder worker's initializer: cheap `inspect` lookups, and slimcc's tensor intrinsics
+    registered (a worker that replays or checks a trace with a tensorized block needs them)."""
+    index_pseudo_source_files()
+    from slimcc.targets.schedules.vnni import vnni_intrin
+
+    vnni_intrin()
 
 
 def warm_up_worker() -> None:

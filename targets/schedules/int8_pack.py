@@ -33,7 +33,7 @@ from slimcc.targets.relax_values import constant_array, static_shape, tensor_dty
 from slimcc.targets.schedules.isa import CpuVector
 from slimcc.targets.schedules.pack_weights import (CHANNEL_DWCONV_BLOCK, CHANNEL_PAD_BLOCK, CONV_BLOCK,
                                                    DWCONV_BLOCK, GROUPED_CONV_BLOCK, PAD_BLOCK, _ConvCall, _ints)
-from slimcc.targets.schedules.vnni import GROUP, LANES
+from slimcc.targets.schedules.vnni import GROUP, LANES, vnni_intrin
 from slimcc.targets.te_kernels import call_te_kernel
 from slimcc.targets.tvm_import import ensure_tvm
 
@@ -43,8 +43,14 @@ QCROP_BLOCK = "slimcc_qcrop"
 
 
 def pack_int8_convs(mod, vector: CpuVector, vnni: bool):
-    """Rewrite every integer conv2d (u8 x constant s8 -> int32) and batch-1 integer matmul of `mod`."""
+    """Rewrite every integer conv2d (u8 x constant s8 -> int32) and batch-1 integer matmul of `mod`.
+
+    With `vnni`, the VNNI intrinsic is registered here, before any tuning database is applied:
+    replaying a tuned trace of a `slimcc_qconv` kernel needs it.
+    """
     tvm = ensure_tvm()
+    if vnni:
+        vnni_intrin()
     from tvm import relax
     from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
