@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from slimcc.targets.schedules.conv import schedule_conv, schedule_pointwise
 from slimcc.targets.schedules.depthwise import schedule_channel_depthwise, schedule_depthwise
-from slimcc.targets.schedules.elementwise import (inline_producers, is_reduction, root_blocks, schedule_flat,
-                                                  schedule_plane_sum, schedule_pool)
+from slimcc.targets.schedules.elementwise import (MIN_PARALLEL_ELEMENTS, inline_producers, is_reduction, loop_volume,
+                                                  root_blocks, schedule_flat, schedule_plane_sum, schedule_pool)
 from slimcc.targets.schedules.int8_conv import schedule_int8_conv
 from slimcc.targets.schedules.isa import CpuVector
 from slimcc.targets.schedules.matmul import schedule_matmul
@@ -21,18 +21,18 @@ SCHEDULED_ATTR = "tirx.is_scheduled"
 
 
 def _elementwise(sch, vector: CpuVector) -> bool:
-    """Element-wise / injective kernels, and single pooling reductions after an optional pad."""
+    """Element-wise / injective kernels, global pooling, and windowed reductions after an optional
+    pad: pooling, or a softmax's max and sum over a short axis (each reduction its own vector loop)."""
     inline_producers(sch)
     blocks = root_blocks(sch)
     reductions = [b for b in blocks if is_reduction(sch, b)]
-    if len(reductions) > 1:
-        return False
-    if reductions and schedule_plane_sum(sch, reductions[0], vector):
+    if len(reductions) == 1 and schedule_plane_sum(sch, reductions[0], vector):
         return True
     for block in blocks:
         if not is_reduction(sch, block):
             schedule_flat(sch, block, vector)
-    return not reductions or schedule_pool(sch, reductions[0], vector)
+    return all(schedule_pool(sch, reduction, vector) or loop_volume(sch, reduction) <= MIN_PARALLEL_ELEMENTS
+               for reduction in reductions)  # a tiny reduction (a 2-class softmax) needs no vectors
 
 
 # (name, rule) in the order they are tried; a rule returns False when the kernel is not its kind
@@ -104,9 +104,9 @@ def apply_cpu_schedules(mod, vector: CpuVector, facts: dict | None = None):
 def _dlight_candidates(mod) -> dict:
     """Unscheduled kernels with a single reduction block (GEMV, global pooling, a lone sum).
 
-    Multi-reduction kernels such as softmax over a non-innermost axis are left out: dlight's
-    CPU reduction rule recomputes the max and sum per output row there (measured 13x slower
-    than the naive loops on YOLOv8n's DFL softmax).
+    Multi-reduction kernels such as a softmax over a long axis are left out: dlight's CPU
+    reduction rule recomputes the max and sum per output row there (measured 13x slower than
+    the naive loops on YOLOv8n's DFL softmax).
     """
     tvm = ensure_tvm()
     from tvm import s_tir

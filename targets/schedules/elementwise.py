@@ -27,6 +27,14 @@ def is_reduction(sch, block) -> bool:
     return any(iv.iter_type == tvm.tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
 
 
+def loop_volume(sch, block) -> int:
+    """How many times `block` runs: the product of its loop extents."""
+    volume = 1
+    for loop in sch.get_loops(block):
+        volume *= int(sch.get(loop).extent)
+    return volume
+
+
 def inline_producers(sch) -> None:
     """Inline every non-reduction block that is not a function output into its consumers."""
     ensure_tvm()
@@ -53,11 +61,8 @@ def schedule_flat(sch, block, vector: CpuVector) -> None:
     loops = sch.get_loops(block)
     if not loops:
         return
-    extents = [int(sch.get(loop).extent) for loop in loops]
-    total = 1
-    for extent in extents:
-        total *= extent
-    row_width = vector.vector_width_dividing(extents[-1])
+    total = loop_volume(sch, block)
+    row_width = vector.vector_width_dividing(int(sch.get(loops[-1]).extent))
     if len(loops) > 1 and not reads_follow_output(sch, block) and row_width >= min(4, vector.lanes):
         outer, inner = sch.split(loops[-1], [None, row_width])
         sch.vectorize(inner)

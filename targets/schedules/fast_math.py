@@ -9,6 +9,7 @@ conv epilogue.
     sigmoid(x) = 1 / (1 + fast_exp(-x))
     tanh(x)    = 1 - 2 / (1 + fast_exp(2x))
     exp(x)     = fast_exp(x)
+    softmax(x) = e / sum(e) along the axis, e = fast_exp(x - max(x))   (TVM's softmax calls libm exp)
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from slimcc.targets.relax_values import static_shape, tensor_dtype
 from slimcc.targets.te_kernels import call_te_kernel
 from slimcc.targets.tvm_import import ensure_tvm
 
-FAST_OPS = {"relax.sigmoid": "slimcc_sigmoid", "relax.tanh": "slimcc_tanh", "relax.exp": "slimcc_exp"}
+FAST_OPS = {"relax.sigmoid": "slimcc_sigmoid", "relax.tanh": "slimcc_tanh", "relax.exp": "slimcc_exp",
+            "relax.nn.softmax": "slimcc_softmax"}
 
 
 def use_fast_exp(mod):
@@ -26,7 +28,8 @@ def use_fast_exp(mod):
     from tvm import relax
     from tvm.relax.dpl import is_op, rewrite_call, wildcard
 
-    pattern = is_op("relax.sigmoid")(wildcard()) | is_op("relax.tanh")(wildcard()) | is_op("relax.exp")(wildcard())
+    pattern = (is_op("relax.sigmoid")(wildcard()) | is_op("relax.tanh")(wildcard()) | is_op("relax.exp")(wildcard())
+               | is_op("relax.nn.softmax")(wildcard()))
 
     @tvm.transform.module_pass(opt_level=0, name="SlimccFastExp")
     def rewrite(mod, _ctx):
@@ -37,6 +40,8 @@ def use_fast_exp(mod):
             shape = static_shape(data)
             if shape is None or tensor_dtype(data) != "float32":
                 return call
+            if call.op.name == "relax.nn.softmax":
+                return _softmax_call(builder, data, shape, int(call.attrs.axis) % len(shape))
             return _fast_call(builder, call.op.name, data, shape)
 
         for gvar, func in list(mod.functions.items()):
@@ -62,3 +67,29 @@ def _fast_call(builder, op: str, data, shape):
     else:
         out = topi.fast_exp(x)
     return call_te_kernel(builder, FAST_OPS[op], [x, out], [data])
+
+
+def _softmax_call(builder, data, shape, axis: int):
+    """The call_tir of softmax along `axis` with fast_exp: max, exp, sum and divide as TE blocks."""
+    ensure_tvm()
+    from tvm import te, topi
+
+    x = te.placeholder(shape, "float32", "x")
+    reduced_shape = [d for i, d in enumerate(shape) if i != axis]
+
+    def with_axis(index, k):
+        index = list(index)
+        index.insert(axis, k)
+        return tuple(index)
+
+    def without_axis(index):
+        return tuple(v for i, v in enumerate(index) if i != axis)
+
+    k_max = te.reduce_axis((0, shape[axis]), "k_max")
+    peak = te.compute(reduced_shape, lambda *i: te.max(x[with_axis(i, k_max)], axis=k_max), name="slimcc_softmax_max")
+    shifted = te.compute(shape, lambda *i: x[i] - peak[without_axis(i)], name="slimcc_softmax_shift")
+    e = topi.fast_exp(shifted)
+    k_sum = te.reduce_axis((0, shape[axis]), "k_sum")
+    total = te.compute(reduced_shape, lambda *i: te.sum(e[with_axis(i, k_sum)], axis=k_sum), name="slimcc_softmax_sum")
+    out = te.compute(shape, lambda *i: e[i] / total[without_axis(i)], name=FAST_OPS["relax.nn.softmax"])
+    return call_te_kernel(builder, FAST_OPS["relax.nn.softmax"], [x, out], [data])

@@ -228,7 +228,7 @@ def run_artifact_remotely(session, model, tmp_path, feeds):
     assert elf_machine(out_dir / manifest.library) == ELF_MACHINE_AARCH64
     rules = manifest.build["slimcc_schedules"]  # slimcc's NEON schedules, not TVM's naive loops
     assert rules.get("conv", 0) + rules.get("pointwise", 0) > 0, manifest.build
-    assert {k.rstrip("0123456789") for k in manifest.build["unscheduled_kernels"]} <= {"softmax"}, manifest.build
+    assert not manifest.build["unscheduled_kernels"], manifest.build
     return run_artifact(out_dir, feeds, session=session)
 
 
