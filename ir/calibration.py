@@ -64,10 +64,10 @@ class CalibrationData:
         inputs (names, static dims, dtype kind) and cast to the input dtypes.
         """
         if isinstance(data, dict):
-            arrays = {str(k): np.asarray(v) for k, v in data.items()}
+            arrays = _as_arrays(data, source)
             batches = _split_samples(arrays, model, source) if model is not None else [arrays]
         elif isinstance(data, (list, tuple)):
-            batches = [{str(k): np.asarray(v) for k, v in _as_dict(b, source).items()} for b in data]
+            batches = [_as_arrays(_as_dict(b, source), source) for b in data]
         else:
             raise SlimccError(f"calibration data from {source} must be a dict or a list of dicts, "
                               f"not {type(data).__name__}")
@@ -208,6 +208,18 @@ def collect_activations(model: Model, calib: CalibrationData | Iterable[dict[str
         for name in names:
             result[name].append(np.asarray(feeds[name] if name in input_names else got[name]))
     return result
+
+
+def _as_arrays(batch: dict, source: str) -> dict[str, np.ndarray]:
+    """{name: value} as {name: array}; ragged values (e.g. a sequence of tensors) are refused in one line."""
+    arrays = {}
+    for key, value in batch.items():
+        try:
+            arrays[str(key)] = np.asarray(value)
+        except ValueError as exc:
+            raise SlimccError(f"calibration input {key!r} from {source} is not a tensor: {first_line(exc)} "
+                              "(sequence inputs are not supported)") from None
+    return arrays
 
 
 def _as_dict(item, source: str) -> dict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import math
 import statistics
 import time
 
@@ -37,7 +38,7 @@ def make_session(model: Model | onnx.ModelProto, *, optimize: bool = False, thre
                                         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # failures are raised as one-line errors below
     try:
         return ort.InferenceSession(_as_bytes(model), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
@@ -57,9 +58,10 @@ def run_onnxruntime(model, feeds: dict[str, np.ndarray], *, optimize: bool = Fal
     return dict(zip(names, values))
 
 
-def random_feeds(model: Model | onnx.ModelProto, *, seed: int = 0, batch: int = 1) -> dict[str, np.ndarray]:
+def random_feeds(model: Model | onnx.ModelProto, *, seed: int = 0, batch: int = 1,
+                 session=None) -> dict[str, np.ndarray]:
     """Random inputs for every graph input: floats in N(0,1), integers in [0, 10). Dynamic dims -> `batch`."""
-    session = make_session(model)
+    session = session or make_session(model)
     rng = np.random.default_rng(seed)
     feeds = {}
     for info in session.get_inputs():
@@ -113,16 +115,39 @@ def compare_outputs(expected: dict[str, np.ndarray], actual: dict[str, np.ndarra
     if len(exp_items) != len(act_values):
         raise VerificationError(f"models have {len(exp_items)} vs {len(act_values)} outputs")
     for (name, a), b in zip(exp_items, act_values):
+        if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):  # sequence outputs: element-wise
+            diff = max_abs_difference(a, b)
+            report.outputs.append(OutputError(name, diff, diff, 1.0))
+            continue
         if a.shape != b.shape:
             raise VerificationError(f"output {name!r} has shape {list(a.shape)} vs {list(b.shape)}")
-        a64, b64 = a.astype(np.float64), b.astype(np.float64)
-        if a64.size == 0:
+        if a.size == 0:
             report.outputs.append(OutputError(name, 0.0, 0.0, 0.0))
             continue
-        diff = float(np.max(np.abs(a64 - b64)))
-        scale = float(np.max(np.abs(a64)))
+        diff = max_abs_difference(a, b)
+        scale = float(np.max(np.abs(a.astype(np.float64)))) if is_numeric(a) else 1.0
         report.outputs.append(OutputError(name, diff, diff / max(scale, 1e-12), scale))
     return report
+
+
+def is_numeric(array: np.ndarray) -> bool:
+    """True for numbers and booleans (compared by value); strings and objects are compared for equality."""
+    return array.dtype.kind in "biufc"
+
+
+def max_abs_difference(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b| of two outputs; strings, shapes and sequence lengths count as 0 when equal, inf when not."""
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        if not (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple))) or len(a) != len(b):
+            return math.inf
+        return max((max_abs_difference(np.asarray(x), np.asarray(y)) for x, y in zip(a, b)), default=0.0)
+    if a.shape != b.shape:
+        return math.inf
+    if a.size == 0:
+        return 0.0
+    if not (is_numeric(a) and is_numeric(b)):
+        return 0.0 if np.array_equal(a, b) else math.inf
+    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
 
 
 def compare_models(reference, candidate, feeds: dict[str, np.ndarray] | list[dict[str, np.ndarray]] | None = None,

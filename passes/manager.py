@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from slimcc.errors import PassError, SlimccError, VerificationError
+from slimcc.errors import PassError, PassVerificationError, SlimccError, VerificationError
 from slimcc.ir.model import Model, first_line
 from slimcc.passes.base import Pass, PassContext, PassResult
 
@@ -99,7 +99,7 @@ class PassManager:
                 model.graph = before.graph
                 return PassRecord(pass_.name, pass_.spec(), PassResult(False, {"error": str(exc)}),
                                   time.perf_counter() - start, {"error": str(exc)}, rolled_back=True)
-            failure = VerificationError if isinstance(exc, VerificationError) else PassError
+            failure = PassVerificationError if isinstance(exc, VerificationError) else PassError
             raise failure(_describe(pass_, before_names, str(exc))) from None
         except Exception as exc:  # a bug or a library failure inside the pass
             raise PassError(_describe(pass_, before_names, f"{type(exc).__name__}: {first_line(exc)}")) from exc

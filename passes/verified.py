@@ -27,7 +27,8 @@ import numpy as np
 
 from slimcc.errors import SlimccError, VerificationError
 from slimcc.ir.model import Model
-from slimcc.ir.verify import OutputError, VerifyReport, compare_models, make_session, random_feeds, run_onnxruntime
+from slimcc.ir.verify import (OutputError, VerifyReport, compare_models, make_session, max_abs_difference,
+                              random_feeds, run_onnxruntime)
 from slimcc.passes.base import Pass, PassContext
 from slimcc.passes.manager import ManagerReport, PassManager
 
@@ -42,11 +43,23 @@ def pipeline_is_exact(passes: list[Pass]) -> bool:
 
 
 def verification_feeds(model: Model, calib, seed: int) -> list[dict[str, np.ndarray]]:
-    """Random inputs plus the first calibration batches: what equivalence is judged on."""
-    feeds = [random_feeds(model, seed=seed)]
-    if calib is not None:
-        feeds += list(calib.batches[:MAX_CALIB_VERIFY_BATCHES])
-    return feeds
+    """Random inputs plus the first calibration batches: what equivalence is judged on.
+
+    Random inputs the original model cannot run (an index or axis input out of range, an input
+    type with no random generator) prove nothing; they are dropped when calibration batches are
+    there, and otherwise verification is refused with a one-line reason.
+    """
+    batches = list(calib.batches[:MAX_CALIB_VERIFY_BATCHES]) if calib is not None else []
+    try:
+        session = make_session(model)
+        random = random_feeds(model, seed=seed, session=session)
+        run_onnxruntime(model, random, session=session)
+    except SlimccError as exc:
+        if batches:
+            return batches
+        raise VerificationError(f"cannot verify on random inputs ({exc}); give calibration data the model "
+                                "accepts, or turn verification off") from None
+    return [random] + batches
 
 
 def float_noise(reference: Model, feeds: list[dict[str, np.ndarray]]) -> list[float]:
@@ -64,8 +77,7 @@ def float_noise(reference: Model, feeds: list[dict[str, np.ndarray]]) -> list[fl
     for batch in feeds:
         a = list(run_onnxruntime(reference, batch, session=plain).values())
         b = list(run_onnxruntime(reference, batch, session=fused).values())
-        diffs = [float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) if x.size else 0.0
-                 for x, y in zip(a, b)]
+        diffs = [max_abs_difference(x, y) for x, y in zip(a, b)]
         noise = [max(n, d) for n, d in zip(noise, diffs)] if noise else diffs
     return noise
 

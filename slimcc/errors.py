@@ -19,3 +19,7 @@ class PassError(SlimccError):
 
 class VerificationError(SlimccError):
     """A rewritten model does not match the original within tolerance."""
+
+
+class PassVerificationError(PassError, VerificationError):
+    """A pass's rewrite failed its verification check; the message names the pass."""

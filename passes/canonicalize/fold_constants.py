@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from slimcc.ir.model import first_line
@@ -12,6 +13,26 @@ from slimcc.passes.canonicalize._shapes import forget_unknown_output_shapes
 
 # folded tensors larger than this stay computed (a folded Expand/Tile can blow up the file)
 MAX_FOLDED_BYTES = 16 << 20
+INT64_MAX = np.iinfo(np.int64).max
+
+
+def split_shape_ranges(graph: gs.Graph) -> int:
+    """Rewrite Shape{start,end} as Shape -> Slice(start, end); returns how many.
+
+    onnx-graphsurgeon's shape folding ignores start/end and folds such a node to the whole
+    shape; Shape -> Slice means the same (both clamp and wrap negative bounds alike) and folds right.
+    """
+    ranged = [n for n in graph.nodes if n.op == "Shape" and ("start" in n.attrs or "end" in n.attrs)]
+    for node in ranged:
+        start, end = int(node.attrs.pop("start", 0)), node.attrs.pop("end", None)
+        sliced = node.outputs[0]
+        whole = gs.Variable(f"{sliced.name}__whole_shape", dtype=np.int64)
+        node.outputs = [whole]
+        bounds = [gs.Constant(f"{sliced.name}__{key}", np.array([value], np.int64))
+                  for key, value in (("start", start), ("end", INT64_MAX if end is None else int(end)))]
+        graph.nodes.append(gs.Node("Slice", name=f"{node.name or sliced.name}__range", inputs=[whole, *bounds],
+                                   outputs=[sliced]))
+    return len(ranged)
 
 
 @contextlib.contextmanager
@@ -40,7 +61,7 @@ class FoldConstants(Pass):
             model.refresh_shapes()
         work = model.copy()  # graphsurgeon folds in place; a failure must leave the model untouched
         graph = work.graph
-        before = len(graph.nodes)
+        before = len(graph.nodes) + split_shape_ranges(graph)
         try:
             with _quiet_graphsurgeon():
                 graph.toposort()
