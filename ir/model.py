@@ -156,7 +156,7 @@ def numpy_dtype(dtype) -> np.dtype | None:
     except TypeError:
         try:
             return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(dtype)))
-        except Exception:
+        except (KeyError, TypeError, ValueError):  # an enum numpy has no dtype for: documented None
             return None
 
 
@@ -330,12 +330,24 @@ def clear_inferred_shapes(proto: onnx.ModelProto) -> None:
             tensor_type.ClearField("shape")
 
 
-def check_proto(proto: onnx.ModelProto) -> None:
-    """onnx.checker on a loaded model, as a one-line ModelLoadError."""
+def run_checker(proto: onnx.ModelProto, error: type[SlimccError], prefix: str) -> None:
+    """onnx.checker, its failure raised as one-line `error(prefix: reason)` (the one checker wrapper)."""
     try:
         onnx.checker.check_model(proto)
     except Exception as exc:  # checker raises ValidationError and also C++-level errors
-        raise ModelLoadError(f"invalid ONNX model: {first_line(exc)}") from None
+        raise error(f"{prefix}: {first_line(exc)}") from None
+
+
+def check_proto(proto: onnx.ModelProto) -> None:
+    """onnx.checker on a loaded model, as a one-line ModelLoadError."""
+    run_checker(proto, ModelLoadError, "invalid ONNX model")
+
+
+def check_model_valid(model: Model) -> None:
+    """onnx.checker and strict shape inference on a model's current graph; raises SlimccError."""
+    proto = model.to_proto()
+    run_checker(proto, SlimccError, "model is invalid")
+    run_shape_inference(proto, strict=True)
 
 
 def save_model(model: Model | onnx.ModelProto, path: str | Path, *, check: bool = True) -> Path:
@@ -352,10 +364,7 @@ def save_model(model: Model | onnx.ModelProto, path: str | Path, *, check: bool 
         raise SlimccError(f"output folder {folder} does not exist")
     large = proto.ByteSize() >= TWO_GB
     if check and not large:
-        try:
-            onnx.checker.check_model(proto)
-        except Exception as exc:
-            raise SlimccError(f"refusing to write an invalid model: {first_line(exc)}") from None
+        run_checker(proto, SlimccError, "refusing to write an invalid model")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
     data_name = f"{path.name}.data"

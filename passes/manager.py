@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from slimcc.errors import PassError, PassVerificationError, SlimccError, VerificationError
-from slimcc.ir.model import Model, first_line
+from slimcc.ir.model import Model, check_model_valid, first_line
 from slimcc.passes.base import Pass, PassContext, PassResult
 
 
@@ -109,16 +109,3 @@ class PassManager:
 def _describe(pass_: Pass, before: list[str], message: str) -> str:
     ran = ", ".join(before) if before else "nothing"
     return f"pass '{pass_.spec()}' failed (after: {ran}): {message}"
-
-
-def check_model_valid(model: Model) -> None:
-    """onnx.checker and strict shape inference on the current graph; raises SlimccError."""
-    from slimcc.ir.model import run_shape_inference
-    import onnx
-
-    proto = model.to_proto()
-    try:
-        onnx.checker.check_model(proto)
-    except Exception as exc:
-        raise SlimccError(f"model is invalid: {first_line(exc)}") from None
-    run_shape_inference(proto, strict=True)

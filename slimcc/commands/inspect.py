@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import Counter
 from pathlib import Path
 
 from slimcc.commands.common import add_model_arguments, print_json, print_table
 from slimcc.ir.cost import CostReport, NodeCost, model_cost
-from slimcc.ir.model import Model, load_model, parse_input_shapes
+from slimcc.ir.model import Model, first_line, load_model, parse_input_shapes
 
 SHAPE_FOLDING_PASSES = ("constant-to-initializer", "fold-constants")
 
@@ -66,7 +67,9 @@ def _folded_copy(model: Model) -> Model | None:
         for name in SHAPE_FOLDING_PASSES:
             passes[name]().run(copy)
         copy.refresh_shapes()
-    except Exception:  # best effort: without folding, MACs stay a lower bound
+    except Exception as exc:  # best effort: without folding, MACs stay a lower bound; say why
+        print(f"note: shape folding failed ({type(exc).__name__}: {first_line(exc)}); MACs are a lower bound",
+              file=sys.stderr)
         return None
     return copy
 
