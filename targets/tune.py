@@ -16,6 +16,7 @@ from slimcc.errors import SlimccError
 from slimcc.ir.model import Model, first_line
 from slimcc.targets.schedules.isa import cpu_vector_for
 from slimcc.targets.target import TargetSpec
+from slimcc.targets.tune_measure import MeasureSite, make_runner
 from slimcc.targets.tune_seed import seed_database
 from slimcc.targets.tune_space import tune_contexts
 from slimcc.targets.tune_workers import index_pseudo_source_files, pooled_builder, torchless_workers
@@ -75,7 +76,8 @@ def check_database(database_dir: str | Path) -> Path:
 
 
 def tune_model(model: Model, spec: TargetSpec, trials: int, *, database_dir: str | Path | None = None,
-               trials_per_task: int | None = None, progress: bool = True, seed: int = 0) -> dict:
+               trials_per_task: int | None = None, progress: bool = True, seed: int = 0,
+               site: MeasureSite | None = None) -> dict:
     """Tune the fused kernels of `model` for `spec` with MetaSchedule, `trials` measurements in all.
 
     Kernels are tuned heaviest first (FLOPs x occurrences); with few trials only the heaviest
@@ -84,14 +86,19 @@ def tune_model(model: Model, spec: TargetSpec, trials: int, *, database_dir: str
     tile sizes, `tune_space`), others in MetaSchedule's. Before searching, slimcc's own schedule
     of each chosen kernel is measured and committed as a record (`tune_seed`), so the tuned build
     is never slower than the untuned one per kernel.
+    Candidates are measured on this machine, or on the devices a TVM RPC tracker hands out for
+    `site.key` (`tune_measure`; required for targets this machine cannot run, e.g. aarch64).
     Records are appended to `database_dir` (default: `default_database(model, spec)`); existing
     records are kept and extended. Returns {database, trials, tasks, records, ...}.
     """
+    site = site or MeasureSite()
     if trials < 1:
         raise SlimccError(f"--trials must be >= 1, got {trials}")
-    if spec.cross_compiler or spec.is_gpu:
-        raise SlimccError(f"tuning runs kernels on this machine; target {spec.name} cannot run here "
-                          "(tune for x86, or tune on the device itself)")
+    if spec.is_gpu:
+        raise SlimccError(f"slimcc tunes CPU targets; target {spec.name} is a GPU (compile it untuned)")
+    if spec.cross_compiler and not site.remote:
+        raise SlimccError(f"{spec.name} kernels cannot run on this machine: tune them on the device, through a "
+                          "TVM RPC tracker (--tracker HOST:PORT --key KEY)")
     db = Path(database_dir) if database_dir is not None else default_database(model, spec)
     try:
         db.mkdir(parents=True, exist_ok=True)
@@ -124,9 +131,10 @@ def tune_model(model: Model, spec: TargetSpec, trials: int, *, database_dir: str
         contexts, weights = tune_contexts(chosen, str(db), vector, _search_strategy(ms),
                                           spec.tvm.get("num-cores") or "physical", seed)
         database = ms.database.JSONDatabase(work_dir=str(db))
-        runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, evaluator_config=_evaluator_config(ms))
+        runner = make_runner(site, _evaluator_config(ms), RUN_TIMEOUT_S)
         with torchless_workers():
-            builder = pooled_builder(spec.tvm.get("num-cores") or 1, BUILD_TIMEOUT_S)
+            builder = pooled_builder(_build_workers(spec, site), BUILD_TIMEOUT_S, shared_library=site.remote,
+                                     cross_compiler=spec.cross_compiler)
             try:
                 if vector is not None:
                     seeded = seed_database(database, chosen, target, vector, builder, runner)
@@ -149,7 +157,15 @@ def tune_model(model: Model, spec: TargetSpec, trials: int, *, database_dir: str
     return {"database": str(db), "trials": trials, "trials_per_task": per_task, "tasks": len(chosen),
             "kernels": len(ranked), "tuned_task_names": [t.task_name for t in chosen],
             "seeded_with_slimcc_schedules": seeded,
-            "records": records, "new_records": records - before}
+            "records": records, "new_records": records - before, "measured_on": site.describe()}
+
+
+def _build_workers(spec: TargetSpec, site: MeasureSite) -> int:
+    """Builder processes: one per core this machine gives kernels when measuring here; with
+    remote devices, this machine's cores (`os.cpu_count()`) build while the devices measure."""
+    if site.remote:
+        return max(1, min(os.cpu_count() or 1, site.parallel))
+    return spec.tvm.get("num-cores") or 1
 
 
 def rank_tasks(tasks) -> list:

@@ -51,8 +51,13 @@ def _frozen_code_filename(module) -> str | None:
     return None
 
 
-def pooled_builder(max_workers: int, timeout_sec: float, max_uses: int = 64):
+def pooled_builder(max_workers: int, timeout_sec: float, max_uses: int = 64, *, shared_library: bool = False,
+                   cross_compiler: str | None = None):
     """A MetaSchedule builder whose worker processes live across batches (LocalBuilder's do not).
+
+    Candidates are exported as MetaSchedule's object archive for local runs; with
+    `shared_library` (measurement on RPC devices) as a .so linked here, by `cross_compiler`
+    for another CPU, so the device needs no compiler.
 
     LocalBuilder starts a new process pool for every batch, so each batch pays the workers'
     `import tvm` and TVMScript intrinsic parsing again (10-40 s on 2 busy cores). This pool
@@ -74,7 +79,8 @@ def pooled_builder(max_workers: int, timeout_sec: float, max_uses: int = 64):
 
         def build(self, build_inputs):
             results = []
-            jobs = [(item.mod, item.target) for item in build_inputs if _no_params(item)]
+            jobs = [(item.mod, item.target, shared_library, cross_compiler)
+                    for item in build_inputs if _no_params(item)]
             for outcome in self.pool.map_with_error_catching(lambda job: build_candidate(*job), jobs):
                 if outcome.status == StatusKind.COMPLETE:
                     results.append(BuilderResult(outcome.value, None))
@@ -111,12 +117,19 @@ def warm_up_worker() -> None:
     import tvm.s_tir.tensor_intrin  # noqa: F401
 
 
-def build_candidate(mod, target) -> str:
-    """In a worker: build one scheduled candidate with MetaSchedule's own build and export functions."""
+def build_candidate(mod, target, shared_library: bool = False, cross_compiler: str | None = None) -> str:
+    """In a worker: build one scheduled candidate with MetaSchedule's own build function and
+    export it (an object archive, or a shared library for RPC devices); returns the file path."""
     import tvm
 
     built = tvm.get_global_func("s_tir.meta_schedule.builder.default_build")(mod, target, None)
-    return tvm.get_global_func("s_tir.meta_schedule.builder.default_export")(built)
+    if not shared_library:
+        return tvm.get_global_func("s_tir.meta_schedule.builder.default_export")(built)
+    from tvm.support import cc
+
+    path = os.path.join(tempfile.mkdtemp(prefix="slimcc-candidate-"), "candidate.so")
+    built.export_library(path, fcompile=cc.cross_compiler(cross_compiler) if cross_compiler else None)
+    return path
 
 
 @contextlib.contextmanager

@@ -1,4 +1,5 @@
-"""`slimcc tune MODEL --target x86 --trials N [--db DIR]`: MetaSchedule tuning into an on-disk database.
+"""`slimcc tune MODEL --target x86|arm --trials N [--db DIR] [--tracker HOST:PORT --key KEY [--parallel N]]`:
+MetaSchedule tuning into an on-disk database, measured here or on the devices of a TVM RPC tracker.
 
 `slimcc compile` reuses the default database of the same model and target automatically
 (or any database given with --tuned DIR). Interrupting keeps the records measured so far.
@@ -17,7 +18,8 @@ def add_parser(sub) -> None:
                                         "machine; records go to a database that `slimcc compile` reuses. "
                                         "Per-kernel logs and latencies are in the database's logs/ folder.")
     add_model_arguments(parser)
-    parser.add_argument("--target", choices=("x86",), default="x86", help="only x86 runs here")
+    parser.add_argument("--target", choices=("x86", "arm"), default="x86",
+                        help="x86 measures here (or through --tracker); arm needs --tracker")
     parser.add_argument("--trials", type=int, required=True, metavar="N",
                         help="measurements in total; kernels are tuned heaviest first, at least 4 trials each")
     parser.add_argument("--trials-per-task", type=int, metavar="N",
@@ -25,6 +27,12 @@ def add_parser(sub) -> None:
     parser.add_argument("--mcpu", metavar="CPU", help="LLVM CPU name (default: this machine's)")
     parser.add_argument("--num-cores", type=int, metavar="N", help="threads kernels may use")
     parser.add_argument("--db", metavar="DIR", help="database folder (default: per model+target in ~/.cache/slimcc)")
+    parser.add_argument("--tracker", metavar="HOST:PORT",
+                        help="measure on the devices this TVM RPC tracker hands out (trusted network only: "
+                             "RPC servers run what they are sent)")
+    parser.add_argument("--key", metavar="KEY", help="device key registered with the tracker (required with --tracker)")
+    parser.add_argument("--parallel", type=int, default=1, metavar="N",
+                        help="measurements in flight at once through the tracker (one per device)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
     parser.set_defaults(func=run)
 
@@ -35,13 +43,32 @@ def run(args) -> int:
     from slimcc.targets.target import make_target
     from slimcc.targets.tune import tune_model
 
+    site = measure_site(args)
     model = prepare_model(args.model, parse_input_shapes(args.input_shape))
     spec = make_target(args.target, mcpu=args.mcpu, num_cores=args.num_cores)
     summary = tune_model(model, spec, args.trials, database_dir=args.db, trials_per_task=args.trials_per_task,
-                         progress=not getattr(args, "quiet", False))
+                         progress=not getattr(args, "quiet", False), site=site)
     if args.json:
         print_json(summary)
     else:
-        print(f"{summary['records']} records ({summary['new_records']} new, {summary['tasks']} kernels) in "
-              f"{summary['database']}; `slimcc compile` uses them for this model and target")
+        print(f"{summary['records']} records ({summary['new_records']} new, {summary['tasks']} kernels, measured on "
+              f"{summary['measured_on']}) in {summary['database']}; `slimcc compile` uses them for this model "
+              "and target")
     return 0
+
+
+def measure_site(args):
+    """Where candidates are measured, from --tracker/--key/--parallel (one-line errors for bad values)."""
+    from slimcc.errors import SlimccError
+    from slimcc.targets.rpc import DEFAULT_TRACKER_PORT, parse_address
+    from slimcc.targets.tune_measure import MeasureSite
+
+    if args.parallel < 1:
+        raise SlimccError(f"--parallel must be >= 1, got {args.parallel}")
+    if args.tracker is None:
+        if args.key:
+            raise SlimccError("--key names a device of a tracker: give --tracker HOST:PORT too")
+        return MeasureSite()
+    if not args.key:
+        raise SlimccError("--tracker needs --key KEY, the key the devices registered under")
+    return MeasureSite(parse_address(args.tracker, DEFAULT_TRACKER_PORT), args.key, args.parallel)

@@ -1,0 +1,110 @@
+"""Tuning through a TVM RPC tracker (on 127.0.0.1 only): candidates built here, measured on the
+devices the tracker hands out; errors for an unreachable tracker, an unknown key, or a target
+this machine cannot measure."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import time
+
+import pytest
+
+from slimcc.errors import SlimccError
+from slimcc.targets.compiler import compile_model, prepare_model
+from slimcc.targets.emulate_arm import free_port
+from slimcc.targets.runner import load_artifact
+from slimcc.targets.target import make_target
+from slimcc.targets.tune import record_count, tune_model
+from slimcc.targets.tune_measure import MeasureSite
+
+from targets_helpers import assert_matches_onnxruntime, feeds_for
+from test_tune_one_conv import one_conv_model
+
+tvm = pytest.importorskip("tvm")
+
+
+@contextlib.contextmanager
+def local_tracker():
+    """A TVM RPC tracker on 127.0.0.1, in this process; yields its port."""
+    from tvm.rpc.tracker import Tracker
+
+    tracker = Tracker(host="127.0.0.1", port=free_port(), port_end=65535, silent=True)
+    try:
+        yield tracker.port
+    finally:
+        tracker.terminate()
+
+
+@contextlib.contextmanager
+def local_servers(tracker_port: int, key: str, count: int, timeout: float = 120.0):
+    """`count` TVM RPC servers on this machine registered with the tracker under `key`."""
+    from tvm import rpc
+
+    servers = []
+    for _ in range(count):
+        port = free_port()
+        servers.append(subprocess.Popen(
+            [sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port),
+             "--port-end", str(port + 1), "--tracker", f"127.0.0.1:{tracker_port}", "--key", key],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    try:
+        deadline = time.monotonic() + timeout
+        while len(rpc.connect_tracker("127.0.0.1", tracker_port).summary()["server_info"]) < count:
+            assert time.monotonic() < deadline, "the RPC servers did not register with the tracker"
+            time.sleep(0.5)
+        yield servers
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+def test_unreachable_tracker_is_a_one_line_error(x86, tmp_path):
+    site = MeasureSite(("127.0.0.1", free_port()), "x86")
+    with pytest.raises(SlimccError, match="cannot reach the TVM RPC tracker") as err:
+        tune_model(prepare_model(one_conv_model()), x86, 4, database_dir=tmp_path / "db", progress=False, site=site)
+    assert "\n" not in str(err.value)
+
+
+def test_key_without_devices_names_the_registered_keys(x86, tmp_path):
+    with local_tracker() as port:
+        with pytest.raises(SlimccError, match="no device with key 'rk3588'.*keys registered: none"):
+            tune_model(prepare_model(one_conv_model()), x86, 4, database_dir=tmp_path / "db", progress=False,
+                       site=MeasureSite(("127.0.0.1", port), "rk3588"))
+
+
+def test_arm_tuning_needs_a_tracker(tmp_path):
+    with pytest.raises(SlimccError, match="--tracker HOST:PORT --key KEY"):
+        tune_model(prepare_model(one_conv_model()), make_target("arm"), 4, database_dir=tmp_path / "db",
+                   progress=False)
+
+
+def test_cli_tracker_needs_a_key(tmp_path, capsys):
+    from slimcc.cli import main
+
+    model_path = tmp_path / "conv.onnx"
+    model_path.write_bytes(one_conv_model().SerializeToString())
+    code = main(["tune", str(model_path), "--trials", "4", "--tracker", "127.0.0.1:9190"])
+    assert code != 0
+    err = capsys.readouterr().err.strip()
+    assert "--tracker needs --key" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.tuning
+def test_tuning_through_a_tracker_with_two_local_servers(tmp_path):
+    """Two x86 servers share this machine's 2 cores: timings are for the plumbing, not speed."""
+    spec = make_target("x86", num_cores=1)
+    model = prepare_model(one_conv_model())
+    db = tmp_path / "db"
+    with local_tracker() as port, local_servers(port, "x86-local", 2):
+        summary = tune_model(model, spec, 8, database_dir=db, progress=False,
+                             site=MeasureSite(("127.0.0.1", port), "x86-local", parallel=2))
+    assert summary["new_records"] == record_count(db) > 1  # slimcc's seed and searched candidates
+    assert "tracker 127.0.0.1" in summary["measured_on"]
+    manifest = compile_model(model, spec, tmp_path / "art", database_dir=db, isolate=False)
+    assert manifest.build["tuned_kernels"] == 1
+    feeds = feeds_for(model)
+    assert_matches_onnxruntime(model, load_artifact(tmp_path / "art").run(feeds), feeds)
