@@ -99,6 +99,9 @@ def tune_model(model: Model, spec: TargetSpec, trials: int, *, database_dir: str
     if spec.cross_compiler and not site.remote:
         raise SlimccError(f"{spec.name} kernels cannot run on this machine: tune them on the device, through a "
                           "TVM RPC tracker (--tracker HOST:PORT --key KEY)")
+    if not spec.tvm.get("num-cores"):
+        raise SlimccError(f"tuning for {spec.name} needs the device's core count: give --num-cores N "
+                          "(and the same value to `slimcc compile`, so it finds the records)")
     db = Path(database_dir) if database_dir is not None else default_database(model, spec)
     try:
         db.mkdir(parents=True, exist_ok=True)
@@ -126,6 +129,7 @@ def tune_model(model: Model, spec: TargetSpec, trials: int, *, database_dir: str
     before = record_count(db)
     bar = _progress_bar(trials, progress)
     seeded: dict[str, float] = {}
+    seed_failures: dict[str, str] = {}
     try:
         vector = cpu_vector_for(target)
         contexts, weights = tune_contexts(chosen, str(db), vector, _search_strategy(ms),
@@ -137,7 +141,7 @@ def tune_model(model: Model, spec: TargetSpec, trials: int, *, database_dir: str
                                      cross_compiler=spec.cross_compiler)
             try:
                 if vector is not None:
-                    seeded = seed_database(database, chosen, target, vector, builder, runner)
+                    seeded, seed_failures = seed_database(database, chosen, target, vector, builder, runner)
                 ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(db), max_trials_global=trials,
                               max_trials_per_task=per_task, num_trials_per_iter=min(TRIALS_PER_BATCH, per_task),
                               builder=builder, runner=runner, database=database,
@@ -156,7 +160,7 @@ def tune_model(model: Model, spec: TargetSpec, trials: int, *, database_dir: str
     records = record_count(db)
     return {"database": str(db), "trials": trials, "trials_per_task": per_task, "tasks": len(chosen),
             "kernels": len(ranked), "tuned_task_names": [t.task_name for t in chosen],
-            "seeded_with_slimcc_schedules": seeded,
+            "seeded_with_slimcc_schedules": seeded, "seed_failures": seed_failures,
             "records": records, "new_records": records - before, "measured_on": site.describe()}
 
 

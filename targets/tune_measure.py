@@ -75,4 +75,27 @@ def make_runner(site: MeasureSite, evaluator_config, timeout_sec: float):
     host, port = site.tracker
     config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=site.key,
                                  session_priority=1, session_timeout_sec=int(timeout_sec))
-    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator_config, max_workers=site.parallel)
+    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator_config, max_workers=site.parallel,
+                               f_alloc_argument=alloc_arguments_from_host)
+
+
+def alloc_arguments_from_host(session, device, args_info, alloc_repeat: int) -> list:
+    """RPCRunner's argument allocation with random values made here and copied to the device.
+
+    MetaSchedule's default fills them on the server with `random_fill_for_measure`, which TVM's
+    aarch64 wheels do not have: every remote measurement failed there.
+    """
+    ensure_tvm()
+    from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common
+
+    return alloc_argument_common(fill_from_host, device, args_info, alloc_repeat)
+
+
+def fill_from_host(tensor) -> None:
+    """Fill a (remote) tensor with seeded values in a small range (integers for integer dtypes)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    shape, dtype = tuple(int(d) for d in tensor.shape), np.dtype(str(tensor.dtype))
+    values = rng.integers(-8, 8, shape) if dtype.kind in "iu" else rng.uniform(-1.0, 1.0, shape)
+    tensor.copyfrom(np.abs(values).astype(dtype) if dtype.kind == "u" else values.astype(dtype))

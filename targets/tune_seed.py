@@ -13,14 +13,16 @@ from __future__ import annotations
 import os
 import shutil
 
+from slimcc.ir.model import first_line
 from slimcc.targets.schedules.apply import slimcc_schedule
 from slimcc.targets.schedules.isa import CpuVector
 from slimcc.targets.tvm_import import ensure_tvm
 
 
-def seed_database(database, tasks, target, vector: CpuVector, builder, runner) -> dict[str, float]:
-    """Build, time and commit slimcc's schedule of each task; returns {task name: mean seconds}.
+def seed_database(database, tasks, target, vector: CpuVector, builder, runner) -> tuple[dict[str, float], dict[str, str]]:
+    """Build, time and commit slimcc's schedule of each task.
 
+    Returns ({task name: mean seconds}, {task name: why its schedule could not be measured}).
     A task no slimcc rule takes, or whose schedule fails to build or run, is left to the search.
     """
     ensure_tvm()
@@ -33,11 +35,12 @@ def seed_database(database, tasks, target, vector: CpuVector, builder, runner) -
         if sch is not None:
             scheduled.append((task, workload_mod, sch))
     if not scheduled:
-        return {}
+        return {}, {}
     built = builder.build([ms.builder.BuilderInput(sch.mod, target) for _, _, sch in scheduled])
-    measured = {}
+    measured, failed = {}, {}
     for (task, workload_mod, sch), result in zip(scheduled, built):
         if result.error_msg:
+            failed[task.task_name] = f"build: {first_line(result.error_msg)}"
             continue
         args_info = ms.arg_info.ArgInfo.from_prim_func(sch.mod["main"])
         try:
@@ -45,9 +48,10 @@ def seed_database(database, tasks, target, vector: CpuVector, builder, runner) -
         finally:
             shutil.rmtree(os.path.dirname(result.artifact_path), ignore_errors=True)
         if run.error_msg or not run.run_secs:
+            failed[task.task_name] = f"run: {first_line(run.error_msg or 'no timing')}"
             continue
         workload = database.commit_workload(workload_mod)
         database.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, run.run_secs, target, args_info))
         seconds = [float(s) for s in run.run_secs]
         measured[task.task_name] = sum(seconds) / len(seconds)
-    return measured
+    return measured, failed

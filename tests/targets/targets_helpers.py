@@ -22,3 +22,16 @@ def assert_matches_onnxruntime(model: Model, outputs: dict[str, np.ndarray], fee
 def feeds_for(model: Model) -> dict[str, np.ndarray]:
     """Deterministic random inputs for a model."""
     return random_feeds(model, seed=1)
+
+
+def measured_record_count(database_dir) -> int:
+    """Tuning records with a real timing (MetaSchedule stores a failed measurement as 1e10 s)."""
+    import json
+    from pathlib import Path
+
+    path = Path(database_dir) / "database_tuning_record.json"
+    count = 0
+    for line in path.read_text().splitlines():
+        run_secs = json.loads(line)[1][1] if line.strip() else None
+        count += bool(run_secs) and max(run_secs) < 1e9
+    return count

@@ -288,3 +288,56 @@ def test_tracker_hands_out_the_emulated_server(arm_emulator, tmp_path):
             del session
     finally:
         tracker.terminate()
+
+
+@pytest.mark.slow
+@pytest.mark.tuning
+def test_arm_tuning_through_a_tracker_runs_on_the_emulated_server(arm_emulator, tmp_path):
+    """slimcc tune --target arm --tracker: records measured on the emulated board, a compile that
+    uses them, and the artifact still matching onnxruntime there (emulated timings mean nothing)."""
+    from tvm.rpc.tracker import Tracker
+
+    from slimcc.targets.compiler import compile_model, prepare_model
+    from slimcc.targets.runner import run_artifact
+    from slimcc.targets.target import make_target
+    from slimcc.targets.tune import tune_model
+    from slimcc.targets.tune_measure import MeasureSite
+
+    from targets_helpers import measured_record_count
+
+    tracker = Tracker(host="127.0.0.1", port=emulate_arm.free_port(), port_end=65535, silent=True)
+    key = "slimcc-arm-tune"
+    try:
+        with emulate_arm.emulated_rpc_server(tracker=f"127.0.0.1:{tracker.port}", key=key):
+            _wait_registered(tracker.port, key)
+            model = prepare_model(load_model(tiny_conv_model(seed=7)))
+            spec = make_target("arm", num_cores=1)
+            summary = tune_model(model, spec, 4, database_dir=tmp_path / "db", progress=False,
+                                 site=MeasureSite(("127.0.0.1", tracker.port), key))
+            assert summary["seeded_with_slimcc_schedules"], summary["seed_failures"]
+            assert measured_record_count(tmp_path / "db") > 1  # the seed and searched candidates, timed there
+            manifest = compile_model(model, spec, tmp_path / "art", database_dir=tmp_path / "db")
+            assert manifest.build["tuned_kernels"] >= 1
+            rng = np.random.default_rng(8)
+            feeds = {"x": rng.standard_normal((1, 3, 10, 12)).astype(np.float32),
+                     "skip": rng.standard_normal((1, 4, 10, 12)).astype(np.float32)}
+            session = slim_rpc.connect_tracker("127.0.0.1", tracker.port, key, timeout=300)
+            actual = run_artifact(tmp_path / "art", feeds, session=session)
+            expected = run_onnxruntime(model, feeds)
+            assert relative_error(actual["y"], expected["y"]) <= 1e-5
+            del session
+    finally:
+        tracker.terminate()
+
+
+def _wait_registered(tracker_port: int, key: str, timeout: float = 300.0) -> None:
+    """Wait until a server registered with the tracker under `key` (an emulated one starts slowly)."""
+    import time
+
+    from tvm import rpc
+
+    deadline = time.monotonic() + timeout
+    while not any(info["key"].endswith(f":{key}")
+                  for info in rpc.connect_tracker("127.0.0.1", tracker_port).summary()["server_info"]):
+        assert time.monotonic() < deadline, f"no server registered under {key}"
+        time.sleep(1.0)
