@@ -15,7 +15,7 @@ from slimcc import __version__
 from slimcc.errors import SlimccError
 
 COMMAND_MODULES = (
-    "demo", "compress", "inspect", "passes", "optimize", "prune_plan", "compile", "run", "tune",
+    "demo", "compress", "inspect", "passes", "optimize", "prune_plan", "compile", "run", "tune", "tune_merge",
 )
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 2, 130

@@ -111,17 +111,10 @@ def tune_model(model: Model, spec: TargetSpec, trials: int, *, database_dir: str
     ensure_tvm()
     from tvm.s_tir import meta_schedule as ms
 
-    from slimcc.targets.relax_import import prepare_for_build, to_relax
-
     index_pseudo_source_files()
     _log_to_files_only()
     target = spec.to_tvm()
-    mod = fuse_for_tuning(prepare_for_build(to_relax(model), target, int8_mode=spec.notes.get("int8_mode")), target)  # the kernels compile will see
-    try:
-        tasks = ms.relax_integration.extract_tasks(mod, target)
-    except Exception as exc:
-        raise SlimccError(f"MetaSchedule could not extract tuning tasks: {first_line(exc)}") from None
-    ranked = rank_tasks(tasks)
+    ranked = rank_tasks(extract_model_tasks(model, target, spec.notes.get("int8_mode")))
     if not ranked:
         raise SlimccError("the model has no kernels MetaSchedule can tune (all are pre-scheduled)")
     chosen = choose_tasks(ranked, trials)
@@ -170,6 +163,20 @@ def _build_workers(spec: TargetSpec, site: MeasureSite) -> int:
     if site.remote:
         return max(1, min(os.cpu_count() or 1, site.parallel))
     return spec.tvm.get("num-cores") or 1
+
+
+def extract_model_tasks(model: Model, target, int8_mode: str | None = None) -> list:
+    """MetaSchedule's tasks for the fused kernels a compile of `model` for `target` will see."""
+    ensure_tvm()
+    from tvm.s_tir import meta_schedule as ms
+
+    from slimcc.targets.relax_import import prepare_for_build, to_relax
+
+    mod = fuse_for_tuning(prepare_for_build(to_relax(model), target, int8_mode=int8_mode), target)
+    try:
+        return list(ms.relax_integration.extract_tasks(mod, target))
+    except Exception as exc:
+        raise SlimccError(f"MetaSchedule could not extract tuning tasks: {first_line(exc)}") from None
 
 
 def rank_tasks(tasks) -> list:

@@ -20,8 +20,10 @@ def add_parser(sub) -> None:
     add_model_arguments(parser)
     parser.add_argument("--target", choices=("x86", "arm"), default="x86",
                         help="x86 measures here (or through --tracker); arm needs --tracker")
-    parser.add_argument("--trials", type=int, required=True, metavar="N",
+    parser.add_argument("--trials", type=int, metavar="N",
                         help="measurements in total; kernels are tuned heaviest first, at least 4 trials each")
+    parser.add_argument("--report", action="store_true",
+                        help="tune nothing: list which of MODEL's kernels the database (--db) covers")
     parser.add_argument("--trials-per-task", type=int, metavar="N",
                         help="cap per kernel (default: N / kernels tuned)")
     parser.add_argument("--mcpu", metavar="CPU", help="LLVM CPU name (default: this machine's)")
@@ -43,6 +45,12 @@ def run(args) -> int:
     from slimcc.targets.target import make_target
     from slimcc.targets.tune import tune_model
 
+    from slimcc.errors import SlimccError
+
+    if args.report:
+        return report(args)
+    if args.trials is None:
+        raise SlimccError("slimcc tune: give --trials N (or --report to list what a database covers)")
     site = measure_site(args)
     model = prepare_model(args.model, parse_input_shapes(args.input_shape))
     spec = make_target(args.target, mcpu=args.mcpu, num_cores=args.num_cores)
@@ -72,3 +80,28 @@ def measure_site(args):
     if not args.key:
         raise SlimccError("--tracker needs --key KEY, the key the devices registered under")
     return MeasureSite(parse_address(args.tracker, DEFAULT_TRACKER_PORT), args.key, args.parallel)
+
+
+def report(args) -> int:
+    """`--report`: per kernel of MODEL, whether the database holds a record and its best time."""
+    from slimcc.commands.common import print_table
+    from slimcc.errors import SlimccError
+    from slimcc.targets.compiler import prepare_model
+    from slimcc.targets.target import make_target
+    from slimcc.targets.tune import default_database
+    from slimcc.targets.tune_db import database_coverage
+
+    if args.trials is not None:
+        raise SlimccError("--report tunes nothing: drop --trials")
+    model = prepare_model(args.model, parse_input_shapes(args.input_shape))
+    spec = make_target(args.target, mcpu=args.mcpu, num_cores=args.num_cores)
+    database = args.db or default_database(model, spec)
+    coverage = database_coverage(model, spec, database)
+    if args.json:
+        print_json(coverage)
+        return 0
+    print_table(["kernel", "covered", "best ms"],
+                [[row["kernel"], "yes" if row["covered"] else "no",
+                  "" if row["best_ms"] is None else f"{row['best_ms']:.4f}"] for row in coverage["per_kernel"]])
+    print(f"{coverage['covered']} of {coverage['kernels']} kernels covered by {database}")
+    return 0
