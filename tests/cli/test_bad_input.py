@@ -115,7 +115,9 @@ def test_console_script_subprocess_has_no_traceback(bad_files, zoo_file, tmp_pat
 @pytest.mark.parametrize("args, expected", [
     (["--trials", "0"], "--trials must be >= 1"),
     (["--trials", "4", "--db", "FILE"], "cannot use"),
-    (["--trials", "4", "--target", "arm"], "invalid choice"),
+    (["--trials", "4", "--target", "arm"], "through a TVM RPC tracker (--tracker HOST:PORT --key KEY)"),
+    (["--trials", "4", "--tracker", "127.0.0.1:9"], "--tracker needs --key"),
+    (["--trials", "4", "--target", "riscv"], "invalid choice"),
 ])
 def test_tune_bad_arguments_fail_before_tuning(cli, zoo_file, tmp_path, args, expected):
     a_file = tmp_path / "plain.txt"
