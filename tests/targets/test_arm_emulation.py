@@ -298,6 +298,7 @@ def test_arm_tuning_through_a_tracker_runs_on_the_emulated_server(arm_emulator, 
     from tvm.rpc.tracker import Tracker
 
     from slimcc.targets.compiler import compile_model, prepare_model
+    from slimcc.targets.local_rpc import wait_registered
     from slimcc.targets.runner import run_artifact
     from slimcc.targets.target import make_target
     from slimcc.targets.tune import tune_model
@@ -309,7 +310,7 @@ def test_arm_tuning_through_a_tracker_runs_on_the_emulated_server(arm_emulator, 
     key = "slimcc-arm-tune"
     try:
         with emulate_arm.emulated_rpc_server(tracker=f"127.0.0.1:{tracker.port}", key=key):
-            _wait_registered(tracker.port, key)
+            wait_registered(tracker.port, key)
             model = prepare_model(load_model(tiny_conv_model(seed=7)))
             spec = make_target("arm", num_cores=1)
             summary = tune_model(model, spec, 4, database_dir=tmp_path / "db", progress=False,
@@ -328,16 +329,3 @@ def test_arm_tuning_through_a_tracker_runs_on_the_emulated_server(arm_emulator, 
             del session
     finally:
         tracker.terminate()
-
-
-def _wait_registered(tracker_port: int, key: str, timeout: float = 300.0) -> None:
-    """Wait until a server registered with the tracker under `key` (an emulated one starts slowly)."""
-    import time
-
-    from tvm import rpc
-
-    deadline = time.monotonic() + timeout
-    while not any(info["key"].endswith(f":{key}")
-                  for info in rpc.connect_tracker("127.0.0.1", tracker_port).summary()["server_info"]):
-        assert time.monotonic() < deadline, f"no server registered under {key}"
-        time.sleep(1.0)

@@ -4,9 +4,6 @@ this machine cannot measure."""
 
 from __future__ import annotations
 
-import contextlib
-import subprocess
-import sys
 import time
 
 import pytest
@@ -14,6 +11,7 @@ import pytest
 from slimcc.errors import SlimccError
 from slimcc.targets.compiler import compile_model, prepare_model
 from slimcc.targets.emulate_arm import free_port
+from slimcc.targets.local_rpc import local_servers, local_tracker
 from slimcc.targets.runner import load_artifact
 from slimcc.targets.target import make_target
 from slimcc.targets.tune import record_count, tune_model
@@ -23,42 +21,6 @@ from targets_helpers import assert_matches_onnxruntime, feeds_for, measured_reco
 from test_tune_one_conv import one_conv_model
 
 tvm = pytest.importorskip("tvm")
-
-
-@contextlib.contextmanager
-def local_tracker():
-    """A TVM RPC tracker on 127.0.0.1, in this process; yields its port."""
-    from tvm.rpc.tracker import Tracker
-
-    tracker = Tracker(host="127.0.0.1", port=free_port(), port_end=65535, silent=True)
-    try:
-        yield tracker.port
-    finally:
-        tracker.terminate()
-
-
-@contextlib.contextmanager
-def local_servers(tracker_port: int, key: str, count: int, timeout: float = 120.0):
-    """`count` TVM RPC servers on this machine registered with the tracker under `key`."""
-    from tvm import rpc
-
-    servers = []
-    for _ in range(count):
-        port = free_port()
-        servers.append(subprocess.Popen(
-            [sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port),
-             "--port-end", str(port + 1), "--tracker", f"127.0.0.1:{tracker_port}", "--key", key],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    try:
-        deadline = time.monotonic() + timeout
-        while len(rpc.connect_tracker("127.0.0.1", tracker_port).summary()["server_info"]) < count:
-            assert time.monotonic() < deadline, "the RPC servers did not register with the tracker"
-            time.sleep(0.5)
-        yield servers
-    finally:
-        for server in servers:
-            server.terminate()
-            server.wait(timeout=30)
 
 
 def test_unreachable_tracker_is_a_one_line_error(x86, tmp_path):
