@@ -3,7 +3,8 @@
     python bench/tune_tracker.py [--model resnet-basic] [--trials 96] [--out bench/out/tune-tracker.json]
 
 Each row tunes the same zoo model from an empty database through a tracker on 127.0.0.1 with
-`--parallel` equal to the number of servers, and reports trials per minute of wall time. The
+`--parallel` equal to the number of servers, and reports search trials and measured records
+(slimcc's seeded schedules included) per minute of wall time. The
 servers, the builders and the search share this machine's cores, so a second server measures
 in parallel only as far as a free core allows: the figures are for the plumbing, a farm of real
 boards scales with its boards. The JSON names the CPU and its flags.
@@ -57,7 +58,8 @@ def main() -> None:
                                  site=MeasureSite(("127.0.0.1", port), "x86-bench", parallel=count))
             seconds = time.perf_counter() - start
         rows.append({"servers": count, "trials": args.trials, "records": summary["records"],
-                     "seconds": round(seconds, 1), "trials_per_minute": round(60 * args.trials / seconds, 1)})
+                     "seconds": round(seconds, 1), "trials_per_minute": round(60 * args.trials / seconds, 1),
+                     "records_per_minute": round(60 * summary["new_records"] / seconds, 1)})
         print(json.dumps(rows[-1]), flush=True)
     result = {"cpu_model": quant.cpu_model(), "cpu_flags": quant.cpu_flags(), "model": args.model,
               "note": "servers, builders and search share this machine's cores", "rows": rows}
