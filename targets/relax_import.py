@@ -49,13 +49,15 @@ def prepare_for_build(mod, target=None, facts: dict | None = None, int8_mode: st
     conv2d/matmul (targets/int8.py) in the operand types `target` multiplies best (u8 x s8 when
     `target` is None or x86); `int8_mode="fake"` keeps TVM's float Q/DQ instead (None: the
     deprecated SLIMCC_TVM_INT8 variable, else "real"; see targets/int8.py `int8_mode`). `facts`, when
-    given, receives `int8_lowered` (integer conv2d/matmul count) and `int8_mode`.
+    given, receives `int8_lowered` (integer conv2d/matmul count) and `int8_mode`, and `int8_tables` when
+    element-wise float chains between a DQ and a Q became 256-entry lookups (targets/int8_tables.py).
     """
     ensure_tvm()
     from tvm import relax
 
     from slimcc.targets.int8 import count_integer_ops, flavour_for, lower_int8
     from slimcc.targets.int8 import int8_mode as resolve_int8_mode
+    from slimcc.targets.int8_tables import lower_tables
     from slimcc.targets.schedules.int8_pack import pack_int8_convs
     from slimcc.targets.schedules.isa import cpu_vector_for, target_has_feature
     from slimcc.targets.schedules.fast_math import use_fast_exp
@@ -65,6 +67,7 @@ def prepare_for_build(mod, target=None, facts: dict | None = None, int8_mode: st
     if mode == "real":
         try:
             mod = lower_int8(mod, flavour_for(target))
+            mod, tables = lower_tables(mod, target)  # DQ -> element-wise float -> Q chains: [256] lookups
         except SlimccError:
             raise
         except Exception as exc:  # a TVM error inside the rewrite
@@ -73,6 +76,8 @@ def prepare_for_build(mod, target=None, facts: dict | None = None, int8_mode: st
     if facts is not None:
         facts["int8_mode"] = mode
         facts["int8_lowered"] = count_integer_ops(mod)
+        if mode == "real" and tables:
+            facts["int8_tables"] = tables
     mod = relax.transform.DecomposeOpsForInference()(mod)
     vector = cpu_vector_for(target) if target is not None else None
     if vector is not None:

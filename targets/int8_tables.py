@@ -1,0 +1,335 @@
+"""Element-wise float chains between a DQ and a Q become 256-entry lookup tables.
+
+After `targets/int8.py` the activations of a QDQ network are u8/s8 tensors, but an activation
+between two quantized tensors still runs in float per element:
+
+    xd  = R.dequantize(x_q, sx, zx)          x_q: u8/s8, scalar constant sx/zx
+    y   = f(xd)                              element-wise float ops on xd and scalar constants
+    y_q = R.quantize(y, sy, zy)              scalar constant sy/zy, u8/s8 out
+
+(HardSwish x * clip(x + 3, 0, 6) / 6, HardSigmoid, Sigmoid, SiLU x * sigmoid(x), Tanh, Clip,
+LeakyRelu, ...). y_q depends on one input byte only, so the chain is replaced by a gather
+`table[x_q (+128 for s8)]` from a constant [256] table. The table is computed at compile time
+by TVM itself: the matched chain, on tensors of its own shape holding every input code, goes
+through slimcc's fake-quantized build (`prepare_for_build(..., int8_mode="fake")` and the same
+compile pipeline) for the same target and runs, so each entry is the value `--int8-mode fake`
+computes, rounding included. A target this machine cannot run (a cross build) is evaluated with
+the host's llvm target instead; float rounding there can differ in the last bit at a
+quantization boundary.
+
+The gather is an element-wise injective TIR kernel on the producer's output, so FuseOps fuses
+it into the preceding conv's requantize epilogue.
+"""
+
+from __future__ import annotations
+
+import platform
+
+import numpy as np
+
+from slimcc.targets.relax_values import constant_array, static_shape, tensor_dtype
+from slimcc.targets.te_kernels import call_te_kernel
+from slimcc.targets.tvm_import import ensure_tvm
+
+CODE_DTYPES = ("uint8", "int8")
+# Relax ops that compute each output element from the same element of their operands
+ELEMENTWISE_OPS = frozenset(f"relax.{name}" for name in (
+    "add", "subtract", "multiply", "divide", "maximum", "minimum", "power", "clip", "negative", "abs",
+    "sqrt", "rsqrt", "exp", "log", "sigmoid", "tanh", "erf", "floor", "ceil", "round", "sign", "where",
+    "isnan", "nn.relu", "nn.leakyrelu", "nn.gelu", "nn.gelu_tanh", "nn.silu", "nn.softplus", "nn.elu",
+    "nn.selu", "nn.prelu"))
+# TIR kernels the ONNX frontend emits for element-wise ops (Clip with min/max attributes)
+ELEMENTWISE_KERNELS = ("maximum", "minimum")
+# Relax's OpPatternKind kElemWise: each output element reads the same element of its tensor input
+# (and the whole [256] table, a constant parameter like a requantize's per-channel bias)
+ELEMWISE_PATTERN = 0
+
+
+class _NotTable(Exception):
+    """The expression is not an element-wise chain of one dequantized tensor."""
+
+
+def lower_tables(mod, target=None):
+    """Replace every Q(f(DQ(x_q))) with a table lookup on x_q; returns (module, chains replaced)."""
+    tvm = ensure_tvm()
+    from tvm import relax
+    from tvm.relax.dpl import is_const, is_op, wildcard
+
+    chains = [chain for _, func in mod.functions.items() if isinstance(func, relax.Function)
+              for chain in find_chains(func)]
+    if not chains:
+        return mod, 0
+    tables = evaluate_tables(mod, chains, target)
+    quantize = is_op("relax.quantize")(wildcard(), is_const(), is_const())
+
+    @tvm.transform.module_pass(opt_level=0, name="SlimccInt8Tables")
+    def replace(mod, _ctx):
+        builder = relax.BlockBuilder(mod)
+        kernels = []
+
+        def lookup(orig, _matches):
+            for chain, table in zip(chains, tables):
+                if table is not None and orig.same_as(chain.quantize):
+                    call = lookup_call(builder, chain.x_q, table, chain.out_dtype)
+                    kernels.append(call.args[0])
+                    return call
+            return orig
+
+        for gvar, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                builder.update_func(gvar, relax.dpl.rewrite_call(quantize, lookup, func))
+        mod = builder.get()
+        for gvar in kernels:  # TIR analysis calls a gather opaque, which FuseOps would not fuse
+            mod[gvar] = mod[gvar].with_attr("op_pattern", ELEMWISE_PATTERN)
+        return mod
+
+    passes = [replace, relax.transform.Normalize(), relax.transform.DeadCodeElimination()]
+    return tvm.transform.Sequential(passes)(mod), sum(table is not None for table in tables)
+
+
+class Chain:
+    """One matched Q(f(DQ(x_q))): the quantize call, the quantized input and the float graph between."""
+
+    def __init__(self, quantize, x_q, dequantized, bindings: dict):
+        self.quantize = quantize
+        self.x_q = x_q
+        self.dequantized = dequantized  # the Var bound to R.dequantize(x_q, ...)
+        self.bindings = bindings  # Var -> bound value, of the whole function
+        self.out_dtype = str(quantize.attrs.out_dtype)
+        self.in_dtype = tensor_dtype(x_q)
+        self.shape = static_shape(x_q)
+
+
+def find_chains(func) -> list[Chain]:
+    """Every Q(f(DQ(x_q))) of a Relax function whose f is element-wise on one dequantized u8/s8 tensor."""
+    ensure_tvm()
+    from tvm import relax
+
+    bindings: dict = {}
+    quantizes = []
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            if isinstance(binding, relax.VarBinding):
+                bindings[binding.var] = binding.value
+                if _is_call(binding.value, "relax.quantize"):
+                    quantizes.append(binding.value)
+    chains = []
+    for q in quantizes:
+        if str(q.attrs.out_dtype) not in CODE_DTYPES or not _scalar_params(q):
+            continue
+        try:
+            leaves: set = set()
+            _classify(q.args[0], bindings, leaves)
+        except _NotTable:
+            continue
+        if len(leaves) != 1:
+            continue
+        dequantized = next(iter(leaves))
+        x_q = bindings[dequantized].args[0]
+        if static_shape(x_q) is None or static_shape(x_q) != static_shape(q):
+            continue
+        chains.append(Chain(q, x_q, dequantized, bindings))
+    return chains
+
+
+def _classify(expr, bindings: dict, leaves: set) -> bool:
+    """True when `expr` depends on a dequantized tensor (added to `leaves`), False when it is a scalar constant.
+
+    Raises _NotTable for anything else: a non-element-wise op, a tensor input, a broadcasting constant.
+    """
+    tvm = ensure_tvm()
+    from tvm import relax
+
+    if isinstance(expr, tvm.ir.GenericConst):  # a tensor constant (IntImm/FloatImm are tvm.ir.Constant too)
+        if int(np.prod(constant_array(expr).shape)) != 1:
+            raise _NotTable
+        return False
+    if isinstance(expr, (tvm.ir.Constant, tvm.ir.StringImm, relax.ShapeExpr)):
+        return False
+    if isinstance(expr, relax.Tuple):
+        return any([_classify(field, bindings, leaves) for field in expr.fields])
+    value = bindings.get(expr) if isinstance(expr, relax.Var) else expr
+    if isinstance(value, tvm.ir.GenericConst):
+        return _classify(value, bindings, leaves)
+    if not isinstance(value, relax.Call):
+        raise _NotTable
+    if _is_call(value, "relax.dequantize") and isinstance(expr, relax.Var):
+        if tensor_dtype(value.args[0]) not in CODE_DTYPES or not _scalar_params(value):
+            raise _NotTable
+        data = bindings.get(value.args[0], value.args[0])
+        if isinstance(data, tvm.ir.GenericConst):  # a quantized constant, e.g. the 3 of a QLinear HardSwish
+            return _classify(data, bindings, leaves)
+        if _is_call(data, "relax.quantize") and _scalar_params(data):  # a Q -> DQ step inside the chain
+            inner: set = set()
+            try:
+                _classify(data.args[0], bindings, inner)
+                leaves.update(inner)
+                return True
+            except _NotTable:
+                pass  # the quantized tensor comes from elsewhere: it is the chain's input
+        leaves.add(expr)
+        return True
+    if _is_call(value, "relax.quantize") and not _scalar_params(value):
+        raise _NotTable
+    if not (_elementwise(value) or _is_call(value, "relax.quantize")):
+        raise _NotTable
+    args = value.args[1:] if _is_call(value, "relax.call_tir") else value.args
+    dependent = any([_classify(arg, bindings, leaves) for arg in args])
+    if not dependent:
+        shape = static_shape(value)
+        if shape is None or int(np.prod(shape)) != 1:
+            raise _NotTable
+    elif tensor_dtype(value) not in ("float32", "float16", "bool"):
+        raise _NotTable
+    return dependent
+
+
+def _elementwise(call) -> bool:
+    """Whether a Relax call computes each element from the same element of its (broadcast scalar) operands."""
+    tvm = ensure_tvm()
+
+    if not isinstance(call.op, tvm.ir.Op):
+        return False
+    if call.op.name == "relax.call_tir":
+        return str(getattr(call.args[0], "name_hint", "")).startswith(ELEMENTWISE_KERNELS)
+    return call.op.name in ELEMENTWISE_OPS
+
+
+def _is_call(expr, op_name: str) -> bool:
+    """Whether `expr` is a call of the Relax operator `op_name`."""
+    tvm = ensure_tvm()
+    from tvm import relax
+
+    return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == op_name
+
+
+def _scalar_params(call) -> bool:
+    """Whether a quantize/dequantize call has a constant one-element scale and zero point."""
+    tvm = ensure_tvm()
+    from tvm import relax
+
+    return all(isinstance(a, tvm.ir.GenericConst) and constant_array(a).size == 1 for a in call.args[1:3])
+
+
+def evaluate_tables(mod, chains: list[Chain], target=None) -> list[np.ndarray | None]:
+    """The [256] output table of each chain, computed by building and running the chains with TVM.
+
+    Entry i is the output for input code i (u8) or i - 128 (s8). A chain whose output is not a
+    function of the input code alone (it cannot happen for an element-wise chain; checked
+    anyway) gets None and stays in float.
+    """
+    tvm = ensure_tvm()
+    from tvm import relax
+
+    from slimcc.targets.build import compile_pipeline
+    from slimcc.targets.relax_import import prepare_for_build
+
+    evaluator = _runnable_target(target)
+    tiny = chain_module(mod, chains)
+    tiny = prepare_for_build(tiny, evaluator, int8_mode="fake")
+    vm = relax.VirtualMachine(tvm.compile(tiny, target=evaluator, relax_pipeline=compile_pipeline(evaluator)),
+                              tvm.cpu())
+    tables = []
+    for i, chain in enumerate(chains):
+        size = int(np.prod(chain.shape))
+        codes = np.arange(256) - (128 if chain.in_dtype == "int8" else 0)
+        table = np.zeros(256, np.int64)
+        seen = np.zeros(256, bool)
+        consistent = True
+        for start in range(0, 256, size):
+            index = (start + np.arange(size)) % 256
+            x = codes[index].astype(chain.in_dtype).reshape(chain.shape)
+            y = vm[f"chain{i}"](tvm.runtime.tensor(x)).numpy().reshape(-1).astype(np.int64)
+            for k in range(256):  # every position holding code k must agree
+                values = y[index == k]
+                if values.size == 0:
+                    continue
+                if np.any(values != values[0]) or (seen[k] and table[k] != values[0]):
+                    consistent = False
+                table[k], seen[k] = values[0], True
+        tables.append(table.astype(chain.out_dtype) if consistent and seen.all() else None)
+    return tables
+
+
+def _runnable_target(target):
+    """`target` when this machine can run what it builds (host llvm), else the host's llvm target."""
+    tvm = ensure_tvm()
+
+    if target is not None and target.kind.name == "llvm":
+        triple = str(target.attrs.get("mtriple", "") or "")
+        host = platform.machine().lower().replace("amd64", "x86_64").replace("arm64", "aarch64")
+        if not triple or triple.startswith(host):
+            return target
+    return tvm.target.Target("llvm")
+
+
+def chain_module(mod, chains: list[Chain]):
+    """An IRModule with one function `chain{i}(x_q) = Q(f(DQ(x_q)))` per chain, at the chain's own shape.
+
+    The chain's bindings are copied (TIR kernels it calls included) onto a fresh input, so the
+    fake-quantized build compiles the same ops the model's build fuses.
+    """
+    ensure_tvm()
+    from tvm import relax
+
+    builder = relax.BlockBuilder()
+    kernels: dict = {}
+    for i, chain in enumerate(chains):
+        x = relax.Var("x_q", chain.x_q.ty)
+        with builder.function(f"chain{i}", [x]):
+            with builder.dataflow():
+                dequantize = chain.bindings[chain.dequantized]
+                memo = {chain.dequantized: builder.emit(_copy_call(builder, mod, dequantize,
+                                                                   [x, *dequantize.args[1:]], kernels))}
+                args = [_copy(builder, mod, arg, chain.bindings, memo, kernels) for arg in chain.quantize.args]
+                out = builder.emit_output(_copy_call(builder, mod, chain.quantize, args, kernels))
+            builder.emit_func_output(out)
+    return builder.get()
+
+
+def _copy(builder, mod, expr, bindings: dict, memo: dict, kernels: dict):
+    """`expr` of the model's function re-emitted in the builder's current function (bindings followed)."""
+    ensure_tvm()
+    from tvm import relax
+
+    if isinstance(expr, relax.Var):
+        if expr not in memo:
+            value = bindings[expr]
+            if not isinstance(value, relax.Call):
+                return value
+            args = [_copy(builder, mod, a, bindings, memo, kernels) for a in value.args]
+            memo[expr] = builder.emit(_copy_call(builder, mod, value, args, kernels))
+        return memo[expr]
+    if isinstance(expr, relax.Tuple):
+        return relax.Tuple([_copy(builder, mod, f, bindings, memo, kernels) for f in expr.fields])
+    return expr
+
+
+def _copy_call(builder, mod, call, args, kernels: dict):
+    """`call` with new arguments; a call_tir's kernel is added to the builder's module (once)."""
+    tvm = ensure_tvm()
+    from tvm import relax
+
+    if isinstance(args[0], tvm.ir.GlobalVar) if args else False:
+        name = args[0].name_hint
+        if name not in kernels:
+            kernels[name] = builder.add_func(mod[args[0]], name)
+        args = [kernels[name], *args[1:]]
+    return relax.Call(call.op, args, call.attrs, call.ty_args)
+
+
+def lookup_call(builder, x_q, table: np.ndarray, out_dtype: str):
+    """call_tir of `table[x_q (+128 for s8)]`, an element-wise gather from a constant [256] table."""
+    ensure_tvm()
+    from tvm import relax, te
+
+    shape, in_dtype = static_shape(x_q), tensor_dtype(x_q)
+    x_t = te.placeholder(shape, in_dtype, "x_q")
+    table_t = te.placeholder((256,), out_dtype, "table")
+    offset = 128 if in_dtype == "int8" else 0
+
+    def compute(*index):
+        return table_t[x_t[index].astype("int32") + offset]
+
+    out = te.compute(shape, compute, name="qtable")
+    return call_te_kernel(builder, "qtable", [x_t, table_t, out], [x_q, relax.const(table, out_dtype)])

@@ -1,0 +1,127 @@
+"""DQ -> element-wise float activation -> Q chains become 256-entry lookup tables (targets/int8_tables.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from slimcc.ir.model import load_model
+from slimcc.targets.compiler import compile_model
+from slimcc.targets.int8_tables import lower_tables
+from slimcc.targets.int8 import lower_int8
+from slimcc.targets.relax_import import prepare_for_build, to_relax
+from slimcc.targets.runner import load_artifact
+from slimcc.targets.target import make_target
+
+ACTIVATIONS = ("HardSwish", "HardSigmoid", "Sigmoid", "SiLU")
+CHANNELS = 2
+
+
+def _activation(name: str) -> list:
+    """ONNX nodes computing `name` from "cd" into "act"."""
+    if name == "MulInput":  # not an activation: a product with the dequantized model input
+        return [helper.make_node("Mul", ["cd", "xd"], ["act"])]
+    if name == "SiLU":
+        return [helper.make_node("Sigmoid", ["cd"], ["sig"]), helper.make_node("Mul", ["cd", "sig"], ["act"])]
+    return [helper.make_node(name, ["cd"], ["act"])]
+
+
+def _conv_then(activation: str, code: str = "uint8", hw: int = 16):
+    """x -> DQ -> Conv 1x1 (int8 weights, int32 bias) -> Q -> DQ -> activation -> Q: an int8 conv and its activation.
+
+    The conv's channels are x and -x (weights +-127 at scale 1/127, same input and output
+    quantization), so its integer and float forms agree exactly and an input holding every code
+    gives the activation every code: the two builds can differ only in the activation.
+    """
+    elem = TensorProto.UINT8 if code == "uint8" else TensorProto.INT8
+    x_s, x_z = np.float32(0.05), np.array(128 if code == "uint8" else 0, code)
+    w_q = np.array([127, -127], np.int8).reshape(CHANNELS, 1, 1, 1)
+    w_s = np.full(CHANNELS, 1 / 127, np.float32)
+    a_s, a_z = np.float32(0.031), np.array(11 if code == "uint8" else -3, code)
+    inits = {"xs": x_s, "xz": x_z, "w": w_q, "ws": w_s, "wz": np.zeros(CHANNELS, np.int8),
+             "b": np.zeros(CHANNELS, np.int32), "bs": (x_s * w_s).astype(np.float32),
+             "bz": np.zeros(CHANNELS, np.int32), "cs": x_s, "cz": x_z, "as": a_s, "az": a_z}
+    nodes = [helper.make_node("DequantizeLinear", ["x", "xs", "xz"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=0),
+             helper.make_node("DequantizeLinear", ["b", "bs", "bz"], ["bd"], axis=0),
+             helper.make_node("Conv", ["xd", "wd", "bd"], ["conv"]),
+             helper.make_node("QuantizeLinear", ["conv", "cs", "cz"], ["c"]),
+             helper.make_node("DequantizeLinear", ["c", "cs", "cz"], ["cd"]),
+             *_activation(activation),
+             helper.make_node("QuantizeLinear", ["act", "as", "az"], ["y"])]
+    graph = helper.make_graph(nodes, activation, [helper.make_tensor_value_info("x", elem, [1, 1, hw, hw])],
+                              [helper.make_tensor_value_info("y", elem, None)],
+                              [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return load_model(onnx.shape_inference.infer_shapes(model))
+
+
+def _every_code(code: str, hw: int = 16) -> np.ndarray:
+    """A [1, 1, hw, hw] input holding each of the 256 codes at least once, in random order."""
+    rng = np.random.default_rng(5)
+    values = np.concatenate([np.arange(256), rng.integers(0, 256, hw * hw - 256)])
+    values = rng.permutation(values) - (128 if code == "int8" else 0)
+    return values.astype(code).reshape(1, 1, hw, hw)
+
+
+def _float_qdq_calls(mod) -> int:
+    """How many R.quantize/R.dequantize calls the module's Relax functions still make."""
+    script = mod.script(show_meta=False)
+    return script.count("R.quantize(") + script.count("R.dequantize(")
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_activation_after_int8_conv_is_a_table_bit_identical_to_fake(activation, tmp_path):
+    model = _conv_then(activation)
+    x = _every_code("uint8")
+    real = compile_model(model, make_target("x86"), tmp_path / "real", isolate=False)
+    fake = compile_model(model, make_target("x86"), tmp_path / "fake", isolate=False, int8_mode="fake")
+    assert real.build["int8_tables"] == 1 and "int8_tables" not in fake.build
+    got = load_artifact(tmp_path / "real").run({"x": x})["y"]
+    want = load_artifact(tmp_path / "fake").run({"x": x})["y"]
+    np.testing.assert_array_equal(got, want)
+    assert len(np.unique(want)) > 30  # the activation's output is not a handful of saturated levels
+
+
+def test_every_input_code_matches_fake_for_s8_tensors_too():
+    """Channel 0 of the conv repeats the input, so the table is read at every s8 code (index + 128)."""
+    tvm = pytest.importorskip("tvm")
+    from tvm import relax
+
+    model = _conv_then("HardSwish", code="int8")
+    x = _every_code("int8")
+    target = make_target("x86").to_tvm()
+    from slimcc.targets.build import compile_pipeline
+
+    outputs = {}
+    for mode in ("real", "fake"):
+        facts: dict = {}
+        mod = prepare_for_build(to_relax(model), target, facts, int8_mode=mode)
+        vm = relax.VirtualMachine(tvm.compile(mod, target=target, relax_pipeline=compile_pipeline(target)), tvm.cpu())
+        outputs[mode] = vm["main"](tvm.runtime.tensor(x)).numpy()
+        assert facts.get("int8_tables", 0) == (1 if mode == "real" else 0)
+    assert outputs["real"].dtype == np.int8
+    np.testing.assert_array_equal(outputs["real"], outputs["fake"])
+    assert set(np.unique(outputs["real"][0, 0])) == set(np.unique(outputs["fake"][0, 0]))
+    assert len(np.unique(outputs["real"][0, 0])) > 30
+
+
+@pytest.mark.parametrize("activation", ["HardSwish", "SiLU"])
+def test_the_float_chain_is_gone_from_the_module(activation):
+    lowered = lower_int8(to_relax(_conv_then(activation)))
+    assert _float_qdq_calls(lowered) == 2  # DQ(requantized conv) and the activation's Q
+    tabled, replaced = lower_tables(lowered)
+    assert replaced == 1
+    script = tabled.script(show_meta=False)
+    assert _float_qdq_calls(tabled) == 0 and "qtable" in script
+    assert "R.multiply" not in script and "R.sigmoid" not in script and "R.clip" not in script
+
+
+def test_a_chain_reading_a_second_tensor_stays_float():
+    """Q(DQ(conv) * DQ(x)) depends on two tensors: no table, the float chain stays."""
+    lowered = lower_int8(to_relax(_conv_then("MulInput")))
+    tabled, replaced = lower_tables(lowered)
+    assert replaced == 0
+    assert _float_qdq_calls(tabled) == _float_qdq_calls(lowered) > 0
