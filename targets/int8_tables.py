@@ -17,8 +17,10 @@ computes, rounding included. A target this machine cannot run (a cross build) is
 the host's llvm target instead; float rounding there can differ in the last bit at a
 quantization boundary.
 
-The gather is an element-wise injective TIR kernel on the producer's output, so FuseOps fuses
-it into the preceding conv's requantize epilogue.
+The gather reads one byte per element, but TVM's op-pattern analysis (AnnotateTIROpPattern)
+calls any data-dependent load opaque (it overwrites an `op_pattern` attribute set here), so
+FuseOps does not fuse it into the producing conv's requantize epilogue: it runs as its own
+u8 -> u8 kernel.
 """
 
 from __future__ import annotations
@@ -40,9 +42,6 @@ ELEMENTWISE_OPS = frozenset(f"relax.{name}" for name in (
     "nn.selu", "nn.prelu"))
 # TIR kernels the ONNX frontend emits for element-wise ops (Clip with min/max attributes)
 ELEMENTWISE_KERNELS = ("maximum", "minimum")
-# Relax's OpPatternKind kElemWise: each output element reads the same element of its tensor input
-# (and the whole [256] table, a constant parameter like a requantize's per-channel bias)
-ELEMWISE_PATTERN = 0
 
 
 class _NotTable(Exception):
@@ -65,23 +64,16 @@ def lower_tables(mod, target=None):
     @tvm.transform.module_pass(opt_level=0, name="SlimccInt8Tables")
     def replace(mod, _ctx):
         builder = relax.BlockBuilder(mod)
-        kernels = []
-
         def lookup(orig, _matches):
             for chain, table in zip(chains, tables):
                 if table is not None and orig.same_as(chain.quantize):
-                    call = lookup_call(builder, chain.x_q, table, chain.out_dtype)
-                    kernels.append(call.args[0])
-                    return call
+                    return lookup_call(builder, chain.x_q, table, chain.out_dtype)
             return orig
 
         for gvar, func in list(mod.functions.items()):
             if isinstance(func, relax.Function):
                 builder.update_func(gvar, relax.dpl.rewrite_call(quantize, lookup, func))
-        mod = builder.get()
-        for gvar in kernels:  # TIR analysis calls a gather opaque, which FuseOps would not fuse
-            mod[gvar] = mod[gvar].with_attr("op_pattern", ELEMWISE_PATTERN)
-        return mod
+        return builder.get()
 
     passes = [replace, relax.transform.Normalize(), relax.transform.DeadCodeElimination()]
     return tvm.transform.Sequential(passes)(mod), sum(table is not None for table in tables)
