@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from slimcc.ir.constants import constant_tensor
 from slimcc.ir.model import numpy_dtype
 
 ELEMENTWISE = frozenset({
@@ -85,7 +86,7 @@ def model_cost(model) -> CostReport:
     weights: dict[str, gs.Constant] = {}
     for node in graph.nodes:
         for tensor in node.inputs:
-            value = constant_value(tensor)
+            value = constant_tensor(tensor)
             if value is not None:
                 weights.setdefault(tensor.name or str(id(tensor)), value)
     params = sum(_size(t.shape) for t in weights.values() if _is_weight(t))
@@ -100,7 +101,7 @@ def node_cost(node: gs.Node, index: int | None = None) -> NodeCost:
     name = node.name or f"{node.op}_{index if index is not None else id(node)}"
     if node.op == "Constant":  # its value is counted where it is consumed
         return NodeCost(name, node.op, 0, 0, 0)
-    constants = [constant_value(t) for t in node.inputs]
+    constants = [constant_tensor(t) for t in node.inputs]
     params = sum(_size(c.shape) for c in constants if c is not None and _is_weight(c))
     macs, note = _macs(node)
     total_bytes = 0
@@ -114,16 +115,6 @@ def node_cost(node: gs.Node, index: int | None = None) -> NodeCost:
             break
         total_bytes += size
     return NodeCost(name, node.op, params, macs, total_bytes, note)
-
-
-def constant_value(tensor: gs.Tensor) -> gs.Constant | None:
-    """The constant behind a node input: an initializer, or the `value` of a Constant node."""
-    if isinstance(tensor, gs.Constant):
-        return tensor
-    source = tensor.inputs[0] if len(tensor.inputs) else None
-    if source is not None and source.op == "Constant" and isinstance(source.attrs.get("value"), gs.Constant):
-        return source.attrs["value"]
-    return None
 
 
 def node_macs(node: gs.Node) -> int | None:

@@ -38,6 +38,7 @@ from typing import Any as AnyType, Callable, ClassVar, Iterable, Sequence
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from slimcc.ir.constants import constant_value  # noqa: F401  (re-exported: the passes import it from here)
 from slimcc.passes.base import Pass, PassContext, PassResult
 
 COMMUTATIVE_OPS = frozenset({"Add", "Mul"})
@@ -74,21 +75,6 @@ class Match:
     def all_nodes(self) -> list[gs.Node]:
         """The root and every captured node (what a rewrite may consume)."""
         return [self.root, *self.nodes.values()]
-
-
-def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
-    """The value of an initializer or of a Constant node's output; None for anything else."""
-    if isinstance(tensor, gs.Constant):
-        return np.asarray(tensor.values)
-    if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
-        attrs = tensor.inputs[0].attrs
-        if "value" in attrs and isinstance(attrs["value"], gs.Constant):
-            return np.asarray(attrs["value"].values)
-        for key, dtype in (("value_float", np.float32), ("value_floats", np.float32),
-                           ("value_int", np.int64), ("value_ints", np.int64)):
-            if key in attrs:
-                return np.asarray(attrs[key], dtype=dtype)
-    return None
 
 
 class Operand:

@@ -19,10 +19,10 @@ PLOTS = {
 TABLE_HEADERS = ["stage", "params", "MACs", "file size", "accuracy", "onnxruntime ms", "TVM ms", "note"]
 
 
-def human(n: float | None, unit: str = "") -> str:
-    """1234567 -> '1.23M' (None -> '-')."""
+def human(n: float | None, unit: str = "", missing: str = "-") -> str:
+    """1234567 -> '1.23M' (None -> `missing`)."""
     if n is None:
-        return "-"
+        return missing
     for suffix, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= size:
             return f"{n / size:.2f}{suffix}{unit}"

@@ -12,6 +12,7 @@ import shutil
 from dataclasses import dataclass, field
 
 from slimcc.errors import SlimccError
+from slimcc.ir.model import first_line
 from slimcc.targets.tvm_import import ensure_tvm
 
 TARGET_NAMES = ("x86", "arm", "cuda")
@@ -40,7 +41,7 @@ class TargetSpec:
                 return tvm.target.Target(self.tvm, host=self.host)
             return tvm.target.Target(self.tvm)
         except Exception as exc:
-            raise SlimccError(f"TVM rejects target {self.tvm}: {_first_line(exc)}") from None
+            raise SlimccError(f"TVM rejects target {self.tvm}: {first_line(exc)}") from None
 
     def as_dict(self) -> dict:
         """JSON form, as stored in manifests and tuning-database keys."""
@@ -128,7 +129,7 @@ def local_cuda_arch() -> str | None:
         if not dev.exist:
             return None
         return "sm_" + str(dev.compute_version).replace(".", "")
-    except Exception:
+    except (RuntimeError, ValueError):  # TVM built without CUDA, or no driver: no usable GPU here
         return None
 
 
@@ -156,9 +157,3 @@ def check_toolchain(spec: TargetSpec) -> None:
     if spec.is_gpu and nvcc_path() is None:
         raise SlimccError("nvcc not found: install the CUDA toolkit (or put nvcc on PATH / set CUDA_HOME) "
                           "to build CUDA artifacts")
-
-
-def _first_line(exc: BaseException) -> str:
-    from slimcc.ir.model import first_line
-
-    return first_line(exc)

@@ -189,7 +189,7 @@ def rank_tasks(tasks) -> list:
     def cost(task) -> float:
         try:
             return float(estimate_tir_flops(task.dispatched[0])) * task.weight
-        except Exception:  # an op the estimator does not know: rank it last, still tunable
+        except (RuntimeError, ValueError, TypeError):  # an op the estimator does not know: last, still tunable
             return 0.0
 
     return sorted(tunable, key=cost, reverse=True)

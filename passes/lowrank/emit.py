@@ -7,20 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-
-class NameScope:
-    """Hands out tensor/node names that do not collide with anything already in the graph."""
-
-    def __init__(self, graph: gs.Graph):
-        self.used = set(graph.tensors().keys()) | {n.name for n in graph.nodes if n.name}
-
-    def new(self, base: str) -> str:
-        name, index = base, 1
-        while name in self.used:
-            name = f"{base}_{index}"
-            index += 1
-        self.used.add(name)
-        return name
+from slimcc.ir.names import NameScope  # noqa: F401  (re-exported for the rewrite modules)
 
 
 @dataclass

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from slimcc.ir.cost import constant_value as cost_constant
+from slimcc.ir.constants import constant_value
 from slimcc.passes.lowrank.ranks import ConvGeometry
 
 
@@ -77,14 +77,6 @@ class MatMulLayer:
     @property
     def macs(self) -> int:
         return self.rows * self.matrix.shape[0] * self.matrix.shape[1]
-
-
-def constant_value(tensor) -> np.ndarray | None:
-    """The value of an initializer or of a Constant node's output; None for a computed tensor."""
-    if tensor is None:
-        return None
-    found = cost_constant(tensor)
-    return np.asarray(found.values) if found is not None else None
 
 
 def _present(node: gs.Node, index: int) -> bool:

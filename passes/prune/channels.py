@@ -22,6 +22,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from slimcc.errors import SlimccError
+from slimcc.ir.constants import constant_value
 from slimcc.ir.layout import channel_axis
 
 UNARY_OPS = frozenset({
@@ -158,17 +159,6 @@ class _UnionFind:
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
             self.parent[max(ra, rb)] = min(ra, rb)
-
-
-def constant_value(tensor) -> np.ndarray | None:
-    """The value of an initializer (gs.Constant) or of a Constant node's output, else None."""
-    if isinstance(tensor, gs.Constant):
-        return np.asarray(tensor.values)
-    if isinstance(tensor, gs.Variable) and len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
-        value = tensor.inputs[0].attrs.get("value")
-        if isinstance(value, gs.Constant):
-            return np.asarray(value.values)
-    return None
 
 
 def is_constant(tensor) -> bool:

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from slimcc.ir.names import NameScope
 from slimcc.passes.pattern import constant_value
-
-_counter = itertools.count()
 
 
 def fresh(graph: gs.Graph, base: str) -> str:
-    """A tensor/node name not yet used in `graph`."""
-    used = graph.tensors().keys() | {n.name for n in graph.nodes}
-    name = base
-    while name in used:
-        name = f"{base}_{next(_counter)}"
-    return name
+    """A tensor/node name not yet used in `graph` (one name; a rewrite making many uses a NameScope)."""
+    return NameScope(graph).new(base)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from slimcc.ir.names import NameScope
 from slimcc.passes.pattern import constant_value
 
 
@@ -30,10 +31,16 @@ class LinearLayer:
     bias_node: gs.Node | None = None
     reason: str = ""
     graph: gs.Graph | None = None  # where a MatMul without bias gets its new Add
+    names: NameScope | None = None  # fresh names for the refitted constants (one scope per graph)
 
     @property
     def name(self) -> str:
         return self.node.name or self.output.name
+
+    def _fresh(self, what: str) -> str:
+        """A new name for a constant or node this layer's refit adds."""
+        base = f"{self.name}__{what}"
+        return self.names.new(base) if self.names is not None else base
 
     @property
     def input(self) -> gs.Variable:
@@ -109,7 +116,7 @@ class LinearLayer:
             stored = scaled.T if self.node.attrs.get("transB", 0) else scaled
         else:
             stored = matrix
-        self.node.inputs[1] = gs.Constant(_fresh_name(self.node, "refit_w"), np.ascontiguousarray(stored.astype(old.dtype)))
+        self.node.inputs[1] = gs.Constant(self._fresh("refit_w"), np.ascontiguousarray(stored.astype(old.dtype)))
 
     def set_bias(self, bias: np.ndarray) -> None:
         """Store an effective bias [Cout], creating the bias input (or MatMul's Add) when absent.
@@ -122,9 +129,9 @@ class LinearLayer:
             self.node.attrs["beta"] = beta if beta != 0.0 else 1.0
             bias = bias / self.node.attrs["beta"]
         if tensor is not None and _is_dequantized(tensor):
-            _requantize_bias(tensor, bias)
+            _requantize_bias(tensor, bias, self._fresh("refit_bq"))
             return
-        fresh = gs.Constant(_fresh_name(self.node, "refit_b"), np.ascontiguousarray(bias.astype(dtype)))
+        fresh = gs.Constant(self._fresh("refit_b"), np.ascontiguousarray(bias.astype(dtype)))
         if self.op in ("Conv", "Gemm"):
             if tensor is None:
                 while len(self.node.inputs) < 2:
@@ -142,19 +149,13 @@ class LinearLayer:
             return
         # MatMul without a bias: route its output through a new Add
         out = self.node.outputs[0]
-        mid = gs.Variable(_fresh_name(self.node, "matmul_out"), dtype=out.dtype, shape=out.shape)
+        mid = gs.Variable(self._fresh("matmul_out"), dtype=out.dtype, shape=out.shape)
         self.node.outputs[0] = mid
-        add = gs.Node("Add", _fresh_name(self.node, "refit_add"), inputs=[mid, fresh], outputs=[out])
+        add = gs.Node("Add", self._fresh("refit_add"), inputs=[mid, fresh], outputs=[out])
         self.graph.nodes.append(add)  # the pass toposorts the graph when it is done
         self.bias_node = add
 
 
-_counter = [0]
-
-
-def _fresh_name(node: gs.Node, what: str) -> str:
-    _counter[0] += 1
-    return f"{node.name or node.outputs[0].name}__{what}{_counter[0]}"
 
 
 def _is_dequantized(tensor: gs.Tensor) -> bool:
@@ -176,18 +177,18 @@ def _float_value(tensor: gs.Tensor) -> np.ndarray:
     return np.asarray(constant_value(tensor))
 
 
-def _requantize_bias(tensor: gs.Tensor, bias: np.ndarray) -> None:
+def _requantize_bias(tensor: gs.Tensor, bias: np.ndarray, name: str) -> None:
     dq = tensor.inputs[0]
     scale = np.asarray(constant_value(dq.inputs[1]), np.float64)
     zero = np.asarray(constant_value(dq.inputs[2]), np.float64) if len(dq.inputs) > 2 else 0.0
     q_old = constant_value(dq.inputs[0])
     q = np.clip(np.round(bias / scale + zero), -2**31, 2**31 - 1).astype(q_old.dtype)
-    dq.inputs[0] = gs.Constant(_fresh_name(dq, "refit_bq"), q.reshape(q_old.shape))
+    dq.inputs[0] = gs.Constant(name, q.reshape(q_old.shape))
 
 
 def find_layers(graph: gs.Graph) -> list[LinearLayer]:
     """Every Conv/Gemm/MatMul with a constant (or constant-dequantized) weight, in graph (topological) order."""
-    layers = []
+    layers, names = [], NameScope(graph)
     for node in graph.nodes:
         if node.op not in ("Conv", "Gemm", "MatMul") or len(node.inputs) < 2:
             continue
@@ -196,7 +197,7 @@ def find_layers(graph: gs.Graph) -> list[LinearLayer]:
         weight = constant_value(weight_tensor)
         if weight is None and not quantized:
             continue
-        layer = LinearLayer(node, node.outputs[0], graph=graph)
+        layer = LinearLayer(node, node.outputs[0], graph=graph, names=names)
         if quantized:
             layer.reason = "weights are quantized (DequantizeLinear); refit before qdq-insert"
         elif node.op == "Conv" and node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):

@@ -10,6 +10,7 @@ from pathlib import Path
 from slimcc.commands.common import add_model_arguments, print_json, print_table
 from slimcc.ir.cost import CostReport, NodeCost, model_cost
 from slimcc.ir.model import Model, first_line, load_model, parse_input_shapes
+from slimcc.report import human as report_human
 
 SHAPE_FOLDING_PASSES = ("constant-to-initializer", "fold-constants")
 
@@ -118,12 +119,7 @@ def _shape(shape):
 
 def human(n: int | None) -> str:
     """1234567 -> '1.23M' (None -> '?')."""
-    if n is None:
-        return "?"
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.2f}{unit}"
-    return str(n)
+    return report_human(n, missing="?")
 
 
 def run(args) -> int:

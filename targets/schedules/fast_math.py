@@ -14,6 +14,7 @@ conv epilogue.
 
 from __future__ import annotations
 
+from slimcc.targets.relax_rewrite import rewrite_calls
 from slimcc.targets.relax_values import static_shape, tensor_dtype
 from slimcc.targets.te_kernels import call_te_kernel
 from slimcc.targets.tvm_import import ensure_tvm
@@ -24,17 +25,13 @@ FAST_OPS = {"relax.sigmoid": "slimcc_sigmoid", "relax.tanh": "slimcc_tanh", "rel
 
 def use_fast_exp(mod):
     """Rewrite every float32 sigmoid/tanh/exp call in `mod` to the fast-exp form (see module doc)."""
-    tvm = ensure_tvm()
-    from tvm import relax
-    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+    ensure_tvm()
+    from tvm.relax.dpl import is_op, wildcard
 
     pattern = (is_op("relax.sigmoid")(wildcard()) | is_op("relax.tanh")(wildcard()) | is_op("relax.exp")(wildcard())
                | is_op("relax.nn.softmax")(wildcard()))
 
-    @tvm.transform.module_pass(opt_level=0, name="SlimccFastExp")
-    def rewrite(mod, _ctx):
-        builder = relax.BlockBuilder(mod)
-
+    def make_replace(builder):
         def replace(call, _matches):
             data = call.args[0]
             shape = static_shape(data)
@@ -44,12 +41,9 @@ def use_fast_exp(mod):
                 return _softmax_call(builder, data, shape, int(call.attrs.axis) % len(shape))
             return _fast_call(builder, call.op.name, data, shape)
 
-        for gvar, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                builder.update_func(gvar, rewrite_call(pattern, replace, func))
-        return builder.get()
+        return replace
 
-    return rewrite(mod)
+    return rewrite_calls(mod, pattern, make_replace, "SlimccFastExp")
 
 
 def _fast_call(builder, op: str, data, shape):

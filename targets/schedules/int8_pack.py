@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from slimcc.targets.relax_rewrite import rewrite_calls
 from slimcc.targets.relax_values import constant_array, static_shape, tensor_dtype
 from slimcc.targets.schedules.isa import CpuVector
 from slimcc.targets.schedules.pack_weights import (CHANNEL_DWCONV_BLOCK, CHANNEL_PAD_BLOCK, CONV_BLOCK,
@@ -48,21 +49,18 @@ def pack_int8_convs(mod, vector: CpuVector, vnni: bool):
     With `vnni`, the VNNI intrinsic is registered here, before any tuning database is applied:
     replaying a tuned trace of a `slimcc_qconv` kernel needs it.
     """
-    tvm = ensure_tvm()
+    ensure_tvm()
     if vnni:
         vnni_intrin()
     from tvm import relax
-    from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+    from tvm.relax.dpl import is_const, is_op, wildcard
 
     data = wildcard()
     pad = is_op("relax.nn.pad")(data)
     conv = is_op("relax.nn.conv2d")(pad | data, is_const())
     matmul = is_op("relax.matmul")(wildcard(), is_const())
 
-    @tvm.transform.module_pass(opt_level=0, name="SlimccPackInt8Convs")
-    def rewrite(mod, _ctx):
-        builder = relax.BlockBuilder(mod)
-
+    def make_replace(builder):
         def replace(call, matches):
             if call.op.name == "relax.matmul":
                 layer = _IntConv.from_matmul(call)
@@ -76,12 +74,9 @@ def pack_int8_convs(mod, vector: CpuVector, vnni: bool):
                 return call
             return relax.op.reshape(out, static_shape(call)) if call.op.name == "relax.matmul" else out
 
-        for gvar, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                builder.update_func(gvar, rewrite_call(conv | matmul, replace, func))
-        return builder.get()
+        return replace
 
-    return tvm.transform.Sequential([rewrite, relax.transform.DeadCodeElimination()])(mod)
+    return rewrite_calls(mod, conv | matmul, make_replace, "SlimccPackInt8Convs")
 
 
 @dataclass(frozen=True)

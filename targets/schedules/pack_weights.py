@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from slimcc.targets.relax_rewrite import rewrite_calls
 from slimcc.targets.relax_values import constant_array, static_shape, tensor_dtype
 from slimcc.targets.schedules.isa import CpuVector
 from slimcc.targets.schedules.pack_matmul import packed_matmul_call
@@ -42,29 +43,22 @@ UNSET_DTYPES = ("", "None", "void")  # how TVM 0.27 prints an out_dtype left to 
 
 def pack_conv_weights(mod, vector: CpuVector):
     """Rewrite every eligible conv2d of `mod` (see module doc); other calls are left as they are."""
-    tvm = ensure_tvm()
-    from tvm import relax
-    from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+    ensure_tvm()
+    from tvm.relax.dpl import is_const, is_op, wildcard
 
     pattern = (is_op("relax.nn.conv2d")(wildcard(), is_const()) | is_op("relax.nn.conv2d_transpose")(wildcard(), is_const())
                | is_op("relax.matmul")(wildcard(), is_const()))
 
-    @tvm.transform.module_pass(opt_level=0, name="SlimccPackConvWeights")
-    def rewrite(mod, _ctx):
-        builder = relax.BlockBuilder(mod)
-
+    def make_replace(builder):
         def replace(call, _matches):
             if call.op.name == "relax.matmul":
                 return packed_matmul_call(call, builder, vector)
             conv = _ConvCall.read(call)
             return conv.packed_call(builder, vector) if conv is not None else call
 
-        for gvar, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                builder.update_func(gvar, rewrite_call(pattern, replace, func))
-        return builder.get()
+        return replace
 
-    return tvm.transform.Sequential([rewrite, relax.transform.DeadCodeElimination()])(mod)
+    return rewrite_calls(mod, pattern, make_replace, "SlimccPackConvWeights")
 
 
 @dataclass(frozen=True)
