@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from slimcc.targets.schedules.conv import schedule_conv, schedule_pointwise
 from slimcc.targets.schedules.depthwise import schedule_channel_depthwise, schedule_depthwise
-from slimcc.targets.schedules.elementwise import (MIN_PARALLEL_ELEMENTS, inline_producers, is_reduction, loop_volume,
-                                                  root_blocks, schedule_flat, schedule_plane_sum, schedule_pool)
+from slimcc.targets.schedules.elementwise import (inline_producers, is_reduction, root_blocks, schedule_flat,
+                                                  schedule_plane_sum, schedule_pool)
 from slimcc.targets.schedules.int8_conv import schedule_int8_conv
-from slimcc.targets.schedules.isa import CpuVector
+from slimcc.targets.schedules.isa import CpuVector, loop_volume
 from slimcc.targets.schedules.matmul import schedule_matmul
 from slimcc.targets.tvm_import import ensure_tvm
 
 SCHEDULED_ATTR = "tirx.is_scheduled"
+TINY_REDUCTION = 4096  # iterations; a reduction this small needs no vectors (a 2-class softmax)
 
 
 def _elementwise(sch, vector: CpuVector) -> bool:
@@ -31,7 +32,7 @@ def _elementwise(sch, vector: CpuVector) -> bool:
     for block in blocks:
         if not is_reduction(sch, block):
             schedule_flat(sch, block, vector)
-    return all(schedule_pool(sch, reduction, vector) or loop_volume(sch, reduction) <= MIN_PARALLEL_ELEMENTS
+    return all(schedule_pool(sch, reduction, vector) or loop_volume(sch, reduction) <= TINY_REDUCTION
                for reduction in reductions)  # a tiny reduction (a 2-class softmax) needs no vectors
 
 

@@ -8,10 +8,9 @@ outside a vector along the output row.
 
 from __future__ import annotations
 
-from slimcc.targets.schedules.isa import CpuVector
+from slimcc.targets.schedules.isa import CpuVector, loop_volume, parallel_pays
 from slimcc.targets.tvm_import import ensure_tvm
 
-MIN_PARALLEL_ELEMENTS = 4096  # below this a thread pool launch costs more than the loop
 MAX_POOL_WINDOW = 64  # larger reductions (global pooling, matmul) go to dlight's reduction rules
 
 
@@ -25,14 +24,6 @@ def is_reduction(sch, block) -> bool:
     tvm = ensure_tvm()
 
     return any(iv.iter_type == tvm.tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
-
-
-def loop_volume(sch, block) -> int:
-    """How many times `block` runs: the product of its loop extents."""
-    volume = 1
-    for loop in sch.get_loops(block):
-        volume *= int(sch.get(loop).extent)
-    return volume
 
 
 def inline_producers(sch) -> None:
@@ -74,7 +65,7 @@ def schedule_flat(sch, block, vector: CpuVector) -> None:
         if width > 1:
             outer, inner = sch.split(fused, [None, width])
             sch.vectorize(inner)
-    if vector.cores > 1 and total >= MIN_PARALLEL_ELEMENTS:
+    if parallel_pays(vector, total, int(sch.get(outer).extent)):
         sch.parallel(outer)
 
 
@@ -121,10 +112,11 @@ def schedule_pool(sch, block, vector: CpuVector) -> bool:
     width = vector.vector_width_dividing(int(sch.get(row).extent))
     xo, xi = sch.split(row, [None, width])
     sch.reorder(*spatial[:-1], xo, *window, xi)
+    work = loop_volume(sch, block)
     outer = sch.fuse(*spatial[:-1]) if len(spatial) > 2 else spatial[0]
     if width > 1:
         sch.vectorize(xi)
-    if vector.cores > 1:
+    if parallel_pays(vector, work, int(sch.get(outer).extent)):
         sch.parallel(outer)
     sch.decompose_reduction(block, window[0])
     return True
@@ -173,7 +165,7 @@ def schedule_plane_sum(sch, block, vector: CpuVector) -> bool:
     sch.reorder(steps, lane_loop)
     sch.vectorize(lane_loop)
     sch.set_scope(partial, 0, "local")
-    if vector.cores > 1:
+    if parallel_pays(vector, size * int(sch.get(outer).extent), int(sch.get(outer).extent)):
         sch.parallel(outer)
     sch.decompose_reduction(partial, steps)
     return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from slimcc.targets.schedules.isa import loop_volume, parallel_pays
 from slimcc.targets.tvm_import import ensure_tvm
 
 
@@ -68,8 +69,9 @@ def schedule_pad(sch, vector) -> None:
     if pad is None:
         return
     loops = sch.get_loops(pad)
+    work = loop_volume(sch, pad)
     outer = sch.fuse(*loops[:-2])
-    if vector.cores > 1:
+    if parallel_pays(vector, work, int(sch.get(outer).extent)):
         sch.parallel(outer)
     copy = split_padding(sch, pad, sch.get_loops(pad)[-2], vector)
     if copy is not None:
@@ -111,9 +113,11 @@ def finish_tile(sch, main, cache, tail: list, tile_loop, vector_loop, unrolled: 
     """The steps every register-tiled kernel ends with, once its loops are split and ordered.
 
     The epilogue is folded into the write-back under `tile_loop`, `vector_loop` vectorized,
-    `unrolled` unrolled, the `outer` loops fused (and parallel on several cores), the
-    accumulator init hoisted out of the loop `reduction`, and the padding producer scheduled.
+    `unrolled` unrolled, the `outer` loops fused (and parallel on several cores when the kernel
+    is large enough), the accumulator init hoisted out of the loop `reduction`, and the padding
+    producer scheduled.
     """
+    work = loop_volume(sch, main)
     if attach_epilogue(sch, cache, tail, tile_loop):
         vectorize_innermost(sch, cache)
     if int(sch.get(vector_loop).extent) > 1:
@@ -121,7 +125,7 @@ def finish_tile(sch, main, cache, tail: list, tile_loop, vector_loop, unrolled: 
     for loop in unrolled:
         sch.unroll(loop)
     fused = sch.fuse(*outer)
-    if vector.cores > 1:
+    if parallel_pays(vector, work, int(sch.get(fused).extent)):
         sch.parallel(fused)
     sch.decompose_reduction(main, reduction)
     schedule_pad(sch, vector)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from slimcc.targets.schedules.epilogue import find_block, inline_epilogue, vectorize_innermost
 from slimcc.targets.schedules.int8_pack import QCONV_BLOCK, QCROP_BLOCK, QPACK_BLOCK
-from slimcc.targets.schedules.isa import CpuVector, largest_divisor
+from slimcc.targets.schedules.isa import CpuVector, largest_divisor, loop_volume, parallel_pays
 from slimcc.targets.schedules.vnni import LANES, vnni_intrin
 from slimcc.targets.tvm_import import ensure_tvm
 
@@ -54,6 +54,7 @@ def schedule_int8_conv(sch, vector: CpuVector) -> bool:
 
     cropped = find_block(sch, QCROP_BLOCK) is not None
     tail = inline_epilogue(sch, conv)
+    work = loop_volume(sch, conv)
     n, f, y, x, rq, ry, rx, rk = sch.get_loops(conv)
     fo, fbl, fi = sch.split(f, [None, fb, LANES])
     xo, xi = sch.split(x, [None, xb])
@@ -68,7 +69,7 @@ def schedule_int8_conv(sch, vector: CpuVector) -> bool:
     sch.unroll(fbl)
     sch.unroll(xi)
     fused = sch.fuse(n, fo, y)
-    if vector.cores > 1:
+    if parallel_pays(vector, work, int(sch.get(fused).extent)):
         sch.parallel(fused)
     init = sch.decompose_reduction(conv, rq)
     vectorize_innermost(sch, init)
@@ -140,8 +141,9 @@ def _schedule_quads(sch, vector: CpuVector) -> None:
     if quads is None:
         return
     n, q, h, w, k = sch.get_loops(quads)
+    work = loop_volume(sch, quads)
     outer = sch.fuse(n, q, h)
-    if vector.cores > 1:
+    if parallel_pays(vector, work, int(sch.get(outer).extent)):
         sch.parallel(outer)
     sch.unroll(k)
     if vector.tunable:

