@@ -32,8 +32,9 @@ import numpy as np
 from slimcc.targets.relax_rewrite import rewrite_calls
 from slimcc.targets.relax_values import constant_array, static_shape, tensor_dtype
 from slimcc.targets.schedules.isa import CpuVector
-from slimcc.targets.schedules.pack_weights import (CHANNEL_DWCONV_BLOCK, CHANNEL_PAD_BLOCK, CONV_BLOCK,
-                                                   DWCONV_BLOCK, GROUPED_CONV_BLOCK, PAD_BLOCK, _ConvCall, _ints)
+from slimcc.targets.schedules.pack_weights import (CHANNEL_DWCONV_BLOCK, CHANNEL_PAD_BLOCK, CONV_BLOCK, ConvGeometry,
+                                                   DWCONV_BLOCK, GROUPED_CONV_BLOCK, PAD_BLOCK, _ConvCall, _ints,
+                                                   channel_depthwise, packed_conv, row_depthwise)
 from slimcc.targets.schedules.vnni import GROUP, LANES, vnni_intrin
 from slimcc.targets.te_kernels import call_te_kernel
 from slimcc.targets.tvm_import import ensure_tvm
@@ -80,18 +81,10 @@ def pack_int8_convs(mod, vector: CpuVector, vnni: bool):
 
 
 @dataclass(frozen=True)
-class _IntConv:
+class _IntConv(ConvGeometry):
     """One integer conv2d this rewrite replaces: u8 NCHW data, s8 OIHW weight, int32 NCHW output."""
 
-    data: object
-    weight: np.ndarray
-    in_shape: tuple
-    out_shape: tuple
-    strides: tuple = (1, 1)
-    dilation: tuple = (1, 1)
-    pads: tuple = (0, 0, 0, 0)  # top, left, bottom, right
     pad_value: int = 0
-    groups: int = 1
 
     @classmethod
     def read(cls, call, data, pad) -> _IntConv | None:
@@ -206,25 +199,7 @@ class _IntConv:
 
     def _channel_depthwise(self, x, w_t, fi: int):
         """Depthwise conv on a [N, C/fi, H+pads, W+pads, fi] copy of the input padded with zx (`slimcc_chdw`)."""
-        ensure_tvm()
-        from tvm import te, tirx
-
-        n, channels, h, w = self.in_shape
-        top, left, bottom, right = self.pads
-        _, _, kh, kw = self.weight.shape
-        (sh, sw), (dh, dw) = self.strides, self.dilation
-
-        def value(b, cb, i, j, ci):
-            inside = tirx.all(i >= top, i < h + top, j >= left, j < w + left)
-            return tirx.if_then_else(inside, x[b, cb * fi + ci, i - top, j - left],
-                                     tirx.const(self.pad_value, "uint8"))
-
-        blocked = te.compute((n, channels // fi, h + top + bottom, w + left + right, fi), value,
-                             name=CHANNEL_PAD_BLOCK)
-        ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
-        return te.compute(self.out_shape, lambda b, f, y, x_: te.sum(
-            blocked[b, f // fi, y * sh + ry * dh, x_ * sw + rx * dw, f % fi].astype("int32")
-            * w_t[f // fi, ry, rx, f % fi].astype("int32"), axis=[ry, rx]), name=CHANNEL_DWCONV_BLOCK)
+        return channel_depthwise(self, x, w_t, fi, self.pad_value, "int32")
 
     def _pad(self, x):
         """x padded with its zero point (the float rules' `slimcc_pad` block), or x when unpadded."""
@@ -244,33 +219,9 @@ class _IntConv:
 
     def _conv(self, padded, w_t, fi: int):
         """Regular/grouped conv on the [F/fi, Cg, KH, KW, fi] weight with int32 products."""
-        ensure_tvm()
-        from tvm import te
-
-        out_channels, group_channels, kh, kw = self.weight.shape
-        per_group = out_channels // self.groups
-        (sh, sw), (dh, dw) = self.strides, self.dilation
-        rc = te.reduce_axis((0, group_channels), "rc")
-        ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
-
-        def channel(f):
-            return rc if self.groups == 1 else f // per_group * group_channels + rc
-
-        return te.compute(self.out_shape, lambda n, f, y, x: te.sum(
-            padded[n, channel(f), y * sh + ry * dh, x * sw + rx * dw].astype("int32")
-            * w_t[f // fi, rc, ry, rx, f % fi].astype("int32"), axis=[rc, ry, rx]),
-            name=CONV_BLOCK if self.groups == 1 else GROUPED_CONV_BLOCK)
+        return packed_conv(self, padded, w_t, fi, "int32")
 
     def _depthwise(self, padded, w_t):
         """Depthwise conv (channel multiplier allowed) on the [F, KH, KW] weight with int32 products."""
-        ensure_tvm()
-        from tvm import te
-
-        out_channels, _, kh, kw = self.weight.shape
-        multiplier = out_channels // self.in_shape[1]
-        (sh, sw), (dh, dw) = self.strides, self.dilation
-        ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
-        return te.compute(self.out_shape, lambda n, f, y, x: te.sum(
-            padded[n, f // multiplier, y * sh + ry * dh, x * sw + rx * dw].astype("int32")
-            * w_t[f, ry, rx].astype("int32"), axis=[ry, rx]), name=DWCONV_BLOCK)
+        return row_depthwise(self, padded, w_t, "int32")
 

@@ -62,8 +62,8 @@ def pack_conv_weights(mod, vector: CpuVector):
 
 
 @dataclass(frozen=True)
-class _ConvCall:
-    """The facts of one conv2d call this rewrite can replace exactly."""
+class ConvGeometry:
+    """A conv2d call's data (Relax expression), constant OIHW weight, shapes and attributes."""
 
     data: object
     weight: np.ndarray
@@ -73,6 +73,12 @@ class _ConvCall:
     dilation: tuple = (1, 1)
     pads: tuple = (0, 0, 0, 0)  # top, left, bottom, right
     groups: int = 1
+
+
+@dataclass(frozen=True)
+class _ConvCall(ConvGeometry):
+    """The facts of one float conv2d call this rewrite can replace exactly."""
+
     zero_insert: tuple = (1, 1)  # transposed conv: input strides become zeros between input pixels
 
     def as_direct_conv(self, output_padding) -> _ConvCall | None:
@@ -187,52 +193,83 @@ class _ConvCall:
 
     def _channel_depthwise(self, x, w_t, fi: int):
         """Depthwise conv on a [N, C/fi, H+pads, W+pads, fi] copy of the padded input."""
-        ensure_tvm()
-        from tvm import te, tirx
-
-        n, channels, h, w = self.in_shape
-        top, left, bottom, right = self.pads
-        _, _, kh, kw = self.weight.shape
-        (sh, sw), (dh, dw) = self.strides, self.dilation
-
-        def value(b, cb, i, j, ci):
-            inside = tirx.all(i >= top, i < h + top, j >= left, j < w + left)
-            return tirx.if_then_else(inside, x[b, cb * fi + ci, i - top, j - left], tirx.const(0.0, "float32"))
-
-        blocked = te.compute((n, channels // fi, h + top + bottom, w + left + right, fi), value, name=CHANNEL_PAD_BLOCK)
-        ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
-        return te.compute(self.out_shape, lambda b, f, y, x_: te.sum(
-            blocked[b, f // fi, y * sh + ry * dh, x_ * sw + rx * dw, f % fi] * w_t[f // fi, ry, rx, f % fi],
-            axis=[ry, rx]), name=CHANNEL_DWCONV_BLOCK)
+        return channel_depthwise(self, x, w_t, fi, 0.0)
 
     def _conv(self, padded, w_t, fi: int):
-        ensure_tvm()
-        from tvm import te
-
-        out_channels, group_channels, kh, kw = self.weight.shape
-        per_group = out_channels // self.groups
-        (sh, sw), (dh, dw) = self.strides, self.dilation
-        rc = te.reduce_axis((0, group_channels), "rc")
-        ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
-
-        def channel(f):
-            return rc if self.groups == 1 else f // per_group * group_channels + rc
-
-        return te.compute(self.out_shape, lambda n, f, y, x: te.sum(
-            padded[n, channel(f), y * sh + ry * dh, x * sw + rx * dw] * w_t[f // fi, rc, ry, rx, f % fi],
-            axis=[rc, ry, rx]), name=CONV_BLOCK if self.groups == 1 else GROUPED_CONV_BLOCK)
+        return packed_conv(self, padded, w_t, fi)
 
     def _depthwise(self, padded, w_t):
-        ensure_tvm()
-        from tvm import te
+        return row_depthwise(self, padded, w_t)
 
-        out_channels, _, kh, kw = self.weight.shape
-        multiplier = out_channels // self.in_shape[1]
-        (sh, sw), (dh, dw) = self.strides, self.dilation
-        ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
-        return te.compute(self.out_shape, lambda n, f, y, x: te.sum(
-            padded[n, f // multiplier, y * sh + ry * dh, x * sw + rx * dw] * w_t[f, ry, rx],
-            axis=[ry, rx]), name=DWCONV_BLOCK)
+
+def _cast(value, dtype: str | None):
+    """`value` cast to `dtype` (operands of integer products), or as it is."""
+    return value.astype(dtype) if dtype else value
+
+
+def row_depthwise(conv, padded, w_t, product_dtype: str | None = None):
+    """The TE depthwise conv of `conv`'s geometry (channel multiplier allowed) on the [F, KH, KW]
+    weight, for vectors along the output row; `product_dtype` casts the operands (int32 for int8)."""
+    ensure_tvm()
+    from tvm import te
+
+    out_channels, _, kh, kw = conv.weight.shape
+    multiplier = out_channels // conv.in_shape[1]
+    (sh, sw), (dh, dw) = conv.strides, conv.dilation
+    ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
+    return te.compute(conv.out_shape, lambda n, f, y, x: te.sum(
+        _cast(padded[n, f // multiplier, y * sh + ry * dh, x * sw + rx * dw], product_dtype)
+        * _cast(w_t[f, ry, rx], product_dtype), axis=[ry, rx]), name=DWCONV_BLOCK)
+
+
+def channel_depthwise(conv, x, w_t, fi: int, pad_value, product_dtype: str | None = None):
+    """The TE depthwise conv of `conv`'s geometry on channel vectors: a [N, C/fi, H+pads, W+pads, fi]
+    copy of the input padded with `pad_value` (in the input's dtype), taps read as fi-vectors.
+
+    `product_dtype` casts both operands before multiplying (int32 for int8_pack's u8 inputs).
+    """
+    ensure_tvm()
+    from tvm import te, tirx
+
+    n, channels, h, w = conv.in_shape
+    top, left, bottom, right = conv.pads
+    _, _, kh, kw = conv.weight.shape
+    (sh, sw), (dh, dw) = conv.strides, conv.dilation
+
+    def value(b, cb, i, j, ci):
+        inside = tirx.all(i >= top, i < h + top, j >= left, j < w + left)
+        return tirx.if_then_else(inside, x[b, cb * fi + ci, i - top, j - left], tirx.const(pad_value, x.dtype))
+
+    blocked = te.compute((n, channels // fi, h + top + bottom, w + left + right, fi), value, name=CHANNEL_PAD_BLOCK)
+    ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
+    return te.compute(conv.out_shape, lambda b, f, y, x_: te.sum(
+        _cast(blocked[b, f // fi, y * sh + ry * dh, x_ * sw + rx * dw, f % fi], product_dtype)
+        * _cast(w_t[f // fi, ry, rx, f % fi], product_dtype),
+        axis=[ry, rx]), name=CHANNEL_DWCONV_BLOCK)
+
+
+def packed_conv(conv, padded, w_t, fi: int, product_dtype: str | None = None):
+    """The TE conv (regular or grouped) of `conv`'s geometry on the packed [F/fi, Cg, KH, KW, fi] weight.
+
+    `conv` has weight, groups, strides, dilation and out_shape; `product_dtype` casts both
+    operands before multiplying (int32 for the integer convs of int8_pack).
+    """
+    ensure_tvm()
+    from tvm import te
+
+    out_channels, group_channels, kh, kw = conv.weight.shape
+    per_group = out_channels // conv.groups
+    (sh, sw), (dh, dw) = conv.strides, conv.dilation
+    rc = te.reduce_axis((0, group_channels), "rc")
+    ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
+
+    def channel(f):
+        return rc if conv.groups == 1 else f // per_group * group_channels + rc
+
+    return te.compute(conv.out_shape, lambda n, f, y, x: te.sum(
+        _cast(padded[n, channel(f), y * sh + ry * dh, x * sw + rx * dw], product_dtype)
+        * _cast(w_t[f // fi, rc, ry, rx, f % fi], product_dtype),
+        axis=[rc, ry, rx]), name=CONV_BLOCK if conv.groups == 1 else GROUPED_CONV_BLOCK)
 
 
 def _ints(values) -> tuple[int, ...]:
