@@ -14,7 +14,8 @@ real integer kernels is read from the int8 build info (`int8_lowered`: integer c
 count; 0 or absent means fake quantization in float). onnxruntime runs with all graph
 optimizations and --threads threads. Latencies are medians over --repeat runs, timed in interleaved
 blocks of 5 (ort, ort int8, untuned, tuned, int8 untuned, int8 tuned, ort, ...) so machine noise hits
-every engine alike while no engine's spinning thread pool runs into the next engine's block;
+every engine alike while no engine's spinning thread pool runs into the next engine's block; above
+one thread each engine runs in a process of its own (two thread pools in one process slowed both);
 `onnxruntime_int8` is onnxruntime on the same QDQ model the int8 builds compile. Outputs are
 checked against onnxruntime (fp32 builds vs the fp32 model, the int8 build vs the QDQ model).
 The JSON is rewritten after each model, so an interrupted run keeps finished models.
@@ -39,6 +40,7 @@ import numpy as np  # noqa: E402
 
 from slimcc.errors import SlimccError  # noqa: E402
 from slimcc.ir.atomic import save_json_atomic  # noqa: E402
+from slimcc.ir.model import save_model  # noqa: E402
 from slimcc.ir.verify import compare_outputs, make_session, random_feeds, run_onnxruntime  # noqa: E402
 from slimcc.models import zoo  # noqa: E402
 from slimcc.models.data import zoo_inputs  # noqa: E402
@@ -87,26 +89,83 @@ def tuned_build(model, spec, trials: int, workdir: Path, tag: str, quiet: bool) 
             "build": {k: v for k, v in manifest.build.items() if "int8" in k}}
 
 
-def interleaved(engines: dict, feeds_of: dict, repeat: int, block: int = 5, warmup: int = 3) -> dict[str, float]:
-    """Median milliseconds per run of each engine (a one-argument runner), timed in interleaved blocks.
+def interleaved(engines: dict, repeat: int, block: int = 5, warmup: int = 3, settle: float = 0.0) -> dict[str, float]:
+    """Median milliseconds per run of each engine, timed in interleaved blocks.
 
-    Each round runs every engine once untimed and then `block` timed runs, until `repeat` timed
-    runs per engine. Blocks, not single runs, because thread pools spin after a run: onnxruntime's
-    workers spinning for the next request would steal the cores from TVM's (and TVM's from
-    onnxruntime's) if the engines alternated run by run at 2 threads.
+    `engines` maps a name to `timed(n)`: one untimed run, then the seconds of `n` timed runs.
+    Each round gives every engine a block until each has `repeat` timed runs. Blocks, not single
+    runs, because thread pools spin after a run and would steal the cores of the next engine;
+    `settle` seconds of idle time between blocks let the previous engine's pool go to sleep.
     """
     samples: dict[str, list[float]] = {key: [] for key in engines}
-    for key, run in engines.items():
-        for _ in range(warmup):
-            run(feeds_of[key])
+    for timed in engines.values():
+        timed(warmup)
     while min(len(vals) for vals in samples.values()) < repeat:
-        for key, run in engines.items():
-            run(feeds_of[key])
-            for _ in range(block):
-                start = time.perf_counter()
-                run(feeds_of[key])
-                samples[key].append(time.perf_counter() - start)
+        for key, timed in engines.items():
+            time.sleep(settle)
+            samples[key].extend(timed(block))
     return {key: round(1e3 * float(np.median(vals)), 3) for key, vals in samples.items()}
+
+
+def time_block(run, feeds: dict, count: int) -> list[float]:
+    """One untimed run (the switch from another engine), then the seconds of `count` runs."""
+    run(feeds)
+    seconds = []
+    for _ in range(count):
+        start = time.perf_counter()
+        run(feeds)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+SETTLE_SECONDS = 0.2  # idle time between blocks above one thread (spinning pools fall asleep)
+
+
+class EngineProcess:
+    """One engine timed in a process of its own, so that its thread pool never shares a process
+    with another engine's (at 2 threads, onnxruntime and TVM in one process slowed each other
+    down: TVM ran 5.5 ms there and 3.7 ms alone on the zoo ResNet)."""
+
+    def __init__(self, kind: str, source: Path, threads: int, feeds: dict):
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_engine_main, args=(child, kind, str(source), threads, feeds),
+                                       daemon=True)
+        self.process.start()
+        ready = self.conn.recv()
+        if ready != "ready":
+            raise SlimccError(f"the {kind} timing process failed: {ready}")
+
+    def __call__(self, count: int) -> list[float]:
+        self.conn.send(count)
+        return self.conn.recv()
+
+    def close(self) -> None:
+        """Stop the process."""
+        self.conn.send(None)
+        self.process.join(timeout=30)
+
+
+def _engine_main(conn, kind: str, source: str, threads: int, feeds: dict) -> None:
+    """In an EngineProcess: load the engine, then answer block requests until told to stop."""
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    try:
+        if kind == "onnxruntime":
+            from slimcc.ir.model import load_model
+
+            session = make_session(load_model(source), optimize=True, threads=threads)
+            run = lambda f: session.run(None, f)  # noqa: E731
+        else:
+            artifact = load_artifact(source)
+            run = lambda f: artifact.time(f, repeat=1, warmup=0)  # noqa: E731
+    except Exception as exc:  # reported to the parent, which raises it as one line
+        conn.send(f"{type(exc).__name__}: {exc}")
+        return
+    conn.send("ready")
+    while (count := conn.recv()) is not None:
+        conn.send(time_block(run, feeds, count))
 
 
 class _SkipInt8(Exception):
@@ -157,11 +216,27 @@ def measure(name: str, args, workdir: Path, quant) -> dict:
     except _SkipInt8:
         pass
 
-    engines = {"onnxruntime": lambda f: session.run(None, f)}
-    if qdq_session is not None:  # onnxruntime on the same QDQ model as the int8 builds (its QLinear kernels)
-        engines["onnxruntime_int8"] = lambda f: qdq_session.run(None, f)
-    engines.update({key: (lambda f, art=art: art.time(f, repeat=1, warmup=0)) for key, art in artifacts.items()})
-    ms = interleaved(engines, {key: feeds for key in engines}, args.repeat)
+    if args.threads > 1:  # every engine in a process of its own (see EngineProcess)
+        save_model(model, workdir / f"{name}.onnx", check=False)
+        sources = {"onnxruntime": ("onnxruntime", workdir / f"{name}.onnx")}
+        if qdq_session is not None:
+            save_model(quantized, workdir / f"{name}-qdq.onnx", check=False)
+            sources["onnxruntime_int8"] = ("onnxruntime", workdir / f"{name}-qdq.onnx")
+        folders = {"tvm_untuned": f"{name}-untuned", "tvm_tuned": f"{name}-tuned",
+                   "tvm_int8_untuned": f"{name}-int8-untuned", "tvm_int8_tuned": f"{name}-int8"}
+        sources.update({key: ("tvm", workdir / folders[key]) for key in artifacts})
+        processes = {key: EngineProcess(kind, path, args.threads, feeds) for key, (kind, path) in sources.items()}
+        try:
+            ms = interleaved(processes, args.repeat, settle=SETTLE_SECONDS)
+        finally:
+            for process in processes.values():
+                process.close()
+    else:
+        runs = {"onnxruntime": lambda f: session.run(None, f)}
+        if qdq_session is not None:  # onnxruntime on the same QDQ model as the int8 builds (its QLinear kernels)
+            runs["onnxruntime_int8"] = lambda f: qdq_session.run(None, f)
+        runs.update({key: (lambda f, art=art: art.time(f, repeat=1, warmup=0)) for key, art in artifacts.items()})
+        ms = interleaved({key: (lambda n, run=run: time_block(run, feeds, n)) for key, run in runs.items()}, args.repeat)
     result["latency_ms"] = ms
     result["tvm_untuned_over_ort"] = round(ms["tvm_untuned"] / ms["onnxruntime"], 2)
     if "tvm_tuned" in ms:
