@@ -184,10 +184,15 @@ def measure(name: str, args, workdir: Path, quant) -> dict:
     result["untuned_compile_seconds"] = round(time.perf_counter() - start, 1)
     built = read_manifest(workdir / f"{name}-untuned").build
     result["schedules"] = {"slimcc": built.get("slimcc_schedules"), "unscheduled": built.get("unscheduled_kernels")}
-    artifacts = {"tvm_untuned": load_artifact(workdir / f"{name}-untuned")}
+    artifacts, folders = {}, {}
+
+    def add_artifact(key: str, folder: Path) -> None:
+        folders[key], artifacts[key] = folder, load_artifact(folder)
+
+    add_artifact("tvm_untuned", workdir / f"{name}-untuned")
     if args.trials:
         result["fp32_tuned"] = tuned_build(model, spec, args.trials, workdir, f"{name}-tuned", args.quiet)
-        artifacts["tvm_tuned"] = load_artifact(workdir / f"{name}-tuned")
+        add_artifact("tvm_tuned", workdir / f"{name}-tuned")
     session = make_session(model, optimize=True, threads=args.threads)
     reference = run_onnxruntime(model, feeds, session=session)
     errors = {key: compare_outputs(reference, art.run(feeds)).max_rel for key, art in artifacts.items()}
@@ -203,11 +208,11 @@ def measure(name: str, args, workdir: Path, quant) -> dict:
         result["int8_untuned"] = {"pipeline": pipeline, "build": {k: v for k, v in manifest.build.items() if "int8" in k},
                                   "schedules": {"slimcc": manifest.build.get("slimcc_schedules"),
                                                 "unscheduled": manifest.build.get("unscheduled_kernels")}}
-        artifacts["tvm_int8_untuned"] = load_artifact(workdir / f"{name}-int8-untuned")
+        add_artifact("tvm_int8_untuned", workdir / f"{name}-int8-untuned")
         if args.trials:
             result["int8_tuned"] = {"pipeline": pipeline,
                                     **tuned_build(quantized, spec, args.trials, workdir, f"{name}-int8", args.quiet)}
-            artifacts["tvm_int8_tuned"] = load_artifact(workdir / f"{name}-int8")
+            add_artifact("tvm_int8_tuned", workdir / f"{name}-int8")
         for key in ("tvm_int8_untuned", "tvm_int8_tuned"):
             if key in artifacts:
                 errors[f"{key}_vs_ort_qdq"] = compare_outputs(qdq_reference, artifacts[key].run(feeds)).max_rel
@@ -222,9 +227,7 @@ def measure(name: str, args, workdir: Path, quant) -> dict:
         if qdq_session is not None:
             save_model(quantized, workdir / f"{name}-qdq.onnx", check=False)
             sources["onnxruntime_int8"] = ("onnxruntime", workdir / f"{name}-qdq.onnx")
-        folders = {"tvm_untuned": f"{name}-untuned", "tvm_tuned": f"{name}-tuned",
-                   "tvm_int8_untuned": f"{name}-int8-untuned", "tvm_int8_tuned": f"{name}-int8"}
-        sources.update({key: ("tvm", workdir / folders[key]) for key in artifacts})
+        sources.update({key: ("tvm", folder) for key, folder in folders.items()})
         processes = {key: EngineProcess(kind, path, args.threads, feeds) for key, (kind, path) in sources.items()}
         try:
             ms = interleaved(processes, args.repeat, settle=SETTLE_SECONDS)

@@ -96,20 +96,23 @@ def make_pass_check(feeds: list[dict[str, np.ndarray]], tolerance: float, noise:
     `reference` (so the lossy pass that breaks the budget is the one named and rolled back)."""
 
     def check(pass_: Pass, before: Model, after: Model) -> dict | None:
-        if not pass_.is_exact():
-            if max_error is None or reference is None:
-                return None
-            report = compare_models(reference, after, feeds)
-            worst = excess_error(report, max_error, noise)
-            if worst is not None:
-                raise VerificationError(f"output {worst.name!r} relative error {worst.max_rel:.3g} > --max-error "
-                                        f"{max_error:g} against the original (lossy pipeline budget)")
-            return report.as_dict()
-        report = compare_models(before, after, feeds)
-        worst = excess_error(report, tolerance, noise)
+        if pass_.is_exact():
+            base, budget = before, tolerance
+
+            def refusal(worst):
+                return f"exact pass changed output {worst.name!r}: relative error {worst.max_rel:.3g} > {tolerance:g}"
+        elif max_error is None or reference is None:
+            return None
+        else:
+            base, budget = reference, max_error
+
+            def refusal(worst):
+                return (f"output {worst.name!r} relative error {worst.max_rel:.3g} > --max-error {max_error:g} "
+                        "against the original (lossy pipeline budget)")
+        report = compare_models(base, after, feeds)
+        worst = excess_error(report, budget, noise)
         if worst is not None:
-            raise VerificationError(f"exact pass changed output {worst.name!r}: relative error "
-                                    f"{worst.max_rel:.3g} > {tolerance:g}")
+            raise VerificationError(refusal(worst))
         return report.as_dict()
 
     return check

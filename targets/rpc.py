@@ -65,20 +65,27 @@ def connect(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, timeout: float =
     return session
 
 
+def open_tracker(host: str, port: int, timeout: float = 10.0):
+    """A client of the TVM RPC tracker at host:port; a one-line error when it cannot be reached.
+
+    TVM's tracker client retries a refused connection for 60 s; this fails fast instead.
+    """
+    address = f"{host}:{port}"
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return rpc.connect_tracker(host, port)
+    except Exception as exc:  # OSError, or TVM's own error types from the tracker client
+        raise SlimccError(f"cannot reach the TVM RPC tracker at {address}: {first_line(exc)} "
+                          "(start one with `python -m tvm.exec.rpc_tracker --port PORT`)") from None
+
+
 def connect_tracker(host: str, port: int, key: str, timeout: float = 60.0):
     """Ask the TVM RPC tracker at host:port for a device registered under `key`; return its session.
 
     Waits up to `timeout` seconds for a free device with that key.
     """
     address = f"{host}:{port}"
-    try:  # TVM's tracker client retries a refused connection for 60 s; fail fast instead
-        socket.create_connection((host, port), timeout=min(timeout, 10.0)).close()
-    except OSError as exc:
-        raise SlimccError(f"cannot reach the TVM RPC tracker at {address}: {exc}") from exc
-    try:
-        tracker = rpc.connect_tracker(host, port)
-    except Exception as exc:
-        raise SlimccError(f"cannot reach the TVM RPC tracker at {address}: {first_line(exc)}") from exc
+    tracker = open_tracker(host, port, min(timeout, 10.0))
     try:
         # The tracker answers a request only once a device is free; bound that wait.
         tracker._sock.settimeout(timeout)  # pylint: disable=protected-access

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from slimcc.errors import SlimccError
-from slimcc.ir.model import first_line
 from slimcc.targets.tvm_import import ensure_tvm
 
 
@@ -43,18 +42,10 @@ class MeasureSite:
 def free_devices(site: MeasureSite) -> int:
     """How many devices of `site.key` the tracker lists as free (busy ones still count as
     registered); a one-line error when the tracker cannot be reached or knows no such key."""
-    ensure_tvm()
-    import socket
-
-    from tvm import rpc
+    from slimcc.targets.rpc import open_tracker
 
     host, port = site.tracker
-    try:
-        socket.create_connection((host, port), timeout=10.0).close()
-        summary = rpc.connect_tracker(host, port).summary()
-    except Exception as exc:  # OSError, or TVM's own error types from the tracker client
-        raise SlimccError(f"cannot reach the TVM RPC tracker at {host}:{port}: {first_line(exc)} "
-                          "(start one with `python -m tvm.exec.rpc_tracker --port PORT`)") from None
+    summary = open_tracker(host, port).summary()
     keys = {str(info.get("key", "")).split(":", 1)[-1] for info in summary.get("server_info", [])}
     if site.key not in keys:
         known = ", ".join(sorted(keys)) or "none"

@@ -33,7 +33,7 @@ from slimcc.targets.relax_rewrite import rewrite_calls
 from slimcc.targets.relax_values import constant_array, static_shape, tensor_dtype
 from slimcc.targets.schedules.isa import CpuVector
 from slimcc.targets.schedules.pack_weights import (CHANNEL_DWCONV_BLOCK, CHANNEL_PAD_BLOCK, CONV_BLOCK, ConvGeometry,
-                                                   DWCONV_BLOCK, GROUPED_CONV_BLOCK, PAD_BLOCK, _ConvCall, _ints,
+                                                   DWCONV_BLOCK, GROUPED_CONV_BLOCK, PAD_BLOCK, _ints,
                                                    channel_depthwise, packed_conv, row_depthwise)
 from slimcc.targets.schedules.vnni import GROUP, LANES, vnni_intrin
 from slimcc.targets.te_kernels import call_te_kernel
@@ -135,19 +135,19 @@ class _IntConv(ConvGeometry):
         x = te.placeholder(self.in_shape, "uint8", "data")
         if vnni and self.groups == 1:
             tensors, packed, name = self._vnni(x)
-        elif group_channels == 1 and self._channel_vectors(vector) > 1:
-            fi = self._channel_vectors(vector)
+        elif group_channels == 1 and self.channel_vectors(vector) > 1:
+            fi = self.channel_vectors(vector)
             w_t = te.placeholder((out_channels // fi, kh, kw, fi), "int8", "weight")
-            tensors, name = [x, w_t, self._channel_depthwise(x, w_t, fi)], CHANNEL_DWCONV_BLOCK
+            tensors, name = [x, w_t, channel_depthwise(self, x, w_t, fi, self.pad_value, "int32")], CHANNEL_DWCONV_BLOCK
             packed = self.weight.reshape(out_channels // fi, fi, kh, kw).transpose(0, 2, 3, 1)
         elif group_channels == 1:
             w_t = te.placeholder((out_channels, kh, kw), "int8", "weight")
-            tensors, packed, name = [x, w_t, self._depthwise(self._pad(x), w_t)], \
+            tensors, packed, name = [x, w_t, row_depthwise(self, self._pad(x), w_t, "int32")], \
                 self.weight.reshape(out_channels, kh, kw), DWCONV_BLOCK
         else:
             fi = vector.vector_width_dividing(out_channels // self.groups)
             w_t = te.placeholder((out_channels // fi, group_channels, kh, kw, fi), "int8", "weight")
-            tensors = [x, w_t, self._conv(self._pad(x), w_t, fi)]
+            tensors = [x, w_t, packed_conv(self, self._pad(x), w_t, fi, "int32")]
             packed = self.weight.reshape(out_channels // fi, fi, group_channels, kh, kw).transpose(0, 2, 3, 4, 1)
             name = CONV_BLOCK if self.groups == 1 else GROUPED_CONV_BLOCK
         return call_te_kernel(builder, name, tensors, [self.data, relax.const(np.ascontiguousarray(packed))])
@@ -192,15 +192,6 @@ class _IntConv(ConvGeometry):
             acc = te.compute(self.out_shape, lambda *index: acc[index], name=QCROP_BLOCK)
         return [x, w_t, acc], packed, QCONV_BLOCK
 
-    def _channel_vectors(self, vector: CpuVector) -> int:
-        """The float rules' choice for this depthwise conv: channel-vector width, or 1 for row vectors."""
-        return _ConvCall(self.data, self.weight, self.in_shape, self.out_shape, strides=self.strides,
-                         dilation=self.dilation, pads=self.pads, groups=self.groups).channel_vectors(vector)
-
-    def _channel_depthwise(self, x, w_t, fi: int):
-        """Depthwise conv on a [N, C/fi, H+pads, W+pads, fi] copy of the input padded with zx (`slimcc_chdw`)."""
-        return channel_depthwise(self, x, w_t, fi, self.pad_value, "int32")
-
     def _pad(self, x):
         """x padded with its zero point (the float rules' `slimcc_pad` block), or x when unpadded."""
         ensure_tvm()
@@ -217,11 +208,5 @@ class _IntConv(ConvGeometry):
 
         return te.compute((n, c, h + top + bottom, w + left + right), value, name=PAD_BLOCK)
 
-    def _conv(self, padded, w_t, fi: int):
-        """Regular/grouped conv on the [F/fi, Cg, KH, KW, fi] weight with int32 products."""
-        return packed_conv(self, padded, w_t, fi, "int32")
 
-    def _depthwise(self, padded, w_t):
-        """Depthwise conv (channel multiplier allowed) on the [F, KH, KW] weight with int32 products."""
-        return row_depthwise(self, padded, w_t, "int32")
 

@@ -74,6 +74,20 @@ class ConvGeometry:
     pads: tuple = (0, 0, 0, 0)  # top, left, bottom, right
     groups: int = 1
 
+    def channel_vectors(self, vector: CpuVector) -> int:
+        """Channel-vector width for a depthwise conv, or 1 to keep vectors along the output row.
+
+        Rows vectorize well only at stride 1 on rows at least two vectors wide; strided or narrow
+        depthwise convs (MobileNet's downsampling and 14x14/7x7 stages) run on channel vectors,
+        reading a channel-blocked copy of the padded input.
+        """
+        out_channels, group_channels = self.weight.shape[:2]
+        if group_channels != 1 or out_channels != self.in_shape[1]:
+            return 1
+        fi = vector.vector_width_dividing(out_channels)
+        rows_vectorize = self.strides == (1, 1) and self.out_shape[3] >= 2 * vector.lanes
+        return 1 if rows_vectorize or fi < vector.lanes // 2 else fi
+
 
 @dataclass(frozen=True)
 class _ConvCall(ConvGeometry):
@@ -128,19 +142,19 @@ class _ConvCall(ConvGeometry):
         channel_fi = self.channel_vectors(vector)
         if channel_fi > 1:
             w_t = te.placeholder((out_channels // channel_fi, kh, kw, channel_fi), "float32", "weight")
-            out = self._channel_depthwise(x, w_t, channel_fi)
+            out = channel_depthwise(self, x, w_t, channel_fi, 0.0)
             packed = self.weight.reshape(out_channels // channel_fi, channel_fi, kh, kw).transpose(0, 2, 3, 1)
             name = CHANNEL_DWCONV_BLOCK
         elif group_channels == 1:
             w_t = te.placeholder((out_channels, kh, kw), "float32", "weight")
-            out = self._depthwise(self._pad(x), w_t)
+            out = row_depthwise(self, self._pad(x), w_t)
             packed = self.weight.reshape(out_channels, kh, kw)
             name = DWCONV_BLOCK
         else:
             fi = vector.vector_width_dividing(out_channels // self.groups)
             w_t = te.placeholder((out_channels // fi, group_channels, kh, kw, fi), "float32", "weight")
             conv, data = self._input_plane(x)
-            out = conv._conv(data, w_t, fi)
+            out = packed_conv(conv, data, w_t, fi)
             packed = self.weight.reshape(out_channels // fi, fi, group_channels, kh, kw).transpose(0, 2, 3, 4, 1)
             name = CONV_BLOCK if self.groups == 1 else GROUPED_CONV_BLOCK
         return call_te_kernel(builder, name, [x, w_t, out], [self.data, relax.const(np.ascontiguousarray(packed))])
@@ -177,29 +191,6 @@ class _ConvCall(ConvGeometry):
         subsampled = te.compute((n, c, out_h, out_w), lambda b, ch, i, j: x[b, ch, i * sh, j * sw], name=PAD_BLOCK)
         return replace(self, strides=(1, 1)), subsampled
 
-    def channel_vectors(self, vector: CpuVector) -> int:
-        """Channel-vector width for a depthwise conv, or 1 to keep vectors along the output row.
-
-        Rows vectorize well only at stride 1 on rows at least two vectors wide; strided or narrow
-        depthwise convs (MobileNet's downsampling and 14x14/7x7 stages) run on channel vectors,
-        reading a channel-blocked copy of the padded input.
-        """
-        out_channels, group_channels = self.weight.shape[:2]
-        if group_channels != 1 or out_channels != self.in_shape[1]:
-            return 1
-        fi = vector.vector_width_dividing(out_channels)
-        rows_vectorize = self.strides == (1, 1) and self.out_shape[3] >= 2 * vector.lanes
-        return 1 if rows_vectorize or fi < vector.lanes // 2 else fi
-
-    def _channel_depthwise(self, x, w_t, fi: int):
-        """Depthwise conv on a [N, C/fi, H+pads, W+pads, fi] copy of the padded input."""
-        return channel_depthwise(self, x, w_t, fi, 0.0)
-
-    def _conv(self, padded, w_t, fi: int):
-        return packed_conv(self, padded, w_t, fi)
-
-    def _depthwise(self, padded, w_t):
-        return row_depthwise(self, padded, w_t)
 
 
 def _cast(value, dtype: str | None):
