@@ -404,6 +404,43 @@ def build_shufflenet(seed: int = 0, size: int = 32, width: int = 16, num_classes
     return net.finish(net.gemm(x, num_classes, "head.fc", out="y"), "shufflenet")
 
 
+def _shuffle_v1_unit(net: _Net, x: T, cout: int, groups: int, stride: int, name: str) -> T:
+    """ShuffleNetV1 unit: grouped 1x1 -> shuffle -> depthwise 3x3 -> grouped 1x1, then residual Add
+    (stride 1) or Concat with a 3x3/2 average-pooled shortcut (stride 2)."""
+    mid = cout // 4
+    branch = cout - x.c if stride == 2 else cout
+    r = net.cba(x, mid, 1, f"{name}.gconv1", group=groups)
+    r = net.channel_shuffle(r, groups, f"{name}.shuffle")
+    r = net.cba(r, mid, 3, f"{name}.dw", stride=stride, group=mid, act="none")
+    r = net.cba(r, branch, 1, f"{name}.gconv2", group=groups, act="none")
+    if stride == 1:
+        return net.relu(net.add(x, r, f"{name}.add"), f"{name}.out")
+    (pooled,) = net.node("AveragePool", [x.name], f"{name}.shortcut", kernel_shape=[3, 3], strides=[2, 2],
+                         pads=[1, 1, 1, 1], count_include_pad=0)
+    return net.relu(net.concat([T(pooled, x.c, r.h, r.w), r], f"{name}.concat"), f"{name}.out")
+
+
+def build_shufflenet_v1(seed: int = 0, size: int = 32, width: int = 16, num_classes: int = 10,
+                        groups: int = 2) -> onnx.ModelProto:
+    """ShuffleNetV1-like: grouped 1x1 convs, Reshape-Transpose-Reshape shuffle, depthwise convs,
+    residual Add and Concat downsampling. The first stage's bottleneck has an odd number of
+    channels per group (as in the g=2 original: 25), so a shuffle maps group positions across
+    the next conv's group boundaries. `width` must be a multiple of `groups`."""
+    if width % groups:
+        raise SlimccError(f"shufflenet-v1: width {width} is not a multiple of groups {groups}")
+    large = size >= LARGE_SIZE
+    net = _Net(seed, size)
+    per_group = (width // 2) | 1
+    x = _stem(net, net.input, width, large)
+    layout = [4, 8, 4] if large else [2, 2]
+    for s, units in enumerate(layout):
+        for u in range(units):
+            x = _shuffle_v1_unit(net, x, 4 * groups * per_group * 2 ** s, groups, 2 if u == 0 else 1,
+                                 f"stage{s}.{u}")
+    x = net.gap_flatten(x, "head")
+    return net.finish(net.gemm(x, num_classes, "head.fc", out="y"), "shufflenet-v1")
+
+
 def build_conv_gemm(seed: int = 0, size: int = 32, width: int = 16, num_classes: int = 10) -> onnx.ModelProto:
     """Conv-bn-relu x2 (second strided), max-pools down to <= 8 pixels, Flatten -> Gemm -> Relu -> Gemm."""
     net = _Net(seed, size)
@@ -534,6 +571,7 @@ ZOO: dict[str, Callable[..., onnx.ModelProto]] = {
     "mobilenetv2": build_mobilenetv2,
     "c2f": build_c2f,
     "shufflenet": build_shufflenet,
+    "shufflenet-v1": build_shufflenet_v1,
     "conv-gemm": build_conv_gemm,
     "crnn": build_crnn,
     "attn-ctc": build_attn_ctc,

@@ -29,6 +29,23 @@ def _take(values: np.ndarray, axis: int, index: np.ndarray) -> np.ndarray:
     return np.take(values, index, axis=axis)
 
 
+def _per_group(kept: np.ndarray, size: int, groups: int, what: str) -> list[np.ndarray]:
+    """Kept in-group positions of each of `groups` blocks of `size`; the blocks must keep equally many."""
+    parts = [kept[(kept // size) == q] % size for q in range(groups)]
+    if len({len(p) for p in parts}) != 1:
+        raise PassError(f"{what}: groups keep {[len(p) for p in parts]} channels; grouped convs need equal counts")
+    return parts
+
+
+def _grouped_weight(w: np.ndarray, groups: int, keep_in: np.ndarray, keep_out: np.ndarray, name: str) -> np.ndarray:
+    """Slice a grouped conv weight [Cout, Cin/g, kh, kw] group by group, keeping the group count."""
+    cout_g, cin_g = w.shape[0] // groups, w.shape[1]
+    outs = _per_group(keep_out, cout_g, groups, f"Conv {name} outputs")
+    ins = _per_group(keep_in, cin_g, groups, f"Conv {name} inputs")
+    blocks = [w[q * cout_g + outs[q]][:, ins[q]] for q in range(groups)]
+    return np.concatenate(blocks, axis=0)
+
+
 class _Pruner:
     def __init__(self, graph: gs.Graph, analysis: ChannelAnalysis, removed: set[int]):
         self.graph = graph
@@ -66,6 +83,8 @@ class _Pruner:
         out_axis, in_axis = (1, 0) if transpose else (0, 1)
         if groups == 1:
             w = _take(_take(w, out_axis, self.keep(y)), in_axis, self.keep(x))
+        elif not transpose and w.shape[1] > 1:
+            w = _grouped_weight(w, groups, self.keep(x), self.keep(y), node.name)
         else:
             cin = w.shape[0] if transpose else w.shape[1] * groups
             cout = w.shape[1] * groups if transpose else w.shape[0]
@@ -213,7 +232,7 @@ def prune_model(model, analysis: ChannelAnalysis, removed: set[int]) -> int:
 
 
 def mask_channels(graph: gs.Graph, analysis: ChannelAnalysis, removed: set[int]) -> None:
-    """Zero, in every channel-mixing consumer (Conv group=1, ConvTranspose, Gemm, MatMul), the weights
+    """Zero, in every channel-mixing consumer (Conv, grouped too, ConvTranspose, Gemm, MatMul), the weights
     that read a removed channel. The pruned model must compute exactly what this masked model computes."""
     kept = analysis.kept_elements(removed)
     for role in analysis.roles:
@@ -225,7 +244,12 @@ def mask_channels(graph: gs.Graph, analysis: ChannelAnalysis, removed: set[int])
         if not len(drop):
             continue
         w = np.array(node.inputs[1].values, copy=True)
-        if node.op == "Conv":
+        groups = int(node.attrs.get("group", 1))
+        if node.op == "Conv" and groups > 1:
+            cout_g, cin_g = w.shape[0] // groups, w.shape[1]
+            for c in drop.tolist():
+                w[(c // cin_g) * cout_g:(c // cin_g + 1) * cout_g, c % cin_g] = 0
+        elif node.op == "Conv":
             w[:, drop] = 0
         elif node.op == "ConvTranspose":
             w[drop] = 0

@@ -8,6 +8,10 @@ units it maps onto each other are merged with union-find. A connected set of uni
 is a *component*: removing it removes each of its units everywhere. Components that
 touch the same tensors form a *group* (e.g. all output channels of one conv).
 
+A grouped conv (more than one input channel per group) couples nothing itself but asks
+that every component hold equally many units in each of its groups; `balance.py` merges
+components until that holds, and the analysis records the check per conv (`uniform`).
+
 A rule that cannot prove its map raises `Blocked`; every space it touches is then
 marked unprunable with that reason. Graph inputs and outputs are never pruned.
 The result (`ChannelAnalysis`) is plain data; `apply.py` does the rewriting.
@@ -24,6 +28,7 @@ import onnx_graphsurgeon as gs
 from slimcc.errors import SlimccError
 from slimcc.ir.constants import constant_value
 from slimcc.ir.layout import channel_axis
+from slimcc.passes.prune.balance import balance, check_balanced
 
 UNARY_OPS = frozenset({
     "Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Tanh", "Cast", "Identity", "Dropout",
@@ -102,6 +107,7 @@ class ChannelAnalysis:
     roles: list[Role]
     node_ops: list[str]
     element_component: dict[str, np.ndarray]  # tensor -> component id per unit
+    uniform: list[dict] = field(default_factory=list)  # grouped convs whose every component is group-uniform
 
     def component_size(self, comp: int) -> int:
         return len(self.groups[self.components[comp].group].components)
@@ -136,7 +142,7 @@ class ChannelAnalysis:
                            "members": [{"tensor": t, "axis": self.spaces[t].axis, "units": len(u),
                                         "first": u[0] if u else None} for t, u in members.items()]})
         return {"groups": groups, "spaces": len(self.spaces), "components": len(self.components),
-                "prunable_groups": sum(g.prunable for g in self.groups)}
+                "prunable_groups": sum(g.prunable for g in self.groups), "group_uniform": self.uniform}
 
 
 class _UnionFind:
@@ -182,6 +188,7 @@ class _Builder:
         self.spaces: dict[str, Space] = {}
         self.blocked: dict[str, list[str]] = {}
         self.roles: list[Role] = []
+        self.balances: list[tuple[Space, int, str]] = []  # (space, conv groups, node) from grouped convs
         self.index = -1
 
     # --- spaces ---------------------------------------------------------------------------
@@ -300,6 +307,11 @@ class _Builder:
             raise Blocked(f"input has {sin.units} channels, weight expects {cin}")
         sout = self.new_space(node.outputs[0], 1, (cout,))
         if groups == 1:
+            self.roles.append(Role("reducer", self.index, x.name))
+        elif not transpose and cin // groups > 1:
+            # every conv group must keep as many inputs and outputs as the others: see `balance`
+            self.balances.append((sin, groups, f"{node.op} {node.name or '#' + str(self.index)}"))
+            self.balances.append((sout, groups, f"{node.op} {node.name or '#' + str(self.index)}"))
             self.roles.append(Role("reducer", self.index, x.name))
         else:
             cin_g, cout_g = cin // groups, cout // groups
@@ -687,6 +699,7 @@ def analyze_channels(graph: gs.Graph) -> ChannelAnalysis:
     builder = _Builder(graph)
     builder.run()
     uf = builder.uf
+    balance(uf, [(space.base, space.units, groups) for space, groups, _ in builder.balances])
     root_of = [uf.find(i) for i in range(len(uf.parent))]
     comp_index: dict[int, int] = {}
     components: list[Component] = []
@@ -725,5 +738,11 @@ def analyze_channels(graph: gs.Graph) -> ChannelAnalysis:
         if group.blocked:
             for cid in group.components:
                 components[cid].blocked = list(group.blocked)
+    uniform = []
+    for space, conv_groups, node in builder.balances:
+        proven = check_balanced(element_component[space.tensor], conv_groups)
+        if not proven:
+            raise SlimccError(f"{node}: channel classes are not uniform over its {conv_groups} groups")
+        uniform.append({"node": node, "tensor": space.tensor, "groups": conv_groups, "uniform": proven})
     return ChannelAnalysis(builder.spaces, components, groups, builder.roles,
-                           [n.op for n in graph.nodes], element_component)
+                           [n.op for n in graph.nodes], element_component, uniform)

@@ -104,10 +104,22 @@ def _conv_patches(x: np.ndarray, node: gs.Node) -> list[np.ndarray]:
             for i in range(kh) for j in range(kw)]
 
 
+def _dense_conv_weight(w: np.ndarray, groups: int) -> np.ndarray:
+    """A grouped conv weight [O, C/g, kh, kw] as the block-diagonal dense weight [O, C, kh, kw]."""
+    if groups == 1:
+        return w
+    cout_g, cin_g = w.shape[0] // groups, w.shape[1]
+    dense = np.zeros((w.shape[0], cin_g * groups) + w.shape[2:], dtype=w.dtype)
+    for q in range(groups):
+        dense[q * cout_g:(q + 1) * cout_g, q * cin_g:(q + 1) * cin_g] = w[q * cout_g:(q + 1) * cout_g]
+    return dense
+
+
 def _reconstruction_increase(node: gs.Node, batches: list[np.ndarray]) -> np.ndarray:
     """Per input element c: sum_o w_oc^T H_c w_oc, the output error added by dropping input c."""
     w = np.asarray(node.inputs[1].values, dtype=np.float64)
     if node.op == "Conv":
+        w = _dense_conv_weight(w, int(node.attrs.get("group", 1)))
         k = w.shape[2] * w.shape[3]
         wc = w.reshape(w.shape[0], w.shape[1], k)  # [O, C, K]
         h = np.zeros((w.shape[1], k, k))

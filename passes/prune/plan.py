@@ -6,38 +6,82 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from slimcc.ir.cost import node_macs
-from slimcc.passes.prune.channels import ChannelAnalysis
+from slimcc.passes.prune.channels import ChannelAnalysis, Group
 
 CONV_OPS = ("Conv", "ConvTranspose")
 REDUCING_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
-def _prunable_fraction(analysis: ChannelAnalysis, tensor: str) -> float:
+def mixes_channels(node: gs.Node) -> bool:
+    """True when the node's MACs scale with its kept input channels too (not depthwise-like)."""
+    if node.op not in REDUCING_OPS:
+        return False
+    groups = int(node.attrs.get("group", 1))
+    if groups == 1:
+        return True
+    return node.op == "Conv" and len(node.inputs) > 1 and (node.inputs[1].shape or [0, 0])[1] > 1
+
+
+def cuttable(analysis: ChannelAnalysis, group: Group) -> bool:
+    """A group can actually lose channels: it is prunable and has more than one unit."""
+    return group.prunable and len(group.components) > 1
+
+
+def why_not_cut(analysis: ChannelAnalysis, group: Group) -> list[str]:
+    """The reasons a group cannot lose channels (its blocked reasons, or its single unit)."""
+    if group.blocked:
+        return list(group.blocked)
+    if len(group.components) <= 1:
+        units = sum(len(m) for m in analysis.components[group.components[0]].members.values())
+        return [f"single unit: couplings tie all channels of {group.tensors[0]} together ({units} tensor channels)"]
+    return []
+
+
+def _cut_fraction(analysis: ChannelAnalysis, tensor: str, reasons: dict[str, float], weight: float) -> float:
+    """Share of `tensor`'s units in cuttable groups; adds `weight` x the rest's share to each reason."""
     comps = analysis.element_component.get(tensor)
     if comps is None or not len(comps):
         return 0.0
-    return float(np.mean([not analysis.components[c].blocked for c in comps.tolist()]))
+    groups = [analysis.groups[analysis.components[c].group] for c in comps.tolist()]
+    ok = [cuttable(analysis, g) for g in groups]
+    for g, good in zip(groups, ok):
+        if not good:
+            for reason in why_not_cut(analysis, g):
+                reasons[reason] = reasons.get(reason, 0.0) + weight / len(comps)
+    return float(np.mean(ok))
 
 
 def conv_coverage(graph: gs.Graph, analysis: ChannelAnalysis) -> dict:
-    """Share of conv MACs that prunable groups can reduce.
+    """Share of conv MACs that pruning can actually reduce, and what blocks the rest.
 
-    A conv counts with the larger of the prunable fractions of its output and (for
-    channel-mixing convs) its input channels: either side shrinks its MACs.
+    A conv counts with the larger of the cuttable fractions of its output and (for
+    channel-mixing convs) its input channels: either side shrinks its MACs. A unit is
+    cuttable when its group is prunable and has more than one unit. `blockers` lists each
+    reason with the share of conv MACs it holds back (a conv's uncovered MACs split over the
+    reasons of its uncut channels).
     """
     total = covered = 0.0
     layers = []
+    blockers: dict[str, float] = {}
     for node in graph.nodes:
         if node.op not in CONV_OPS:
             continue
         macs = node_macs(node) or 0
-        f_out = _prunable_fraction(analysis, node.outputs[0].name)
-        f_in = _prunable_fraction(analysis, node.inputs[0].name) if int(node.attrs.get("group", 1)) == 1 else 0.0
+        reasons_out: dict[str, float] = {}
+        reasons_in: dict[str, float] = {}
+        f_out = _cut_fraction(analysis, node.outputs[0].name, reasons_out, 1.0)
+        f_in = _cut_fraction(analysis, node.inputs[0].name, reasons_in, 1.0) if mixes_channels(node) else 0.0
         share = max(f_out, f_in)
+        reasons = reasons_out if f_out >= f_in else reasons_in
+        weight = sum(reasons.values())
+        for reason, w in reasons.items():
+            blockers[reason] = blockers.get(reason, 0.0) + macs * (1.0 - share) * w / weight
         total += macs
         covered += macs * share
         layers.append({"node": node.name, "macs": int(macs), "prunable_share": round(share, 4)})
-    return {"coverage": covered / total if total else 0.0, "conv_macs": int(total), "layers": layers}
+    ranked = sorted(blockers.items(), key=lambda kv: -kv[1])
+    return {"coverage": covered / total if total else 0.0, "conv_macs": int(total), "layers": layers,
+            "blockers": [{"reason": r, "macs_share": round(m / total, 4)} for r, m in ranked if total and m > 0]}
 
 
 class MacsEstimator:
@@ -54,7 +98,7 @@ class MacsEstimator:
             if not macs:
                 continue
             out = node.outputs[0].name if node.outputs else None
-            mixed = node.op in REDUCING_OPS and int(node.attrs.get("group", 1)) == 1
+            mixed = mixes_channels(node)
             inp = node.inputs[0].name if mixed and node.inputs else None
             if node.op == "MatMul" and inp in analysis.spaces and out in analysis.spaces and \
                     analysis.spaces[inp].axis != len(node.inputs[0].shape or ()) - 1:

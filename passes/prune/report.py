@@ -10,7 +10,8 @@ from slimcc.passes.prune.selection import Selection
 
 def plan_report(model, analysis: ChannelAnalysis, selection: Selection, *, layers: bool = False) -> dict:
     """Everything `slimcc prune-plan` shows: per group its members, whether and why it is blocked,
-    the units kept/removed; the top-level `coverage` (share of conv MACs in prunable groups)."""
+    the units kept/removed; the top-level `coverage` (share of conv MACs in groups that can lose
+    channels) and `blockers` (each reason with the share of conv MACs it holds back)."""
     coverage = conv_coverage(model.graph, analysis)
     cost = model_cost(model)
     estimator = MacsEstimator(model.graph, analysis)
@@ -24,6 +25,7 @@ def plan_report(model, analysis: ChannelAnalysis, selection: Selection, *, layer
     estimated = estimator.macs(selection.removed)
     data.update({
         "coverage": round(coverage["coverage"], 4),
+        "blockers": coverage["blockers"],
         "conv_macs": coverage["conv_macs"],
         "macs": cost.macs,
         "params": cost.params,

@@ -15,7 +15,8 @@ def add_parser(sub) -> None:
     parser = sub.add_parser("prune-plan", help="show what channel pruning would remove, and why groups are blocked",
                             description="Analyze channel dependencies (after canonicalize) and show the pruning "
                                         "plan: coupled groups, blocked groups with reasons, chosen channels, and "
-                                        "coverage = share of conv MACs in prunable groups. Writes no model.")
+                                        "coverage = share of conv MACs in groups that can actually lose channels, "
+                                        "and the ops that hold back the rest. Writes no model.")
     add_model_arguments(parser)
     parser.add_argument("--macs", type=float, default=0.0, help="keep this share of MACs (e.g. 0.5)")
     parser.add_argument("--ratio", type=float, default=0.0, help="remove this share of every prunable group")
@@ -62,6 +63,8 @@ def run(args) -> int:
         blocked = [g for g in data["groups"] if not g["prunable"]]
         for g in blocked:
             print(f"blocked group {g['id']} ({g['units']} units): {'; '.join(g['blocked'])[:160]}")
+        for blocker in data["blockers"][:8]:
+            print(f"  {blocker['macs_share']:.1%} of conv MACs held back by: {blocker['reason'][:140]}")
         print(f"coverage {data['coverage']:.1%} of conv MACs; groups {len(data['groups'])} "
               f"({data['prunable_groups']} prunable); MACs {data['macs']:,} -> ~{data['macs_after_estimate']:,}")
     return 0

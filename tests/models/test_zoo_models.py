@@ -46,8 +46,8 @@ def zoo() -> dict[str, onnx.ModelProto]:
 
 
 def test_zoo_has_the_announced_names(zoo_names):
-    assert zoo_names == ["vgg", "resnet-basic", "resnet-bottleneck", "mobilenetv2", "c2f", "shufflenet", "conv-gemm",
-                         "crnn", "attn-ctc"]
+    assert zoo_names == ["vgg", "resnet-basic", "resnet-bottleneck", "mobilenetv2", "c2f", "shufflenet",
+                         "shufflenet-v1", "conv-gemm", "crnn", "attn-ctc"]
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -48,7 +48,7 @@ def test_concat_offsets_and_split_sizes():
     check_mask_equivalence(model, removed={_component(an, p, 0), _component(an, q, 1), _component(an, q, 4)})
 
 
-def test_depthwise_couples_input_and_output_and_grouped_keeps_whole_groups():
+def test_depthwise_couples_input_and_output_and_grouped_prunes_group_uniformly():
     b = GraphBuilder()
     a = b.conv("x", 4, 8, k=1)
     d = b.conv(a, 8, 8, group=8)
@@ -56,12 +56,14 @@ def test_depthwise_couples_input_and_output_and_grouped_keeps_whole_groups():
     y = b.conv(g, 8, 3, k=1)
     model, an = _analyze(b.model(y))
     assert all(_component(an, a, k) == _component(an, d, k) for k in range(8))
-    group_ids = {_component(an, g, k) for k in range(8)}
-    assert len(group_ids) == 2  # two whole groups
-    assert _component(an, g, 0) == _component(an, d, 3) == _component(an, a, 0)
-    _, _, pruned = check_mask_equivalence(model, removed={_component(an, g, 5)})
+    for t in (d, g):  # one channel of each conv group per component, four components
+        assert all(_component(an, t, k) == _component(an, t, k + 4) for k in range(4))
+        assert len({_component(an, t, k) for k in range(4)}) == 4
+    assert [u["tensor"] for u in an.uniform] == [d, g] and all(u["uniform"] for u in an.uniform)
+    _, _, pruned = check_mask_equivalence(model, removed={_component(an, g, 5), _component(an, d, 2)})
     convs = [n for n in pruned.graph.nodes if n.op == "Conv"]
-    assert convs[2].attrs["group"] == 1 and convs[1].attrs["group"] == 4
+    assert convs[2].attrs["group"] == 2 and convs[2].inputs[1].shape == [6, 3, 3, 3]
+    assert convs[1].attrs["group"] == 6
 
 
 def test_silu_and_se_mul_couple_channels():
