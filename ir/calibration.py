@@ -173,7 +173,7 @@ def collect_activations(model: Model, calib: CalibrationData | Iterable[dict[str
     if not batches:
         raise SlimccError("no calibration batches to run")
     names = list(dict.fromkeys(tensor_names))
-    proto = run_shape_inference(model.to_proto())
+    proto = run_shape_inference(model.to_proto(), trusted=True)
     graph = proto.graph
     infos: dict[str, onnx.ValueInfoProto] = {}
     for info in list(graph.value_info) + list(graph.output) + list(graph.input):

@@ -133,3 +133,35 @@ def load_external_data(model: onnx.ModelProto, base_dir: Path | None) -> None:
         tensor.raw_data = data
         del tensor.external_data[:]
         tensor.data_location = onnx.TensorProto.DEFAULT
+
+
+EXTERNAL_MIN_BYTES = 1024
+
+
+def save_external(proto: onnx.ModelProto, data_path: Path, location: str) -> onnx.ModelProto:
+    """Write the raw weights of `proto`'s main graph (each >= 1 KiB) into `data_path`, one after another,
+    and return a copy of `proto` whose tensors point there (`location`, offset, length).
+
+    Each weight is written straight from the model; `proto` itself is left unchanged.
+    """
+    from slimcc.ir.weightless import copy_with_stubs
+
+    chosen = {t.name for t in proto.graph.initializer
+              if t.HasField("raw_data") and (declared_nbytes(t) or 0) >= EXTERNAL_MIN_BYTES}
+    spans: dict[str, tuple[int, int]] = {}
+    with open(data_path, "wb") as handle:
+        for tensor in proto.graph.initializer:
+            if tensor.name in chosen and tensor.name not in spans:
+                offset = handle.tell()
+                length = handle.write(tensor.raw_data)
+                spans[tensor.name] = (offset, length)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+    def point(stub: onnx.TensorProto, tensor: onnx.TensorProto) -> None:
+        offset, length = spans[tensor.name]
+        for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+            entry = stub.external_data.add()
+            entry.key, entry.value = key, value
+
+    return copy_with_stubs(proto, chosen, point)

@@ -5,7 +5,6 @@ Only `slimcc.ir` touches onnx protobufs; passes work on `Model.graph`.
 
 from __future__ import annotations
 
-import copy as _copy
 import hashlib
 import os
 import tempfile
@@ -16,9 +15,13 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from slimcc.errors import ModelLoadError, SlimccError
-from slimcc.ir.external import load_external_data
+from slimcc.ir.export import export_model
+from slimcc.ir.external import declared_nbytes, load_external_data, save_external
+from slimcc.ir.protofields import is_repeated, set_fields
+from slimcc.ir.weightless import check_stripped, restore_weights, strip_weights
 
 TWO_GB = 2**31 - 1
+EXTERNAL_HEADROOM = 2**26  # graph structure and inline tensors must fit beside the weights
 DEFAULT_OPSET = 17
 
 
@@ -41,7 +44,7 @@ class Model:
         """Export to an onnx.ModelProto (optionally with shape inference on the result)."""
         graph = self.graph
         try:
-            proto = gs.export_onnx(graph, do_type_check=False)
+            proto = export_model(graph)
         except RecursionError:
             raise SlimccError("cannot export the graph: subgraphs nest too deeply") from None
         except Exception as exc:  # an inconsistent graph (a pass bug or a hostile model that slipped through)
@@ -51,7 +54,7 @@ class Model:
             entry = proto.metadata_props.add()
             entry.key, entry.value = str(key), str(value)
         if infer_shapes:
-            proto = run_shape_inference(proto)
+            proto = run_shape_inference(proto, trusted=True)
         return proto
 
     def copy(self) -> Model:
@@ -75,9 +78,9 @@ class Model:
         if isolate:
             from slimcc.ir.sandbox import isolated_infer_shapes
 
-            self.graph = gs.import_onnx(isolated_infer_shapes(self.to_proto()))
+            self.graph = gs.import_onnx(isolated_infer_shapes(self.to_proto(), trusted=True))
         else:
-            self.graph = gs.import_onnx(run_shape_inference(self.to_proto()))
+            self.graph = gs.import_onnx(run_shape_inference(self.to_proto(), trusted=True))
 
     def is_static(self) -> bool:
         """True when every activation tensor has a known, fully static shape."""
@@ -93,7 +96,15 @@ class Model:
                    if isinstance(t, gs.Constant))
 
 
-def run_shape_inference(proto: onnx.ModelProto, *, strict: bool = False) -> onnx.ModelProto:
+def run_shape_inference(proto: onnx.ModelProto, *, strict: bool = False, trusted: bool = False) -> onnx.ModelProto:
+    """ONNX shape inference with data propagation on a weightless copy (`ir.weightless`; `trusted`
+    for protos exported from a loaded Model). Returns `proto` itself with the inferred graph; its
+    weights are neither copied nor sent to C++.
+    """
+    return restore_weights(infer_stripped(strip_weights(proto, trusted=trusted), strict=strict), proto)
+
+
+def infer_stripped(proto: onnx.ModelProto, *, strict: bool = False) -> onnx.ModelProto:
     """ONNX shape inference with data propagation; models over 2 GB go through a temp file."""
     try:
         if proto.ByteSize() < TWO_GB:
@@ -118,24 +129,17 @@ def find_invalid_string(message) -> str | None:
     stack = [(message, "model")]
     while stack:
         current, where = stack.pop()
-        for descriptor, value in current.ListFields():
+        for descriptor, value in set_fields(current):
             if descriptor.type == FieldDescriptor.TYPE_STRING:
-                values = value if _is_repeated(descriptor) else [value]
+                values = value if is_repeated(descriptor) else [value]
                 if any(not isinstance(v, str) for v in values):
                     return f"{where}.{descriptor.name}"
             elif descriptor.type == FieldDescriptor.TYPE_MESSAGE:
-                if _is_repeated(descriptor):
+                if is_repeated(descriptor):
                     stack.extend((item, f"{where}.{descriptor.name}[{i}]") for i, item in enumerate(value))
                 else:
                     stack.append((value, f"{where}.{descriptor.name}"))
     return None
-
-
-def _is_repeated(descriptor) -> bool:
-    repeated = getattr(descriptor, "is_repeated", None)
-    if repeated is not None:
-        return bool(repeated)
-    return descriptor.label == descriptor.LABEL_REPEATED
 
 
 def first_line(exc: BaseException) -> str:
@@ -287,11 +291,19 @@ def check_declared_dims(proto: onnx.ModelProto) -> None:
 
 
 def check_and_infer(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """onnx.checker, then shape inference: the C++ half of loading (ModelLoadError on failure)."""
-    check_proto(proto)
-    clear_inferred_shapes(proto)
+    """onnx.checker, then shape inference: the C++ half of loading (ModelLoadError on failure).
+
+    Both see a weightless copy; returns `proto` itself with the inferred graph.
+    """
+    return restore_weights(check_and_infer_stripped(strip_weights(proto)), proto)
+
+
+def check_and_infer_stripped(stripped: onnx.ModelProto) -> onnx.ModelProto:
+    """`check_and_infer` on a model from `strip_weights` (what the sandbox child runs); returns a new proto."""
+    check_proto(stripped)
+    clear_inferred_shapes(stripped)
     try:
-        return run_shape_inference(proto)
+        return infer_stripped(stripped)
     except SlimccError as exc:
         raise ModelLoadError(str(exc)) from None
 
@@ -330,10 +342,11 @@ def clear_inferred_shapes(proto: onnx.ModelProto) -> None:
             tensor_type.ClearField("shape")
 
 
-def run_checker(proto: onnx.ModelProto, error: type[SlimccError], prefix: str) -> None:
-    """onnx.checker, its failure raised as one-line `error(prefix: reason)` (the one checker wrapper)."""
+def run_checker(proto: onnx.ModelProto, error: type[SlimccError], prefix: str, *, trusted: bool = False) -> None:
+    """onnx.checker on a weightless copy, its failure raised as one-line `error(prefix: reason)`
+    (the one checker wrapper; `trusted` as in `ir.weightless.stubbable`)."""
     try:
-        onnx.checker.check_model(proto)
+        check_stripped(strip_weights(proto, trusted=trusted))
     except Exception as exc:  # checker raises ValidationError and also C++-level errors
         raise error(f"{prefix}: {first_line(exc)}") from None
 
@@ -345,42 +358,47 @@ def check_proto(proto: onnx.ModelProto) -> None:
 
 def check_model_valid(model: Model) -> None:
     """onnx.checker and strict shape inference on a model's current graph; raises SlimccError."""
-    proto = model.to_proto()
-    run_checker(proto, SlimccError, "model is invalid")
-    run_shape_inference(proto, strict=True)
+    stripped = strip_weights(model.to_proto(), trusted=True)
+    try:
+        check_stripped(stripped)
+    except Exception as exc:  # checker raises ValidationError and also C++-level errors
+        raise SlimccError(f"model is invalid: {first_line(exc)}") from None
+    infer_stripped(stripped, strict=True)
 
 
 def save_model(model: Model | onnx.ModelProto, path: str | Path, *, check: bool = True) -> Path:
     """Write a model atomically (temp file in the same folder, then rename), checked on the way out.
 
-    Models over 2 GB are written with their weights in one external-data file beside them.
+    The model is serialized once. Models whose weights reach the 2 GB protobuf limit are written
+    with their weights in one external-data file beside them, tensor by tensor.
     """
-    proto = model.to_proto() if isinstance(model, Model) else model
+    trusted = isinstance(model, Model)
+    proto = model.to_proto() if trusted else model
     path = Path(path)
     if path.is_dir():
         raise SlimccError(f"output path {path} is a folder; give a file name ending in .onnx")
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise SlimccError(f"output folder {folder} does not exist")
-    large = proto.ByteSize() >= TWO_GB
-    if check and not large:
-        run_checker(proto, SlimccError, "refusing to write an invalid model")
+    large = weight_bytes(proto) >= TWO_GB - EXTERNAL_HEADROOM
+    if check:
+        run_checker(proto, SlimccError, "refusing to write an invalid model", trusted=trusted)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
     data_name = f"{path.name}.data"
     tmp_data = folder / f".{data_name}.tmp"
     try:
         if large:
-            proto = _copy.deepcopy(proto)
-            onnx.save(proto, tmp_name, save_as_external_data=True, all_tensors_to_one_file=True,
-                      location=data_name, size_threshold=1024)
-            # onnx wrote the data next to the temp file under its final name; move it aside first
-            os.replace(folder / data_name, tmp_data)
-        else:
-            with open(tmp_name, "wb") as handle:
-                handle.write(proto.SerializeToString())
-                handle.flush()
-                os.fsync(handle.fileno())
+            proto = save_external(proto, tmp_data, data_name)
+        try:
+            data = proto.SerializeToString()
+        except Exception as exc:  # protobuf refuses messages over 2 GB
+            raise SlimccError(f"cannot serialize the model: {first_line(exc)}") from None
+        with open(tmp_name, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        del data
         if large:
             os.replace(tmp_data, folder / data_name)
         os.replace(tmp_name, path)
@@ -389,3 +407,14 @@ def save_model(model: Model | onnx.ModelProto, path: str | Path, *, check: bool 
             leftover.unlink(missing_ok=True)
         raise
     return path
+
+
+def weight_bytes(proto: onnx.ModelProto) -> int:
+    """Bytes of the main graph's weights from their dims and dtypes (no serialization)."""
+    total = 0
+    for tensor in proto.graph.initializer:
+        try:
+            total += declared_nbytes(tensor) or 0
+        except ModelLoadError:  # a negative dim: the checker refuses the model
+            pass
+    return total

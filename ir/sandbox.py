@@ -209,26 +209,26 @@ def run_isolated(task: Callable[[bytes], bytes] | str, payload: bytes, *, what: 
 
 @sandbox_task
 def check_and_infer_task(payload: bytes) -> bytes:
-    """onnx.checker then shape inference on a serialized model (ModelLoadError when invalid)."""
+    """onnx.checker then shape inference on a serialized weightless model (ModelLoadError when invalid)."""
     import onnx
 
-    from slimcc.ir.model import check_and_infer
+    from slimcc.ir.model import check_and_infer_stripped
 
     proto = onnx.ModelProto()
     proto.ParseFromString(payload)
-    return check_and_infer(proto).SerializeToString()
+    return check_and_infer_stripped(proto).SerializeToString()
 
 
 @sandbox_task
 def infer_shapes_task(payload: bytes) -> bytes:
-    """ONNX shape inference (with data propagation) on a serialized model; returns the result."""
+    """ONNX shape inference (with data propagation) on a serialized weightless model; returns the result."""
     import onnx
 
-    from slimcc.ir.model import run_shape_inference
+    from slimcc.ir.model import infer_stripped
 
     proto = onnx.ModelProto()
     proto.ParseFromString(payload)
-    return run_shape_inference(proto).SerializeToString()
+    return infer_stripped(proto).SerializeToString()
 
 
 @sandbox_task
@@ -252,25 +252,31 @@ def onnxruntime_run_task(payload: bytes) -> bytes:
 
 
 def isolated_check_and_infer(proto, *, timeout: float = DEFAULT_TIMEOUT_S):
-    """onnx.checker + shape inference of a ModelProto in the sandbox; returns the inferred ModelProto."""
+    """onnx.checker + shape inference of a ModelProto in the sandbox; returns `proto`, updated in place.
+
+    Only a weightless copy (`ir.weightless.strip_weights`) crosses the pipe: the weights stay here.
+    """
+    return _isolated_weightless(check_and_infer_task, proto, "checking the model and inferring shapes", "onnx",
+                                timeout, False)
+
+
+def isolated_infer_shapes(proto, *, timeout: float = DEFAULT_TIMEOUT_S, trusted: bool = False):
+    """ONNX shape inference of a ModelProto in the sandbox; returns `proto`, updated in place
+    (`trusted` as in `ir.weightless.stubbable`)."""
+    return _isolated_weightless(infer_shapes_task, proto, "inferring shapes", "onnx shape inference", timeout,
+                                trusted)
+
+
+def _isolated_weightless(task, proto, what: str, engine: str, timeout: float, trusted: bool):
     import onnx
 
-    result = run_isolated(check_and_infer_task, proto.SerializeToString(),
-                          what="checking the model and inferring shapes", engine="onnx", timeout=timeout)
+    from slimcc.ir.weightless import restore_weights, strip_weights
+
+    payload = strip_weights(proto, trusted=trusted).SerializeToString()
+    result = run_isolated(task, payload, what=what, engine=engine, timeout=timeout)
     inferred = onnx.ModelProto()
     inferred.ParseFromString(result)
-    return inferred
-
-
-def isolated_infer_shapes(proto, *, timeout: float = DEFAULT_TIMEOUT_S):
-    """ONNX shape inference of a ModelProto in the sandbox; returns the inferred ModelProto."""
-    import onnx
-
-    result = run_isolated(infer_shapes_task, proto.SerializeToString(), what="inferring shapes",
-                          engine="onnx shape inference", timeout=timeout)
-    inferred = onnx.ModelProto()
-    inferred.ParseFromString(result)
-    return inferred
+    return restore_weights(inferred, proto)
 
 
 def isolated_onnxruntime(proto, *, timeout: float = DEFAULT_TIMEOUT_S) -> list:

@@ -114,8 +114,11 @@ def test_only_marked_functions_run(worker):
 
 def test_isolated_steps_match_in_process():
     proto = build("resnet-basic", seed=3)
-    inferred = isolated_check_and_infer(proto)
-    assert len(inferred.graph.value_info) > len(proto.graph.value_info)
+    declared = len(proto.graph.value_info)
+    weights = [t.SerializeToString() for t in proto.graph.initializer]
+    inferred = isolated_check_and_infer(proto)  # updates proto in place; only its graph crossed the pipe
+    assert len(inferred.graph.value_info) > declared
+    assert [t.SerializeToString() for t in inferred.graph.initializer] == weights
     isolated = isolated_onnxruntime(proto)
     local = run_onnxruntime(proto, random_feeds(proto, seed=0))
     assert len(isolated) == len(local) == 1

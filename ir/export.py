@@ -1,0 +1,44 @@
+"""onnx-graphsurgeon Graph -> ModelProto, copying each weight once.
+
+`gs.export_onnx` builds a GraphProto (one copy of every weight) and then copies it into a
+ModelProto (`make_model`: a second copy). This writes the graph fields straight into the
+ModelProto, with graphsurgeon's own per-item exporters, so there is one copy.
+"""
+
+from __future__ import annotations
+
+import onnx
+import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter, update_import_domains
+from onnx_graphsurgeon.ir.tensor import SparseValues
+
+
+def export_model(graph: gs.Graph) -> onnx.ModelProto:
+    """The ModelProto of `graph`, as `gs.export_onnx(graph, do_type_check=False)` builds it."""
+    model = onnx.ModelProto()
+    model.ir_version = onnx.IR_VERSION
+    out = model.graph
+    out.name = graph.name or ""
+    if graph.doc_string:
+        out.doc_string = graph.doc_string
+    out.node.extend(OnnxExporter.export_node(node) for node in graph.nodes)
+    out.input.extend(OnnxExporter.export_value_info_proto(t, False) for t in graph.inputs)
+    out.output.extend(OnnxExporter.export_value_info_proto(t, False) for t in graph.outputs)
+    tensors = graph.tensors()
+    constants = [t for t in tensors.values() if isinstance(t, gs.Constant)]
+    for tensor in constants:
+        if isinstance(tensor._values, SparseValues):
+            out.sparse_initializer.append(OnnxExporter.export_sparse_tensor_proto(tensor))
+        else:
+            out.initializer.append(OnnxExporter.export_tensor_proto(tensor))
+    boundary = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
+    out.value_info.extend(OnnxExporter.export_value_info_proto(t, False) for name, t in tensors.items()
+                          if name not in boundary and isinstance(t, gs.Variable)
+                          and (t.dtype is not None or t.shape is not None))
+    model.functions.extend(OnnxExporter.export_function(f) for f in graph.functions)
+    model.opset_import.extend(update_import_domains(graph))
+    model.producer_name = graph.producer_name or ""
+    model.producer_version = graph.producer_version or ""
+    if graph.ir_version is not None:
+        model.ir_version = graph.ir_version
+    return model
