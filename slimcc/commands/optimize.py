@@ -133,6 +133,11 @@ def print_report(summary: dict, report: ManagerReport) -> None:
     print_table(["pass", "modified", "seconds", "notes"],
                 [[r.spec, "rolled back" if r.rolled_back else ("yes" if r.result.modified else "no"),
                   f"{r.seconds:.3f}", _short_stats(r.result.stats)] for r in report.records])
+    for record in report.records:
+        if "placement" in record.result.stats and not record.rolled_back:
+            from slimcc.passes.quant.placement import placement_summary
+
+            print(placement_summary(record.result.stats["placement"]))
     if summary["rolled_back"]:
         print(f"rolled back (failed verification): {', '.join(summary['rolled_back'])}")
     verification = summary["verification"]

@@ -1,0 +1,161 @@
+"""Automatic int8 placement: which layers stay float, decided from measurements under an error budget.
+
+The layers qdq-insert would quantize are each quantized alone on the calibration data (weights,
+input and output Q/DQ, ranges measured once on the float model) and ranked by the output error
+that causes. Then the most sensitive layers are kept float, as few as the budget allows: a
+binary search over "the k most sensitive stay float" finds the smallest k whose model (every
+other layer int8) keeps every output within `budget` relative L2 error of fp32 on the
+calibration data. The plan (per-layer error, the trials, the chosen float layers) is JSON-able
+and has a printed summary (`PlacementPlan.summary`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from slimcc.ir.verify import make_session, run_onnxruntime
+from slimcc.passes.base import PassContext
+
+MAX_BATCHES = 32  # calibration batches the trials are judged on (the first ones)
+METHODS = ("minmax", "percentile")  # what method=auto chooses from
+
+
+@dataclass
+class PlacementPlan:
+    """The outcome of automatic placement (everything but `ranges` goes into the JSON)."""
+
+    budget: float
+    method: str
+    candidates: list[str]
+    sensitivity: dict[str, float]
+    float_layers: list[str]
+    error: float
+    all_int8_error: float
+    trials: list[dict] = field(default_factory=list)
+    ranges: dict = field(default_factory=dict, repr=False)
+
+    def as_dict(self) -> dict:
+        """The plan as JSON-able data."""
+        return {"budget": self.budget, "method": self.method, "error": round(self.error, 6), "all_int8_error": round(self.all_int8_error, 6),
+                "float_layers": self.float_layers, "quantized_layers": len(self.candidates) - len(self.float_layers),
+                "sensitivity": {k: round(v, 6) for k, v in self.sensitivity.items()}, "trials": self.trials}
+
+    def summary(self, top: int = 10) -> str:
+        """A few lines for people: the budget, the outcome and the most sensitive layers."""
+        return placement_summary(self.as_dict(), top)
+
+
+def placement_summary(plan: dict, top: int = 10) -> str:
+    """The printed form of a plan's JSON (`PlacementPlan.as_dict()`, as the qdq-insert stats carry it)."""
+    total = plan["quantized_layers"] + len(plan["float_layers"])
+    lines = [f"int8 placement: {plan['quantized_layers']} of {total} layers int8, output error "
+             f"{plan['error']:.4f} (budget {plan['budget']:g}; all int8: {plan['all_int8_error']:.4f}), "
+             f"ranges: {plan['method']}"]
+    if plan["sensitivity"]:
+        lines.append("  most sensitive layers (output error with only that layer int8):")
+    floats = set(plan["float_layers"])
+    for name, error in sorted(plan["sensitivity"].items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"  {error:9.5f}  {'float' if name in floats else 'int8 '}  {name}")
+    return "\n".join(lines)
+
+
+def output_error(reference: list[dict[str, np.ndarray]], outputs: list[dict[str, np.ndarray]]) -> float:
+    """The worst relative L2 error ||y - y_ref|| / ||y_ref|| over the float outputs, all batches pooled."""
+    worst = 0.0
+    for name in reference[0]:
+        ref = [np.asarray(r[name], np.float64) for r in reference]
+        if not np.issubdtype(ref[0].dtype, np.floating):
+            continue
+        diff = sum(float(np.sum((np.asarray(o[name], np.float64) - r) ** 2)) for o, r in zip(outputs, ref))
+        norm = sum(float(np.sum(r ** 2)) for r in ref)
+        worst = max(worst, float(np.sqrt(diff / norm)) if norm > 0 else float(diff > 0))
+    return worst
+
+
+class Trials:
+    """Quantize a chosen set of layers of the float model and measure the output error (ranges cached)."""
+
+    def __init__(self, model, ctx: PassContext, insert):
+        from slimcc.passes.quant.qdq_insert import RANGE_CACHE
+
+        self.model = model
+        self.insert = replace(insert, placement="all")
+        self.candidates = self.insert.candidates(model.graph)
+        self.base_excluded = {n for n in insert.exclude.split(";") if n}
+        self.batches = list(ctx.calibration.batches[:MAX_BATCHES])
+        self.ranges = dict(ctx.notes.get(RANGE_CACHE, {}))
+        self.ctx = replace(ctx, progress=False, notes={**ctx.notes, RANGE_CACHE: self.ranges})
+        for method in (METHODS if insert.method == "auto" else (insert.method,)):
+            replace(self.insert, method=method).warm_ranges(model, self.ctx)
+        session = make_session(model)
+        self.reference = [run_onnxruntime(model, b, session=session) for b in self.batches]
+
+    def error(self, quantized: set[str], **options) -> float:
+        """Output error when exactly the `quantized` candidates are int8 (options override qdq-insert's)."""
+        if not quantized:
+            return 0.0
+        work = self.model.copy()
+        excluded = self.base_excluded | (set(self.candidates) - quantized)
+        replace(self.insert, exclude=";".join(sorted(excluded)), **options).run(work, self.ctx)
+        session = make_session(work)
+        return output_error(self.reference, [run_onnxruntime(work, b, session=session) for b in self.batches])
+
+
+def layer_sensitivity(trials: Trials, progress: bool = False) -> dict[str, float]:
+    """{layer: output error with only that layer int8}; its output is quantized even when no other
+    int8 layer reads it (terminal=int8), so each layer is measured with both its Q/DQ."""
+    from tqdm import tqdm
+
+    return {name: trials.error({name}, terminal="int8")
+            for name in tqdm(trials.candidates, desc="sensitivity", unit="layer", disable=not progress, leave=False)}
+
+
+def choose_method(trials: Trials, log: list[dict]) -> tuple[str, float]:
+    """The range method (minmax or percentile) whose all-int8 model has the smaller output error."""
+    errors = {}
+    for method in METHODS:
+        errors[method] = trials.error(set(trials.candidates), method=method)
+        log.append({"float_layers": 0, "method": method, "error": round(errors[method], 6)})
+    best = min(METHODS, key=lambda m: errors[m])
+    return best, errors[best]
+
+
+def auto_placement(model, ctx: PassContext, insert) -> PlacementPlan:
+    """The smallest set of most-sensitive layers to keep float so the output error meets `insert.budget`
+    (placement=all: none, only the range method is chosen when method=auto)."""
+    log: list[dict] = []
+    trials = Trials(model, ctx, insert)
+    if insert.method == "auto":
+        method, all_int8 = choose_method(trials, log)
+        trials.insert = replace(trials.insert, method=method)
+    else:
+        method, all_int8 = insert.method, None
+    if insert.placement != "auto":
+        return PlacementPlan(budget=insert.budget, method=method, candidates=trials.candidates, sensitivity={},
+                             float_layers=[], error=all_int8 or 0.0, all_int8_error=all_int8 or 0.0, trials=log,
+                             ranges=trials.ranges)
+    sensitivity = layer_sensitivity(trials, ctx.progress)
+    ranked = sorted(trials.candidates, key=lambda n: -sensitivity[n])
+    budget = insert.budget
+
+    def measure(k: int) -> float:
+        error = trials.error(set(ranked[k:]))
+        log.append({"float_layers": k, "error": round(error, 6)})
+        return error
+
+    errors = {0: all_int8 if all_int8 is not None else measure(0)}
+    lo, hi = 0, len(ranked)  # invariant: k = hi meets the budget (all float has no error)
+    if errors[0] <= budget:
+        hi = 0
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        errors[mid] = measure(mid)
+        if errors[mid] <= budget:
+            hi = mid
+        else:
+            lo = mid
+    return PlacementPlan(budget=budget, method=method, candidates=trials.candidates, sensitivity=sensitivity,
+                         float_layers=ranked[:hi], error=errors.get(hi, 0.0), all_int8_error=errors[0],
+                         trials=log, ranges=trials.ranges)

@@ -1,0 +1,85 @@
+"""placement=auto: measured per-layer sensitivity and the error budget decide which layers stay float."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from quant_helpers import calib_context, canonical_zoo
+
+from slimcc.compress_plan import plan
+from slimcc.errors import PipelineError
+from slimcc.passes.pipeline import parse_pipeline
+from slimcc.passes.quant.placement import Trials, auto_placement, output_error
+from slimcc.passes.quant.qdq_insert import QDQInsert
+
+
+def _spoil(model, name: str) -> None:
+    """Give one conv an output channel 1000x larger than the rest: the per-tensor grid of that output
+    then rounds every other channel to a few levels, so quantizing the conv or its reader (which both
+    quantize that tensor) costs far more than any other layer."""
+    node = next(n for n in model.graph.nodes if n.name == name)
+    weight = node.inputs[1].values.copy()
+    weight[0] *= 1000.0
+    node.inputs[1].values = weight
+
+
+def test_output_error_is_relative_l2_of_the_worst_output():
+    ref = [{"a": np.array([3.0, 4.0], np.float32), "b": np.array([1.0], np.float32)}]
+    got = [{"a": np.array([3.0, 4.5], np.float32), "b": np.array([1.0], np.float32)}]
+    assert output_error(ref, got) == pytest.approx(0.1)
+    assert output_error(ref, ref) == 0.0
+
+
+def test_auto_placement_keeps_the_spoiled_layers_float_and_meets_the_budget():
+    model = canonical_zoo("resnet-basic")
+    convs = [n.name for n in model.graph.nodes if n.op == "Conv"]
+    victim = convs[3]
+    _spoil(model, victim)
+    relu = next(n for n in model.graph.nodes if n.name == victim).outputs[0].outputs[0]
+    assert relu.op == "Relu"
+    reader = relu.outputs[0].outputs[0].name
+    ctx, _ = calib_context(count=6)
+    insert = QDQInsert(placement="auto", budget=0.03)
+    trials = Trials(model, ctx, insert)
+    assert trials.error(set(trials.candidates)) > 0.03  # all int8 is over the budget
+    result = insert.run(model.copy(), ctx)
+    placement = result.stats["placement"]
+    ranked = sorted(placement["sensitivity"], key=placement["sensitivity"].get, reverse=True)
+    assert set(ranked[:2]) == {victim, reader}
+    assert ranked[0] in placement["float_layers"]
+    assert placement["error"] <= 0.03
+    assert result.stats["skipped"][ranked[0]].startswith("too sensitive")
+    # the reported error is that of the placement it applied
+    assert trials.error(set(trials.candidates) - set(placement["float_layers"])) == pytest.approx(placement["error"], abs=1e-6)
+    json.dumps(placement)
+
+
+def test_a_looser_budget_keeps_fewer_layers_float():
+    model = canonical_zoo("resnet-basic")
+    _spoil(model, [n.name for n in model.graph.nodes if n.op == "Conv"][3])
+    ctx, _ = calib_context(count=6)
+    tight = auto_placement(model, ctx, QDQInsert(placement="auto", budget=0.005))
+    loose = auto_placement(model, ctx, QDQInsert(placement="auto", budget=10.0))
+    assert loose.float_layers == [] and loose.error == loose.all_int8_error
+    assert len(tight.float_layers) > 0 and tight.error <= 0.005
+    assert "float" in tight.summary()
+
+
+def test_method_auto_takes_the_range_method_with_the_smaller_error():
+    model = canonical_zoo("resnet-basic")
+    ctx, _ = calib_context(count=4)
+    chosen = auto_placement(model, ctx, QDQInsert(method="auto"))
+    errors = {t["method"]: t["error"] for t in chosen.trials if "method" in t}
+    assert set(errors) == {"minmax", "percentile"}
+    assert chosen.method == min(errors, key=errors.get) and chosen.float_layers == []
+
+
+def test_budget_must_be_positive():
+    with pytest.raises(PipelineError, match="budget"):
+        parse_pipeline("qdq-insert{budget=0}")
+
+
+def test_compress_int8_plans_automatic_placement():
+    assert "qdq-insert{placement=auto}" in plan(int8=True, has_calibration=True).text
