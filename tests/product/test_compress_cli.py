@@ -106,3 +106,16 @@ def test_compress_with_target_compiles_an_artifact_that_matches_onnxruntime(cli,
     actual = run_artifact(folder, feeds)
     for name, value in expected.items():
         np.testing.assert_allclose(actual[name], value, rtol=1e-3, atol=1e-4)
+
+
+def test_compare_reports_int8_against_fp32(cli, resnet_file, resnet_calib, tmp_path):
+    out = tmp_path / "q.onnx"
+    assert cli("compress", resnet_file, "--int8", "--calib", resnet_calib, "--json", "-o", out)[0] == 0
+    plot = tmp_path / "error.png"
+    code, stdout, stderr = cli("compare", resnet_file, out, "--calib", resnet_calib, "--plot", plot)
+    assert code == 0, stderr
+    assert "largest loss:" in stdout and "top-1 agreement" in stdout
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    code, stdout, _ = cli("compare", resnet_file, out, "--calib", resnet_calib, "--json")
+    result = json.loads(stdout)
+    assert code == 0 and result["tensors"] > 5 and result["worst_layer"]["added_db"] > 0
