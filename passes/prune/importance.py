@@ -3,7 +3,8 @@
 Criteria: `l1`/`l2` (filter norms of the producers), `bn` (|gamma| of BatchNormalization,
 network slimming), `activation` (mean |output| of the producers over calibration data) and
 `hessian` (OBD-style: the increase of each channel-mixing consumer's reconstruction error
-||X W^T - X' W'^T||^2 when the channel is removed, from the diagonal blocks of H = X^T X).
+||X W^T - X' W'^T||^2 when the channel is removed, from the diagonal blocks of H = X^T X),
+`reconstruction` (greedy removal with least-squares refit of the consumers, reconstruction.py).
 Scores of the units of one component are summed; `normalize_scores` divides by the
 group mean so that scores of different layers can be ranked globally.
 """
@@ -16,7 +17,7 @@ import onnx_graphsurgeon as gs
 from slimcc.errors import PassError
 from slimcc.passes.prune.channels import ChannelAnalysis
 
-CRITERIA = ("l1", "l2", "bn", "activation", "hessian")
+CRITERIA = ("l1", "l2", "bn", "activation", "hessian", "reconstruction")
 
 
 class CriterionUnavailable(PassError):
@@ -157,8 +158,19 @@ def hessian_scores(model, analysis: ChannelAnalysis, calibration, progress: bool
 
 
 def compute_scores(model, analysis: ChannelAnalysis, criterion: str, calibration=None,
-                   progress: bool = False) -> np.ndarray:
-    """Raw importance per component for `criterion` (see module doc)."""
+                   progress: bool = False, record: dict | None = None) -> np.ndarray:
+    """Raw importance per component for `criterion` (see module doc).
+
+    `reconstruction` (see reconstruction.py) stores its JSON-able analysis in `record`."""
+    if criterion == "reconstruction":
+        from slimcc.passes.prune.reconstruction import reconstruction_analysis, reconstruction_scores
+
+        if calibration is None:
+            raise CriterionUnavailable("this criterion needs calibration data; give --calib DATA")
+        details = reconstruction_analysis(model, analysis, calibration, progress)
+        if record is not None:
+            record.update(details)
+        return reconstruction_scores(analysis, details)
     if criterion == "l1":
         return magnitude_scores(model.graph, analysis, 1)
     if criterion == "l2":

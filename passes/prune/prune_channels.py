@@ -14,7 +14,7 @@ from slimcc.passes.prune.importance import CriterionUnavailable, compute_scores,
 from slimcc.passes.prune.plan import MacsEstimator, conv_coverage
 from slimcc.passes.prune.selection import Selection, select_by_macs, select_by_ratio, select_global_ratio
 
-DATA_CRITERIA = ("activation", "hessian")
+DATA_CRITERIA = ("activation", "hessian", "reconstruction")
 
 
 class _CriterionNeedsData:
@@ -29,12 +29,14 @@ class _CriterionNeedsData:
 class PruneChannels(Pass):
     """Remove the least important channels (ratio per group, global ratio or a MACs target) everywhere they flow.
 
-    criterion=activation|hessian needs calibration data (--calib); l1, l2 and bn do not.
+    criterion=activation|hessian|reconstruction needs calibration data (--calib); l1, l2 and bn do not.
+    reconstruction removes, per group, the channels the next layers best rebuild by least squares
+    from the rest (greedy, ThiNet-style); follow it with recover-lstsq to apply that refit.
     """
 
     ratio: float = 0.0
     macs: float = 0.0
-    criterion: Literal["l1", "l2", "bn", "activation", "hessian"] = "l1"
+    criterion: Literal["l1", "l2", "bn", "activation", "hessian", "reconstruction"] = "l1"
     scope: Literal["layer", "global"] = "layer"
     round: int = 8
     max_ratio: float = 0.9
@@ -60,14 +62,20 @@ class PruneChannels(Pass):
         ctx = ctx or PassContext()
         if self.ratio == 0.0 and self.macs in (0.0, 1.0):
             return Selection(set())
-        scores = compute_scores(model, analysis, self.criterion, ctx.calibration, progress=ctx.progress)
+        record: dict = {}
+        scores = compute_scores(model, analysis, self.criterion, ctx.calibration, progress=ctx.progress,
+                                record=record)
+        normalized = normalize_scores(analysis, scores)
         if self.macs:
-            return select_by_macs(analysis, normalize_scores(analysis, scores), MacsEstimator(model.graph, analysis),
-                                  self.macs, round_to=self.round, max_ratio=self.max_ratio)
-        if self.scope == "global":
-            return select_global_ratio(analysis, normalize_scores(analysis, scores), self.ratio,
-                                       round_to=self.round, max_ratio=self.max_ratio)
-        return select_by_ratio(analysis, scores, self.ratio, round_to=self.round, max_ratio=self.max_ratio)
+            selection = select_by_macs(analysis, normalized, MacsEstimator(model.graph, analysis),
+                                       self.macs, round_to=self.round, max_ratio=self.max_ratio)
+        elif self.scope == "global":
+            selection = select_global_ratio(analysis, normalized, self.ratio,
+                                            round_to=self.round, max_ratio=self.max_ratio)
+        else:
+            selection = select_by_ratio(analysis, scores, self.ratio, round_to=self.round, max_ratio=self.max_ratio)
+        selection.analysis = record or None
+        return selection
 
     def run(self, model, ctx: PassContext | None = None) -> PassResult:
         """Analyze, score, select and physically remove channels; stats report MACs/params before and after."""

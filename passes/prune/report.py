@@ -34,6 +34,8 @@ def plan_report(model, analysis: ChannelAnalysis, selection: Selection, *, layer
         "removed_units": len(selection.removed),
         "blocked_reasons": sorted({r for g in analysis.groups for r in g.blocked}),
     })
+    if selection.analysis:
+        data["criterion_analysis"] = selection.analysis
     if layers:
         data["conv_layers"] = coverage["layers"]
     return data

@@ -24,6 +24,7 @@ class Selection:
     removed: set[int]
     kept: dict[int, int] = field(default_factory=dict)
     threshold: float | None = None
+    analysis: dict | None = None  # the criterion's JSON-able analysis, when it has one
 
 
 def kept_count(n: int, remove: int, *, round_to: int = 8, max_ratio: float = 0.9) -> int:

@@ -20,10 +20,11 @@ def add_parser(sub) -> None:
     add_model_arguments(parser)
     parser.add_argument("--macs", type=float, default=0.0, help="keep this share of MACs (e.g. 0.5)")
     parser.add_argument("--ratio", type=float, default=0.0, help="remove this share of every prunable group")
-    parser.add_argument("--criterion", default="l1", choices=["l1", "l2", "bn", "activation", "hessian"])
+    parser.add_argument("--criterion", default="l1", choices=["l1", "l2", "bn", "activation", "hessian",
+                                                                   "reconstruction"])
     parser.add_argument("--scope", default="layer", choices=["layer", "global"])
     parser.add_argument("--round", type=int, default=8, help="round kept counts to a multiple (groups >= 32)")
-    parser.add_argument("--calib", metavar="DATA", help="calibration data for activation/hessian criteria")
+    parser.add_argument("--calib", metavar="DATA", help="calibration data for activation/hessian/reconstruction")
     parser.add_argument("--json", metavar="FILE", help="write the full plan as JSON ('-' for stdout)")
     parser.set_defaults(func=run)
 
