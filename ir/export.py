@@ -7,14 +7,22 @@ ModelProto, with graphsurgeon's own per-item exporters, so there is one copy.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter, update_import_domains
 from onnx_graphsurgeon.ir.tensor import SparseValues
 
+EXTERNAL_MIN_BYTES = 1024
 
-def export_model(graph: gs.Graph) -> onnx.ModelProto:
-    """The ModelProto of `graph`, as `gs.export_onnx(graph, do_type_check=False)` builds it."""
+
+def export_model(graph: gs.Graph, *, external: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+    """The ModelProto of `graph`, as `gs.export_onnx(graph, do_type_check=False)` builds it.
+
+    With an `external` dict, main-graph weights of >= 1 KiB are not copied at all: they are written
+    as external-data stubs (name, dtype, dims) and their arrays (read-only views, loaded once and
+    kept by the graph) are put in `external`, for onnxruntime's `add_external_initializers`.
+    """
     model = onnx.ModelProto()
     model.ir_version = onnx.IR_VERSION
     out = model.graph
@@ -29,6 +37,8 @@ def export_model(graph: gs.Graph) -> onnx.ModelProto:
     for tensor in constants:
         if isinstance(tensor._values, SparseValues):
             out.sparse_initializer.append(OnnxExporter.export_sparse_tensor_proto(tensor))
+        elif external is not None and _as_external(tensor, out, external):
+            continue
         else:
             out.initializer.append(OnnxExporter.export_tensor_proto(tensor))
     boundary = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
@@ -42,3 +52,24 @@ def export_model(graph: gs.Graph) -> onnx.ModelProto:
     if graph.ir_version is not None:
         model.ir_version = graph.ir_version
     return model
+
+
+def _as_external(tensor: gs.Constant, graph: onnx.GraphProto, external: dict[str, np.ndarray]) -> bool:
+    """Add `tensor` to `graph` as an external-data stub with its array in `external`; False when it stays inline."""
+    from slimcc.ir.weightless import STUB_FILE
+
+    if tensor.shape is None or int(np.prod(tensor.shape)) * np.dtype(tensor.dtype).itemsize < EXTERNAL_MIN_BYTES:
+        return False
+    values = tensor.values
+    if not isinstance(values, np.ndarray) or values.dtype.kind not in "fiub" or tensor.export_dtype not in (
+            None, values.dtype):
+        return False
+    stub = graph.initializer.add()
+    stub.name = tensor.name
+    stub.data_type = onnx.helper.np_dtype_to_tensor_dtype(values.dtype)
+    stub.dims.extend(values.shape)
+    stub.data_location = onnx.TensorProto.EXTERNAL
+    entry = stub.external_data.add()
+    entry.key, entry.value = "location", STUB_FILE
+    external[tensor.name] = np.asarray(values, order="C")
+    return True

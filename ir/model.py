@@ -16,9 +16,11 @@ import onnx_graphsurgeon as gs
 
 from slimcc.errors import ModelLoadError, SlimccError
 from slimcc.ir.export import export_model
+from slimcc.ir.graphcopy import materialize_constants, share_weights_copy
 from slimcc.ir.external import declared_nbytes, load_external_data, save_external
+from slimcc.ir.wire import write_external, write_inline
 from slimcc.ir.protofields import is_repeated, set_fields
-from slimcc.ir.weightless import check_stripped, restore_weights, strip_weights
+from slimcc.ir.weightless import check_stripped, inline_read_values, restore_weights, strip_weights
 
 TWO_GB = 2**31 - 1
 EXTERNAL_HEADROOM = 2**26  # graph structure and inline tensors must fit beside the weights
@@ -40,11 +42,12 @@ class Model:
         """The default-domain opset the graph is written against."""
         return int(self.graph.opset)
 
-    def to_proto(self, *, infer_shapes: bool = False) -> onnx.ModelProto:
-        """Export to an onnx.ModelProto (optionally with shape inference on the result)."""
+    def to_proto(self, *, infer_shapes: bool = False, external: dict | None = None) -> onnx.ModelProto:
+        """Export to an onnx.ModelProto (optionally with shape inference on the result; with an
+        `external` dict, large weights are stubs and their arrays go there: see `ir.export`)."""
         graph = self.graph
         try:
-            proto = export_model(graph)
+            proto = export_model(graph, external=external)
         except RecursionError:
             raise SlimccError("cannot export the graph: subgraphs nest too deeply") from None
         except Exception as exc:  # an inconsistent graph (a pass bug or a hostile model that slipped through)
@@ -58,8 +61,8 @@ class Model:
         return proto
 
     def copy(self) -> Model:
-        """A deep, independent copy (round-trips through the protobuf)."""
-        return Model(gs.import_onnx(self.to_proto()), base_dir=self.base_dir,
+        """An independent copy; read-only weight arrays are shared, not copied (`ir.graphcopy`)."""
+        return Model(share_weights_copy(self.graph), base_dir=self.base_dir,
                      source_sha256=self.source_sha256, metadata=self.metadata)
 
     def refresh_shapes(self, *, isolate: bool = False) -> None:
@@ -75,12 +78,23 @@ class Model:
         for out in graph.outputs:
             if out.shape is not None and any(not isinstance(d, int) or d < 0 for d in out.shape):
                 out.shape = None
+        proto, external = self.weightless_proto()
         if isolate:
             from slimcc.ir.sandbox import isolated_infer_shapes
 
-            self.graph = gs.import_onnx(isolated_infer_shapes(self.to_proto(), trusted=True))
+            inferred = isolated_infer_shapes(proto, trusted=True)
         else:
-            self.graph = gs.import_onnx(run_shape_inference(self.to_proto(), trusted=True))
+            inferred = run_shape_inference(proto, trusted=True)
+        self.graph = gs.import_onnx(inferred)
+        for tensor in self.graph.tensors().values():
+            if isinstance(tensor, gs.Constant) and tensor.name in external:
+                tensor.values = external[tensor.name]
+
+    def weightless_proto(self) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+        """The model for the checker and shape inference, with no weight copied: the ModelProto with
+        weights as stubs (by the rules of `ir.weightless.stubbable`) and {name: array} of those weights."""
+        external: dict[str, np.ndarray] = {}
+        return inline_read_values(self.to_proto(external=external), external), external
 
     def is_static(self) -> bool:
         """True when every activation tensor has a known, fully static shape."""
@@ -271,6 +285,8 @@ def load_model(source: str | Path | onnx.ModelProto, input_shapes: dict[str, lis
         raise ModelLoadError("cannot import the ONNX graph: subgraphs nest too deeply") from None
     except Exception as exc:
         raise ModelLoadError(f"cannot import the ONNX graph: {type(exc).__name__}: {first_line(exc)}") from None
+    del proto, inferred
+    materialize_constants(graph)  # weights become read-only arrays; the protobuf is freed
     return Model(graph, base_dir=base_dir, source_sha256=sha)
 
 
@@ -358,7 +374,7 @@ def check_proto(proto: onnx.ModelProto) -> None:
 
 def check_model_valid(model: Model) -> None:
     """onnx.checker and strict shape inference on a model's current graph; raises SlimccError."""
-    stripped = strip_weights(model.to_proto(), trusted=True)
+    stripped, _ = model.weightless_proto()
     try:
         check_stripped(stripped)
     except Exception as exc:  # checker raises ValidationError and also C++-level errors
@@ -369,36 +385,45 @@ def check_model_valid(model: Model) -> None:
 def save_model(model: Model | onnx.ModelProto, path: str | Path, *, check: bool = True) -> Path:
     """Write a model atomically (temp file in the same folder, then rename), checked on the way out.
 
-    The model is serialized once. Models whose weights reach the 2 GB protobuf limit are written
-    with their weights in one external-data file beside them, tensor by tensor.
+    A Model's weights go from their arrays straight to the file (`ir.wire`), serialized once.
+    Models whose weights reach the 2 GB protobuf limit are written with their weights in one
+    external-data file beside them.
     """
-    trusted = isinstance(model, Model)
-    proto = model.to_proto() if trusted else model
+    external: dict[str, np.ndarray] = {}
+    if isinstance(model, Model):
+        proto = inline_read_values(model.to_proto(external=external), external)
+    else:
+        proto = model
     path = Path(path)
     if path.is_dir():
         raise SlimccError(f"output path {path} is a folder; give a file name ending in .onnx")
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise SlimccError(f"output folder {folder} does not exist")
-    large = weight_bytes(proto) >= TWO_GB - EXTERNAL_HEADROOM
+    large = weight_bytes(proto) >= TWO_GB - EXTERNAL_HEADROOM  # stubs count by their dims
     if check:
-        run_checker(proto, SlimccError, "refusing to write an invalid model", trusted=trusted)
+        run_checker(proto, SlimccError, "refusing to write an invalid model", trusted=isinstance(model, Model))
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
     data_name = f"{path.name}.data"
     tmp_data = folder / f".{data_name}.tmp"
     try:
-        if large:
+        if large and external:
+            with open(tmp_data, "wb") as data:
+                write_external(data, proto, external, data_name)
+            external = {}
+        elif large:
             proto = save_external(proto, tmp_data, data_name)
-        try:
-            data = proto.SerializeToString()
-        except Exception as exc:  # protobuf refuses messages over 2 GB
-            raise SlimccError(f"cannot serialize the model: {first_line(exc)}") from None
         with open(tmp_name, "wb") as handle:
-            handle.write(data)
+            try:
+                if external:
+                    write_inline(handle, proto, external)
+                else:
+                    handle.write(proto.SerializeToString())
+            except Exception as exc:  # protobuf refuses messages over 2 GB
+                raise SlimccError(f"cannot serialize the model: {first_line(exc)}") from None
             handle.flush()
             os.fsync(handle.fileno())
-        del data
         if large:
             os.replace(tmp_data, folder / data_name)
         os.replace(tmp_name, path)

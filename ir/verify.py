@@ -24,13 +24,12 @@ ORT_DTYPES = {
 }
 
 
-def _as_bytes(model: Model | onnx.ModelProto) -> bytes:
-    proto = model.to_proto() if isinstance(model, Model) else model
-    return proto.SerializeToString()
-
-
 def make_session(model: Model | onnx.ModelProto, *, optimize: bool = False, threads: int = 1):
-    """An onnxruntime CPU InferenceSession; errors are re-raised as one-line SlimccErrors."""
+    """An onnxruntime CPU InferenceSession; errors are re-raised as one-line SlimccErrors.
+
+    A Model's weights are handed over as arrays (`add_external_initializers`), not serialized:
+    onnxruntime reads them in place.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -39,8 +38,18 @@ def make_session(model: Model | onnx.ModelProto, *, optimize: bool = False, thre
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 4  # failures are raised as one-line errors below
+    external: dict[str, np.ndarray] = {}
     try:
-        return ort.InferenceSession(_as_bytes(model), options, providers=["CPUExecutionProvider"])
+        if isinstance(model, Model):
+            proto = model.to_proto(external=external)
+        else:
+            proto = model
+        if external:
+            options.add_external_initializers(list(external),
+                                              [ort.OrtValue.ortvalue_from_numpy(a) for a in external.values()])
+        return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except SlimccError:
+        raise
     except Exception as exc:
         raise SlimccError(f"onnxruntime cannot load the model: {first_line(exc)} "
                           "(check the opset and that input shapes are consistent)") from None
@@ -154,11 +163,20 @@ def compare_models(reference, candidate, feeds: dict[str, np.ndarray] | list[dic
                    *, seed: int = 0) -> VerifyReport:
     """Run both models on the same feeds (random if None; a list = several batches, worst case kept)."""
     batches = feeds if isinstance(feeds, list) else [feeds if feeds is not None else random_feeds(reference, seed=seed)]
-    ref_session, cand_session = make_session(reference), make_session(candidate)
+    return worst_of(run_batches(reference, batches), run_batches(candidate, batches))
+
+
+def run_batches(model, batches: list[dict[str, np.ndarray]], *, session=None) -> list[dict[str, np.ndarray]]:
+    """The outputs of `model` on every batch, from one onnxruntime session."""
+    session = session or make_session(model)
+    return [run_onnxruntime(model, batch, session=session) for batch in batches]
+
+
+def worst_of(expected: list[dict[str, np.ndarray]], actual: list[dict[str, np.ndarray]]) -> VerifyReport:
+    """compare_outputs batch by batch; per output, the batch with the largest relative error is kept."""
     worst = VerifyReport()
-    for batch in batches:
-        report = compare_outputs(run_onnxruntime(reference, batch, session=ref_session),
-                                 run_onnxruntime(candidate, batch, session=cand_session))
+    for a, b in zip(expected, actual):
+        report = compare_outputs(a, b)
         if not worst.outputs:
             worst = report
         else:

@@ -65,11 +65,13 @@ def _subgraph_names(graph: onnx.GraphProto) -> set[str]:
     return names
 
 
-def stubbable(proto: onnx.ModelProto, min_bytes: int = MIN_STUB_BYTES, *, trusted: bool = False) -> set[str]:
+def stubbable(proto: onnx.ModelProto, min_bytes: int = MIN_STUB_BYTES, *, trusted: bool = False,
+              external: dict | None = None) -> set[str]:
     """Names of the main-graph initializers `strip_weights` replaces by stubs (see the module doc).
 
     `trusted` (a proto slimcc exported itself from a checked model) skips measuring `raw_data`,
-    which costs a copy of the weights.
+    which costs a copy of the weights. Export stubs whose arrays are in `external` count as
+    weights of the right size.
     """
     graph = proto.graph
     if not _IR_RANGE[0] <= proto.ir_version <= _IR_RANGE[1]:
@@ -88,13 +90,16 @@ def stubbable(proto: onnx.ModelProto, min_bytes: int = MIN_STUB_BYTES, *, truste
             chosen.discard(name)
             continue
         seen.add(name)
-        if (tensor.data_type not in FLOAT_TYPES or name in blocked or not consumers.get(name, True)
-                or tensor.data_location != onnx.TensorProto.DEFAULT or len(tensor.external_data)
-                or tensor.HasField("segment") or not tensor.HasField("raw_data")
-                or any(len(getattr(tensor, f)) for f in _VALUE_FIELDS)):
+        if tensor.data_type not in FLOAT_TYPES or name in blocked or not consumers.get(name, True):
+            continue
+        stub = external is not None and name in external and tensor.data_location == onnx.TensorProto.EXTERNAL
+        if not stub and (tensor.data_location != onnx.TensorProto.DEFAULT or len(tensor.external_data)
+                         or tensor.HasField("segment") or not tensor.HasField("raw_data")
+                         or any(len(getattr(tensor, f)) for f in _VALUE_FIELDS)):
             continue
         expected = _nbytes(tensor)
-        if expected is None or expected < max(min_bytes, 1) or (not trusted and len(tensor.raw_data) != expected):
+        if expected is None or expected < max(min_bytes, 1) or (
+                not (trusted or stub) and len(tensor.raw_data) != expected):
             continue
         chosen.add(name)
     return chosen
@@ -109,6 +114,19 @@ def strip_weights(proto: onnx.ModelProto, *, min_bytes: int = MIN_STUB_BYTES, tr
         location.key, location.value = "location", STUB_FILE
 
     return copy_with_stubs(proto, chosen, stub_location)
+
+
+def inline_read_values(proto: onnx.ModelProto, external: dict) -> onnx.ModelProto:
+    """Make an export with stubs (`Model.to_proto(external=...)`) weightless by the rules of `stubbable`:
+    a stub whose values the checker or shape inference may read gets them back inline (and leaves
+    `external`). Returns `proto`, changed in place."""
+    from onnx import numpy_helper
+
+    keep = stubbable(proto, 1, trusted=True, external=external)
+    for tensor in proto.graph.initializer:
+        if tensor.name in external and tensor.name not in keep and tensor.data_location == onnx.TensorProto.EXTERNAL:
+            tensor.CopyFrom(numpy_helper.from_array(external.pop(tensor.name), tensor.name))
+    return proto
 
 
 def copy_with_stubs(proto: onnx.ModelProto, chosen: set[str], fill: Callable) -> onnx.ModelProto:

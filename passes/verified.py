@@ -27,7 +27,7 @@ import numpy as np
 
 from slimcc.errors import SlimccError, VerificationError
 from slimcc.ir.model import Model
-from slimcc.ir.verify import (OutputError, VerifyReport, compare_models, make_session, max_abs_difference,
+from slimcc.ir.verify import (OutputError, VerifyReport, make_session, max_abs_difference, run_batches, worst_of,
                               random_feeds, run_onnxruntime)
 from slimcc.passes.base import Pass, PassContext
 from slimcc.passes.manager import ManagerReport, PassManager
@@ -42,7 +42,7 @@ def pipeline_is_exact(passes: list[Pass]) -> bool:
     return all(p.is_exact() for p in passes)
 
 
-def verification_feeds(model: Model, calib, seed: int) -> list[dict[str, np.ndarray]]:
+def verification_feeds(model: Model, calib, seed: int, *, session=None) -> list[dict[str, np.ndarray]]:
     """Random inputs plus the first calibration batches: what equivalence is judged on.
 
     Random inputs the original model cannot run (an index or axis input out of range, an input
@@ -51,7 +51,7 @@ def verification_feeds(model: Model, calib, seed: int) -> list[dict[str, np.ndar
     """
     batches = list(calib.batches[:MAX_CALIB_VERIFY_BATCHES]) if calib is not None else []
     try:
-        session = make_session(model)
+        session = session or make_session(model)
         random = random_feeds(model, seed=seed, session=session)
         run_onnxruntime(model, random, session=session)
     except SlimccError as exc:
@@ -62,22 +62,22 @@ def verification_feeds(model: Model, calib, seed: int) -> list[dict[str, np.ndar
     return [random] + batches
 
 
-def float_noise(reference: Model, feeds: list[dict[str, np.ndarray]]) -> list[float]:
+def float_noise(reference: Model, feeds: list[dict[str, np.ndarray]],
+                plain: list[dict[str, np.ndarray]] | None = None) -> list[float]:
     """Per output, the largest change onnxruntime's own fusions make (optimized vs unoptimized run).
 
     Outputs near zero (e.g. sigmoid scores on random inputs) make relative errors meaningless;
     a rewrite that moves an output no more than reordered float arithmetic does is exact.
+    `plain` are the unoptimized outputs when already computed.
     """
-    plain = make_session(reference)
+    plain = plain if plain is not None else run_batches(reference, feeds)
     try:
-        fused = make_session(reference, optimize=True)
+        fused = run_batches(reference, feeds, session=make_session(reference, optimize=True))
     except SlimccError:  # the optimizer refuses some graphs; then no noise allowance
         return []
     noise: list[float] = []
-    for batch in feeds:
-        a = list(run_onnxruntime(reference, batch, session=plain).values())
-        b = list(run_onnxruntime(reference, batch, session=fused).values())
-        diffs = [max_abs_difference(x, y) for x, y in zip(a, b)]
+    for a_out, b_out in zip(plain, fused):
+        diffs = [max_abs_difference(x, y) for x, y in zip(a_out.values(), b_out.values())]
         noise = [max(n, d) for n, d in zip(noise, diffs)] if noise else diffs
     return noise
 
@@ -89,33 +89,73 @@ def excess_error(report: VerifyReport, tolerance: float, noise: list[float]) -> 
     return max(bad, key=lambda o: o.max_rel) if bad else None
 
 
-def make_pass_check(feeds: list[dict[str, np.ndarray]], tolerance: float, noise: list[float],
-                    reference: Model | None = None, max_error: float | None = None):
+class PassCheck:
     """A PassManager equivalence hook: an exact pass must keep outputs within `tolerance` of the model
     before it; with `max_error`, a lossy pass must keep them within `max_error` of the original
-    `reference` (so the lossy pass that breaks the budget is the one named and rolled back)."""
+    (`reference` outputs), so the lossy pass that breaks the budget is the one named and rolled back.
 
-    def check(pass_: Pass, before: Model, after: Model) -> dict | None:
+    Each check runs one onnxruntime session (the model after the pass); the outputs of the model
+    before it are those of the last accepted check (`current`), or of the original. PassManager
+    checks every pass that reports a change, so `current` always belongs to the model as it is.
+    """
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]], tolerance: float, noise: list[float] | Model,
+                 reference: list[dict[str, np.ndarray]], max_error: float | None = None):
+        self.feeds, self.tolerance = feeds, tolerance
+        self._noise = noise
+        self.reference, self.max_error = reference, max_error
+        self.current: list[dict[str, np.ndarray]] | None = reference
+
+    @property
+    def noise(self) -> list[float]:
+        """The float-noise allowance; given as the original Model, it is measured on first need
+        (one more session, only when some output is off by more than the tolerance)."""
+        if isinstance(self._noise, Model):
+            self._noise = float_noise(self._noise, self.feeds, self.reference)
+        return self._noise
+
+    @property
+    def noise_measured(self) -> bool:
+        """Whether the float-noise allowance was needed (and so measured)."""
+        return not isinstance(self._noise, Model)
+
+    def excess(self, report: VerifyReport, tolerance: float) -> OutputError | None:
+        """`excess_error` of a report, measuring the noise only when an output exceeds `tolerance`."""
+        if all(o.max_rel <= tolerance for o in report.outputs):
+            return None
+        return excess_error(report, tolerance, self.noise)
+
+    def __call__(self, pass_: Pass, before: Model, after: Model) -> dict | None:
         if pass_.is_exact():
-            base, budget = before, tolerance
+            base = self.current if self.current is not None else run_batches(before, self.feeds)
+            budget = self.tolerance
 
             def refusal(worst):
-                return f"exact pass changed output {worst.name!r}: relative error {worst.max_rel:.3g} > {tolerance:g}"
-        elif max_error is None or reference is None:
+                return (f"exact pass changed output {worst.name!r}: relative error {worst.max_rel:.3g} > "
+                        f"{self.tolerance:g}")
+        elif self.max_error is None:
+            self.current = None  # unchecked lossy change: the next check runs the model before it
             return None
         else:
-            base, budget = reference, max_error
+            base, budget = self.reference, self.max_error
 
             def refusal(worst):
-                return (f"output {worst.name!r} relative error {worst.max_rel:.3g} > --max-error {max_error:g} "
+                return (f"output {worst.name!r} relative error {worst.max_rel:.3g} > --max-error {self.max_error:g} "
                         "against the original (lossy pipeline budget)")
-        report = compare_models(base, after, feeds)
-        worst = excess_error(report, budget, noise)
+        outputs = run_batches(after, self.feeds)
+        report = worst_of(base, outputs)
+        worst = self.excess(report, budget)
         if worst is not None:
             raise VerificationError(refusal(worst))
+        self.current = outputs
         return report.as_dict()
 
-    return check
+
+def make_pass_check(feeds: list[dict[str, np.ndarray]], tolerance: float, noise: list[float] | Model,
+                    reference: list[dict[str, np.ndarray]], max_error: float | None = None) -> PassCheck:
+    """The equivalence hook of a verified run (see PassCheck); `reference` are the original's outputs,
+    `noise` the float-noise allowance or the original Model to measure it from when needed."""
+    return PassCheck(feeds, tolerance, noise, reference, max_error)
 
 
 @dataclass
@@ -148,10 +188,14 @@ def run_verified(model: Model, passes: list[Pass], calib=None, *, max_error: flo
     tolerance = max_error if max_error is not None else (EXACT_REL_TOL if exact else None)
     original = model.copy()
     work = model.copy()
-    feeds = verification_feeds(original, calib, seed) if verify else None
-    noise = float_noise(original, feeds) if verify else []
-    check = make_pass_check(feeds, max_error if max_error is not None else EXACT_REL_TOL, noise,
-                            original, max_error) if verify else None
+    check = None
+    if verify:
+        session = make_session(original)
+        feeds = verification_feeds(original, calib, seed, session=session)
+        reference_outputs = run_batches(original, feeds, session=session)
+        del session
+        check = make_pass_check(feeds, max_error if max_error is not None else EXACT_REL_TOL, original,
+                                reference_outputs, max_error)
     ctx = PassContext(calibration=calib, reference=reference or original, progress=progress, seed=seed)
     start = time.perf_counter()
     validate = verify if check_valid is None else check_valid
@@ -159,24 +203,30 @@ def run_verified(model: Model, passes: list[Pass], calib=None, *, max_error: flo
                          fixpoint=fixpoint).run(work, ctx)
     seconds = time.perf_counter() - start
     work.refresh_shapes()
-    verification = final_check(original, work, feeds, tolerance, noise, exact) if verify else None
+    verification = final_check(check, work, tolerance, exact) if verify else None
     report.verification = verification
     model.graph, model.metadata = work.graph, work.metadata
     return VerifiedRun(report, seconds, verification, exact)
 
 
-def final_check(original: Model, result: Model, feeds: list[dict[str, np.ndarray]], tolerance: float | None,
-                noise: list[float], exact: bool) -> dict:
-    """Compare the final model with the original (it must load in onnxruntime and stay within `tolerance`)."""
+def final_check(check: PassCheck, result: Model, tolerance: float | None, exact: bool) -> dict:
+    """Compare the final model with the original (it must load in onnxruntime and stay within `tolerance`).
+
+    The result's outputs are those of the last accepted pass check when there is one (its session
+    loaded this very model); otherwise the result runs in one more session.
+    """
     try:
-        compared = compare_models(original, result, feeds)
+        outputs = check.current if check.current is not None else run_batches(result, check.feeds)
+        compared = worst_of(check.reference, outputs)
     except VerificationError:
         raise
     except SlimccError as exc:
         raise VerificationError(f"the rewritten model fails: {exc}; nothing written") from None
-    worst = excess_error(compared, tolerance, noise) if tolerance is not None else None
+    worst = check.excess(compared, tolerance) if tolerance is not None else None
     if worst is not None:
         kind = "exact" if exact else "lossy"
         raise VerificationError(f"result differs from the original: output {worst.name!r} relative "
                                 f"error {worst.max_rel:.3g} > {tolerance:g} ({kind} pipeline); nothing written")
-    return dict(compared.as_dict(), tolerance=tolerance, batches=len(feeds), float_noise=noise)
+    measured = check.noise_measured
+    return dict(compared.as_dict(), tolerance=tolerance, batches=len(check.feeds),
+                float_noise=check.noise if measured else [], float_noise_measured=measured)

@@ -128,3 +128,43 @@ def test_large_models_are_saved_with_external_data(tmp_path, monkeypatch):
     for name, values in before.items():
         np.testing.assert_array_equal(values, after[name])
     assert isinstance(again, Model)
+
+
+def test_saved_file_is_the_exported_model(tmp_path):
+    """Weights streamed from their arrays (ir.wire) give the file protobuf itself would write."""
+    model = load_model(build("c2f", seed=4))
+    model.copy()  # weights become shared read-only arrays
+    path = save_model(model, tmp_path / "m.onnx")
+    expected = gs.export_onnx(model.graph, do_type_check=False)
+    expected.producer_name = expected.producer_name or "slimcc"
+    written = onnx.load(path)
+    assert written.SerializeToString(deterministic=True) == expected.SerializeToString(deterministic=True)
+
+
+def test_refresh_shapes_keeps_the_weight_arrays():
+    model = load_model(build("resnet-basic", seed=5))
+    model.copy()
+    before = {t.name: t.values for t in model.graph.tensors().values() if isinstance(t, gs.Constant)}
+    model.refresh_shapes()
+    after = {t.name: t.values for t in model.graph.tensors().values() if isinstance(t, gs.Constant)}
+    big = [name for name, values in before.items() if values.nbytes >= 1024]
+    assert big and all(after[name] is before[name] for name in big)
+    assert model.is_static()
+
+
+def test_loaded_weights_are_read_only_arrays_of_their_declared_shape():
+    from onnx import TensorProto, helper, numpy_helper
+
+    proto = build("conv-gemm", seed=0)
+    proto.graph.initializer.append(numpy_helper.from_array(np.array(2.0, np.float32), "two"))
+    proto.graph.node.append(helper.make_node("Mul", ["y", "two"], ["y2"]))
+    proto.graph.output[0].name = "y2"
+    proto.graph.output.append(helper.make_tensor_value_info("y", TensorProto.FLOAT, None))
+    del proto.graph.output[1:]
+    declared = {t.name: list(t.dims) for t in proto.graph.initializer}
+    model = load_model(proto)
+    constants = [t for t in model.graph.tensors().values() if isinstance(t, gs.Constant)]
+    assert any(declared[t.name] == [] for t in constants)  # scalars (ReLU6 bounds) stay 0-d
+    for tensor in constants:
+        assert isinstance(tensor._values, np.ndarray) and not tensor._values.flags.writeable
+        assert list(tensor.values.shape) == declared[tensor.name]
