@@ -13,6 +13,7 @@ from slimcc.passes.prune.channels import analyze_channels
 from slimcc.passes.prune.importance import CriterionUnavailable, compute_scores, normalize_scores
 from slimcc.passes.prune.plan import MacsEstimator, conv_coverage
 from slimcc.passes.prune.selection import Selection, select_by_macs, select_by_ratio, select_global_ratio
+from slimcc.passes.prune.sensitivity import allocate, measure_curves, sensitivity_selection
 
 DATA_CRITERIA = ("activation", "hessian", "reconstruction")
 
@@ -21,7 +22,7 @@ class _CriterionNeedsData:
     """`needs_calibration` that depends on the configured criterion (False on the class itself)."""
 
     def __get__(self, instance, owner) -> bool:
-        return instance is not None and instance.criterion in DATA_CRITERIA
+        return instance is not None and (instance.criterion in DATA_CRITERIA or instance.allocation == "sensitivity")
 
 
 @register_pass("prune-channels")
@@ -32,6 +33,9 @@ class PruneChannels(Pass):
     criterion=activation|hessian|reconstruction needs calibration data (--calib); l1, l2 and bn do not.
     reconstruction removes, per group, the channels the next layers best rebuild by least squares
     from the rest (greedy, ThiNet-style); follow it with recover-lstsq to apply that refit.
+    allocation=sensitivity (with macs=) measures each group's output-error curve on the
+    calibration data and spends the MACs budget where it hurts least; allocation=score ranks
+    the criterion's scores of all groups against one threshold.
     """
 
     ratio: float = 0.0
@@ -40,6 +44,7 @@ class PruneChannels(Pass):
     scope: Literal["layer", "global"] = "layer"
     round: int = 8
     max_ratio: float = 0.9
+    allocation: Literal["score", "sensitivity"] = "score"
 
     exact: ClassVar[bool] = False
 
@@ -52,6 +57,8 @@ class PruneChannels(Pass):
             raise PipelineError(f"prune-channels: macs={self.macs} must be in (0, 1] (share of MACs to keep)")
         if self.round < 1:
             raise PipelineError(f"prune-channels: round={self.round} must be >= 1")
+        if self.allocation == "sensitivity" and not self.macs:
+            raise PipelineError("prune-channels: allocation=sensitivity spends a MACs budget; give macs=")
         if not 0.0 < self.max_ratio < 1.0:
             raise PipelineError(f"prune-channels: max_ratio={self.max_ratio} must be in (0, 1)")
 
@@ -65,16 +72,31 @@ class PruneChannels(Pass):
         record: dict = {}
         scores = compute_scores(model, analysis, self.criterion, ctx.calibration, progress=ctx.progress,
                                 record=record)
-        normalized = normalize_scores(analysis, scores)
-        if self.macs:
-            selection = select_by_macs(analysis, normalized, MacsEstimator(model.graph, analysis),
-                                       self.macs, round_to=self.round, max_ratio=self.max_ratio)
+        if self.allocation == "sensitivity":
+            selection = self._by_sensitivity(model, analysis, scores, ctx)
+        elif self.macs:
+            selection = select_by_macs(analysis, normalize_scores(analysis, scores),
+                                       MacsEstimator(model.graph, analysis), self.macs, round_to=self.round,
+                                       max_ratio=self.max_ratio)
         elif self.scope == "global":
-            selection = select_global_ratio(analysis, normalized, self.ratio,
+            selection = select_global_ratio(analysis, normalize_scores(analysis, scores), self.ratio,
                                             round_to=self.round, max_ratio=self.max_ratio)
         else:
             selection = select_by_ratio(analysis, scores, self.ratio, round_to=self.round, max_ratio=self.max_ratio)
-        selection.analysis = record or None
+        if record:
+            selection.analysis = {**(selection.analysis or {}), "reconstruction": record}
+        return selection
+
+    def _by_sensitivity(self, model, analysis, scores, ctx: PassContext) -> Selection:
+        """Measure every group's error curve on the calibration data and spend the MACs budget on it."""
+        if ctx.calibration is None:
+            raise CriterionUnavailable("allocation=sensitivity needs calibration data; give --calib DATA")
+        estimator = MacsEstimator(model.graph, analysis)
+        curves = measure_curves(model, analysis, scores, ctx.calibration, estimator, round_to=self.round,
+                                max_ratio=self.max_ratio, progress=ctx.progress)
+        depth = allocate(curves, estimator, self.macs, round_to=self.round, max_ratio=self.max_ratio)
+        selection = sensitivity_selection(analysis, curves, depth)
+        selection.analysis = {"sensitivity": selection.analysis}
         return selection
 
     def run(self, model, ctx: PassContext | None = None) -> PassResult:

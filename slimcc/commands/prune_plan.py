@@ -23,6 +23,9 @@ def add_parser(sub) -> None:
     parser.add_argument("--criterion", default="l1", choices=["l1", "l2", "bn", "activation", "hessian",
                                                                    "reconstruction"])
     parser.add_argument("--scope", default="layer", choices=["layer", "global"])
+    parser.add_argument("--allocation", default="score", choices=["score", "sensitivity"],
+                        help="how --macs is spread over groups: one threshold on the criterion's scores, or "
+                             "each group's measured output-error curve (needs --calib; prints the curves)")
     parser.add_argument("--round", type=int, default=8, help="round kept counts to a multiple (groups >= 32)")
     parser.add_argument("--calib", metavar="DATA", help="calibration data for activation/hessian/reconstruction")
     parser.add_argument("--json", metavar="FILE", help="write the full plan as JSON ('-' for stdout)")
@@ -37,13 +40,14 @@ def run(args) -> int:
     from slimcc.passes.prune.report import plan_report
 
     prune = PruneChannels(ratio=args.ratio, macs=args.macs, criterion=args.criterion, scope=args.scope,
-                          round=args.round)
+                          round=args.round, allocation=args.allocation)
     model = load_model(args.model, parse_input_shapes(args.input_shape))
     Canonicalize().run(model)
     calib = None
     if prune.needs_calibration:
         if not args.calib:
-            raise SlimccError(f"--criterion {args.criterion} needs calibration data; give --calib FILE.npz|FOLDER")
+            raise SlimccError(f"--criterion {args.criterion} --allocation {args.allocation} needs calibration data; "
+                              "give --calib FILE.npz|FOLDER")
         from slimcc.ir.calibration import load_calibration
         calib = load_calibration(args.calib, model)
     analysis = analyze_channels(model.graph)
@@ -64,6 +68,10 @@ def run(args) -> int:
         blocked = [g for g in data["groups"] if not g["prunable"]]
         for g in blocked:
             print(f"blocked group {g['id']} ({g['units']} units): {'; '.join(g['blocked'])[:160]}")
+        sensitivity = (data.get("criterion_analysis") or {}).get("sensitivity")
+        for curve in (sensitivity or {}).get("groups", []):
+            points = ", ".join(f"-{p['removed']}: {p['error']:.3g}" for p in curve["points"])
+            print(f"group {curve['group']} ({curve['units']} units) output error {points}; removes {curve['removed']}")
         for blocker in data["blockers"][:8]:
             print(f"  {blocker['macs_share']:.1%} of conv MACs held back by: {blocker['reason'][:140]}")
         print(f"coverage {data['coverage']:.1%} of conv MACs; groups {len(data['groups'])} "

@@ -78,7 +78,7 @@ def test_scores_put_the_greedy_prefix_lowest_and_the_pass_records_its_analysis()
     pruner = PruneChannels(ratio=0.45, criterion="reconstruction")
     assert pruner.needs_calibration
     selection = pruner.select(model, an, PassContext(calibration=calib, progress=False))
-    (entry,) = selection.analysis["groups"]
+    (entry,) = selection.analysis["reconstruction"]["groups"]
     assert selection.removed == set(entry["order"][:3])
     pruned = model.copy()
     result = pruner.run(pruned, PassContext(calibration=calib, progress=False))

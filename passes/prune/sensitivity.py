@@ -1,0 +1,126 @@
+"""Sensitivity-based allocation (`allocation=sensitivity`; NetAdapt / AMC without the search).
+
+Per cuttable group, the network is run on the calibration data with only that group cut at a
+few depths (its lowest-scored components first, by the chosen criterion), and the relative
+output error ||y - y_ref||^2 / ||y_ref||^2 (summed over outputs, averaged over batches) is
+recorded: the group's error curve. A cut is simulated by `mask_channels` on a copy, which the
+mask-equivalence tests prove computes what the pruned model computes.
+
+The MACs budget is then spent greedily: starting from nothing removed, take the group whose
+next allowed count (rounding and caps as in selection.py; error interpolated between the
+measured points) saves the most estimated MACs per unit of added error (errors of different
+groups taken as additive), until the estimate meets the target. Curves and the chosen depths are
+plain JSON data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from slimcc.passes.prune.apply import mask_channels
+from slimcc.passes.prune.channels import ChannelAnalysis
+from slimcc.passes.prune.selection import Selection, kept_count
+
+DEPTHS = (0.25, 0.5, 0.75, 0.9)  # share of a group's units removed at each curve point
+
+
+def output_error(reference: list[dict], outputs: list[dict]) -> float:
+    """Mean over batches of sum over outputs of ||y - y_ref||^2 / ||y_ref||^2."""
+    errors = []
+    for ref, out in zip(reference, outputs):
+        errors.append(sum(float(np.sum((np.asarray(out[k], np.float64) - np.asarray(v, np.float64)) ** 2))
+                          / max(float(np.sum(np.asarray(v, np.float64) ** 2)), 1e-30) for k, v in ref.items()))
+    return float(np.mean(errors))
+
+
+def _run(model, batches: list[dict]) -> list[dict]:
+    """Every graph output of `model` on every batch, in one onnxruntime session."""
+    from slimcc.ir.verify import make_session
+
+    session = make_session(model)
+    names = [o.name for o in session.get_outputs()]
+    return [dict(zip(names, session.run(None, batch))) for batch in batches]
+
+
+def _depth_counts(n: int, round_to: int, max_ratio: float) -> list[int]:
+    """Distinct removal counts of a group of `n` units at DEPTHS, after capping and rounding."""
+    counts = sorted({n - kept_count(n, int(round(d * n)), round_to=round_to, max_ratio=max_ratio) for d in DEPTHS})
+    return [c for c in counts if c > 0]
+
+
+def measure_curves(model, analysis: ChannelAnalysis, scores: np.ndarray, calibration, estimator, *,
+                   round_to: int = 8, max_ratio: float = 0.9, progress: bool = False) -> list[dict]:
+    """Error curve of every cuttable group: [{group, units, points: [{removed, error, macs}]}]."""
+    from tqdm import tqdm
+
+    batches = list(calibration)
+    reference = _run(model, batches)
+    groups = [g for g in analysis.prunable_groups() if len(g.components) > 1]
+    curves = []
+    for group in tqdm(groups, desc="sensitivity", unit="group", disable=not progress, leave=False):
+        ids = np.array(group.components)
+        order = ids[np.argsort(scores[ids], kind="stable")].tolist()
+        points = []
+        for count in _depth_counts(len(ids), round_to, max_ratio):
+            masked = model.copy()
+            mask_channels(masked.graph, analysis, set(order[:count]))
+            points.append({"removed": count, "error": output_error(reference, _run(masked, batches)),
+                           "macs": int(estimator.macs(set(order[:count])))})
+        curves.append({"group": group.id, "units": len(ids), "order": order, "points": points})
+    return curves
+
+
+def _steps(curve: dict, round_to: int, max_ratio: float) -> list[tuple[int, float]]:
+    """(removal count, error) for every count a group may take, errors interpolated between measured points."""
+    n = curve["units"]
+    known_x = [0] + [p["removed"] for p in curve["points"]]
+    known_y = [0.0] + [p["error"] for p in curve["points"]]
+    counts = sorted({n - kept_count(n, r, round_to=round_to, max_ratio=max_ratio) for r in range(n + 1)})
+    return [(c, float(np.interp(c, known_x, known_y))) for c in counts if 0 < c <= known_x[-1]]
+
+
+def allocate(curves: list[dict], estimator, target: float, *, round_to: int = 8,
+             max_ratio: float = 0.9) -> dict[int, int]:
+    """Removal count per group: repeatedly the next step with the most MACs saved per added error,
+    until the estimate meets `target`; the last step is the one that meets it with the least error."""
+    goal = target * estimator.total
+    by_group = {c["group"]: c for c in curves}
+    steps = {g: _steps(c, round_to, max_ratio) for g, c in by_group.items()}
+    at = {g: -1 for g in by_group}  # index into steps[g]; -1 = nothing removed
+
+    def macs_with(trial: dict[int, int]) -> float:
+        return estimator.macs({comp for g, i in trial.items() if i >= 0
+                               for comp in by_group[g]["order"][:steps[g][i][0]]})
+
+    current = macs_with(at)
+    while current > goal:
+        options = []
+        for g in by_group:
+            if at[g] + 1 >= len(steps[g]):
+                continue
+            trial = {**at, g: at[g] + 1}
+            macs = macs_with(trial)
+            added = steps[g][at[g] + 1][1] - (steps[g][at[g]][1] if at[g] >= 0 else 0.0)
+            options.append((g, macs, max(added, 0.0) + 1e-12))
+        useful = [o for o in options if o[1] < current]
+        if not useful:
+            break  # every group is as deep as its cap allows
+        finishing = [o for o in useful if o[1] <= goal]
+        g, current, _ = (min(finishing, key=lambda o: o[2]) if finishing
+                         else max(useful, key=lambda o: (current - o[1]) / o[2]))
+        at[g] += 1
+    return {g: (steps[g][i][0] if i >= 0 else 0) for g, i in at.items()}
+
+
+def sensitivity_selection(analysis: ChannelAnalysis, curves: list[dict], depth: dict[int, int]) -> Selection:
+    """The Selection of the allocated depths, with the curves and choices as its JSON analysis."""
+    removed: set[int] = set()
+    kept = {}
+    for curve in curves:
+        k = depth.get(curve["group"], 0)
+        removed.update(curve["order"][:k])
+        kept[curve["group"]] = curve["units"] - k
+    data = {"depths": list(DEPTHS),
+            "groups": [{"group": c["group"], "units": c["units"], "points": c["points"],
+                        "removed": depth.get(c["group"], 0)} for c in curves]}
+    return Selection(removed, kept, analysis=data)
