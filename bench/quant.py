@@ -31,7 +31,7 @@ from slimcc.ir.calibration import CalibrationData
 from slimcc.ir.model import load_model, save_model
 from slimcc.ir.verify import interleaved_latency
 from slimcc.models import digits, orientation
-from slimcc.models.data import real_inputs, zoo_inputs
+from slimcc.models.data import image_names, real_inputs, zoo_inputs
 from slimcc.models.fetch import get_real_model, real_model_path
 from slimcc.models.zoo import build
 from slimcc.passes.base import PassContext
@@ -67,7 +67,15 @@ def calibration_feeds(name: str) -> list[dict]:
         return orientation.calibration(count).batches
     if name == "digits":
         return digits.calibration_batches(count)
-    return real_inputs(name, count=count, kind="photos", seed=1)
+    # real_inputs starts with the whole pictures whatever the seed, and so does the evaluation set:
+    # calibration takes the seeded crops after them only
+    wholes = len(image_names("photos"))
+    return real_inputs(name, count=wholes + count, kind="photos", seed=1)[wholes:]
+
+
+def yolo_eval_feeds() -> list[dict]:
+    """YOLOv8n's evaluation photos: the 9 whole scikit-image photos and 23 seeded crops (seed 7)."""
+    return real_inputs("yolov8n", count=32, kind="photos", seed=7)
 
 
 def cpu_flags() -> list[str]:
@@ -251,7 +259,7 @@ def box_iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
 
 def yolo_matches(paths: dict[str, Path]) -> dict:
     """Fraction of fp32 boxes found by each int8 model (IoU >= 0.5, same class) on real photos."""
-    feeds = real_inputs("yolov8n", count=32, kind="photos", seed=7)
+    feeds = yolo_eval_feeds()
     dets = {key: [decode_yolo(session(p).run(None, f)[0]) for f in feeds] for key, p in paths.items()}
     out = {}
     for key in paths:

@@ -73,8 +73,9 @@ def plan(*, macs: float | None = None, rank_speedup: float | None = None, int8: 
         lossy |= result.add(f"decompose-tucker{{speedup={rank_speedup:g}}}", "no low-rank decomposition")
     if int8:
         # placement=auto: the layers that stay float are chosen from measured sensitivity on the
-        # calibration data, under qdq-insert's default output-error budget (no per-model settings)
-        if result.add("qdq-insert{placement=auto}", "the model stays float"):
+        # calibration data, under qdq-insert's default output-error budget (no per-model settings);
+        # equalize=auto keeps cross-layer equalization where it lowers the measured all-int8 error
+        if result.add("qdq-insert{placement=auto,equalize=auto}", "the model stays float"):
             lossy = True
             result.add("qdq-propagate", "Q/DQ stay where they were inserted")
             result.add("qdq-cancel", "redundant DQ->Q pairs stay")

@@ -28,6 +28,7 @@ class PlacementPlan:
 
     budget: float
     method: str
+    equalized: bool
     candidates: list[str]
     sensitivity: dict[str, float]
     float_layers: list[str]
@@ -38,7 +39,8 @@ class PlacementPlan:
 
     def as_dict(self) -> dict:
         """The plan as JSON-able data."""
-        return {"budget": self.budget, "method": self.method, "error": round(self.error, 6), "all_int8_error": round(self.all_int8_error, 6),
+        return {"budget": self.budget, "method": self.method, "equalized": self.equalized,
+                "error": round(self.error, 6), "all_int8_error": round(self.all_int8_error, 6),
                 "float_layers": self.float_layers, "quantized_layers": len(self.candidates) - len(self.float_layers),
                 "sensitivity": {k: round(v, 6) for k, v in self.sensitivity.items()}, "trials": self.trials}
 
@@ -52,7 +54,7 @@ def placement_summary(plan: dict, top: int = 10) -> str:
     total = plan["quantized_layers"] + len(plan["float_layers"])
     lines = [f"int8 placement: {plan['quantized_layers']} of {total} layers int8, output error "
              f"{plan['error']:.4f} (budget {plan['budget']:g}; all int8: {plan['all_int8_error']:.4f}), "
-             f"ranges: {plan['method']}"]
+             f"ranges: {plan['method']}" + (", cross-layer equalized" if plan.get("equalized") else "")]
     if plan["sensitivity"]:
         lines.append("  most sensitive layers (output error with only that layer int8):")
     floats = set(plan["float_layers"])
@@ -81,7 +83,7 @@ class Trials:
         from slimcc.passes.quant.qdq_insert import RANGE_CACHE
 
         self.model = model
-        self.insert = replace(insert, placement="all")
+        self.insert = replace(insert, placement="all", equalize="off")  # trials never re-enter auto_placement
         self.candidates = self.insert.candidates(model.graph)
         self.base_excluded = {n for n in insert.exclude.split(";") if n}
         self.batches = list(ctx.calibration.batches[:MAX_BATCHES])
@@ -122,6 +124,23 @@ def choose_method(trials: Trials, log: list[dict]) -> tuple[str, float]:
     return best, errors[best]
 
 
+def choose_equalization(model, ctx: PassContext, trials: Trials, all_int8: float | None,
+                         log: list[dict]) -> tuple[Trials, bool, float]:
+    """Trials on the cross-layer-equalized model when its all-int8 output error is smaller, else the given ones;
+    whether it was, and the all-int8 error of the trials returned."""
+    from slimcc.passes.quant.equalize import CrossLayerEqualize
+
+    plain = all_int8 if all_int8 is not None else trials.error(set(trials.candidates))
+    equalized_model = model.copy()
+    if not CrossLayerEqualize().run(equalized_model).modified:
+        return trials, False, plain
+    other = Trials(equalized_model, replace(ctx, notes={}), trials.insert)
+    error = other.error(set(other.candidates))
+    log.append({"float_layers": 0, "equalized": False, "error": round(plain, 6)})
+    log.append({"float_layers": 0, "equalized": True, "error": round(error, 6)})
+    return (other, True, error) if error < plain else (trials, False, plain)
+
+
 def auto_placement(model, ctx: PassContext, insert) -> PlacementPlan:
     """The smallest set of most-sensitive layers to keep float so the output error meets `insert.budget`
     (placement=all: none, only the range method is chosen when method=auto)."""
@@ -132,10 +151,13 @@ def auto_placement(model, ctx: PassContext, insert) -> PlacementPlan:
         trials.insert = replace(trials.insert, method=method)
     else:
         method, all_int8 = insert.method, None
+    equalized = False
+    if insert.equalize == "auto":
+        trials, equalized, all_int8 = choose_equalization(model, ctx, trials, all_int8, log)
     if insert.placement != "auto":
-        return PlacementPlan(budget=insert.budget, method=method, candidates=trials.candidates, sensitivity={},
-                             float_layers=[], error=all_int8 or 0.0, all_int8_error=all_int8 or 0.0, trials=log,
-                             ranges=trials.ranges)
+        return PlacementPlan(budget=insert.budget, method=method, equalized=equalized,
+                             candidates=trials.candidates, sensitivity={}, float_layers=[],
+                             error=all_int8 or 0.0, all_int8_error=all_int8 or 0.0, trials=log, ranges=trials.ranges)
     sensitivity = layer_sensitivity(trials, ctx.progress)
     ranked = sorted(trials.candidates, key=lambda n: -sensitivity[n])
     budget = insert.budget
@@ -156,6 +178,6 @@ def auto_placement(model, ctx: PassContext, insert) -> PlacementPlan:
             hi = mid
         else:
             lo = mid
-    return PlacementPlan(budget=budget, method=method, candidates=trials.candidates, sensitivity=sensitivity,
-                         float_layers=ranked[:hi], error=errors.get(hi, 0.0), all_int8_error=errors[0],
-                         trials=log, ranges=trials.ranges)
+    return PlacementPlan(budget=budget, method=method, equalized=equalized, candidates=trials.candidates,
+                         sensitivity=sensitivity, float_layers=ranked[:hi], error=errors.get(hi, 0.0),
+                         all_int8_error=errors[0], trials=log, ranges=trials.ranges)

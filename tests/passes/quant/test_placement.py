@@ -82,4 +82,16 @@ def test_budget_must_be_positive():
 
 
 def test_compress_int8_plans_automatic_placement():
-    assert "qdq-insert{placement=auto}" in plan(int8=True, has_calibration=True).text
+    assert "qdq-insert{placement=auto,equalize=auto}" in plan(int8=True, has_calibration=True).text
+
+
+def test_equalize_auto_keeps_cross_layer_equalization_only_when_it_lowers_the_error():
+    model = canonical_zoo("resnet-basic")
+    ctx, _ = calib_context(count=4)
+    chosen = auto_placement(model, ctx, QDQInsert(equalize="auto", per_channel=False))
+    errors = {t["equalized"]: t["error"] for t in chosen.trials if "equalized" in t}
+    assert set(errors) == {False, True} and errors[False] != errors[True]
+    assert chosen.equalized == (errors[True] < errors[False])
+    assert chosen.all_int8_error == pytest.approx(min(errors.values()), abs=1e-6)
+    result = QDQInsert(equalize="auto", per_channel=False).run(model.copy(), ctx)
+    assert result.stats["placement"]["equalized"] == chosen.equalized
