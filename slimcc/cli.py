@@ -15,8 +15,8 @@ from slimcc import __version__
 from slimcc.errors import SlimccError
 
 COMMAND_MODULES = (
-    "demo", "compress", "inspect", "passes", "optimize", "prune_plan", "compare", "compile", "run", "tune",
-    "tune_merge",
+    "demo", "compress", "inspect", "passes", "optimize", "prune_plan", "quant_plan", "compare", "compile", "run",
+    "tune", "tune_merge",
 )
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 2, 130

@@ -181,3 +181,12 @@ def auto_placement(model, ctx: PassContext, insert) -> PlacementPlan:
     return PlacementPlan(budget=budget, method=method, equalized=equalized, candidates=trials.candidates,
                          sensitivity=sensitivity, float_layers=ranked[:hi], error=errors.get(hi, 0.0),
                          all_int8_error=errors[0], trials=log, ranges=trials.ranges)
+
+
+def cumulative_errors(trials: Trials, progress: bool = False) -> dict[str, float]:
+    """{layer: output error when it and every candidate before it in network order are int8}."""
+    from tqdm import tqdm
+
+    names = trials.candidates
+    return {name: trials.error(set(names[:i + 1]))
+            for i, name in enumerate(tqdm(names, desc="cumulative", unit="layer", disable=not progress, leave=False))}

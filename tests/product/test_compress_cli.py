@@ -119,3 +119,16 @@ def test_compare_reports_int8_against_fp32(cli, resnet_file, resnet_calib, tmp_p
     code, stdout, _ = cli("compare", resnet_file, out, "--calib", resnet_calib, "--json")
     result = json.loads(stdout)
     assert code == 0 and result["tensors"] > 5 and result["worst_layer"]["added_db"] > 0
+
+
+def test_quant_plan_lists_sensitivity_and_the_float_layers(cli, resnet_file, resnet_calib):
+    code, stdout, stderr = cli("quant-plan", resnet_file, "--calib", resnet_calib, "--budget", "0.001",
+                               "--cumulative", "--json")
+    assert code == 0, stderr
+    plan = json.loads(stdout)
+    assert plan["budget"] == 0.001 and plan["error"] <= 0.001 and plan["float_layers"]
+    assert {row["layer"] for row in plan["cumulative"]} == set(plan["sensitivity"])
+    # the last row has every layer int8: the all-int8 model
+    assert plan["cumulative"][-1]["error"] == pytest.approx(plan["all_int8_error"], abs=1e-5)
+    code, stdout, _ = cli("quant-plan", resnet_file, "--calib", resnet_calib)
+    assert code == 0 and "int8 placement:" in stdout and "most sensitive" in stdout

@@ -1,0 +1,66 @@
+"""`slimcc quant-plan MODEL --calib DATA`: which layers int8 placement would keep float, and why.
+
+Runs the analysis behind `qdq-insert{placement=auto}` (slimcc.passes.quant.placement) on the
+canonicalized model without writing anything: the output error with each layer alone int8,
+with --cumulative the error with every layer up to it int8 (network order), the layers the
+budget keeps float, and the error of that placement. --json prints it all as JSON.
+"""
+
+from __future__ import annotations
+
+from slimcc.commands.common import add_model_arguments, print_json
+from slimcc.commands.optimize import load_model_and_calibration
+from slimcc.errors import SlimccError
+
+
+def add_parser(sub) -> None:
+    """Register the `quant-plan` subcommand."""
+    parser = sub.add_parser("quant-plan", help="show which layers int8 keeps float under an error budget, and why",
+                            description="Measure each layer's int8 sensitivity on calibration data and show the "
+                                        "placement `slimcc compress --int8` would choose.")
+    add_model_arguments(parser)
+    parser.add_argument("--calib", required=True, metavar="DATA", help="calibration .npz or image folder")
+    parser.add_argument("--budget", type=float, default=None, metavar="E",
+                        help="largest relative L2 output error (default: qdq-insert's)")
+    parser.add_argument("--cumulative", action="store_true", help="also the error with every layer up to each int8")
+    parser.add_argument("--top", type=int, default=20, metavar="N", help="layers listed (most sensitive first)")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """Handler of `slimcc quant-plan`."""
+    from dataclasses import replace
+
+    from slimcc.passes.base import PassContext
+    from slimcc.passes.canonicalize import Canonicalize
+    from slimcc.passes.quant.placement import Trials, auto_placement, cumulative_errors, placement_summary
+    from slimcc.passes.quant.qdq_insert import QDQInsert
+
+    if args.budget is not None and not args.budget > 0:
+        raise SlimccError(f"--budget {args.budget}: give a relative error > 0 (e.g. 0.03)")
+    _, model, calib = load_model_and_calibration(args)
+    Canonicalize().run(model)
+    insert = QDQInsert(placement="auto", equalize="auto")
+    insert = replace(insert, budget=args.budget) if args.budget is not None else insert
+    ctx = PassContext(calibration=calib, progress=not args.json)
+    plan = auto_placement(model, ctx, insert)
+    result = plan.as_dict()
+    if args.cumulative:
+        if plan.equalized:
+            from slimcc.passes.quant.equalize import CrossLayerEqualize
+
+            CrossLayerEqualize().run(model)
+        errors = cumulative_errors(Trials(model, ctx, replace(insert, method=plan.method)), ctx.progress)
+        result["cumulative"] = [{"layer": name, "error": round(e, 6)} for name, e in errors.items()]  # network order
+    if args.json:
+        print_json(result)
+        return 0
+    print(placement_summary(result, args.top))
+    if plan.float_layers:
+        print(f"float: {', '.join(plan.float_layers)}")
+    if args.cumulative:
+        print("cumulative output error, layers int8 in network order:")
+        for row in result["cumulative"]:
+            print(f"  {row['error']:9.5f}  {row['layer']}")
+    return 0
