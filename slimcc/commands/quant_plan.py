@@ -13,15 +13,22 @@ from slimcc.commands.optimize import load_model_and_calibration
 from slimcc.errors import SlimccError
 
 
+SUMMARY = "show which layers int8 keeps float under an error budget, and why"
+DESCRIPTION = ("Measure each layer's int8 sensitivity on calibration data and show the placement "
+               "`slimcc compress --int8` would choose.")
+OPTIONS = (
+    ("--calib", {"required": True, "metavar": "DATA", "help": "calibration .npz or image folder"}),
+    ("--budget", {"type": float, "default": None, "metavar": "E",
+                  "help": "largest relative L2 output error (default: qdq-insert's)"}),
+)
+
+
 def add_parser(sub) -> None:
     """Register the `quant-plan` subcommand."""
-    parser = sub.add_parser("quant-plan", help="show which layers int8 keeps float under an error budget, and why",
-                            description="Measure each layer's int8 sensitivity on calibration data and show the "
-                                        "placement `slimcc compress --int8` would choose.")
+    parser = sub.add_parser("quant-plan", help=SUMMARY, description=DESCRIPTION)
     add_model_arguments(parser)
-    parser.add_argument("--calib", required=True, metavar="DATA", help="calibration .npz or image folder")
-    parser.add_argument("--budget", type=float, default=None, metavar="E",
-                        help="largest relative L2 output error (default: qdq-insert's)")
+    for flag, options in OPTIONS:
+        parser.add_argument(flag, **options)
     parser.add_argument("--cumulative", action="store_true", help="also the error with every layer up to each int8")
     parser.add_argument("--top", type=int, default=20, metavar="N", help="layers listed (most sensitive first)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
