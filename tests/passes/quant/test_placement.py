@@ -32,6 +32,17 @@ def test_output_error_is_relative_l2_of_the_worst_output():
     assert output_error(ref, ref) == 0.0
 
 
+def test_output_error_sees_small_channels_beside_large_ones():
+    # a detector-like output: 4 box channels in pixels, 8 score channels in [0, 1]
+    rng = np.random.default_rng(0)
+    ref = np.concatenate([rng.uniform(0, 320, (1, 4, 100)), rng.uniform(0, 1, (1, 8, 100))], axis=1)
+    zeroed = ref.copy()
+    zeroed[:, 4:] = 0.0  # every score lost
+    whole = np.linalg.norm(zeroed - ref) / np.linalg.norm(ref)
+    assert whole < 0.01  # what a whole-output L2 sees
+    assert output_error([{"y": ref}], [{"y": zeroed}]) > 0.15  # 8 of 12 channels fully wrong, a quarter of 0.67
+
+
 def test_auto_placement_keeps_the_spoiled_layers_float_and_meets_the_budget():
     model = canonical_zoo("resnet-basic")
     convs = [n.name for n in model.graph.nodes if n.op == "Conv"]
