@@ -5,7 +5,8 @@ input and output Q/DQ, ranges measured once on the float model) and ranked by th
 that causes. Then the most sensitive layers are kept float, as few as the budget allows: a
 binary search over "the k most sensitive stay float" finds the smallest k whose model (every
 other layer int8) keeps every output within `budget` of fp32 on the calibration data
-(`output_error`: relative L2 error, and a quarter of the mean per-channel relative error). The plan (per-layer error, the trials, the chosen float layers) is JSON-able
+(`output_error`: relative L2 error, and a quarter of the mean per-channel relative error).
+A lone int8 layer between two float ones is then kept float too (`fill_islands`). The plan (per-layer error, the trials, the chosen float layers) is JSON-able
 and has a printed summary (`PlacementPlan.summary`).
 """
 
@@ -199,9 +200,25 @@ def auto_placement(model, ctx: PassContext, insert) -> PlacementPlan:
             hi = mid
         else:
             lo = mid
+    floats, error = set(ranked[:hi]), errors.get(hi, 0.0)
+    filled = fill_islands(trials.candidates, floats)
+    if filled != floats:
+        floats, error = filled, trials.error(set(trials.candidates) - filled)
+        log.append({"float_layers": len(floats), "islands_filled": True, "error": round(error, 6)})
     return PlacementPlan(budget=budget, method=method, equalized=equalized, candidates=trials.candidates,
-                         sensitivity=sensitivity, float_layers=ranked[:hi], error=errors.get(hi, 0.0),
+                         sensitivity=sensitivity, float_layers=[n for n in ranked if n in floats], error=error,
                          all_int8_error=errors[0], trials=log, ranges=trials.ranges)
+
+
+def fill_islands(order: list[str], floats: set[str]) -> set[str]:
+    """`floats` plus every int8 layer whose neighbours in network order are both float: a lone int8
+    layer between float ones costs two layout switches (Q, DQ and onnxruntime's NHWC/NCHWc reorders)
+    for one int8 kernel, and keeping it float only lowers the error."""
+    out = set(floats)
+    for before, layer, after in zip(order, order[1:], order[2:]):
+        if before in floats and after in floats:
+            out.add(layer)
+    return out
 
 
 def cumulative_errors(trials: Trials, progress: bool = False) -> dict[str, float]:

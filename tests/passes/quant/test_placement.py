@@ -11,7 +11,7 @@ from quant_helpers import calib_context, canonical_zoo
 from slimcc.compress_plan import plan
 from slimcc.errors import PipelineError
 from slimcc.passes.pipeline import parse_pipeline
-from slimcc.passes.quant.placement import Trials, auto_placement, output_error
+from slimcc.passes.quant.placement import Trials, auto_placement, fill_islands, output_error
 from slimcc.passes.quant.qdq_insert import QDQInsert
 
 
@@ -106,3 +106,9 @@ def test_equalize_auto_keeps_cross_layer_equalization_only_when_it_lowers_the_er
     assert chosen.all_int8_error == pytest.approx(min(errors.values()), abs=1e-6)
     result = QDQInsert(equalize="auto", per_channel=False).run(model.copy(), ctx)
     assert result.stats["placement"]["equalized"] == chosen.equalized
+
+
+def test_a_lone_int8_layer_between_float_ones_stays_float():
+    order = ["a", "b", "c", "d", "e", "f"]
+    assert fill_islands(order, {"a", "c", "f"}) == {"a", "b", "c", "f"}  # d, e: a run of two stays int8
+    assert fill_islands(order, set()) == set()
