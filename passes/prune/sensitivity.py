@@ -42,6 +42,57 @@ def _run(model, batches: list[dict]) -> list[dict]:
     return [dict(zip(names, session.run(None, batch))) for batch in batches]
 
 
+def channel_means(model, analysis: ChannelAnalysis, calibration) -> dict[str, np.ndarray]:
+    """Mean of every channel-mixing consumer's input, per element of its channel space."""
+    from slimcc.passes.prune.importance import _collect
+
+    tensors = sorted({r.tensor for r in analysis.roles if r.kind == "reducer"})
+    values = _collect(model, calibration, tensors, False)
+    means = {}
+    for name in tensors:
+        axis = analysis.spaces[name].axis
+        means[name] = np.mean([np.moveaxis(v, axis, 0).reshape(v.shape[axis], -1).mean(axis=1)
+                               for v in values[name]], axis=0)
+    return means
+
+
+def compensate_bias(graph, analysis: ChannelAnalysis, removed: set[int], means: dict[str, np.ndarray]) -> None:
+    """Add to each Conv/Gemm consumer's bias what its removed inputs contributed on average
+    (bias correction, as recover-bias does after a real cut); other consumers are left alone."""
+    import onnx_graphsurgeon as gs
+
+    kept = analysis.kept_elements(removed)
+    for role in analysis.roles:
+        node = graph.nodes[role.node]
+        if role.kind != "reducer" or node.op not in ("Conv", "Gemm"):
+            continue
+        space = analysis.spaces[role.tensor]
+        drop = np.setdiff1d(np.arange(space.units * space.unit), kept[role.tensor])
+        if not len(drop):
+            continue
+        w = np.asarray(node.inputs[1].values, np.float64)
+        if node.op == "Conv":
+            groups = int(node.attrs.get("group", 1))
+            cout_g, cin_g = w.shape[0] // groups, w.shape[1]
+            shift = np.zeros(w.shape[0])
+            for c in drop.tolist():
+                rows = slice((c // cin_g) * cout_g, (c // cin_g + 1) * cout_g)
+                shift[rows] += w[rows, c % cin_g].sum(axis=(1, 2)) * means[role.tensor][c]
+        else:
+            wk = w.T if node.attrs.get("transB", 0) else w
+            shift = means[role.tensor][drop] @ wk[drop] * float(node.attrs.get("alpha", 1.0))
+            shift = shift / float(node.attrs.get("beta", 1.0) or 1.0)
+        has_bias = len(node.inputs) > 2 and node.inputs[2].name
+        bias = np.asarray(node.inputs[2].values, np.float64) if has_bias else np.zeros(len(shift))
+        if bias.shape != shift.shape:
+            continue  # a broadcast Gemm C: leave it
+        fresh = gs.Constant(f"{node.name}__sensitivity_bias", (bias + shift).astype(np.float32))
+        if has_bias:
+            node.inputs[2] = fresh
+        else:
+            node.inputs.append(fresh)
+
+
 def _depth_counts(n: int, round_to: int, max_ratio: float) -> list[int]:
     """Distinct removal counts of a group of `n` units at DEPTHS, after capping and rounding."""
     counts = sorted({n - kept_count(n, int(round(d * n)), round_to=round_to, max_ratio=max_ratio) for d in DEPTHS})
@@ -49,12 +100,14 @@ def _depth_counts(n: int, round_to: int, max_ratio: float) -> list[int]:
 
 
 def measure_curves(model, analysis: ChannelAnalysis, scores: np.ndarray, calibration, estimator, *,
-                   round_to: int = 8, max_ratio: float = 0.9, progress: bool = False) -> list[dict]:
+                   round_to: int = 8, max_ratio: float = 0.9, progress: bool = False,
+                   compensate: bool = True) -> list[dict]:
     """Error curve of every cuttable group: [{group, units, points: [{removed, error, macs}]}]."""
     from tqdm import tqdm
 
     batches = list(calibration)
     reference = _run(model, batches)
+    means = channel_means(model, analysis, batches) if compensate else None
     groups = [g for g in analysis.prunable_groups() if len(g.components) > 1]
     curves = []
     for group in tqdm(groups, desc="sensitivity", unit="group", disable=not progress, leave=False):
@@ -63,6 +116,8 @@ def measure_curves(model, analysis: ChannelAnalysis, scores: np.ndarray, calibra
         points = []
         for count in _depth_counts(len(ids), round_to, max_ratio):
             masked = model.copy()
+            if means is not None:
+                compensate_bias(masked.graph, analysis, set(order[:count]), means)
             mask_channels(masked.graph, analysis, set(order[:count]))
             points.append({"removed": count, "error": output_error(reference, _run(masked, batches)),
                            "macs": int(estimator.macs(set(order[:count])))})

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from prune_helpers import GraphBuilder
 
 from slimcc.cli import main
 from slimcc.errors import PipelineError
@@ -21,8 +22,9 @@ from slimcc.passes.canonicalize import Canonicalize
 from slimcc.passes.prune.apply import prune_model
 from slimcc.passes.prune.channels import analyze_channels
 from slimcc.passes.prune.importance import compute_scores
+from slimcc.passes.prune.plan import MacsEstimator
 from slimcc.passes.prune.prune_channels import PruneChannels
-from slimcc.passes.prune.sensitivity import allocate, output_error
+from slimcc.passes.prune.sensitivity import allocate, channel_means, compensate_bias, measure_curves, output_error
 
 
 class _LinearMacs:
@@ -69,6 +71,7 @@ def test_curves_are_the_measured_error_of_each_cut_and_the_target_is_met(resnet)
     ids = np.array(group.components)
     alone = set(ids[np.argsort(raw[ids], kind="stable")][:point["removed"]].tolist())
     cut = resnet.copy()
+    compensate_bias(cut.graph, analysis, alone, channel_means(resnet, analysis, calib))
     prune_model(cut, analysis, alone)
     batches = list(calib)
     measured = output_error([run_onnxruntime(resnet, b) for b in batches], [run_onnxruntime(cut, b) for b in batches])
@@ -96,3 +99,19 @@ def test_options_and_prune_plan_prints_curves(resnet, tmp_path, capsys):
     capsys.readouterr()
     assert main(["prune-plan", str(path), "--macs", "0.6", "--allocation", "sensitivity", "--calib", str(calib)]) == 0
     assert "output error -" in capsys.readouterr().out
+
+
+def test_curves_credit_the_bias_correction_a_recovery_would_make():
+    """Channels with a large mean: cutting them costs little once their mean moves into the next bias."""
+    b = GraphBuilder(c=3, hw=8, seed=2)
+    shifted = b.op("Add", [b.op("Relu", [b.conv("x", 3, 8)])[0], b.const(np.float32(5.0))])[0]
+    model = load_model(b.model(b.conv(shifted, 8, 4)))
+    analysis = analyze_channels(model.graph)
+    calib = CalibrationData([{"x": np.random.default_rng(i).normal(0, 1, (1, 3, 8, 8)).astype(np.float32)}
+                             for i in range(4)])
+    scores = np.arange(len(analysis.components), dtype=float)
+    estimator = MacsEstimator(model.graph, analysis)
+    plain, corrected = (measure_curves(model, analysis, scores, calib, estimator, round_to=1, compensate=c)[0]
+                        for c in (False, True))
+    for p, q in zip(plain["points"], corrected["points"]):
+        assert q["error"] < 0.5 * p["error"]
