@@ -173,7 +173,8 @@ def collect_activations(model: Model, calib: CalibrationData | Iterable[dict[str
     if not batches:
         raise SlimccError("no calibration batches to run")
     names = list(dict.fromkeys(tensor_names))
-    proto = run_shape_inference(model.to_proto(), trusted=True)
+    proto, external = model.weightless_proto()
+    proto = run_shape_inference(proto, trusted=True)
     graph = proto.graph
     infos: dict[str, onnx.ValueInfoProto] = {}
     for info in list(graph.value_info) + list(graph.output) + list(graph.input):
@@ -192,7 +193,7 @@ def collect_activations(model: Model, calib: CalibrationData | Iterable[dict[str
                 raise SlimccError(f"tensor {name!r} is not in the model")
             raise SlimccError(f"tensor {name!r} has no inferred type; run canonicalize or give --input-shape")
         graph.output.add().CopyFrom(infos[name])
-    session = make_session(proto)
+    session = make_session(proto, external=external)
     fetch = [n for n in names if n not in input_names]
     result: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for batch in tqdm(batches, desc="activations", unit="batch", disable=not progress, leave=False):

@@ -85,10 +85,11 @@ class Model:
             inferred = isolated_infer_shapes(proto, trusted=True)
         else:
             inferred = run_shape_inference(proto, trusted=True)
+        locations = {t.name: t.data_location for t in graph.tensors().values() if isinstance(t, gs.Constant)}
         self.graph = gs.import_onnx(inferred)
         for tensor in self.graph.tensors().values():
             if isinstance(tensor, gs.Constant) and tensor.name in external:
-                tensor.values = external[tensor.name]
+                tensor.values, tensor.data_location = external[tensor.name], locations.get(tensor.name)
 
     def weightless_proto(self) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
         """The model for the checker and shape inference, with no weight copied: the ModelProto with
@@ -285,9 +286,10 @@ def load_model(source: str | Path | onnx.ModelProto, input_shapes: dict[str, lis
         raise ModelLoadError("cannot import the ONNX graph: subgraphs nest too deeply") from None
     except Exception as exc:
         raise ModelLoadError(f"cannot import the ONNX graph: {type(exc).__name__}: {first_line(exc)}") from None
+    metadata = {entry.key: entry.value for entry in inferred.metadata_props}
     del proto, inferred
     materialize_constants(graph)  # weights become read-only arrays; the protobuf is freed
-    return Model(graph, base_dir=base_dir, source_sha256=sha)
+    return Model(graph, base_dir=base_dir, source_sha256=sha, metadata=metadata)
 
 
 MAX_DIM = 2**31 - 1

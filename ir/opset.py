@@ -11,6 +11,7 @@ import onnx_graphsurgeon as gs
 from onnx import version_converter
 
 from slimcc.errors import SlimccError
+from slimcc.ir.graphcopy import materialize_constants
 from slimcc.ir.model import Model, first_line
 
 # the lowest IR version that may carry a given default-domain opset (onnx/helper.py VERSION_TABLE)
@@ -39,5 +40,6 @@ def convert_opset(model: Model, target: int) -> bool:
     except Exception as exc:
         raise SlimccError(f"opset {target} model cannot be imported: {first_line(exc)}") from None
     # the converter keeps metadata in the proto; Model.to_proto() adds model.metadata again
+    materialize_constants(graph)
     model.graph = graph
     return True

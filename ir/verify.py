@@ -24,11 +24,13 @@ ORT_DTYPES = {
 }
 
 
-def make_session(model: Model | onnx.ModelProto, *, optimize: bool = False, threads: int = 1):
+def make_session(model: Model | onnx.ModelProto, *, optimize: bool = False, threads: int = 1,
+                 external: dict[str, np.ndarray] | None = None):
     """An onnxruntime CPU InferenceSession; errors are re-raised as one-line SlimccErrors.
 
     A Model's weights are handed over as arrays (`add_external_initializers`), not serialized:
-    onnxruntime reads them in place.
+    onnxruntime reads them in place. A ModelProto with export stubs comes with their arrays in
+    `external` (see `Model.to_proto`).
     """
     import onnxruntime as ort
 
@@ -38,7 +40,7 @@ def make_session(model: Model | onnx.ModelProto, *, optimize: bool = False, thre
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 4  # failures are raised as one-line errors below
-    external: dict[str, np.ndarray] = {}
+    external = dict(external or {})
     try:
         if isinstance(model, Model):
             proto = model.to_proto(external=external)

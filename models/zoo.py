@@ -564,6 +564,21 @@ def build_attn_ctc(seed: int = 0, size: int = 32, width: int = 16, num_classes: 
     return net.finish(T(y, labels, 1, steps), "attn-ctc", shape=[1, steps, labels])
 
 
+def build_deep_resnet(seed: int = 0, size: int = 32, width: int = 16, num_classes: int = 10,
+                      blocks: int = 64) -> onnx.ModelProto:
+    """A long residual chain for scaling tests: a stem, then `blocks` basic blocks at one width and
+    resolution (7 nodes each: conv-bn-relu, conv-bn, Add, ReLU), global pooling and a Gemm.
+    Every block costs the same, so work per node should not grow with depth."""
+    if blocks < 1:
+        raise SlimccError(f"blocks must be >= 1, got {blocks}")
+    net = _Net(seed, size)
+    x = _stem(net, net.input, width, large=False)
+    for b in range(blocks):
+        x = _basic_block(net, x, width, 1, f"chain.{b}")
+    x = net.gap_flatten(x, "head")
+    return net.finish(net.gemm(x, num_classes, "head.fc", out="y"), "deep-resnet")
+
+
 ZOO: dict[str, Callable[..., onnx.ModelProto]] = {
     "vgg": build_vgg,
     "resnet-basic": build_resnet_basic,

@@ -8,6 +8,7 @@ from typing import Callable
 
 from slimcc.errors import PassError, PassVerificationError, SlimccError, VerificationError
 from slimcc.ir.model import Model, check_model_valid, first_line
+from slimcc.ir.names import shared_names
 from slimcc.passes.base import Pass, PassContext, PassResult
 
 
@@ -86,7 +87,8 @@ class PassManager:
             raise PassError(f"pass '{pass_.name}' needs calibration data; give --calib DATA")
         start = time.perf_counter()
         try:
-            result = pass_.run(model, ctx)
+            with shared_names(model.graph):  # new names without rescanning the graph per name
+                result = pass_.run(model, ctx)
             if not isinstance(result, PassResult):
                 raise TypeError(f"run() returned {type(result).__name__}, not PassResult")
             if self.verify_each and result.modified:

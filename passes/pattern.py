@@ -39,6 +39,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from slimcc.ir.constants import constant_value  # noqa: F401  (re-exported: the passes import it from here)
+from slimcc.ir.names import shared_names
 from slimcc.passes.base import Pass, PassContext, PassResult
 
 COMMUTATIVE_OPS = frozenset({"Add", "Mul"})
@@ -312,7 +313,8 @@ class RewritePass(Pass):
         while sweeps < self.max_sweeps:
             sweeps += 1
             graph = model.graph
-            changed, rejected = self._sweep(graph, rules, applied)
+            with shared_names(graph):  # one name index per sweep, not one per rewrite
+                changed, rejected = self._sweep(graph, rules, applied)
             if not changed:
                 break
             graph.cleanup().toposort()

@@ -18,13 +18,15 @@ from slimcc.targets.target import TargetSpec
 
 
 def prepare_model(source, input_shapes: dict[str, list[int]] | None = None, *, canonicalize: bool = True) -> Model:
-    """Load a model (path, ModelProto or Model) and canonicalize it so every shape is static."""
+    """Load a model (path, ModelProto or Model) and canonicalize it so every shape is static
+    (skipped when canonicalize left it so and nothing changed it since)."""
     model = source.copy() if isinstance(source, Model) else load_model(source, input_shapes)
     if canonicalize:
         from slimcc.passes.canonicalize import Canonicalize
 
-        Canonicalize().run(model)
-        model.refresh_shapes()
+        if not Canonicalize().is_canonical(model):
+            Canonicalize().run(model)
+            model.refresh_shapes()
     return model
 
 

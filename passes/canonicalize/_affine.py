@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from slimcc.ir.names import NameScope
 from slimcc.passes.pattern import constant_value, remove_node
 
 AFFINE_HOSTS = frozenset({"Conv", "ConvTranspose", "Gemm"})
@@ -66,13 +67,8 @@ def channel_vector(value: np.ndarray, rank: int, channels: int) -> np.ndarray | 
     return np.broadcast_to(padded.reshape(-1), (channels,)).astype(np.float64)
 
 
-def _new_constant(taken: set[str], base: str, values: np.ndarray) -> gs.Constant:
-    name, i = base, 0
-    while name in taken:
-        i += 1
-        name = f"{base}_{i}"
-    taken.add(name)
-    return gs.Constant(name, np.ascontiguousarray(values))
+def _new_constant(names: NameScope, base: str, values: np.ndarray) -> gs.Constant:
+    return gs.Constant(names.new(base), np.ascontiguousarray(values))
 
 
 def fold_affine(graph: gs.Graph, host: gs.Node, follower: gs.Node, scale: np.ndarray, shift: np.ndarray) -> None:
@@ -97,9 +93,9 @@ def fold_affine(graph: gs.Graph, host: gs.Node, follower: gs.Node, scale: np.nda
         host.attrs["beta"] = 1.0
     bias = np.broadcast_to(bias.reshape(-1), (channels,)) * scale + shift
     base = host.name or host.outputs[0].name
-    taken = set(graph.tensors())
-    host.inputs[1] = _new_constant(taken, f"{base}_folded_w", w.astype(dtype))
-    new_bias = _new_constant(taken, f"{base}_folded_b", bias.astype(dtype))
+    names = NameScope(graph)
+    host.inputs[1] = _new_constant(names, f"{base}_folded_w", w.astype(dtype))
+    new_bias = _new_constant(names, f"{base}_folded_b", bias.astype(dtype))
     if len(host.inputs) > 2:
         host.inputs[2] = new_bias
     else:

@@ -8,6 +8,7 @@ fused LSTM kernel is faster than the unrolled steps).
 from __future__ import annotations
 
 from slimcc.errors import PipelineError
+from slimcc.ir.fingerprint import structure_fingerprint
 from slimcc.passes.base import Pass, PassContext, PassResult, register_pass
 from slimcc.passes.canonicalize._shapes import dynamic_tensor_names, forget_unknown_output_shapes
 from slimcc.passes.canonicalize.constant_to_initializer import ConstantToInitializer
@@ -19,6 +20,7 @@ from slimcc.passes.canonicalize.remove_identity import RemoveIdentity
 from slimcc.passes.canonicalize.upgrade_opset import DEFAULT_TARGET_OPSET, MIN_OPSET, UpgradeOpset
 
 MAX_ROUNDS = 8
+CANONICAL_KEY = "slimcc.canonical"  # metadata: pass spec and structure fingerprint after canonicalize
 
 
 @register_pass("canonicalize")
@@ -60,7 +62,18 @@ class Canonicalize(Pass):
                  "opset": model.opset, "static": not dynamic, "passes": per_pass}
         if dynamic:
             stats["dynamic_tensors"] = dynamic[:20]
+            model.metadata.pop(CANONICAL_KEY, None)
+        else:
+            model.metadata[CANONICAL_KEY] = self._mark(model)
         return PassResult(modified, stats)
+
+    def _mark(self, model) -> str:
+        return f"{self.spec()}:{structure_fingerprint(model.graph)}"
+
+    def is_canonical(self, model) -> bool:
+        """True when this canonicalization has nothing left to do: its mark (written when it left the
+        model static) matches the model's current structure, so no pass has changed it since."""
+        return model.metadata.get(CANONICAL_KEY) == self._mark(model) and model.is_static()
 
 
 def _merge(old: dict | None, new: dict) -> dict:

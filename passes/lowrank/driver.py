@@ -7,13 +7,15 @@ gate) are rewritten. Refused and skipped layers are listed with their reasons in
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass, field
 from typing import Callable
 
 import onnx_graphsurgeon as gs
 
 from slimcc.passes.base import PassContext, PassResult
-from slimcc.passes.lowrank.emit import LastFactor, NameScope
+from slimcc.passes.lowrank.emit import LastFactor, NameScope, batched_replacements
 from slimcc.passes.lowrank.layers import Refusal
 from slimcc.passes.lowrank.ranks import RankPolicy, parse_explicit_ranks, validate_policy
 
@@ -65,35 +67,37 @@ def decompose_graph(model, ctx: PassContext | None, ops: tuple[str, ...], plan: 
     scope = NameScope(graph)
     layers, refused, skipped, last_factors = {}, {}, {}, []
     macs_before = macs_after = 0
-    for node in list(graph.nodes):
-        if node.op not in ops:
-            continue
-        name = node.name or node.outputs[0].name
-        if name in gates.exclude:
-            skipped[name] = "excluded by option"
-            continue
-        planned = plan(node)
-        if isinstance(planned, Refusal):
-            refused[name] = planned.reason
-            continue
-        if planned.saving < gates.min_saving and not gates.force:
-            skipped[name] = (f"predicted MACs saving {planned.saving:.1%} < {gates.min_saving:.0%} "
-                             f"at ranks {planned.ranks}")
-            continue
-        entry = planned.as_stats()
-        if gates.measure:
-            timing = measure_layer(model, node, planned.rewrite)
-            entry["measured_ms"] = timing
-            if timing["decomposed"] >= timing["original"]:
-                skipped[name] = (f"measured slower on onnxruntime: {timing['decomposed']:.3f} ms decomposed vs "
-                                 f"{timing['original']:.3f} ms original")
+    batch = contextlib.nullcontext() if gates.measure else batched_replacements(graph)  # measuring copies the graph
+    with batch:
+        for node in list(graph.nodes):
+            if node.op not in ops:
                 continue
-        last = planned.rewrite(graph, node, scope)
-        if last is not None:
-            last_factors.append(last)
-        layers[name] = entry
-        macs_before += planned.macs_before
-        macs_after += planned.macs_after
+            name = node.name or node.outputs[0].name
+            if name in gates.exclude:
+                skipped[name] = "excluded by option"
+                continue
+            planned = plan(node)
+            if isinstance(planned, Refusal):
+                refused[name] = planned.reason
+                continue
+            if planned.saving < gates.min_saving and not gates.force:
+                skipped[name] = (f"predicted MACs saving {planned.saving:.1%} < {gates.min_saving:.0%} "
+                                 f"at ranks {planned.ranks}")
+                continue
+            entry = planned.as_stats()
+            if gates.measure:
+                timing = measure_layer(model, node, planned.rewrite)
+                entry["measured_ms"] = timing
+                if timing["decomposed"] >= timing["original"]:
+                    skipped[name] = (f"measured slower on onnxruntime: {timing['decomposed']:.3f} ms decomposed "
+                                     f"vs {timing['original']:.3f} ms original")
+                    continue
+            last = planned.rewrite(graph, node, scope)
+            if last is not None:
+                last_factors.append(last)
+            layers[name] = entry
+            macs_before += planned.macs_before
+            macs_after += planned.macs_after
     graph.cleanup()
     stats = {"decomposed": len(layers), "layers": layers, "refused": refused, "skipped": skipped,
              "macs_before": macs_before, "macs_after": macs_after}

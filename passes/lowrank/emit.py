@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,9 +48,33 @@ def node(scope: NameScope, op: str, base: str, inputs, outputs, attrs=None) -> g
     return gs.Node(op=op, name=scope.new(base), attrs=dict(attrs or {}), inputs=list(inputs), outputs=list(outputs))
 
 
+_pending: dict[int, dict[int, list[gs.Node]]] = {}  # graph id -> {old node id: its replacement}
+
+
 def replace_node(graph: gs.Graph, old: gs.Node, new_nodes: list[gs.Node]) -> None:
-    """Put `new_nodes` where `old` was (keeping topological order) and detach `old`."""
-    index = graph.nodes.index(old)
+    """Put `new_nodes` where `old` was (keeping topological order) and detach `old`.
+
+    Inside `batched_replacements(graph)` the node list is rebuilt once when the block ends.
+    """
     old.inputs.clear()
     old.outputs.clear()
+    pending = _pending.get(id(graph))
+    if pending is not None:
+        pending[id(old)] = list(new_nodes)
+        return
+    index = next(i for i, n in enumerate(graph.nodes) if n is old)
     graph.nodes[index:index + 1] = new_nodes
+
+
+@contextlib.contextmanager
+def batched_replacements(graph: gs.Graph) -> Iterator[None]:
+    """Collect `replace_node` calls on `graph` and splice them all in one pass over its nodes at the end
+    (splicing each at once would search the node list per replacement: quadratic in depth)."""
+    pending: dict[int, list[gs.Node]] = {}
+    _pending[id(graph)] = pending
+    try:
+        yield
+    finally:
+        del _pending[id(graph)]
+        if pending:
+            graph.nodes = [new for node in graph.nodes for new in pending.get(id(node), [node])]

@@ -2,8 +2,11 @@
 
 Asymmetric reconstruction: the last factor's inputs come from the already-compressed model
 (so errors of earlier decomposed layers are compensated), the targets are the original
-layer's outputs in the model as it was before the pass. Layers are refitted one by one in
-topological order, each after the refits upstream of it.
+layer's outputs in the model as it was before the pass. Layers are refitted in topological
+order, in at most MAX_WAVES waves of consecutive layers: each wave's inputs are collected in
+one onnxruntime run of the model with every earlier wave's refits applied. With up to
+MAX_WAVES layers that is each layer after the refits upstream of it; deeper models keep a
+fixed number of runs, so the cost grows linearly with depth instead of quadratically.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from slimcc.passes.lowrank.emit import LastFactor
+
+MAX_WAVES = 16
 
 
 def _rows(array: np.ndarray, axis: int) -> np.ndarray:
@@ -78,17 +83,26 @@ def refit_layers(model, before, factors: list[LastFactor], calibration, *, progr
 
     targets = collect_activations(before, calibration, [f.output_name for f in factors], progress=progress)
     report = {}
-    for factor in factors:
-        acts = collect_activations(model, calibration, [factor.input_name], progress=progress)[factor.input_name]
-        z = [_rows(a, factor.axis) for a in acts]
-        y = [_rows(a, factor.axis) for a in targets[factor.output_name]]
-        fit_bias = factor.bias is not None
-        matrix, bias, gram, cross, y_norm = least_squares(z, y, fit_bias)
-        old_matrix, old_bias = current_matrix(factor)
-        error_before = _residual(gram, cross, y_norm, old_matrix, old_bias if fit_bias else None)
-        error_after = _residual(gram, cross, y_norm, matrix, bias)
-        if error_after < error_before:
-            store_matrix(factor, matrix, bias)
-        report[factor.layer] = {"rel_error_before": round(error_before, 6),
-                                "rel_error_after": round(min(error_after, error_before), 6)}
+    for wave in refit_waves(factors):
+        inputs = collect_activations(model, calibration, [f.input_name for f in wave], progress=progress)
+        for factor in wave:
+            z = [_rows(a, factor.axis) for a in inputs[factor.input_name]]
+            y = [_rows(a, factor.axis) for a in targets[factor.output_name]]
+            fit_bias = factor.bias is not None
+            matrix, bias, gram, cross, y_norm = least_squares(z, y, fit_bias)
+            old_matrix, old_bias = current_matrix(factor)
+            error_before = _residual(gram, cross, y_norm, old_matrix, old_bias if fit_bias else None)
+            error_after = _residual(gram, cross, y_norm, matrix, bias)
+            if error_after < error_before:
+                store_matrix(factor, matrix, bias)
+            report[factor.layer] = {"rel_error_before": round(error_before, 6),
+                                    "rel_error_after": round(min(error_after, error_before), 6)}
     return report
+
+
+def refit_waves(factors: list[LastFactor], max_waves: int = MAX_WAVES) -> list[list[LastFactor]]:
+    """`factors` (in order) cut into at most `max_waves` runs of consecutive layers of near-equal size."""
+    count = len(factors)
+    waves = min(count, max_waves)
+    bounds = [round(i * count / waves) for i in range(waves + 1)] if waves else [0]
+    return [factors[a:b] for a, b in zip(bounds, bounds[1:])]

@@ -327,3 +327,28 @@ def test_scale_bias_fold_is_exact_or_refused_for_any_broadcast_shape(host):
         assert_close(reference, model)
 
     check()
+
+
+def test_canonical_mark_survives_saving_and_changes_clear_it(tmp_path, monkeypatch):
+    """compile re-canonicalizes only a model that is not canonical already (issue 20)."""
+    from slimcc.passes.canonicalize import Canonicalize
+    from slimcc.passes.pipeline import parse_pipeline
+    from slimcc.passes.verified import run_verified
+    from slimcc.targets.compiler import prepare_model
+
+    model = load_model(build("crnn"))
+    assert not Canonicalize().is_canonical(model)
+    run_verified(model, parse_pipeline("canonicalize"), progress=False)
+    assert Canonicalize().is_canonical(model) and not Canonicalize(recurrent=False).is_canonical(model)
+    path = save_model(model, tmp_path / "c.onnx")
+    loaded = load_model(path)
+    assert Canonicalize().is_canonical(loaded)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("canonicalize ran again")
+
+    monkeypatch.setattr(Canonicalize, "run", refuse)
+    assert prepare_model(path).is_static()
+    monkeypatch.undo()
+    run_verified(loaded, parse_pipeline("prune-channels{ratio=0.3}"), progress=False)
+    assert not Canonicalize().is_canonical(loaded)

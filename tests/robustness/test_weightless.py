@@ -150,6 +150,7 @@ def test_refresh_shapes_keeps_the_weight_arrays():
     big = [name for name, values in before.items() if values.nbytes >= 1024]
     assert big and all(after[name] is before[name] for name in big)
     assert model.is_static()
+    onnx.checker.check_model(model.to_proto())  # no stub left behind
 
 
 def test_loaded_weights_are_read_only_arrays_of_their_declared_shape():
