@@ -1,7 +1,7 @@
 """Reconstruction-driven channel selection (criterion `reconstruction`; He et al. 2017, ThiNet).
 
-For every prunable group, channels are removed greedily, one at a time (in chunks of 1/32
-for large groups), always the one whose removal the next layers can best reconstruct: each
+For every prunable group, channels are removed greedily, one at a time (in blocks of 1/32
+for groups of more than 64), always the one whose removal the next layers can best reconstruct: each
 channel-mixing consumer of the group's tensors refits its remaining inputs (and its bias)
 by least squares toward its original output on calibration data. The cost of removing a
 block R of input features is the optimal-brain-surgeon form W_R^T (P_RR)^-1 W_R with
@@ -31,7 +31,7 @@ from slimcc.passes.prune.channels import ChannelAnalysis
 from slimcc.passes.prune.importance import _collect, _conv_patches, _dense_conv_weight, _reconstruction_increase
 
 MAX_FEATURES = 2304
-ROWS_PER_BATCH = 4096
+MAX_ROWS = 8192  # rows of X^T X in all, spread over the calibration batches
 DAMPING = 1e-3  # relative to the mean input power
 
 
@@ -99,13 +99,14 @@ def _consumer(node: gs.Node, batches: list[np.ndarray], unit: int, seed: int):
     gram = None
     weight = None
     per_unit_features = 1
+    per_batch = max(1, MAX_ROWS // max(len(batches), 1))
     for x in batches:
         rows, weight, per_unit_features = _rows_and_weight(node, x)
         if rows.shape[1] > MAX_FEATURES:
             per_element = _reconstruction_increase(node, batches)
             return _Fixed(per_element.reshape(-1, unit).sum(axis=1)), f"no refit ({rows.shape[1]} features)"
-        if len(rows) > ROWS_PER_BATCH:
-            rows = rows[rng.choice(len(rows), ROWS_PER_BATCH, replace=False)]
+        if len(rows) > per_batch:
+            rows = rows[rng.choice(len(rows), per_batch, replace=False)]
         rows = np.concatenate([rows, np.ones((len(rows), 1))], axis=1)
         gram = rows.T @ rows if gram is None else gram + rows.T @ rows
     if node.op == "Conv" and int(node.attrs.get("group", 1)) > 1:
@@ -152,28 +153,32 @@ def reconstruction_analysis(model, analysis: ChannelAnalysis, calibration, progr
 
 
 def _greedy(components: list[int], consumers: list) -> tuple[list[int], list[float]]:
-    """Remove components one by one (chunks of 1/32 when many), cheapest reconstruction first."""
+    """Remove components one at a time, cheapest reconstruction first; in groups of more than 64,
+    the cheapest 1/32 go together as one block (their errors split by their single costs)."""
     alive = list(components)
     order, errors, total = [], [], 0.0
     if not consumers:
         return alive, [0.0] * len(alive)
-    while alive:
+    while len(alive) > 1:
         costs = np.array([sum(m.cost(units[c]) for m, units in consumers if units[c]) for c in alive])
-        chunk = max(1, len(alive) // 32)
-        for i in np.argsort(costs, kind="stable")[:chunk].tolist():
-            c = alive[i]
-            for m, units in consumers:
-                if units[c]:
-                    total += m.cost(units[c])
-                    m.remove(units[c])
+        chunk = [alive[i] for i in np.argsort(costs, kind="stable")[:max(1, len(alive) // 32)]]
+        single = np.array([costs[alive.index(c)] for c in chunk])
+        joint = 0.0
+        for m, units in consumers:
+            block = [u for c in chunk for u in units[c]]
+            if block:
+                joint += m.cost(block)
+                m.remove(block)
+        share = single / single.sum() if single.sum() > 0 else np.full(len(chunk), 1.0 / len(chunk))
+        for c, part in zip(chunk, np.cumsum(share * joint)):
             order.append(c)
-            errors.append(total)
-        done = set(order)
+            errors.append(total + float(part))
+        total += joint
+        done = set(chunk)
         alive = [c for c in alive if c not in done]
-        if len(alive) == 1:
-            order.append(alive[0])
-            errors.append(total + float(sum(m.cost(units[alive[0]]) for m, units in consumers if units[alive[0]])))
-            break
+    last = alive[0]
+    order.append(last)
+    errors.append(total + float(sum(m.cost(units[last]) for m, units in consumers if units[last])))
     return order, [float(e) for e in np.maximum.accumulate(errors)]
 
 
