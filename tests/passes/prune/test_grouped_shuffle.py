@@ -143,3 +143,25 @@ def test_coverage_excludes_single_unit_groups_and_names_why():
     assert abs(sum(r["macs_share"] for r in cov["blockers"]) - 1.0) < 1e-3
     result = PruneChannels(ratio=0.5).run(model.copy())
     assert not result.modified
+
+
+def test_recover_lstsq_refits_group_uniformly_pruned_grouped_convs():
+    from slimcc.ir.calibration import CalibrationData
+    from slimcc.models.data import zoo_inputs
+    from slimcc.passes.base import PassContext
+    from slimcc.passes.recover.recover_lstsq import RecoverLstsq
+
+    model = load_model(build("shufflenet-v1"))
+    Canonicalize().run(model)
+    pruned = model.copy()
+    ctx = PassContext(calibration=CalibrationData(zoo_inputs(16, seed=1)), progress=False)
+    ctx.reference = model
+    PruneChannels(macs=0.6).run(pruned, ctx)
+    held_out = zoo_inputs(8, seed=2)
+    before = compare_models(model, pruned, held_out).max_rel
+    result = RecoverLstsq().run(pruned, ctx)
+    assert result.modified
+    grouped = [n.name for n in pruned.graph.nodes if n.op == "Conv" and n.attrs["group"] == 2]
+    assert grouped and set(grouped) <= set(result.stats["layers"])
+    assert all(v["error_after"] < v["error_before"] for k, v in result.stats["layers"].items() if k in grouped)
+    assert compare_models(model, pruned, held_out).max_rel < 0.3 * before
