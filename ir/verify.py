@@ -40,6 +40,8 @@ def make_session(model: Model | onnx.ModelProto, *, optimize: bool = False, thre
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 4  # failures are raised as one-line errors below
+    if not optimize:  # reference runs: no pre-packed second copy of the weights (equal work, half the memory)
+        options.add_session_config_entry("session.disable_prepacking", "1")
     external = dict(external or {})
     try:
         if isinstance(model, Model):

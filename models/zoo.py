@@ -579,6 +579,22 @@ def build_deep_resnet(seed: int = 0, size: int = 32, width: int = 16, num_classe
     return net.finish(net.gemm(x, num_classes, "head.fc", out="y"), "deep-resnet")
 
 
+def build_vgg19(seed: int = 0, size: int = 224, num_classes: int = 1000) -> onnx.ModelProto:
+    """VGG-19 at ImageNet scale (143.7M parameters, 575 MB of float32 weights at size 224): 16 3x3
+    convs with bias and ReLU in 5 max-pooled stages, then 4096-4096-classes fully connected layers.
+    Random weights (He-normal): a large model for scaling benchmarks, not for accuracy."""
+    net = _Net(seed, size)
+    x = net.input
+    for stage, (channels, convs) in enumerate(((64, 2), (128, 2), (256, 4), (512, 4), (512, 4))):
+        for i in range(convs):
+            name = f"features.{stage}.{i}"
+            x = net.relu(net.conv(x, channels, 3, name, bias=True), name)
+        x = net.maxpool(x, f"features.{stage}.pool")
+    x = net.flatten(x, "classifier.flatten")
+    x = net.relu(net.gemm(x, 4096, "classifier.fc1"), "classifier.fc1")
+    x = net.relu(net.gemm(x, 4096, "classifier.fc2"), "classifier.fc2")
+    return net.finish(net.gemm(x, num_classes, "classifier.fc3", out="y"), "vgg19")
+
 ZOO: dict[str, Callable[..., onnx.ModelProto]] = {
     "vgg": build_vgg,
     "resnet-basic": build_resnet_basic,
