@@ -6,7 +6,8 @@ that causes. Then the most sensitive layers are kept float, as few as the budget
 binary search over "the k most sensitive stay float" finds the smallest k whose model (every
 other layer int8) keeps every output within `budget` of fp32 on the calibration data
 (`output_error`: relative L2 error, and a quarter of the mean per-channel relative error).
-A lone int8 layer between two float ones is then kept float too (`fill_islands`). The plan (per-layer error, the trials, the chosen float layers) is JSON-able
+A lone int8 layer between two float ones is then kept float too (`fill_islands`). The plan
+(per-layer error, the trials, the chosen float layers) is JSON-able
 and has a printed summary (`PlacementPlan.summary`).
 """
 
@@ -38,6 +39,7 @@ class PlacementPlan:
     all_int8_error: float
     trials: list[dict] = field(default_factory=list)
     ranges: dict = field(default_factory=dict, repr=False)
+    rounding: dict = field(default_factory=dict, repr=False)
 
     def as_dict(self) -> dict:
         """The plan as JSON-able data."""
@@ -102,7 +104,7 @@ class Trials:
     """Quantize a chosen set of layers of the float model and measure the output error (ranges cached)."""
 
     def __init__(self, model, ctx: PassContext, insert):
-        from slimcc.passes.quant.qdq_insert import RANGE_CACHE
+        from slimcc.passes.quant.qdq_insert import RANGE_CACHE, ROUNDING_CACHE
 
         self.model = model
         self.insert = replace(insert, placement="all", equalize="off")  # trials never re-enter auto_placement
@@ -110,7 +112,9 @@ class Trials:
         self.base_excluded = {n for n in insert.exclude.split(";") if n}
         self.batches = list(ctx.calibration.batches[:MAX_BATCHES])
         self.ranges = dict(ctx.notes.get(RANGE_CACHE, {}))
-        self.ctx = replace(ctx, progress=False, notes={**ctx.notes, RANGE_CACHE: self.ranges})
+        self.rounding = dict(ctx.notes.get(ROUNDING_CACHE, {}))
+        self.ctx = replace(ctx, progress=False, notes={**ctx.notes, RANGE_CACHE: self.ranges,
+                                                       ROUNDING_CACHE: self.rounding})
         for method in (METHODS if insert.method == "auto" else (insert.method,)):
             replace(self.insert, method=method).warm_ranges(model, self.ctx)
         session = make_session(model)
@@ -179,7 +183,8 @@ def auto_placement(model, ctx: PassContext, insert) -> PlacementPlan:
     if insert.placement != "auto":
         return PlacementPlan(budget=insert.budget, method=method, equalized=equalized,
                              candidates=trials.candidates, sensitivity={}, float_layers=[],
-                             error=all_int8 or 0.0, all_int8_error=all_int8 or 0.0, trials=log, ranges=trials.ranges)
+                             error=all_int8 or 0.0, all_int8_error=all_int8 or 0.0, trials=log, ranges=trials.ranges,
+                             rounding=trials.rounding)
     sensitivity = layer_sensitivity(trials, ctx.progress)
     ranked = sorted(trials.candidates, key=lambda n: -sensitivity[n])
     budget = insert.budget
@@ -207,7 +212,7 @@ def auto_placement(model, ctx: PassContext, insert) -> PlacementPlan:
         log.append({"float_layers": len(floats), "islands_filled": True, "error": round(error, 6)})
     return PlacementPlan(budget=budget, method=method, equalized=equalized, candidates=trials.candidates,
                          sensitivity=sensitivity, float_layers=[n for n in ranked if n in floats], error=error,
-                         all_int8_error=errors[0], trials=log, ranges=trials.ranges)
+                         all_int8_error=errors[0], trials=log, ranges=trials.ranges, rounding=trials.rounding)
 
 
 def fill_islands(order: list[str], floats: set[str]) -> set[str]:

