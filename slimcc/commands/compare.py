@@ -57,13 +57,13 @@ def run(args) -> int:
     shown = sorted(sorted(result["layers"], key=lambda l: -l["added_db"])[:args.top], key=result["layers"].index)
     print(f"{result['tensors']} shared tensors on {len(batches)} batch(es); rows: the {len(shown)} layers that add "
           "the most error, in network order")
-    print_table(["node", "op", "SQNR dB", "cosine", "rel L2", "input SQNR", "added dB"],
-                [[l["node"], l["op"], f"{l['sqnr_db']:.2f}", f"{l['cosine']:.5f}", f"{l['rel_l2']:.4f}",
-                  f"{l['input_sqnr_db']:.2f}", f"{l['added_db']:.2f}"] for l in shown])
+    print_table(["node", "op", "SQNR dB", "fit SQNR", "cosine", "rel L2", "input SQNR", "added dB"],
+                [[l["node"], l["op"], f"{l['sqnr_db']:.2f}", f"{l['channel_fit_sqnr_db']:.2f}", f"{l['cosine']:.5f}",
+                  f"{l['rel_l2']:.4f}", f"{l['input_sqnr_db']:.2f}", f"{l['added_db']:.2f}"] for l in shown])
     print("\n".join(error_bars(result["layers"], top=args.top)))
     worst = result["worst_layer"]
     print(f"largest loss: {worst['node']} ({worst['op']}) drops SQNR by {worst['added_db']:.2f} dB to "
-          f"{worst['sqnr_db']:.2f} dB")
+          f"{worst['channel_fit_sqnr_db']:.2f} dB (per-channel gain fitted)")
     for name, metrics in result["outputs"].items():
         agreement = f", top-1 agreement {metrics['top1_agreement']:.1%} of {metrics['samples']}" \
             if "top1_agreement" in metrics else ""
@@ -83,7 +83,9 @@ def draw(layers: list[dict], path: Path) -> None:
     except ImportError:
         raise SlimccError("--plot needs matplotlib (pip install matplotlib)") from None
     figure, axis = plt.subplots(figsize=(max(6.0, len(layers) * 0.12), 4.0))
-    axis.plot(range(len(layers)), [l["sqnr_db"] for l in layers], marker=".")
+    axis.plot(range(len(layers)), [l["sqnr_db"] for l in layers], marker=".", label="SQNR")
+    axis.plot(range(len(layers)), [l["channel_fit_sqnr_db"] for l in layers], marker=".", label="per-channel gain fitted")
+    axis.legend()
     axis.set_xlabel("tensor (network order)")
     axis.set_ylabel("SQNR (dB)")
     axis.set_title("error by layer (lower is worse)")

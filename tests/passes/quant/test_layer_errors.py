@@ -47,3 +47,16 @@ def test_compare_int8_against_fp32_shares_the_float_tensor_names():
     assert len(noisy) >= stats["quantized_layers"] and result["outputs"]["y"]["sqnr_db"] < 60
     same = compare_layers(reference, reference.copy(), ctx.calibration.batches)
     assert same["outputs"]["y"]["top1_agreement"] == 1.0 and same["worst_layer"]["added_db"] == 0.0
+
+
+def test_an_exact_per_channel_rescaling_is_not_counted_as_error():
+    from slimcc.passes.quant.equalize import CrossLayerEqualize
+
+    reference = canonical_zoo("resnet-basic")
+    equalized = reference.copy()
+    assert CrossLayerEqualize().run(equalized).modified
+    ctx, _ = calib_context(count=2)
+    result = compare_layers(reference, equalized, ctx.calibration.batches)
+    assert min(l["sqnr_db"] for l in result["layers"]) < 40  # raw SQNR sees the rescaled tensors
+    assert min(l["channel_fit_sqnr_db"] for l in result["layers"]) > 90
+    assert result["worst_layer"]["added_db"] < 1.0
