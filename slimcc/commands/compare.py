@@ -84,7 +84,8 @@ def draw(layers: list[dict], path: Path) -> None:
         raise SlimccError("--plot needs matplotlib (pip install matplotlib)") from None
     figure, axis = plt.subplots(figsize=(max(6.0, len(layers) * 0.12), 4.0))
     axis.plot(range(len(layers)), [l["sqnr_db"] for l in layers], marker=".", label="SQNR")
-    axis.plot(range(len(layers)), [l["channel_fit_sqnr_db"] for l in layers], marker=".", label="per-channel gain fitted")
+    axis.plot(range(len(layers)), [l["channel_fit_sqnr_db"] for l in layers], marker=".",
+              label="per-channel gain fitted")
     axis.legend()
     axis.set_xlabel("tensor (network order)")
     axis.set_ylabel("SQNR (dB)")
