@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter, update_import_domains
-from onnx_graphsurgeon.ir.tensor import SparseValues
+from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 EXTERNAL_MIN_BYTES = 1024
 
@@ -58,10 +58,14 @@ def _as_external(tensor: gs.Constant, graph: onnx.GraphProto, external: dict[str
     """Add `tensor` to `graph` as an external-data stub with its array in `external`; False when it stays inline."""
     from slimcc.ir.weightless import STUB_FILE
 
-    if tensor.shape is None or int(np.prod(tensor.shape)) * np.dtype(tensor.dtype).itemsize < EXTERNAL_MIN_BYTES:
-        return False
+    from onnx_graphsurgeon.importers.onnx_importer import get_numpy_type
+
+    stored = tensor._values
+    if not isinstance(stored, np.ndarray) and (type(stored) is not LazyValues or get_numpy_type(stored.dtype) is None
+                                               or stored.nbytes < EXTERNAL_MIN_BYTES):
+        return False  # only weights numpy can hold as they are (no bfloat16/float8 casts)
     values = tensor.values
-    if not isinstance(values, np.ndarray) or values.dtype.kind not in "fiub" or tensor.export_dtype not in (
+    if values.nbytes < EXTERNAL_MIN_BYTES or values.dtype.kind not in "fiub" or tensor.export_dtype not in (
             None, values.dtype):
         return False
     stub = graph.initializer.add()

@@ -20,7 +20,7 @@ def materialize_constants(graph: gs.Graph) -> None:
     and its memory is freed.
 
     numpy-native dtypes are read with one copy (onnx's `to_array`, read-only) instead of
-    graphsurgeon's two; other dtypes keep graphsurgeon's conversion.
+    graphsurgeon's two; other dtypes stay lazy (graphsurgeon would cast them to another type).
     """
     for tensor in _all_tensors(graph):
         _materialize(tensor)
@@ -39,11 +39,10 @@ def _materialize(tensor) -> None:
     lazy = getattr(tensor, "_values", None)
     if not isinstance(tensor, gs.Constant) or type(lazy) is not gs.ir.tensor.LazyValues:
         return
-    if get_numpy_type(lazy.dtype) is not None and lazy.tensor.data_type != onnx.TensorProto.STRING:
-        values = numpy_helper.to_array(lazy.tensor)
-        values = np.asarray(values, dtype=get_numpy_type(lazy.dtype), order="C")
-    else:
-        values = lazy.load()
+    dtype = get_numpy_type(lazy.dtype)
+    if dtype is None or lazy.tensor.data_type == onnx.TensorProto.STRING:
+        return  # no numpy dtype (bfloat16, float8...): stays lazy, so export writes the original tensor
+    values = np.asarray(numpy_helper.to_array(lazy.tensor), dtype=dtype, order="C")
     values.flags.writeable = False
     tensor.values = values
 

@@ -288,7 +288,10 @@ def load_model(source: str | Path | onnx.ModelProto, input_shapes: dict[str, lis
         raise ModelLoadError(f"cannot import the ONNX graph: {type(exc).__name__}: {first_line(exc)}") from None
     metadata = {entry.key: entry.value for entry in inferred.metadata_props}
     del proto, inferred
-    materialize_constants(graph)  # weights become read-only arrays; the protobuf is freed
+    try:
+        materialize_constants(graph)  # weights become read-only arrays; the protobuf is freed
+    except Exception as exc:  # a tensor the checker let through but numpy cannot read
+        raise ModelLoadError(f"cannot read the model's weights: {type(exc).__name__}: {first_line(exc)}") from None
     return Model(graph, base_dir=base_dir, source_sha256=sha, metadata=metadata)
 
 

@@ -169,3 +169,16 @@ def test_loaded_weights_are_read_only_arrays_of_their_declared_shape():
     for tensor in constants:
         assert isinstance(tensor._values, np.ndarray) and not tensor._values.flags.writeable
         assert list(tensor.values.shape) == declared[tensor.name]
+
+
+def test_weights_numpy_cannot_hold_stay_as_they_are(tmp_path):
+    """bfloat16 has no numpy dtype: such a weight stays lazy (graphsurgeon would cast it) and is saved unchanged."""
+    from onnx import TensorProto, helper
+
+    weight = helper.make_tensor("w", TensorProto.BFLOAT16, [1024], [1.5] * 1024)
+    nodes = [helper.make_node("Cast", ["w"], ["c"], to=TensorProto.FLOAT), helper.make_node("Add", ["x", "c"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1024])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1024])], [weight])
+    model = load_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    saved = onnx.load(save_model(model.copy(), tmp_path / "bf16.onnx"))
+    assert saved.graph.initializer[0].SerializeToString() == weight.SerializeToString()
