@@ -58,19 +58,29 @@ def share_weights_copy(graph: gs.Graph) -> gs.Graph:
     materialize_constants(graph)
     clone = graph.copy()
     clone.producer_name, clone.producer_version = graph.producer_name, graph.producer_version
-    originals = {t.name: t for t in _all_tensors(graph)}
-    for tensor in _all_tensors(clone):
-        source = originals.get(tensor.name)
+    for source, tensor in _tensor_pairs(graph, clone):
         if isinstance(tensor, gs.Constant):
             if isinstance(tensor._values, np.ndarray) and tensor._values.flags.writeable:
                 tensor._values = tensor._values.copy()
-            if isinstance(source, gs.Constant):
-                tensor.data_location = source.data_location
-        elif tensor.shape is not None:
-            tensor.shape = list(tensor.shape)
+            tensor.data_location = source.data_location
+        else:
+            tensor.type = source.type  # Tensor.copy drops it: sequence and optional values would become tensors
+            if tensor.shape is not None:
+                tensor.shape = list(tensor.shape)
     for node in _all_nodes(clone):
         node.attrs = {k: _copy_attribute(v) for k, v in node.attrs.items()}
     return clone
+
+
+def _tensor_pairs(graph: gs.Graph, clone: gs.Graph):
+    """(original, copy) of every tensor of `graph` and its subgraphs, matched by position."""
+    for source, copied in zip(graph.inputs + graph.outputs, clone.inputs + clone.outputs):
+        yield source, copied
+    for node, copied_node in zip(graph.nodes, clone.nodes):
+        yield from zip(node.inputs + node.outputs, copied_node.inputs + copied_node.outputs)
+        for key, value in node.attrs.items():
+            if isinstance(value, gs.Graph):
+                yield from _tensor_pairs(value, copied_node.attrs[key])
 
 
 def _copy_attribute(value):
