@@ -42,7 +42,9 @@ def to_relax(model: Model):
 def prepare_for_build(mod, target=None, facts: dict | None = None, int8_mode: str | None = None):
     """Rewrites every target needs before legalization: real int8 compute, then BatchNorm/LayerNorm decomposition.
 
-    Compile and tuning both call this, so they see the same kernels. On CPU targets float conv2d
+    Compile and tuning both call this, so they see the same kernels. On CPU targets float convs
+    take the blocked NCHW{lanes}c layout where their channels allow, carried between them
+    (targets/schedules/blocked_layout.py); float conv2d
     layers with constant weights become slimcc's packed conv (targets/schedules/pack_weights.py),
     integer ones on x86 slimcc's int8 conv (targets/schedules/int8_pack.py, VNNI where the target has it),
     and sigmoid/tanh/exp use a vectorizable exp (targets/schedules/fast_math.py). Q/DQ layers become integer
@@ -61,6 +63,7 @@ def prepare_for_build(mod, target=None, facts: dict | None = None, int8_mode: st
     from slimcc.targets.schedules.int8_pack import pack_int8_convs
     from slimcc.targets.schedules.isa import cpu_vector_for, target_has_feature
     from slimcc.targets.schedules.fast_math import use_fast_exp
+    from slimcc.targets.schedules.blocked_layout import use_blocked_layout
     from slimcc.targets.schedules.pack_weights import pack_conv_weights
 
     mode = resolve_int8_mode(int8_mode)
@@ -81,7 +84,7 @@ def prepare_for_build(mod, target=None, facts: dict | None = None, int8_mode: st
     mod = relax.transform.DecomposeOpsForInference()(mod)
     vector = cpu_vector_for(target) if target is not None else None
     if vector is not None:
-        mod = relax.transform.FoldConstant()(mod)
+        mod = relax.transform.FoldConstant()(use_blocked_layout(relax.transform.FoldConstant()(mod), vector))
         if flavour_for(target) == "u8s8":  # aarch64 (s8 x s8, sdot) keeps TVM's integer conv2d for now
             mod = pack_int8_convs(mod, vector, vnni=target_has_feature(target, "avx512vnni"))
         mod = use_fast_exp(pack_conv_weights(mod, vector))

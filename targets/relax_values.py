@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+UNSET_DTYPES = ("", "None", "void")  # how TVM 0.27 prints an out_dtype left to follow the inputs
+
 
 def static_shape(expr) -> tuple[int, ...] | None:
     """The static shape of a Relax tensor expression, or None when it is not known."""

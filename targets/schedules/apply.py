@@ -1,7 +1,8 @@
 """After fusion: give every kernel no tuning record covers one of slimcc's CPU schedules.
 
 Rules are tried in order on each unscheduled PrimFunc (SLIMCC_RULES): VNNI int8 conv, 1x1
-conv, packed conv, packed matmul, depthwise conv, then element-wise/pooling; what none of them
+conv, packed conv, packed matmul, depthwise conv, NCHW <-> NCHW{fi}c conversion, then
+element-wise/pooling; what none of them
 takes goes to TVM's dlight CPU rules (GEMV, reductions). A rule that fails leaves the kernel as it was (naive but correct), and the
 build facts say how many kernels each path took.
 """
@@ -14,6 +15,7 @@ from slimcc.targets.schedules.elementwise import (inline_producers, is_reduction
                                                   schedule_plane_sum, schedule_pool)
 from slimcc.targets.schedules.int8_conv import schedule_int8_conv
 from slimcc.targets.schedules.isa import CpuVector, loop_volume
+from slimcc.targets.schedules.layout_transform import schedule_layout_transform
 from slimcc.targets.schedules.matmul import schedule_matmul
 from slimcc.targets.tvm_import import ensure_tvm
 
@@ -39,7 +41,8 @@ def _elementwise(sch, vector: CpuVector) -> bool:
 # (name, rule) in the order they are tried; a rule returns False when the kernel is not its kind
 SLIMCC_RULES = (("int8_conv", schedule_int8_conv), ("pointwise", schedule_pointwise), ("conv", schedule_conv),
                 ("matmul", schedule_matmul), ("depthwise", schedule_depthwise),
-                ("depthwise_channels", schedule_channel_depthwise), ("elementwise", _elementwise))
+                ("depthwise_channels", schedule_channel_depthwise), ("layout_transform", schedule_layout_transform),
+                ("elementwise", _elementwise))
 
 
 def schedule_kernel(func, vector: CpuVector):

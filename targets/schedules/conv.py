@@ -45,6 +45,8 @@ def schedule_conv(sch, vector: CpuVector) -> bool:
     if conv is None:
         return False
     block = sch.get(conv)
+    if len(block.writes[0].source.shape) == 5:
+        return _schedule_blocked_conv(sch, conv, vector)
     fi = int(block.reads[-1].source.shape[-1])
     _, out_channels, _, out_width = [int(d) for d in block.writes[0].source.shape]
     fb, xb = conv_tile(fi, out_channels, out_width, vector, grouped)
@@ -65,6 +67,22 @@ def schedule_conv(sch, vector: CpuVector) -> bool:
     return True
 
 
+def _schedule_blocked_conv(sch, conv, vector: CpuVector) -> bool:
+    """The conv on NCHW{fi}c activations (blocked_layout): the register tile of `schedule_conv`,
+    written back as whole channel vectors (no transpose). Reducing the input channels block by
+    block (fi channels of a pixel in one cache line) measured 5-15% slower on VGG's 3x3 convs."""
+    _, blocks, _, out_width, fi = [int(d) for d in sch.get(conv).writes[0].source.shape]
+    fb, xb = conv_tile(fi, blocks * fi, out_width, vector, grouped=False)
+    tail = inline_epilogue(sch, conv)
+    n, fo, y, x, f, rc, ry, rx = sch.get_loops(conv)
+    foo, fob = split_tile(sch, fo, fb, vector)
+    xo, xi = split_tile(sch, x, xb, vector)
+    sch.reorder(n, foo, y, xo, rc, ry, rx, fob, xi, f)
+    cache = sch.cache_write(conv, 0, "local")
+    finish_tile(sch, conv, cache, tail, xo, f, [xi, fob, rx], [n, foo, y], rc, vector)
+    return True
+
+
 def _split_row_vectors(sch, conv, out_channels: int, out_width: int, vector: CpuVector):
     """Tiling for convs with too few output channels for a channel vector (e.g. a 1-channel head).
 
@@ -81,8 +99,10 @@ def _split_row_vectors(sch, conv, out_channels: int, out_width: int, vector: Cpu
 
 
 def _is_pointwise(block) -> bool:
-    """A 1x1, stride-1, unpadded conv: its input and output planes are the same size."""
+    """A 1x1, stride-1, unpadded conv on NCHW activations: its input and output planes are the same size."""
     data, weight = block.reads[0].source, block.reads[-1].source
+    if len(data.shape) != 4:
+        return False
     kh, kw = [int(d) for d in weight.shape[2:4]]
     return (kh, kw) == (1, 1) and [int(d) for d in data.shape[2:]] == [int(d) for d in block.writes[0].source.shape[2:]]
 

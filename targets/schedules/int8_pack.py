@@ -34,7 +34,8 @@ from slimcc.targets.relax_values import constant_array, static_shape, tensor_dty
 from slimcc.targets.schedules.isa import CpuVector
 from slimcc.targets.schedules.pack_weights import (CHANNEL_DWCONV_BLOCK, CHANNEL_PAD_BLOCK, CONV_BLOCK, ConvGeometry,
                                                    DWCONV_BLOCK, GROUPED_CONV_BLOCK, PAD_BLOCK, _ints,
-                                                   channel_depthwise, packed_conv, row_depthwise)
+                                                   channel_depthwise, pack_conv_weight, pack_depthwise_weight,
+                                                   packed_conv, row_depthwise)
 from slimcc.targets.schedules.vnni import GROUP, LANES, vnni_intrin
 from slimcc.targets.te_kernels import call_te_kernel
 from slimcc.targets.tvm_import import ensure_tvm
@@ -139,7 +140,7 @@ class _IntConv(ConvGeometry):
             fi = self.channel_vectors(vector)
             w_t = te.placeholder((out_channels // fi, kh, kw, fi), "int8", "weight")
             tensors, name = [x, w_t, channel_depthwise(self, x, w_t, fi, self.pad_value, "int32")], CHANNEL_DWCONV_BLOCK
-            packed = self.weight.reshape(out_channels // fi, fi, kh, kw).transpose(0, 2, 3, 1)
+            packed = pack_depthwise_weight(self.weight, fi)
         elif group_channels == 1:
             w_t = te.placeholder((out_channels, kh, kw), "int8", "weight")
             tensors, packed, name = [x, w_t, row_depthwise(self, self._pad(x), w_t, "int32")], \
@@ -148,7 +149,7 @@ class _IntConv(ConvGeometry):
             fi = vector.vector_width_dividing(out_channels // self.groups)
             w_t = te.placeholder((out_channels // fi, group_channels, kh, kw, fi), "int8", "weight")
             tensors = [x, w_t, packed_conv(self, self._pad(x), w_t, fi, "int32")]
-            packed = self.weight.reshape(out_channels // fi, fi, group_channels, kh, kw).transpose(0, 2, 3, 4, 1)
+            packed = pack_conv_weight(self.weight, fi)
             name = CONV_BLOCK if self.groups == 1 else GROUPED_CONV_BLOCK
         return call_te_kernel(builder, name, tensors, [self.data, relax.const(np.ascontiguousarray(packed))])
 
