@@ -9,7 +9,7 @@ import onnx_graphsurgeon as gs
 
 from slimcc.errors import SlimccError
 
-_shared: list[tuple[gs.Graph, set[str] | None]] = []  # innermost shared_names block last
+_shared: list[tuple[gs.Graph, _Index | None]] = []  # innermost shared_names block last
 
 
 class NameScope:
@@ -22,19 +22,28 @@ class NameScope:
     def __init__(self, graph: gs.Graph):
         if _shared and _shared[-1][0] is graph:
             if _shared[-1][1] is None:
-                _shared[-1] = (graph, _used_names(graph))
-            self.used = _shared[-1][1]
+                _shared[-1] = (graph, _Index(_used_names(graph)))
+            index = _shared[-1][1]
         else:
-            self.used = _used_names(graph)
+            index = _Index(_used_names(graph))
+        self.used, self._next = index.used, index.next
 
     def new(self, base: str) -> str:
         """`base`, or `base_1`, `base_2`... : the first name not used yet (then reserved)."""
-        name, index = base, 1
+        name, index = base, self._next.get(base, 1)
         while name in self.used:
             name = f"{base}_{index}"
             index += 1
+        self._next[base] = index  # the next request for `base` starts here, not at base_1 again
         self.used.add(name)
         return name
+
+
+class _Index:
+    """Names in use, and per base name the suffix to try next (shared by a block's NameScopes)."""
+
+    def __init__(self, used: set[str]):
+        self.used, self.next = used, {}
 
 
 def _used_names(graph: gs.Graph) -> set[str]:
