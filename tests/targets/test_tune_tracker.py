@@ -62,7 +62,7 @@ def test_tuning_through_a_tracker_with_two_local_servers(tmp_path):
     assert measured_record_count(db) > 1 and not summary["seed_failures"]
     assert "tracker 127.0.0.1" in summary["measured_on"]
     manifest = compile_model(model, spec, tmp_path / "art", database_dir=db, isolate=False)
-    assert manifest.build["tuned_kernels"] == 1
+    assert manifest.build["tuned_kernels"] >= 1  # the conv (and its output's conversion to NCHW)
     feeds = feeds_for(model)
     assert_matches_onnxruntime(model, load_artifact(tmp_path / "art").run(feeds), feeds)
 
