@@ -20,11 +20,13 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from slimcc.errors import PipelineError
 from slimcc.passes.base import Pass, PassContext, PassResult, register_pass
 from slimcc.passes.pattern import constant_value
 from slimcc.passes.quant.qdq_graph import add_constant, is_graph_output
 
 HOMOGENEOUS = ("Relu", "LeakyRelu", "PRelu", "Clip")
+MAX_SWEEPS = 64  # a chain converges in a few; more only burns time (a fuzzed 10^9 never ended)
 
 
 @register_pass("cross-layer-equalize")
@@ -35,6 +37,10 @@ class CrossLayerEqualize(Pass):
     sweeps: int = 4
 
     exact = True
+
+    def __post_init__(self):
+        if not 1 <= self.sweeps <= MAX_SWEEPS:
+            raise PipelineError(f"cross-layer-equalize: sweeps={self.sweeps} must be between 1 and {MAX_SWEEPS}")
 
     def run(self, model, ctx: PassContext | None = None) -> PassResult:
         graph = model.graph

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from onnx import helper, numpy_helper
 from quant_helpers import F, canonical_zoo, qdq_model, vi
 
@@ -72,3 +73,12 @@ def test_zoo_models_stay_exact_under_the_verified_gate():
         model = canonical_zoo(name)
         outcome = run_verified(model, [CrossLayerEqualize()], None)
         assert outcome.exact and outcome.report.records[0].result.stats["pairs"] > 0
+
+
+@pytest.mark.parametrize("sweeps", [0, 65, 10**9])
+def test_sweeps_out_of_range_is_a_pipeline_error(sweeps):
+    from slimcc.errors import PipelineError
+    from slimcc.passes.quant.equalize import CrossLayerEqualize
+
+    with pytest.raises(PipelineError, match="sweeps"):
+        CrossLayerEqualize(sweeps=sweeps)
