@@ -60,7 +60,6 @@ def layout_friendly(mod):
       with 0 channels).
     """
     ensure_tvm()
-    from tvm import relax
     from tvm.relax.dpl import is_const, is_op, wildcard
 
     binary = [f"relax.{name}" for name in BINARY_OPS]
@@ -69,30 +68,10 @@ def layout_friendly(mod):
     for name in binary:
         pattern = pattern | is_op(name)(wildcard(), is_const()) | is_op(name)(is_const(), wildcard())
 
-    def make_replace(_builder):
-        def replace(call, _matches):
-            if call.op.name == "relax.call_tir":
-                return _clip_kernel_as_op(call)
-            if call.op.name == "relax.split":
-                return _channel_split(call)
-            if call.op.name == "relax.clip":
-                x, low, high = call.args
-                if tensor_dtype(x) != "float32":
-                    return call
-                bound = [relax.const(np.float32(float(v.value)), "float32") for v in (low, high)]
-                return relax.op.minimum(relax.op.maximum(x, bound[0]), bound[1])
-            a, b = call.args
-            ranks = [len(static_shape(e)) if static_shape(e) is not None else None for e in (a, b)]
-            # an operand already of rank 0 stays (rewrite_call repeats until nothing changes)
-            new_b = _scalar(b, ranks[0]) if ranks[1] != 0 else None
-            new_a = _scalar(a, ranks[1]) if ranks[0] != 0 else None
-            if new_b is not None:
-                return relax.Call(call.op, [a, new_b], call.attrs)
-            if new_a is not None:
-                return relax.Call(call.op, [new_a, b], call.attrs)
-            return call
+    rewrites = {"relax.call_tir": _clip_kernel_as_op, "relax.split": _channel_split, "relax.clip": _clip_as_min_max}
 
-        return replace
+    def make_replace(_builder):
+        return lambda call, _matches: rewrites.get(call.op.name, _scalar_operand)(call)
 
     return rewrite_calls(mod, pattern, make_replace, "SlimccLayoutFriendly")
 
@@ -124,6 +103,35 @@ def conv_layouts(call, fi: int) -> tuple[str, ...]:
         return plain
     activations, kernel = blocked_layout(fi)
     return (activations if in_shape[1] % fi == 0 else "NCHW", kernel, activations)
+
+
+def _clip_as_min_max(call):
+    """A float clip as maximum/minimum with rank-0 bounds."""
+    ensure_tvm()
+    from tvm import relax
+
+    x, low, high = call.args
+    if tensor_dtype(x) != "float32":
+        return call
+    bound = [relax.const(np.float32(float(v.value)), "float32") for v in (low, high)]
+    return relax.op.minimum(relax.op.maximum(x, bound[0]), bound[1])
+
+
+def _scalar_operand(call):
+    """An element-wise binary op with its one-element constant operand as a rank-0 scalar."""
+    ensure_tvm()
+    from tvm import relax
+
+    a, b = call.args
+    ranks = [len(static_shape(e)) if static_shape(e) is not None else None for e in (a, b)]
+    # an operand already of rank 0 stays (rewrite_call repeats until nothing changes)
+    new_b = _scalar(b, ranks[0]) if ranks[1] != 0 else None
+    if new_b is not None:
+        return relax.Call(call.op, [a, new_b], call.attrs)
+    new_a = _scalar(a, ranks[1]) if ranks[0] != 0 else None
+    if new_a is not None:
+        return relax.Call(call.op, [new_a, b], call.attrs)
+    return call
 
 
 def _scalar(expr, other_rank: int | None):

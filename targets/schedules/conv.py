@@ -10,9 +10,11 @@ Loop nest (NCHW output, weights packed [F/fi, Cg, KH, KW, fi], see pack_weights)
             acc[x, f] += broadcast(pad[c, y*s+ry, x*s+rx]) * Wp[f // fi, c, ry, rx, f % fi]
         epilogue (bias, BN scale, activation, residual add) while the tile is hot
 
-This is NeoCPU's register-blocked direct conv with the blocked layout confined to the packed
-weight: one weight vector feeds xb FMAs and one broadcast input feeds fb FMAs, so the inner
-loop stays FMA-bound and activations stay NCHW between layers.
+This is NeoCPU's register-blocked direct conv: one weight vector feeds xb FMAs and one
+broadcast input feeds fb FMAs, so the inner loop stays FMA-bound. On NCHW{fi}c activations
+(blocked_layout) the same tile reads a blocked input and writes whole channel vectors; on NCHW
+ones the tile is written back transposed. Reducing the input channels block by block (fi
+channels of a pixel in one cache line) measured 5-15% slower on VGG's 3x3 convs.
 """
 
 from __future__ import annotations
@@ -45,41 +47,29 @@ def schedule_conv(sch, vector: CpuVector) -> bool:
     if conv is None:
         return False
     block = sch.get(conv)
-    if len(block.writes[0].source.shape) == 5:
-        return _schedule_blocked_conv(sch, conv, vector)
+    out_shape = [int(d) for d in block.writes[0].source.shape]
+    blocked = len(out_shape) == 5  # NCHW{fi}c output (blocked_layout): written back as whole channel vectors
     fi = int(block.reads[-1].source.shape[-1])
-    _, out_channels, _, out_width = [int(d) for d in block.writes[0].source.shape]
-    fb, xb = conv_tile(fi, out_channels, out_width, vector, grouped)
+    out_channels, out_width = (out_shape[1] * out_shape[4] if blocked else out_shape[1]), out_shape[3]
+    fb, xb = conv_tile(fi, out_channels, out_width, vector, grouped and not blocked)
 
     tail = inline_epilogue(sch, conv)
-    n, f, y, x, rc, ry, rx = sch.get_loops(conv)
+    if blocked:
+        n, blocks, y, x, fil, rc, ry, rx = sch.get_loops(conv)
+    else:
+        n, f, y, x, rc, ry, rx = sch.get_loops(conv)
     if fi == 1:
         fo, fbl, xo, xi, fil = _split_row_vectors(sch, conv, out_channels, out_width, vector)
     else:
-        blocks, fil = sch.split(f, [None, fi])
+        if not blocked:
+            blocks, fil = sch.split(f, [None, fi])
         fo, fbl = split_tile(sch, blocks, fb, vector)
         xo, xi = split_tile(sch, x, xb, vector)
         sch.reorder(n, fo, y, xo, rc, ry, rx, fbl, xi, fil)
     cache = sch.cache_write(conv, 0, "local")
-    if fi > 1:
+    if fi > 1 and not blocked:
         sch.transform_layout(conv, ("write", 0), lambda a, b, c, d: (a, c, d, b))
     finish_tile(sch, conv, cache, tail, xo, fil, [xi, fbl, rx], [n, fo, y], rc, vector)
-    return True
-
-
-def _schedule_blocked_conv(sch, conv, vector: CpuVector) -> bool:
-    """The conv on NCHW{fi}c activations (blocked_layout): the register tile of `schedule_conv`,
-    written back as whole channel vectors (no transpose). Reducing the input channels block by
-    block (fi channels of a pixel in one cache line) measured 5-15% slower on VGG's 3x3 convs."""
-    _, blocks, _, out_width, fi = [int(d) for d in sch.get(conv).writes[0].source.shape]
-    fb, xb = conv_tile(fi, blocks * fi, out_width, vector, grouped=False)
-    tail = inline_epilogue(sch, conv)
-    n, fo, y, x, f, rc, ry, rx = sch.get_loops(conv)
-    foo, fob = split_tile(sch, fo, fb, vector)
-    xo, xi = split_tile(sch, x, xb, vector)
-    sch.reorder(n, foo, y, xo, rc, ry, rx, fob, xi, f)
-    cache = sch.cache_write(conv, 0, "local")
-    finish_tile(sch, conv, cache, tail, xo, f, [xi, fob, rx], [n, foo, y], rc, vector)
     return True
 
 
