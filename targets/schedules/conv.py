@@ -110,9 +110,12 @@ def schedule_pointwise(sch, vector: CpuVector) -> bool:
     transpose; each tile holds fb output channels x pv vectors, and the weights are broadcast
     (fb consecutive channels of one packed [.., C, 1, 1, fi] row). False when the kernel has no
     such conv, or its plane is not a multiple of half a vector (14x14, 7x7: the channel-vector
-    tiling of `schedule_conv` takes those).
+    tiling of `schedule_conv` takes those). Grouped 1x1 convs (ShuffleNet's) run the same way, a
+    matrix product per group, with tiles of channels that stay inside one group.
     """
     conv = find_block(sch, CONV_BLOCK)
+    if conv is None:
+        conv = find_block(sch, GROUPED_CONV_BLOCK)
     if conv is None or not _is_pointwise(sch.get(conv)) or _spatial_vector_width(sch.get(conv), vector) < vector.lanes // 2:
         return False
     tail = inline_epilogue(sch, conv)
@@ -120,7 +123,7 @@ def schedule_pointwise(sch, vector: CpuVector) -> bool:
     _, out_channels, height, width = [int(d) for d in block.writes[0].source.shape]
     fi = int(block.reads[-1].source.shape[-1])
     lanes = _spatial_vector_width(block, vector)
-    fb = largest_divisor(fi, POINTWISE_CHANNELS) if fi > 1 else largest_divisor(out_channels, POINTWISE_CHANNELS)
+    fb = largest_divisor(fi if fi > 1 else out_channels, POINTWISE_CHANNELS)
     pv = largest_divisor(height * width // lanes, max(1, vector.accumulators // fb))
     plane = height * width
     cache = sch.cache_write(conv, 0, "local")

@@ -50,6 +50,8 @@ CONV_CASES = {
     "strided-asymmetric-pad": ((1, 8, 17, 17), (16, 8, 3, 3), {"strides": [2, 2], "pads": [0, 1, 1, 0]}, "conv"),
     "dilated": ((1, 8, 16, 16), (16, 8, 3, 3), {"dilations": [2, 2], "pads": [2, 2, 2, 2]}, "conv"),
     "grouped": ((1, 16, 12, 12), (32, 4, 3, 3), {"group": 4, "pads": [1, 1, 1, 1]}, "conv"),
+    "grouped-1x1-odd-group": ((1, 34, 8, 8), (68, 17, 1, 1), {"group": 2}, "pointwise"),
+    "grouped-1x1-shuffle-widths": ((1, 40, 8, 8), (24, 10, 1, 1), {"group": 4}, "pointwise"),
     "depthwise-wide-rows": ((1, 8, 6, 40), (8, 1, 3, 3), {"group": 8, "pads": [1, 1, 1, 1]}, "depthwise"),
     "depthwise-narrow": ((1, 24, 15, 15), (24, 1, 3, 3), {"group": 24, "pads": [1, 1, 1, 1]}, "depthwise_channels"),
     "depthwise-strided-asymmetric-pad": ((1, 32, 17, 17), (32, 1, 3, 3), {"group": 32, "strides": [2, 2],
