@@ -11,7 +11,7 @@ from __future__ import annotations
 from slimcc.targets.schedules.isa import CpuVector, loop_volume, parallel_pays
 from slimcc.targets.tvm_import import ensure_tvm
 
-MAX_POOL_WINDOW = 64  # larger reductions (global pooling, matmul) go to dlight's reduction rules
+MAX_POOL_WINDOW = 64  # larger NCHW reductions (global pooling, matmul) need the plane-sum or dlight rules
 
 
 def root_blocks(sch) -> list:
@@ -106,10 +106,10 @@ def schedule_pool(sch, block, vector: CpuVector) -> bool:
     window_size = 1
     for loop in window:
         window_size *= int(sch.get(loop).extent)
-    if window_size > MAX_POOL_WINDOW:
-        return False
     row = spatial[-1]
     width = vector.vector_width_dividing(int(sch.get(row).extent))
+    if window_size > MAX_POOL_WINDOW and width < vector.lanes // 2:
+        return False  # a long reduction needs whole vectors: global pooling of NCHW{fi}c channel blocks
     xo, xi = sch.split(row, [None, width])
     sch.reorder(*spatial[:-1], xo, *window, xi)
     work = loop_volume(sch, block)

@@ -92,6 +92,24 @@ def test_blocked_chain_converts_only_at_its_ends_and_matches_onnxruntime(x86, tm
     assert_matches_onnxruntime(model, load_artifact(tmp_path / "art").run(feeds), feeds)
 
 
+def test_global_pooling_of_channel_blocks_takes_slimcc_vectors(x86, tmp_path):
+    """GlobalAveragePool after a blocked conv reduces NCHW16c planes: slimcc's pooling rule keeps the
+    16 channels of a block in one vector (dlight's reduction rule, the fallback, ran 10x slower)."""
+    rng = np.random.default_rng(5)
+    inits = {"w": (rng.standard_normal((32, 16, 3, 3)) * 0.3).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["c"], ["y"])]
+    proto = make_proto(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 20, 24])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = prepare_model(load_model(proto))
+    manifest = compile_model(model, x86, tmp_path / "art", isolate=False)
+    schedules = manifest.build["slimcc_schedules"]
+    assert schedules.get("conv") == 1 and schedules.get("elementwise") == 1, schedules
+    assert not manifest.build["unscheduled_kernels"], manifest.build
+    feeds = feeds_for(model)
+    assert_matches_onnxruntime(model, load_artifact(tmp_path / "art").run(feeds), feeds)
+
+
 def test_layout_friendly_rewrites_keep_shapes():
     """Clip kernels become maximum/minimum with scalar bounds, an even channel split equal
     sections, an uneven one strided slices."""
