@@ -1,4 +1,5 @@
-"""A networkx view of an onnx-graphsurgeon graph, for analyses (dependency groups, orderings).
+"""networkx views for analyses: the op graph of an onnx-graphsurgeon graph (orderings, blocks)
+and coupling graphs whose connected components are dependency groups.
 
 Ops are nodes, activation tensors are edges. Constants (weights, shape tensors) are not
 edges: they have no producer; read them from `G.nodes[key]["node"].inputs`. Only the
@@ -7,7 +8,10 @@ top-level graph is viewed: nodes inside If/Loop/Scan bodies are not expanded.
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Iterable, Sequence
+
 import networkx as nx
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from slimcc.errors import SlimccError
@@ -103,3 +107,25 @@ def topological_nodes(graph: gs.Graph) -> list[gs.Node]:
         cycle = [k for k, _, *_ in nx.find_cycle(G)]
         raise SlimccError(f"the graph has a cycle through nodes {', '.join(cycle[:6])}") from None
     return [G.nodes[k]["node"] for k in keys if G.nodes[k]["kind"] == OP]
+
+
+def component_labels(count: int, edges: Iterable[tuple[int, int]]) -> np.ndarray:
+    """Connected components of the undirected graph on nodes 0..count-1 joined by `edges`.
+
+    Returns one label per node: the smallest node of its component, so labels are
+    independent of the order edges were found in.
+    """
+    coupling = nx.Graph(edges)  # a node on no edge is a component of its own: left out of the graph
+    labels = np.arange(count, dtype=np.int64)
+    for component in nx.connected_components(coupling):
+        members = np.fromiter(component, np.int64, len(component))
+        labels[members] = members.min()
+    return labels
+
+
+def component_keys(keys: Sequence[Hashable], pairs: Iterable[tuple[Hashable, Hashable]]) -> dict[Hashable, int]:
+    """Connected components of `keys` joined by `pairs` (keys a pair names are added): key -> component label."""
+    index = {key: i for i, key in enumerate(keys)}
+    edges = [(index.setdefault(a, len(index)), index.setdefault(b, len(index))) for a, b in pairs]
+    labels = component_labels(len(index), edges)
+    return {key: int(labels[i]) for key, i in index.items()}

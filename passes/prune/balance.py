@@ -1,8 +1,9 @@
 """Group-uniform channel classes for grouped convolutions.
 
 A conv with `g` groups stays a conv with `g` groups only if every group loses as many
-input channels (and as many output channels) as the others. Union-find merges the units
-that *must* go together; this module then merges whole classes into classes that are
+input channels (and as many output channels) as the others. The connected components of
+the coupling graph are the units that *must* go together (one label per unit: the smallest
+unit of its class); this module then merges whole classes into classes that are
 *balanced* on every grouped conv: each class holds equally many units in each of the conv's
 `g` blocks. A balanced class can be removed on its own, so any set of classes can.
 
@@ -55,24 +56,27 @@ def balanced_bins(vectors: np.ndarray) -> list[list[int]]:
     return bins
 
 
-def balance(uf, constraints: list[tuple[int, int, int]]) -> int:
-    """Merge union-find classes until each is balanced on every (base, units, groups) constraint.
-
-    Returns the number of merges made.
+def balance(labels: np.ndarray, constraints: list[tuple[int, int, int]]) -> int:
+    """Merge classes (relabelling `labels` in place) until each is balanced on every (base, units, groups)
+    constraint; a merged class takes the smaller label. Returns the number of merges made.
     """
     merges = 0
     changed = True
+    current, of_unit = np.unique(labels, return_inverse=True)  # a merge relabels classes, not units
     while changed:
         changed = False
         for base, units, groups in constraints:
-            roots = np.array([uf.find(base + k) for k in range(units)])
-            reps, counts = block_counts(roots, groups)
+            reps, counts = block_counts(current[of_unit[base:base + units]], groups)
             uneven = np.nonzero(counts.max(axis=1) != counts.min(axis=1))[0]
             for members in balanced_bins(counts[uneven]):
+                label = int(reps[uneven[members[0]]])
                 for other in members[1:]:
-                    uf.union(int(reps[uneven[members[0]]]), int(reps[uneven[other]]))
+                    low, high = sorted((label, int(reps[uneven[other]])))
+                    current[current == high] = low
+                    label = low
                     merges += 1
                     changed = True
+    labels[:] = current[of_unit]
     return merges
 
 

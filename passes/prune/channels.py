@@ -3,9 +3,10 @@
 Every activation tensor gets a *channel space*: one axis (or, after a channel-shuffle
 Reshape, a run of adjacent axes read as one flat index) divided into units of
 `unit` consecutive elements (a Flatten into a Gemm makes a unit of H*W features).
-Each op rule states an exact index map between its inputs' and outputs' units; the
-units it maps onto each other are merged with union-find. A connected set of units
-is a *component*: removing it removes each of its units everywhere. Components that
+Each op rule states an exact index map between its inputs' and outputs' units: the units
+it maps onto each other are joined by an edge of a networkx *coupling graph* (a space mapped
+one to one onto an earlier one simply shares its units). A connected component of that
+graph is a *component*: removing it removes each of its units everywhere. Components that
 touch the same tensors form a *group* (e.g. all output channels of one conv).
 
 A grouped conv (more than one input channel per group) couples nothing itself but asks
@@ -27,6 +28,7 @@ import onnx_graphsurgeon as gs
 
 from slimcc.errors import SlimccError
 from slimcc.ir.constants import constant_value
+from slimcc.ir.graphview import component_labels
 from slimcc.ir.layout import channel_axis
 from slimcc.passes.prune.balance import balance, check_balanced
 
@@ -54,7 +56,7 @@ class Space:
     axis: int
     dims: tuple[int, ...]
     unit: int
-    base: int  # offset of unit 0 in the union-find arrays
+    base: int  # node of unit 0 in the coupling graph (shared with a space it maps onto one to one)
 
     @property
     def units(self) -> int:
@@ -145,28 +147,6 @@ class ChannelAnalysis:
                 "prunable_groups": sum(g.prunable for g in self.groups), "group_uniform": self.uniform}
 
 
-class _UnionFind:
-    def __init__(self):
-        self.parent: list[int] = []
-
-    def add(self, n: int) -> int:
-        base = len(self.parent)
-        self.parent.extend(range(base, base + n))
-        return base
-
-    def find(self, x: int) -> int:
-        parent = self.parent
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-
 def is_constant(tensor) -> bool:
     return constant_value(tensor) is not None
 
@@ -179,12 +159,13 @@ def static_shape(tensor) -> tuple[int, ...] | None:
 
 
 class _Builder:
-    """Walks the graph once, applying op rules (methods `op_<Type>`) to build spaces and unions."""
+    """Walks the graph once, applying op rules (methods `op_<Type>`) to build spaces and the coupling graph."""
 
     def __init__(self, graph: gs.Graph):
         self.graph = graph
         self.opset = int(graph.opset or 13)
-        self.uf = _UnionFind()
+        self.units = 0  # nodes of the coupling graph so far
+        self.edges: list[tuple[int, int]] = []
         self.spaces: dict[str, Space] = {}
         self.blocked: dict[str, list[str]] = {}
         self.roles: list[Role] = []
@@ -192,12 +173,20 @@ class _Builder:
         self.index = -1
 
     # --- spaces ---------------------------------------------------------------------------
-    def new_space(self, tensor, axis: int, dims: tuple[int, ...], unit: int = 1, product: bool = False) -> Space:
+    def new_space(self, tensor, axis: int, dims: tuple[int, ...], unit: int = 1, product: bool = False,
+                  shares: Space | None = None) -> Space:
+        """The space of `tensor`: fresh units, or those of `shares` when it maps onto them one to one."""
         if tensor.name in self.spaces:
             raise Blocked(f"tensor {tensor.name} is produced twice")
         space = Space(tensor.name, axis, tuple(dims), unit, 0)
-        space.base = self.uf.add(space.units)
+        if shares is not None and shares.units == space.units:
+            space.base = shares.base
+        else:
+            space.base = self.units
+            self.units += space.units
         self.spaces[tensor.name] = space
+        if shares is not None and shares.units != space.units:
+            raise Blocked(f"{shares.tensor} and {tensor.name} have {shares.units} vs {space.units} channel units")
         if product and len(dims) > 1:
             self._couple_product(space)
         return space
@@ -205,8 +194,7 @@ class _Builder:
     def _couple_product(self, space: Space) -> None:
         """A multi-axis space keeps a product structure: units equal in the last coordinate are one unit."""
         last = space.dims[-1]
-        for flat in range(space.units):
-            self.uf.union(space.base + flat, space.base + flat % last)
+        self.edges.extend((space.base + flat, space.base + flat % last) for flat in range(last, space.units))
 
     def default_space(self, tensor, op: str = "", attrs: dict | None = None) -> Space | None:
         """A one-axis space on the channel axis of `op`'s output (axis 1 when no op is given: graph inputs)."""
@@ -227,17 +215,19 @@ class _Builder:
         if reason not in self.blocked[name]:
             self.blocked[name].append(reason)
 
+    def couple(self, a: int, b: int, n: int = 1) -> None:
+        """Units a..a+n-1 are pruned together with units b..b+n-1, one to one."""
+        if a != b:
+            self.edges.extend(zip(range(a, a + n), range(b, b + n)))
+
     def union_identity(self, a: Space, b: Space) -> None:
         if a.units != b.units:
             raise Blocked(f"{a.tensor} and {b.tensor} have {a.units} vs {b.units} channel units")
-        for k in range(a.units):
-            self.uf.union(a.base + k, b.base + k)
+        self.couple(a.base, b.base, a.units)
 
     def same_layout(self, src: Space, out, axis: int | None = None) -> Space:
         """Output space = input space (possibly moved to `axis`), units mapped one to one."""
-        space = self.new_space(out, src.axis if axis is None else axis, src.dims, src.unit)
-        self.union_identity(src, space)
-        return space
+        return self.new_space(out, src.axis if axis is None else axis, src.dims, src.unit, shares=src)
 
     # --- driver ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -305,7 +295,8 @@ class _Builder:
         cout = shape[1] * groups if transpose else shape[0]
         if sin.units != cin:
             raise Blocked(f"input has {sin.units} channels, weight expects {cin}")
-        sout = self.new_space(node.outputs[0], 1, (cout,))
+        depthwise = groups > 1 and cin == cout == groups  # output channel k is a function of input channel k
+        sout = self.new_space(node.outputs[0], 1, (cout,), shares=sin if depthwise else None)
         if groups == 1:
             self.roles.append(Role("reducer", self.index, x.name))
         elif not transpose and cin // groups > 1:
@@ -313,14 +304,14 @@ class _Builder:
             self.balances.append((sin, groups, f"{node.op} {node.name or '#' + str(self.index)}"))
             self.balances.append((sout, groups, f"{node.op} {node.name or '#' + str(self.index)}"))
             self.roles.append(Role("reducer", self.index, x.name))
-        else:
+        elif not depthwise:
             cin_g, cout_g = cin // groups, cout // groups
             for g in range(groups):  # whole groups only: a group's inputs and outputs are one unit
                 anchor = sout.base + g * cout_g
                 for k in range(cin_g):
-                    self.uf.union(anchor, sin.base + g * cin_g + k)
-                for k in range(cout_g):
-                    self.uf.union(anchor, sout.base + g * cout_g + k)
+                    self.couple(anchor, sin.base + g * cin_g + k)
+                for k in range(1, cout_g):
+                    self.couple(anchor, anchor + k)
         self.roles.append(Role("producer", self.index, node.outputs[0].name))
 
     def op_Conv(self, node) -> None:
@@ -429,8 +420,8 @@ class _Builder:
                         raise Blocked(f"constant {t.name} varies along the channel axis in an unsupported way")
                     if not isinstance(t, gs.Constant):
                         raise Blocked(f"per-channel constant {t.name} is not an initializer")
-        sout = self.new_space(out, chosen.axis, chosen.dims, chosen.unit)
-        for space in full_inputs:
+        sout = self.new_space(out, chosen.axis, chosen.dims, chosen.unit, shares=full_inputs[0])
+        for space in full_inputs[1:]:
             self.union_identity(space, sout)
 
     def pool(self, node) -> None:
@@ -501,8 +492,7 @@ class _Builder:
             sout = self.new_space(out, axis, (sum(s.dims[0] for s in spaces),), first.unit)
             offset = 0
             for s in spaces:
-                for k in range(s.units):
-                    self.uf.union(s.base + k, sout.base + offset + k)
+                self.couple(s.base, sout.base + offset, s.units)
                 offset += s.units
         elif first.axis <= axis < first.axis + len(first.dims):
             raise Blocked("concatenation inside a multi-axis channel space")
@@ -523,8 +513,7 @@ class _Builder:
             offset = 0
             for t, size in zip(node.outputs, sizes):
                 sout = self.new_space(t, axis, (size,), space.unit)
-                for k in range(sout.units):
-                    self.uf.union(space.base + offset + k, sout.base + k)
+                self.couple(space.base + offset, sout.base, sout.units)
                 offset += sout.units
         elif space.axis <= axis < space.axis + len(space.dims):
             raise Blocked("split inside a multi-axis channel space")
@@ -570,8 +559,7 @@ class _Builder:
         if len(space.dims) != 1 or step != 1 or start % space.unit or end % space.unit or end <= start:
             raise Blocked("slice on the channel axis must be contiguous, step 1 and unit aligned")
         sout = self.new_space(node.outputs[0], space.axis, (end - start,), space.unit)
-        for k in range(sout.units):
-            self.uf.union(space.base + start // space.unit + k, sout.base + k)
+        self.couple(space.base + start // space.unit, sout.base, sout.units)
 
     def op_Resize(self, node) -> None:
         space = self._channel1(node.inputs[0], node.op)
@@ -611,8 +599,7 @@ class _Builder:
         if len(space.dims) != 1 or k > space.axis or math.prod(shape[k:space.axis]) != 1:
             raise Blocked("flattens the channel axis into the batch")
         inner = math.prod(shape[space.axis + 1:])
-        sout = self.new_space(node.outputs[0], 1, (space.dims[0] * inner,), space.unit * inner)
-        self.union_identity(space, sout)
+        self.new_space(node.outputs[0], 1, (space.dims[0] * inner,), space.unit * inner, shares=space)
 
     def op_Reshape(self, node) -> None:
         x, out = node.inputs[0], node.outputs[0]
@@ -631,12 +618,10 @@ class _Builder:
             if math.prod(oshape[a:a + s2]) == size and math.prod(oshape[a + s2:]) == suffix:
                 if s2 > 1 and space.unit != 1:
                     raise Blocked("splits a flattened channel axis")
-                sout = self.new_space(out, a, tuple(oshape[a:a + s2]), space.unit, product=s2 > 1)
-                self.union_identity(space, sout)
+                self.new_space(out, a, tuple(oshape[a:a + s2]), space.unit, product=s2 > 1, shares=space)
                 return
         if s == 1 and len(oshape) == a + 1 and oshape[a] == size * suffix:
-            sout = self.new_space(out, a, (oshape[a],), space.unit * suffix)
-            self.union_identity(space, sout)
+            self.new_space(out, a, (oshape[a],), space.unit * suffix, shares=space)
             return
         raise Blocked("reshape mixes the channel axis with other axes")
 
@@ -651,14 +636,13 @@ class _Builder:
             raise Blocked("transpose separates the channel axes")
         order = sorted(range(len(positions)), key=lambda i: positions[i])  # input span index at each output slot
         out_dims = tuple(space.dims[i] for i in order)
-        sout = self.new_space(node.outputs[0], lo, out_dims, space.unit)
         if len(space.dims) == 1:
-            self.union_identity(space, sout)
+            self.new_space(node.outputs[0], lo, out_dims, space.unit, shares=space)
             return
+        sout = self.new_space(node.outputs[0], lo, out_dims, space.unit)
         coords = np.indices(space.dims).reshape(len(space.dims), -1)  # in-coords of each in-flat index
         out_flat = np.ravel_multi_index(tuple(coords[i] for i in order), out_dims)
-        for flat, oflat in enumerate(out_flat.tolist()):
-            self.uf.union(space.base + flat, sout.base + oflat)
+        self.edges.extend(zip(range(space.base, space.base + space.units), (sout.base + out_flat).tolist()))
 
     def _squeeze_axes(self, node, rank_in: int, rank_out: int, insert: bool) -> list[int]:
         axes = self._axes(node)
@@ -698,9 +682,9 @@ def analyze_channels(graph: gs.Graph) -> ChannelAnalysis:
                           "is dynamic; give --input-shape and run canonicalize first")
     builder = _Builder(graph)
     builder.run()
-    uf = builder.uf
-    balance(uf, [(space.base, space.units, groups) for space, groups, _ in builder.balances])
-    root_of = [uf.find(i) for i in range(len(uf.parent))]
+    labels = component_labels(builder.units, builder.edges)
+    balance(labels, [(space.base, space.units, groups) for space, groups, _ in builder.balances])
+    root_of = labels.tolist()
     comp_index: dict[int, int] = {}
     components: list[Component] = []
     element_component: dict[str, np.ndarray] = {}

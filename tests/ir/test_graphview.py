@@ -1,4 +1,4 @@
-"""networkx view, producer/consumers and topological order."""
+"""networkx view, producer/consumers, topological order and connected-component labels."""
 
 import networkx as nx
 import numpy as np
@@ -8,7 +8,8 @@ from onnx import TensorProto, helper
 
 from ir_builders import branchy_model, make_proto
 from slimcc.errors import SlimccError
-from slimcc.ir.graphview import consumers, producer, to_networkx, topological_nodes
+from slimcc.ir.graphview import (component_keys, component_labels, consumers, producer, to_networkx,
+                                 topological_nodes)
 from slimcc.ir.model import load_model
 
 
@@ -94,3 +95,20 @@ def test_networkx_view_of_real_model_is_consistent(real_model_path):
                    for t in node.inputs)
         seen.update(t.name for t in node.outputs)
     assert len(order) == len(graph.nodes)
+
+
+def test_component_labels_are_the_smallest_member_whatever_the_edge_order():
+    edges = [(5, 2), (2, 7), (0, 3), (8, 8)]
+    expected = [0, 1, 2, 0, 4, 2, 6, 2, 8]
+    assert component_labels(9, edges).tolist() == expected
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        shuffled = [tuple(e[::-1]) if rng.random() < 0.5 else e for e in rng.permutation(edges).tolist()]
+        assert component_labels(9, shuffled).tolist() == expected
+    assert component_labels(3, []).tolist() == [0, 1, 2]
+
+
+def test_component_keys_groups_names_and_adds_the_names_pairs_mention():
+    groups = component_keys(["a", "b", "c"], [("a", "d"), ("d", "c")])
+    assert set(groups) == {"a", "b", "c", "d"}
+    assert groups["a"] == groups["c"] == groups["d"] != groups["b"]
