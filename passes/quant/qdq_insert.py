@@ -55,6 +55,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from slimcc.errors import PassError, PipelineError
+from slimcc.ir.graphview import component_keys
 from slimcc.passes.base import Pass, PassContext, PassResult, register_pass
 from slimcc.passes.pattern import constant_value, remove_node, replace_uses
 from slimcc.passes.quant.calibrate import (NP_QTYPE, QRANGE, QParams, qparams_for_range, qparams_from_low,
@@ -179,7 +180,7 @@ class QDQInsert(Pass):
         """The layers to quantize, the skipped ones with a reason, and their activation plan."""
         chosen, skipped = self._choose_layers(graph, excluded)
         if not chosen:
-            return chosen, skipped, ([], _UnionFind(), [])
+            return chosen, skipped, ([], {}, [])
         plan = self._plan_activations(graph, chosen)
         if self.terminal == "float":
             terminal = self._terminal_layers(graph, chosen, plan[0])
@@ -224,10 +225,11 @@ class QDQInsert(Pass):
         return chosen, skipped
 
     def _plan_activations(self, graph: gs.Graph, chosen: list[gs.Node]):
-        """Which activation tensors get a Q/DQ pair, which must share one scale, and which
-        HardSigmoid/HardSwish nodes run in integers (their input is quantized)."""
+        """Which activation tensors get a Q/DQ pair, which must share one scale (tensor name -> scale
+        group: connected components of the pairs that must share one), and which HardSigmoid/HardSwish
+        nodes run in integers (their input is quantized)."""
         anchors: dict[int, gs.Tensor] = {}
-        groups = _UnionFind()
+        shared: list[tuple[str, str]] = []
         hard: dict[int, gs.Node] = {}
 
         def add(tensor: gs.Tensor) -> bool:
@@ -267,7 +269,7 @@ class QDQInsert(Pass):
                         id(node.outputs[0]) in anchors or all(id(t) in anchors for t in activations)):
                     for tensor in (*activations, node.outputs[0]):
                         changed |= add(tensor)
-                        groups.union(tensor.name, node.outputs[0].name)
+                        shared.append((tensor.name, node.outputs[0].name))
                 elif node.op in LAYOUT_OPS and id(node.inputs[0]) in anchors:
                     for out in node.outputs:
                         changed |= add(out)
@@ -275,7 +277,8 @@ class QDQInsert(Pass):
             if node.op in SHARED_SCALE_OPS and id(node.inputs[0]) in anchors:
                 for out in node.outputs:
                     if id(out) in anchors:
-                        groups.union(node.inputs[0].name, out.name)
+                        shared.append((node.inputs[0].name, out.name))
+        groups = component_keys([t.name for t in anchors.values()], shared)
         return list(anchors.values()), groups, list(hard.values())
 
     @staticmethod
@@ -316,14 +319,14 @@ class QDQInsert(Pass):
                 cache[key, name] = tensor_range(values[name], self.method, percentile=self.percentile)
         return {t.name: cache[key, t.name] for t in anchors}
 
-    def _group_params(self, anchors, groups: _UnionFind, ranges) -> dict[str, QParams]:
-        merged: dict[str, tuple[float, float]] = {}
+    def _group_params(self, anchors, groups: dict[str, int], ranges) -> dict[str, QParams]:
+        merged: dict[int, tuple[float, float]] = {}
         for tensor in anchors:
-            root = groups.find(tensor.name)
+            root = groups[tensor.name]
             lo, hi = ranges[tensor.name]
             old = merged.get(root, (lo, hi))
             merged[root] = (min(old[0], lo), max(old[1], hi))
-        return {t.name: qparams_for_range(*merged[groups.find(t.name)], self.act) for t in anchors}
+        return {t.name: qparams_for_range(*merged[groups[t.name]], self.act) for t in anchors}
 
     # -- rewriting -------------------------------------------------------------------------
     def _insert_activation_qdq(self, graph: gs.Graph, tensor: gs.Tensor, p: QParams) -> None:
@@ -465,18 +468,18 @@ def _clip_to_hard_activation(ranges: dict[str, tuple[float, float]], anchors: li
 
 
 def _linear_hard_inputs(anchors: list[gs.Tensor], hard: list[gs.Node], ranges: dict[str, tuple[float, float]],
-                        groups: _UnionFind) -> set[str]:
+                        groups: dict[str, int]) -> set[str]:
     """Tensors read only by integer HardSigmoid/HardSwish nodes of one (alpha, beta), with a scale of
     their own, whose range (already cut by _clip_to_hard_activation) starts at the kink -beta/alpha
     and ends within the linear part, at most (1-beta)/alpha. With the u8 zero point at the kink
     (qparams_from_low), alpha * x + beta = alpha * scale * q on every level, so HardSigmoid needs
     no Add and no clip: it is a second DequantizeLinear of x's integers."""
     hard_ids = {id(n) for n in hard}
-    group_sizes = collections.Counter(groups.find(t.name) for t in anchors)
+    group_sizes = collections.Counter(groups[t.name] for t in anchors)
     linear = set()
     for tensor in anchors:
         readers = _hard_readers(tensor, hard_ids)
-        if not readers or group_sizes[groups.find(tensor.name)] > 1:
+        if not readers or group_sizes[groups[tensor.name]] > 1:
             continue
         shapes = {_hard_sigmoid_params(r) for r in readers}
         if len(shapes) != 1:
@@ -564,18 +567,3 @@ def _clamps_at_zero(node: gs.Node) -> bool:
         return True
     low = constant_value(node.inputs[1]) if len(node.inputs) > 1 and not node.inputs[1].is_empty() else None
     return low is not None and low.size == 1 and float(np.asarray(low).reshape(-1)[0]) == 0.0
-
-
-class _UnionFind:
-    def __init__(self):
-        self.parent: dict[str, str] = {}
-
-    def find(self, key: str) -> str:
-        self.parent.setdefault(key, key)
-        while self.parent[key] != key:
-            self.parent[key] = self.parent[self.parent[key]]
-            key = self.parent[key]
-        return key
-
-    def union(self, a: str, b: str) -> None:
-        self.parent[self.find(a)] = self.find(b)
