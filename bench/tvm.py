@@ -18,6 +18,8 @@ every engine alike while no engine's spinning thread pool runs into the next eng
 one thread each engine runs in a process of its own (two thread pools in one process slowed both);
 `onnxruntime_int8` is onnxruntime on the same QDQ model the int8 builds compile. Outputs are
 checked against onnxruntime (fp32 builds vs the fp32 model, the int8 build vs the QDQ model).
+`max_rel_error_vs_ort.onnxruntime_unoptimized` is onnxruntime without graph optimizations against
+itself optimized: the float noise floor of the model (PP-OCRv4 det's sharp sigmoid amplifies it).
 The JSON is rewritten after each model, so an interrupted run keeps finished models.
 """
 
@@ -196,6 +198,9 @@ def measure(name: str, args, workdir: Path, quant) -> dict:
     session = make_session(model, optimize=True, threads=args.threads)
     reference = run_onnxruntime(model, feeds, session=session)
     errors = {key: compare_outputs(reference, art.run(feeds)).max_rel for key, art in artifacts.items()}
+    # onnxruntime's own float noise on this model: its optimized graph against its unoptimized one
+    unoptimized = run_onnxruntime(model, feeds, session=make_session(model, optimize=False, threads=args.threads))
+    errors["onnxruntime_unoptimized"] = compare_outputs(reference, unoptimized).max_rel
 
     qdq_session = None
     try:
