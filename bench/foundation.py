@@ -15,9 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import onnx
-
-from slimcc.ir.model import load_model, save_model
+from slimcc.ir.model import load_model, read_onnx, save_model, write_onnx
 from slimcc.ir.atomic import save_json_atomic
 from slimcc.ir.verify import compare_models, random_feeds
 from slimcc.models.data import real_inputs
@@ -50,7 +48,7 @@ def measure(name: str, repeat: int, workdir: Path) -> dict:
         return model
 
     def onnx_round_trip():
-        onnx.save(onnx.load(str(path)), str(workdir / f"{name}.plain.onnx"))
+        write_onnx(read_onnx(path), workdir / f"{name}.plain.onnx")
 
     canonical = slimcc_round_trip()
     feeds = [random_feeds(original, seed=0)] + real_inputs(name, count=2)

@@ -28,7 +28,7 @@ import numpy as np
 from slimcc.compress_plan import plan
 from slimcc.ir.atomic import save_json_atomic
 from slimcc.ir.calibration import CalibrationData
-from slimcc.ir.model import load_model, save_model
+from slimcc.ir.model import load_model, read_onnx, save_model
 from slimcc.ir.verify import interleaved_latency
 from slimcc.models import digits, orientation
 from slimcc.models.data import image_names, real_inputs, zoo_inputs
@@ -156,10 +156,8 @@ def latency(paths: dict[str, Path], feed: dict, rounds: int, min_seconds: float 
 
     Fast models get more rounds (at least `min_seconds` of runs per variant): with other jobs on
     the machine, 40 runs of a 6 ms model gave ratios 20% apart from one bench run to the next."""
-    import onnx
-
     keys = list(paths)
-    models = [onnx.load(str(paths[k])) for k in keys]
+    models = [read_onnx(paths[k]) for k in keys]
     probe = interleaved_latency(models[:1], feed, 3)[0]
     rounds = max(rounds, min(1000, int(min_seconds / probe)))
     seconds = interleaved_latency(models, feed, rounds)
@@ -214,9 +212,7 @@ def classifier_agreement(paths: dict[str, Path], scores, x: np.ndarray, labels: 
     Each variant also lists the fp32 top-2 margin (in the model's output units) of every input
     whose top-1 it changes, and fp32 reports its smallest margins: a flip of an input fp32 itself
     nearly ties is rounding noise, one of a clear decision is an accuracy problem."""
-    import onnx
-
-    outputs = {key: scores(onnx.load(str(p)), x) for key, p in paths.items()}
+    outputs = {key: scores(read_onnx(p), x) for key, p in paths.items()}
     reference = outputs["fp32"]
     top2 = np.sort(reference, axis=1)[:, -2:]
     margins = top2[:, 1] - top2[:, 0]

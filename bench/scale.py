@@ -54,23 +54,23 @@ def _child(step: str, model: str, out: str) -> dict:
         save_model(load_model(build_deep_resnet(blocks=int(model), seed=0)), out)
         return {}
     if step == "onnx-load-save":
-        import onnx
+        from slimcc.ir.model import read_onnx, write_onnx
 
         start = time.perf_counter()
-        proto = onnx.load(model)
+        proto = read_onnx(model)
         loaded = time.perf_counter()
-        onnx.save(proto, out)
+        write_onnx(proto, out)
         return {"load_s": loaded - start, "save_s": time.perf_counter() - loaded}
     if step == "onnx-load-save-session":
         import numpy as np
-        import onnx
         import onnxruntime as ort
 
+        from slimcc.ir.model import read_onnx, write_onnx
+
         start = time.perf_counter()
-        proto = onnx.load(model)
-        onnx.save(proto, out)
+        write_onnx(read_onnx(model), out)
         saved = time.perf_counter()
-        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
         created = time.perf_counter()
         feeds = {i.name: np.random.default_rng(0).standard_normal([d if isinstance(d, int) else 1 for d in i.shape])
                  .astype(np.float32) for i in session.get_inputs()}

@@ -235,6 +235,18 @@ def _read_proto(source: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, 
     return proto, path.parent, hashlib.sha256(data).hexdigest()
 
 
+def read_onnx(source: str | Path | bytes) -> onnx.ModelProto:
+    """A model file (or its bytes) as plain `onnx.load` reads it: no checks, no IR. For the benches'
+    plain-onnx baselines and for exports handed straight to `load_model` or onnxruntime."""
+    if isinstance(source, (bytes, bytearray)):
+        return onnx.load_from_string(bytes(source))
+    return onnx.load(str(source))
+
+
+def write_onnx(proto: onnx.ModelProto, path: str | Path) -> None:
+    """Plain `onnx.save` (no checks, not atomic): the benches' plain-onnx baseline; use `save_model` otherwise."""
+    onnx.save(proto, str(path))
+
 def fix_input_shapes(graph: gs.Graph, shapes: dict[str, list[int]]) -> None:
     """Set graph input shapes; a given shape must agree with every static dim already declared."""
     by_name = {t.name: t for t in graph.inputs}

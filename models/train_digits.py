@@ -95,15 +95,13 @@ def export(net, path: Path) -> None:
     """Export to ONNX (opset 17, batch 1, BatchNorm kept) and write atomically."""
     import torch
 
-    from slimcc.ir.model import load_model, save_model
+    from slimcc.ir.model import load_model, read_onnx, save_model
 
     buffer = io.BytesIO()
     torch.onnx.export(net, (torch.zeros(1, 1, SIZE, SIZE),), buffer, input_names=[INPUT_NAME],
                       output_names=["logits"], opset_version=17, dynamo=False,
                       training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False)
-    import onnx
-
-    save_model(load_model(onnx.load_from_string(buffer.getvalue())), path)
+    save_model(load_model(read_onnx(buffer.getvalue())), path)
 
 
 def main() -> None:

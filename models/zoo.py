@@ -1,6 +1,6 @@
 """Seeded builders for small CNNs that exercise every pass (the test model zoo).
 
-Each builder returns a valid `onnx.ModelProto` (opset 17, IR 8) with one input `x`
+Each builder returns a valid ONNX model (an `onnx.ModelProto`, opset 17, IR 8) with one input `x`
 (float32, static [1, 3, size, size]) and one output `y`: class scores [1, num_classes], except
 for `crnn`, a text-line recognizer whose `y` is per-column CTC label probabilities
 [size/4, 1, num_classes + 1].
@@ -12,7 +12,7 @@ BN statistics activations stay O(1) at any depth. The same seed always gives the
 `width` scales the channel counts; `size >= 128` switches to an ImageNet-style stem and
 deeper stages, e.g. `build("resnet-basic", size=224, width=64)` is ResNet-18-shaped.
 
-This module is the model zoo: the one place outside `slimcc.ir` that builds protos.
+The protobuf messages themselves are made by `slimcc.ir.protobuild`.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from slimcc.errors import SlimccError
+from slimcc.ir.protobuild import (OnnxModel, OnnxNode, OnnxTensor, make_float_model, make_initializer, make_node,
+                                  probe_float_tensors, set_initializers)
 
 OPSET = 17
 IR_VERSION = 8
@@ -49,8 +49,9 @@ class _Net:
         if size < 8:
             raise SlimccError(f"zoo models need size >= 8, got {size}")
         self.rng = np.random.default_rng(seed)
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
+        self.nodes: list[OnnxNode] = []
+        self.inits: list[OnnxTensor] = []
+        self.batchnorms: list[tuple[str, list[str], float]] = []  # (node name, inputs, epsilon)
         self.names: set[str] = set()
         self.input = T("x", 3, size, size)
 
@@ -64,7 +65,7 @@ class _Net:
 
     def const(self, base: str, array: np.ndarray) -> str:
         name = self.unique(base)
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        self.inits.append(make_initializer(name, array))
         return name
 
     def node(self, op: str, inputs: list[str], base: str, n_out: int = 1, out: str | None = None,
@@ -73,7 +74,9 @@ class _Net:
         outs = [out] if out is not None else [f"{node_name}_out{i}" if n_out > 1 else f"{node_name}_out"
                                               for i in range(n_out)]
         self.names.update(outs)
-        self.nodes.append(helper.make_node(op, inputs, outs, name=node_name, **attrs))
+        self.nodes.append(make_node(op, inputs, outs, node_name, **attrs))
+        if op == "BatchNormalization":
+            self.batchnorms.append((node_name, list(inputs), attrs.get("epsilon", 1e-5)))
         return outs
 
     # --- layers -----------------------------------------------------------------------------
@@ -176,64 +179,42 @@ class _Net:
     def relu(self, x: T, name: str) -> T:
         return self.act(x, "relu", name)
 
-    def finish(self, y: T, graph_name: str, shape: list[int] | None = None) -> onnx.ModelProto:
+    def finish(self, y: T, graph_name: str, shape: list[int] | None = None) -> OnnxModel:
         """The model with input x and output y ([1, y.c] class scores unless `shape` says otherwise)."""
         if y.name != "y":
             raise AssertionError("the last layer must write the output tensor 'y'")
-        graph = helper.make_graph(
-            self.nodes, graph_name,
-            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, self.input.h, self.input.w])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape or [1, y.c])],
-            initializer=self.inits)
-        model = helper.make_model(graph, producer_name="slimcc.models.zoo",
-                                  opset_imports=[helper.make_opsetid("", OPSET)])
-        model.ir_version = IR_VERSION
-        _calibrate_batchnorm(model, self.rng)
+        dims = [1, 3, self.input.h, self.input.w]
+        model = make_float_model(self.nodes, self.inits, graph_name, {"x": dims}, {"y": shape or [1, y.c]},
+                                 opset=OPSET, ir_version=IR_VERSION, producer="slimcc.models.zoo")
+        self._calibrate_batchnorm(model, dims)
         return model
 
+    def _calibrate_batchnorm(self, model: OnnxModel, dims: list[int]) -> None:
+        """Give every BatchNormalization the running statistics a trained network would have.
 
-def _calibrate_batchnorm(model: onnx.ModelProto, rng: np.random.Generator) -> None:
-    """Give every BatchNormalization the running statistics a trained network would have.
-
-    Random weights with made-up statistics let activations drift by orders of magnitude in deep
-    nets. Instead each BN gets the per-channel mean/variance of its real input on a seeded
-    unit-normal sample, perturbed by a few percent (so folding still has non-trivial work).
-    One onnxruntime run of a probe in which every BN normalizes with the sample's own statistics
-    (InstanceNormalization, identical to training-mode BN at batch 1) measures all BN inputs at once.
-    """
-    import onnxruntime as ort  # the zoo's one runtime need; local so importing the zoo stays cheap
-
-    graph = model.graph
-    bns = [n for n in graph.node if n.op_type == "BatchNormalization"]
-    if not bns:
-        return
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    for node in probe.graph.node:
-        if node.op_type == "BatchNormalization":
-            epsilon = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
-            node.CopyFrom(helper.make_node("InstanceNormalization", list(node.input[:3]), list(node.output),
-                                           name=node.name, epsilon=epsilon))
-    probe.graph.output.extend(helper.make_tensor_value_info(n.input[0], TensorProto.FLOAT, None) for n in bns)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    dims = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
-    acts = session.run([n.input[0] for n in bns], {"x": rng.standard_normal(dims).astype(np.float32)})
-    inits = {t.name: i for i, t in enumerate(graph.initializer)}
-    for node, act in zip(bns, acts):
-        act = act.astype(np.float64)
-        mean, var = act.mean(axis=(0, 2, 3)), act.var(axis=(0, 2, 3))
-        var = np.maximum(var, max(1e-4, 5e-2 * float(var.mean())))
-        mean = mean + rng.normal(0.0, 0.05, mean.shape) * np.sqrt(var)
-        var = var * rng.uniform(0.8, 1.25, var.shape)
-        for slot, values in ((3, mean), (4, var)):
-            # float16 rounding keeps the bytes identical despite last-bit differences between CPUs
-            rounded = values.astype(np.float16).astype(np.float32)
-            graph.initializer[inits[node.input[slot]]].CopyFrom(numpy_helper.from_array(rounded, node.input[slot]))
-
+        Random weights with made-up statistics let activations drift by orders of magnitude in deep
+        nets. Instead each BN gets the per-channel mean/variance of its real input on a seeded
+        unit-normal sample, perturbed by a few percent (so folding still has non-trivial work).
+        One onnxruntime run of a probe in which every BN normalizes with the sample's own statistics
+        (InstanceNormalization, identical to training-mode BN at batch 1) measures all BN inputs at once.
+        """
+        if not self.batchnorms:
+            return
+        swap = {name: ("InstanceNormalization", inputs[:3], {"epsilon": epsilon})
+                for name, inputs, epsilon in self.batchnorms}
+        sample = {"x": self.rng.standard_normal(dims).astype(np.float32)}
+        acts = probe_float_tensors(model, [inputs[0] for _, inputs, _ in self.batchnorms], sample, swap)
+        statistics = {}
+        for (_, inputs, _), act in zip(self.batchnorms, acts):
+            act = act.astype(np.float64)
+            mean, var = act.mean(axis=(0, 2, 3)), act.var(axis=(0, 2, 3))
+            var = np.maximum(var, max(1e-4, 5e-2 * float(var.mean())))
+            mean = mean + self.rng.normal(0.0, 0.05, mean.shape) * np.sqrt(var)
+            var = var * self.rng.uniform(0.8, 1.25, var.shape)
+            for slot, values in ((3, mean), (4, var)):
+                # float16 rounding keeps the bytes identical despite last-bit differences between CPUs
+                statistics[inputs[slot]] = values.astype(np.float16).astype(np.float32)
+        set_initializers(model, statistics)
 
 def _ch(width: int, mult: float, divisor: int = 1) -> int:
     """Channel count `width * mult`, rounded to a positive multiple of `divisor`."""
@@ -250,7 +231,7 @@ def _stem(net: _Net, x: T, cout: int, large: bool, act: str = "relu") -> T:
 
 # --- networks --------------------------------------------------------------------------------
 
-def build_vgg(seed: int = 0, size: int = 32, width: int = 16, num_classes: int = 10) -> onnx.ModelProto:
+def build_vgg(seed: int = 0, size: int = 32, width: int = 16, num_classes: int = 10) -> OnnxModel:
     """VGG-style: (conv-bn-relu x2 + MaxPool) stages until <= 7 pixels, Flatten -> Gemm -> Gemm."""
     net = _Net(seed, size)
     x = net.input
@@ -286,7 +267,7 @@ def _bottleneck_block(net: _Net, x: T, mid: int, stride: int, name: str) -> T:
     return net.relu(net.add(y, shortcut, f"{name}.add"), f"{name}.out")
 
 
-def build_resnet_basic(seed: int = 0, size: int = 32, width: int = 16, num_classes: int = 10) -> onnx.ModelProto:
+def build_resnet_basic(seed: int = 0, size: int = 32, width: int = 16, num_classes: int = 10) -> OnnxModel:
     """ResNet with basic blocks: 3 stages x 1 block when small; ResNet-18 layout (4 x 2) when large."""
     large = size >= LARGE_SIZE
     net = _Net(seed, size)
@@ -300,7 +281,7 @@ def build_resnet_basic(seed: int = 0, size: int = 32, width: int = 16, num_class
 
 
 def build_resnet_bottleneck(seed: int = 0, size: int = 32, width: int = 16,
-                            num_classes: int = 10) -> onnx.ModelProto:
+                            num_classes: int = 10) -> OnnxModel:
     """ResNet with bottleneck blocks (1x1 reduce, 3x3, 1x1 expand x4); projections on every stage entry."""
     large = size >= LARGE_SIZE
     net = _Net(seed, size)
@@ -326,7 +307,7 @@ def _inverted_residual(net: _Net, x: T, cout: int, stride: int, expand: int, nam
     return y
 
 
-def build_mobilenetv2(seed: int = 0, size: int = 32, width: int = 16, num_classes: int = 10) -> onnx.ModelProto:
+def build_mobilenetv2(seed: int = 0, size: int = 32, width: int = 16, num_classes: int = 10) -> OnnxModel:
     """MobileNetV2: inverted residuals (1x1 expand, depthwise 3x3, 1x1 project, Add), ReLU6 as Clip."""
     large = size >= LARGE_SIZE
     net = _Net(seed, size)
@@ -359,7 +340,7 @@ def _c2f(net: _Net, x: T, cout: int, n: int, shortcut: bool, name: str) -> T:
     return net.cba(y, cout, 1, f"{name}.cv2", act="silu")
 
 
-def build_c2f(seed: int = 0, size: int = 32, width: int = 16, num_classes: int = 10) -> onnx.ModelProto:
+def build_c2f(seed: int = 0, size: int = 32, width: int = 16, num_classes: int = 10) -> OnnxModel:
     """YOLOv8-cls-like: strided conv + C2f stages down to 4x4 maps, SiLU as Mul(x, Sigmoid(x)),
     then 1x1 conv + GAP + Gemm."""
     net = _Net(seed, size)
@@ -390,7 +371,7 @@ def _shuffle_unit(net: _Net, x: T, cout: int, stride: int, name: str) -> T:
     return net.channel_shuffle(net.concat([left, r], f"{name}.concat"), 2, f"{name}.shuffle")
 
 
-def build_shufflenet(seed: int = 0, size: int = 32, width: int = 16, num_classes: int = 10) -> onnx.ModelProto:
+def build_shufflenet(seed: int = 0, size: int = 32, width: int = 16, num_classes: int = 10) -> OnnxModel:
     """ShuffleNetV2-like: downsample + basic units with channel split/concat and Reshape-Transpose-Reshape shuffle."""
     large = size >= LARGE_SIZE
     net = _Net(seed, size)
@@ -421,7 +402,7 @@ def _shuffle_v1_unit(net: _Net, x: T, cout: int, groups: int, stride: int, name:
 
 
 def build_shufflenet_v1(seed: int = 0, size: int = 32, width: int = 16, num_classes: int = 10,
-                        groups: int = 2) -> onnx.ModelProto:
+                        groups: int = 2) -> OnnxModel:
     """ShuffleNetV1-like: grouped 1x1 convs, Reshape-Transpose-Reshape shuffle, depthwise convs,
     residual Add and Concat downsampling. The first stage's bottleneck has an odd number of
     channels per group (as in the g=2 original: 25), so a shuffle maps group positions across
@@ -441,7 +422,7 @@ def build_shufflenet_v1(seed: int = 0, size: int = 32, width: int = 16, num_clas
     return net.finish(net.gemm(x, num_classes, "head.fc", out="y"), "shufflenet-v1")
 
 
-def build_conv_gemm(seed: int = 0, size: int = 32, width: int = 16, num_classes: int = 10) -> onnx.ModelProto:
+def build_conv_gemm(seed: int = 0, size: int = 32, width: int = 16, num_classes: int = 10) -> OnnxModel:
     """Conv-bn-relu x2 (second strided), max-pools down to <= 8 pixels, Flatten -> Gemm -> Relu -> Gemm."""
     net = _Net(seed, size)
     x = net.cba(net.input, width, 3, "conv1")
@@ -468,7 +449,7 @@ def _bilstm(net: _Net, seq: str, steps: int, cin: int, hidden: int, name: str) -
     return y
 
 
-def build_crnn(seed: int = 0, size: int = 32, width: int = 16, num_classes: int = 10) -> onnx.ModelProto:
+def build_crnn(seed: int = 0, size: int = 32, width: int = 16, num_classes: int = 10) -> OnnxModel:
     """CRNN text recognizer: conv-bn-relu stages and max-pools, the height max-pooled to 1, the width read
     as T = size/4 time steps by a bidirectional LSTM (hidden 2*width), then a linear CTC head with a
     softmax over num_classes + 1 labels (the last is the blank): y is [T, 1, num_classes + 1]."""
@@ -543,7 +524,7 @@ def _transformer_block(net: _Net, x: str, steps: int, channels: int, heads: int,
     return x
 
 
-def build_attn_ctc(seed: int = 0, size: int = 32, width: int = 16, num_classes: int = 10) -> onnx.ModelProto:
+def build_attn_ctc(seed: int = 0, size: int = 32, width: int = 16, num_classes: int = 10) -> OnnxModel:
     """Attention text recognizer (SVTR-like): conv-bn-relu stages and max-pools, the height max-pooled to 1 and a
     1x1 conv-bn embedding, the columns read batch-first as [1, T = size/4, C = 2*width] by two pre-norm transformer blocks
     (2-head self-attention, ReLU MLP, LayerNormalization), a final LayerNormalization and a linear CTC head
@@ -565,7 +546,7 @@ def build_attn_ctc(seed: int = 0, size: int = 32, width: int = 16, num_classes: 
 
 
 def build_deep_resnet(seed: int = 0, size: int = 32, width: int = 16, num_classes: int = 10,
-                      blocks: int = 64) -> onnx.ModelProto:
+                      blocks: int = 64) -> OnnxModel:
     """A long residual chain for scaling tests: a stem, then `blocks` basic blocks at one width and
     resolution (7 nodes each: conv-bn-relu, conv-bn, Add, ReLU), global pooling and a Gemm.
     Every block costs the same, so work per node should not grow with depth."""
@@ -579,7 +560,7 @@ def build_deep_resnet(seed: int = 0, size: int = 32, width: int = 16, num_classe
     return net.finish(net.gemm(x, num_classes, "head.fc", out="y"), "deep-resnet")
 
 
-def build_vgg19(seed: int = 0, size: int = 224, num_classes: int = 1000) -> onnx.ModelProto:
+def build_vgg19(seed: int = 0, size: int = 224, num_classes: int = 1000) -> OnnxModel:
     """VGG-19 at ImageNet scale (143.7M parameters, 575 MB of float32 weights at size 224): 16 3x3
     convs with bias and ReLU in 5 max-pooled stages, then 4096-4096-classes fully connected layers.
     Random weights (He-normal): a large model for scaling benchmarks, not for accuracy."""
@@ -595,7 +576,7 @@ def build_vgg19(seed: int = 0, size: int = 224, num_classes: int = 1000) -> onnx
     x = net.relu(net.gemm(x, 4096, "classifier.fc2"), "classifier.fc2")
     return net.finish(net.gemm(x, num_classes, "classifier.fc3", out="y"), "vgg19")
 
-ZOO: dict[str, Callable[..., onnx.ModelProto]] = {
+ZOO: dict[str, Callable[..., OnnxModel]] = {
     "vgg": build_vgg,
     "resnet-basic": build_resnet_basic,
     "resnet-bottleneck": build_resnet_bottleneck,
@@ -609,7 +590,7 @@ ZOO: dict[str, Callable[..., onnx.ModelProto]] = {
 }
 
 
-def build(name: str, seed: int = 0, size: int = 32, width: int = 16, num_classes: int = 10) -> onnx.ModelProto:
+def build(name: str, seed: int = 0, size: int = 32, width: int = 16, num_classes: int = 10) -> OnnxModel:
     """Build zoo model `name` with weights drawn from `seed` (input x: [1,3,size,size], output y)."""
     if name not in ZOO:
         raise SlimccError(f"unknown zoo model {name!r}; choose one of: {', '.join(ZOO)}")
