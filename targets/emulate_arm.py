@@ -165,6 +165,20 @@ def free_port(host: str = DEFAULT_HOST) -> int:
         return sock.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class EmulatedServer:
+    """A running emulated RPC server: where it listens and its process (leader of its group)."""
+
+    host: str
+    port: int
+    process: subprocess.Popen
+
+    def kill(self) -> None:
+        """Kill the server's whole process group at once, as if the board lost power."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+
 @contextlib.contextmanager
 def emulated_rpc_server(
     port: int | None = None,
@@ -179,6 +193,20 @@ def emulated_rpc_server(
     `port=None` picks a free port.  With `tracker="HOST:PORT"` the server also registers there
     under `key`.  The server runs in its own process group, killed as a whole on exit.
     """
+    with emulated_rpc_server_process(port, host, sysroot, tracker, key, start_timeout) as server:
+        yield server.host, server.port
+
+
+@contextlib.contextmanager
+def emulated_rpc_server_process(
+    port: int | None = None,
+    host: str = DEFAULT_HOST,
+    sysroot: Path | None = None,
+    tracker: str | None = None,
+    key: str = "",
+    start_timeout: float = 600.0,
+) -> Iterator[EmulatedServer]:
+    """`emulated_rpc_server`, yielding an EmulatedServer (with its process, e.g. to kill it)."""
     emulator = find_emulator(sysroot)
     port = port or free_port(host)
     with tempfile.TemporaryDirectory(prefix="slimcc-arm-rpc-") as workdir:
@@ -194,7 +222,7 @@ def emulated_rpc_server(
             )
         try:
             _wait_listening(proc, host, port, start_timeout, log_path)
-            yield host, port
+            yield EmulatedServer(host, port, proc)
         finally:
             _stop_group(proc)
 

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 
 from slimcc.errors import SlimccError
-from slimcc.targets.emulate_arm import free_port
+from slimcc.targets.emulate_arm import free_port, listening_ports
 from slimcc.targets.tvm_import import ensure_tvm
 
 LOOPBACK = "127.0.0.1"
@@ -33,33 +33,61 @@ def local_tracker() -> Iterator[int]:
 def local_servers(tracker_port: int, key: str, count: int, timeout: float = 120.0) -> Iterator[list]:
     """`count` TVM RPC server processes on 127.0.0.1, registered with the tracker under `key`;
     yields their Popen objects once all have registered."""
-    servers = []
-    for _ in range(count):
-        port = free_port()
-        servers.append(subprocess.Popen(
-            [sys.executable, "-m", "tvm.exec.rpc_server", "--host", LOOPBACK, "--port", str(port),
-             "--port-end", str(port + 1), "--tracker", f"{LOOPBACK}:{tracker_port}", "--key", key],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    servers = [_start_server(free_port(), ["--tracker", f"{LOOPBACK}:{tracker_port}", "--key", key])
+               for _ in range(count)]
     try:
         wait_registered(tracker_port, key, count, timeout)
         yield servers
     finally:
-        for server in servers:
-            server.terminate()
-            server.wait(timeout=30)
+        _stop(servers)
+
+
+@contextlib.contextmanager
+def local_server(timeout: float = 120.0) -> Iterator[int]:
+    """One TVM RPC server process on 127.0.0.1 that registers with no tracker (for `--rpc`);
+    yields its port once it listens."""
+    port = free_port()
+    server = _start_server(port, [])
+    try:
+        deadline = time.monotonic() + timeout
+        while port not in listening_ports():
+            if server.poll() is not None or time.monotonic() >= deadline:
+                raise SlimccError(f"the local RPC server on port {port} did not start within {timeout:g} s")
+            time.sleep(0.2)
+        yield port
+    finally:
+        _stop([server])
+
+
+def _start_server(port: int, extra: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--host", LOOPBACK, "--port", str(port),
+                             "--port-end", str(port + 1), *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _stop(servers: list[subprocess.Popen]) -> None:
+    for server in servers:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def wait_registered(tracker_port: int, key: str, count: int = 1, timeout: float = 300.0) -> None:
     """Wait until `count` servers registered with the tracker on 127.0.0.1 under `key`."""
-    ensure_tvm()
-    from tvm import rpc
-
     deadline = time.monotonic() + timeout
     while True:
-        servers = rpc.connect_tracker(LOOPBACK, tracker_port).summary()["server_info"]
-        if sum(str(info["key"]).split(":", 1)[-1] == key for info in servers) >= count:
+        if len(registered_devices(tracker_port, key)) >= count:
             return
         if time.monotonic() >= deadline:
             raise SlimccError(f"{count} RPC server(s) with key {key!r} did not register with the tracker "
                               f"on port {tracker_port} within {timeout:g} s")
         time.sleep(0.5)
+
+
+def registered_devices(tracker_port: int, key: str) -> list[str]:
+    """'HOST:PORT' of each server registered under `key` with the tracker on 127.0.0.1, sorted."""
+    ensure_tvm()
+    from tvm import rpc
+
+    servers = rpc.connect_tracker(LOOPBACK, tracker_port).summary()["server_info"]
+    return sorted(f"{info['addr'][0]}:{info['addr'][1]}" for info in servers
+                  if str(info["key"]).split(":", 1)[-1] == key)

@@ -16,7 +16,8 @@ from slimcc.errors import SlimccError
 from slimcc.ir.model import Model, first_line
 from slimcc.targets.schedules.isa import cpu_vector_for
 from slimcc.targets.target import TargetSpec
-from slimcc.targets.tune_measure import MeasureSite, make_runner
+from slimcc.targets.tune_devices import DeviceTally
+from slimcc.targets.tune_measure import MeasureSite, check_site, make_runner
 from slimcc.targets.tune_seed import seed_database
 from slimcc.targets.tune_space import tune_contexts
 from slimcc.targets.tune_workers import index_pseudo_source_files, pooled_builder, torchless_workers
@@ -87,9 +88,11 @@ def tune_model(model: Model, spec: TargetSpec, trials: int, *, database_dir: str
     of each chosen kernel is measured and committed as a record (`tune_seed`), so the tuned build
     is never slower than the untuned one per kernel.
     Candidates are measured on this machine, or on the devices a TVM RPC tracker hands out for
-    `site.key` (`tune_measure`; required for targets this machine cannot run, e.g. aarch64).
+    `site.key`, or on one RPC server (`tune_measure`; required for targets this machine cannot
+    run, e.g. aarch64).
     Records are appended to `database_dir` (default: `default_database(model, spec)`); existing
-    records are kept and extended. Returns {database, trials, tasks, records, ...}.
+    records are kept and extended. Returns {database, trials, tasks, records, devices, ...}, with
+    devices = {device: {"measured": n, "failed": m}} and one progress line per measured batch.
     """
     site = site or MeasureSite()
     if trials < 1:
@@ -98,10 +101,11 @@ def tune_model(model: Model, spec: TargetSpec, trials: int, *, database_dir: str
         raise SlimccError(f"slimcc tunes CPU targets; target {spec.name} is a GPU (compile it untuned)")
     if spec.cross_compiler and not site.remote:
         raise SlimccError(f"{spec.name} kernels cannot run on this machine: tune them on the device, through a "
-                          "TVM RPC tracker (--tracker HOST:PORT --key KEY)")
+                          "TVM RPC tracker (--tracker HOST:PORT --key KEY) or its RPC server (--rpc HOST:PORT)")
     if not spec.tvm.get("num-cores"):
         raise SlimccError(f"tuning for {spec.name} needs the device's core count: give --num-cores N "
                           "(and the same value to `slimcc compile`, so it finds the records)")
+    check_site(site)
     db = Path(database_dir) if database_dir is not None else default_database(model, spec)
     try:
         db.mkdir(parents=True, exist_ok=True)
@@ -121,6 +125,7 @@ def tune_model(model: Model, spec: TargetSpec, trials: int, *, database_dir: str
     per_task = trials_per_task or max(1, -(-trials // len(chosen)))
     before = record_count(db)
     bar = _progress_bar(trials, progress)
+    tally = DeviceTally(ledger=site.remote, report=_progress_lines(bar))
     seeded: dict[str, float] = {}
     seed_failures: dict[str, str] = {}
     try:
@@ -128,7 +133,7 @@ def tune_model(model: Model, spec: TargetSpec, trials: int, *, database_dir: str
         contexts, weights = tune_contexts(chosen, str(db), vector, _search_strategy(ms),
                                           spec.tvm.get("num-cores") or "physical", seed)
         database = ms.database.JSONDatabase(work_dir=str(db))
-        runner = make_runner(site, _evaluator_config(ms), RUN_TIMEOUT_S)
+        runner = make_runner(site, _evaluator_config(ms), RUN_TIMEOUT_S, tally)
         with torchless_workers():
             builder = pooled_builder(_build_workers(spec, site), BUILD_TIMEOUT_S, shared_library=site.remote,
                                      cross_compiler=spec.cross_compiler)
@@ -154,7 +159,8 @@ def tune_model(model: Model, spec: TargetSpec, trials: int, *, database_dir: str
     return {"database": str(db), "trials": trials, "trials_per_task": per_task, "tasks": len(chosen),
             "kernels": len(ranked), "tuned_task_names": [t.task_name for t in chosen],
             "seeded_with_slimcc_schedules": seeded, "seed_failures": seed_failures,
-            "records": records, "new_records": records - before, "measured_on": site.describe()}
+            "records": records, "new_records": records - before, "measured_on": site.describe(),
+            "devices": tally.as_dict()}
 
 
 def _build_workers(spec: TargetSpec, site: MeasureSite) -> int:
@@ -243,6 +249,15 @@ def _progress_bar(total: int, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, desc="tuning", unit="trial")
+
+
+def _progress_lines(bar):
+    """Where per-device batch lines go: above the tqdm bar on stderr (nowhere without a bar)."""
+    if bar is None:
+        return None
+    import sys
+
+    return lambda line: bar.write(line, file=sys.stderr)
 
 
 def _progress_callback(bar):

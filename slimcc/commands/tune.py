@@ -1,5 +1,6 @@
-"""`slimcc tune MODEL --target x86|arm --trials N [--db DIR] [--tracker HOST:PORT --key KEY [--parallel N]]`:
-MetaSchedule tuning into an on-disk database, measured here or on the devices of a TVM RPC tracker.
+"""`slimcc tune MODEL --target x86|arm --trials N [--db DIR] [--tracker HOST:PORT --key KEY [--parallel N] | --rpc HOST:PORT]`:
+MetaSchedule tuning into an on-disk database, measured here, on the devices of a TVM RPC tracker,
+or on one TVM RPC server. Progress shows one line per measured batch and device.
 
 `slimcc compile` reuses the default database of the same model and target automatically
 (or any database given with --tuned DIR). Interrupting keeps the records measured so far.
@@ -14,12 +15,14 @@ from slimcc.ir.model import parse_input_shapes
 def add_parser(sub) -> None:
     """Register the `tune` subcommand."""
     parser = sub.add_parser("tune", help="tune a model's kernels with MetaSchedule (database reused by compile)",
-                            description="Canonicalize MODEL and tune its fused kernels with TVM MetaSchedule on this "
-                                        "machine; records go to a database that `slimcc compile` reuses. "
+                            description="Canonicalize MODEL and tune its fused kernels with TVM MetaSchedule, "
+                                        "measured on this machine, on the devices of a TVM RPC tracker (--tracker) "
+                                        "or on one RPC server (--rpc); records go to a database that "
+                                        "`slimcc compile` reuses. "
                                         "Per-kernel logs and latencies are in the database's logs/ folder.")
     add_model_arguments(parser)
     parser.add_argument("--target", choices=("x86", "arm"), default="x86",
-                        help="x86 measures here (or through --tracker); arm needs --tracker")
+                        help="x86 measures here (or through --tracker/--rpc); arm needs --tracker or --rpc")
     parser.add_argument("--trials", type=int, metavar="N",
                         help="measurements in total; kernels are tuned heaviest first, at least 4 trials each")
     parser.add_argument("--report", action="store_true",
@@ -35,6 +38,8 @@ def add_parser(sub) -> None:
     parser.add_argument("--key", metavar="KEY", help="device key registered with the tracker (required with --tracker)")
     parser.add_argument("--parallel", type=int, default=1, metavar="N",
                         help="measurements in flight at once through the tracker (one per device)")
+    parser.add_argument("--rpc", metavar="HOST:PORT",
+                        help="measure on this one TVM RPC server, started without --tracker (trusted network only)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
     parser.set_defaults(func=run)
 
@@ -44,6 +49,7 @@ def run(args) -> int:
     from slimcc.targets.compiler import prepare_model
     from slimcc.targets.target import make_target
     from slimcc.targets.tune import tune_model
+    from slimcc.targets.tune_devices import describe_counts
 
     from slimcc.errors import SlimccError
 
@@ -60,19 +66,25 @@ def run(args) -> int:
         print_json(summary)
     else:
         print(f"{summary['records']} records ({summary['new_records']} new, {summary['tasks']} kernels, measured on "
-              f"{summary['measured_on']}) in {summary['database']}; `slimcc compile` uses them for this model "
-              "and target")
+              f"{summary['measured_on']}: {describe_counts(summary['devices'])}) in {summary['database']}; "
+              "`slimcc compile` uses them for this model and target")
     return 0
 
 
 def measure_site(args):
-    """Where candidates are measured, from --tracker/--key/--parallel (one-line errors for bad values)."""
+    """Where candidates are measured, from --tracker/--key/--parallel/--rpc (one-line errors for bad values)."""
     from slimcc.errors import SlimccError
     from slimcc.targets.rpc import DEFAULT_TRACKER_PORT, parse_address
     from slimcc.targets.tune_measure import MeasureSite
 
     if args.parallel < 1:
         raise SlimccError(f"--parallel must be >= 1, got {args.parallel}")
+    if args.rpc is not None:
+        if args.tracker is not None:
+            raise SlimccError("--rpc measures on one server, --tracker on the devices it hands out: give one of them")
+        if args.key:
+            raise SlimccError("--key names a device of a tracker: with --rpc, drop it")
+        return MeasureSite(server=parse_address(args.rpc), parallel=args.parallel)
     if args.tracker is None:
         if args.key:
             raise SlimccError("--key names a device of a tracker: give --tracker HOST:PORT too")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from slimcc.targets.emulate_arm import free_port
+
 
 @pytest.fixture
 def bad_files(tmp_path, zoo_file, real_model_path) -> dict[str, Path]:
@@ -118,11 +120,16 @@ def test_console_script_subprocess_has_no_traceback(bad_files, zoo_file, tmp_pat
     (["--trials", "4", "--target", "arm"], "through a TVM RPC tracker (--tracker HOST:PORT --key KEY)"),
     (["--trials", "4", "--tracker", "127.0.0.1:9"], "--tracker needs --key"),
     (["--trials", "4", "--target", "riscv"], "invalid choice"),
+    (["--trials", "4", "--rpc", "127.0.0.1:9", "--tracker", "127.0.0.1:9"], "give one of them"),
+    (["--trials", "4", "--rpc", "127.0.0.1:9", "--key", "k"], "with --rpc, drop it"),
+    (["--trials", "4", "--rpc", "127.0.0.1:9", "--parallel", "2"], "one candidate at a time"),
+    (["--trials", "4", "--rpc", "127.0.0.1:x"], "bad RPC address"),
+    (["--trials", "4", "--num-cores", "1", "--rpc", "127.0.0.1:CLOSED"], "cannot reach the TVM RPC server"),
 ])
 def test_tune_bad_arguments_fail_before_tuning(cli, zoo_file, tmp_path, args, expected):
     a_file = tmp_path / "plain.txt"
     a_file.write_text("not a folder\n")
-    args = [str(a_file) if a == "FILE" else a for a in args]
+    args = [str(a_file) if a == "FILE" else a.replace("CLOSED", str(free_port())) for a in args]
     code, out, err = cli("tune", zoo_file, *args)
     assert_one_line_failure(code, out, err)
     assert expected in err

@@ -9,6 +9,7 @@ work here (not root, or the package registries are unreachable).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -290,42 +291,109 @@ def test_tracker_hands_out_the_emulated_server(arm_emulator, tmp_path):
         tracker.terminate()
 
 
+@contextlib.contextmanager
+def board_farm(arm_servers: int, arm_key: str, x86_key: str):
+    """The issue's board farm on 127.0.0.1: a TVM RPC tracker, `arm_servers` emulated aarch64
+    servers registered under `arm_key` and one local x86 server under `x86_key`.
+    Yields (tracker port, the EmulatedServers)."""
+    from slimcc.targets.local_rpc import local_servers, local_tracker, wait_registered
+
+    with local_tracker() as port, contextlib.ExitStack() as stack:
+        servers = [stack.enter_context(emulate_arm.emulated_rpc_server_process(tracker=f"127.0.0.1:{port}",
+                                                                                key=arm_key))
+                   for _ in range(arm_servers)]
+        stack.enter_context(local_servers(port, x86_key, 1))
+        wait_registered(port, arm_key, arm_servers)
+        yield port, servers
+
+
+def devices_used(summary) -> set[str]:
+    """The devices a tuning summary counts at least one successful measurement on."""
+    return {device for device, row in summary["devices"].items() if row["measured"]}
+
+
 @pytest.mark.slow
 @pytest.mark.tuning
-def test_arm_tuning_through_a_tracker_runs_on_the_emulated_server(arm_emulator, tmp_path):
-    """slimcc tune --target arm --tracker: records measured on the emulated board, a compile that
-    uses them, and the artifact still matching onnxruntime there (emulated timings mean nothing)."""
-    from tvm.rpc.tracker import Tracker
-
+def test_a_tracker_farm_tunes_arm_on_both_aarch64_servers_and_x86_on_the_x86_key(arm_emulator, tmp_path):
+    """Two emulated aarch64 servers and one x86 server behind one tracker: tuning an arm model
+    measures on both aarch64 servers (and nowhere else), a compile that uses the records builds
+    and runs under emulation matching onnxruntime; an x86 model tunes on the x86 key only.
+    Emulated timings mean nothing: this tests the plumbing."""
     from slimcc.targets.compiler import compile_model, prepare_model
-    from slimcc.targets.local_rpc import wait_registered
-    from slimcc.targets.runner import run_artifact
+    from slimcc.targets.local_rpc import registered_devices
+    from slimcc.targets.runner import load_artifact, run_artifact
     from slimcc.targets.target import make_target
     from slimcc.targets.tune import tune_model
     from slimcc.targets.tune_measure import MeasureSite
 
+    from targets_helpers import assert_matches_onnxruntime, feeds_for, measured_record_count
+    from test_tune_one_conv import one_conv_model
+
+    arm_model = prepare_model(load_model(tiny_conv_model(seed=7)))
+    arm_spec = make_target("arm", num_cores=1)
+    with board_farm(2, "farm-aarch64", "farm-x86") as (port, arm_servers):
+        summary = tune_model(arm_model, arm_spec, 8, database_dir=tmp_path / "arm-db", progress=False,
+                             site=MeasureSite(("127.0.0.1", port), "farm-aarch64", parallel=2))
+        assert summary["seeded_with_slimcc_schedules"], summary["seed_failures"]
+        assert devices_used(summary) == {f"{s.host}:{s.port}" for s in arm_servers}, summary["devices"]
+        measured = sum(row["measured"] for row in summary["devices"].values())
+        assert measured == measured_record_count(tmp_path / "arm-db") > 2
+        manifest = compile_model(arm_model, arm_spec, tmp_path / "arm-art", database_dir=tmp_path / "arm-db")
+        assert manifest.build["tuned_kernels"] >= 1
+        rng = np.random.default_rng(8)
+        feeds = {"x": rng.standard_normal((1, 3, 10, 12)).astype(np.float32),
+                 "skip": rng.standard_normal((1, 4, 10, 12)).astype(np.float32)}
+        session = slim_rpc.connect_tracker("127.0.0.1", port, "farm-aarch64", timeout=300)
+        actual = run_artifact(tmp_path / "arm-art", feeds, session=session)
+        assert relative_error(actual["y"], run_onnxruntime(arm_model, feeds)["y"]) <= 1e-5
+        del session
+
+        x86_model, x86_spec = prepare_model(one_conv_model()), make_target("x86", num_cores=1)
+        summary = tune_model(x86_model, x86_spec, 4, database_dir=tmp_path / "x86-db", progress=False,
+                             site=MeasureSite(("127.0.0.1", port), "farm-x86"))
+        assert devices_used(summary) == set(registered_devices(port, "farm-x86")), summary["devices"]
+    manifest = compile_model(x86_model, x86_spec, tmp_path / "x86-art", database_dir=tmp_path / "x86-db", isolate=False)
+    assert manifest.build["tuned_kernels"] >= 1
+    feeds = feeds_for(x86_model)
+    assert_matches_onnxruntime(x86_model, load_artifact(tmp_path / "x86-art").run(feeds), feeds)
+
+
+@pytest.mark.slow
+@pytest.mark.tuning
+def test_an_aarch64_server_killed_mid_tuning_loses_no_record(arm_emulator, tmp_path):
+    """One of two emulated aarch64 servers is killed once records exist: every record stored
+    before is still there afterwards, and the run completes on the other server."""
+    import threading
+    import time
+
+    from slimcc.targets.compiler import prepare_model
+    from slimcc.targets.target import make_target
+    from slimcc.targets.tune import record_count, tune_model
+    from slimcc.targets.tune_measure import MeasureSite
+
     from targets_helpers import measured_record_count
 
-    tracker = Tracker(host="127.0.0.1", port=emulate_arm.free_port(), port_end=65535, silent=True)
-    key = "slimcc-arm-tune"
-    try:
-        with emulate_arm.emulated_rpc_server(tracker=f"127.0.0.1:{tracker.port}", key=key):
-            wait_registered(tracker.port, key)
-            model = prepare_model(load_model(tiny_conv_model(seed=7)))
-            spec = make_target("arm", num_cores=1)
-            summary = tune_model(model, spec, 4, database_dir=tmp_path / "db", progress=False,
-                                 site=MeasureSite(("127.0.0.1", tracker.port), key))
-            assert summary["seeded_with_slimcc_schedules"], summary["seed_failures"]
-            assert measured_record_count(tmp_path / "db") > 1  # the seed and searched candidates, timed there
-            manifest = compile_model(model, spec, tmp_path / "art", database_dir=tmp_path / "db")
-            assert manifest.build["tuned_kernels"] >= 1
-            rng = np.random.default_rng(8)
-            feeds = {"x": rng.standard_normal((1, 3, 10, 12)).astype(np.float32),
-                     "skip": rng.standard_normal((1, 4, 10, 12)).astype(np.float32)}
-            session = slim_rpc.connect_tracker("127.0.0.1", tracker.port, key, timeout=300)
-            actual = run_artifact(tmp_path / "art", feeds, session=session)
-            expected = run_onnxruntime(model, feeds)
-            assert relative_error(actual["y"], expected["y"]) <= 1e-5
-            del session
-    finally:
-        tracker.terminate()
+    model = prepare_model(load_model(tiny_conv_model(seed=9)))
+    db = tmp_path / "db"
+    outcome: dict = {}
+    with board_farm(2, "farm-aarch64", "farm-x86") as (port, arm_servers):
+        def tune():
+            outcome["summary"] = tune_model(model, make_target("arm", num_cores=1), 24, database_dir=db,
+                                            progress=False,
+                                            site=MeasureSite(("127.0.0.1", port), "farm-aarch64", parallel=2))
+
+        worker = threading.Thread(target=tune)
+        worker.start()
+        deadline = time.monotonic() + 600
+        while record_count(db) < 3 and worker.is_alive():
+            assert time.monotonic() < deadline, "no records measured"
+            time.sleep(0.2)
+        before = (db / "database_tuning_record.json").read_text().splitlines()
+        arm_servers[0].kill()
+        worker.join(timeout=900)
+    assert not worker.is_alive() and "summary" in outcome, "the run did not complete after the loss"
+    after = (db / "database_tuning_record.json").read_text().splitlines()
+    assert after[:len(before)] == before and len(after) > len(before)
+    survivor = f"{arm_servers[1].host}:{arm_servers[1].port}"
+    assert outcome["summary"]["devices"][survivor]["measured"] > 0
+    assert measured_record_count(db) > len(before)  # measurements went on after the loss

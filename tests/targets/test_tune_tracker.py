@@ -11,7 +11,7 @@ import pytest
 from slimcc.errors import SlimccError
 from slimcc.targets.compiler import compile_model, prepare_model
 from slimcc.targets.emulate_arm import free_port
-from slimcc.targets.local_rpc import local_servers, local_tracker
+from slimcc.targets.local_rpc import local_server, local_servers, local_tracker
 from slimcc.targets.runner import load_artifact
 from slimcc.targets.target import make_target
 from slimcc.targets.tune import record_count, tune_model
@@ -48,6 +48,48 @@ def test_cli_tracker_needs_a_key(tmp_path, capsys):
     assert "--tracker needs --key" in err and len(err.splitlines()) == 1
 
 
+def test_unreachable_rpc_server_is_a_one_line_error(x86, tmp_path):
+    site = MeasureSite(server=("127.0.0.1", free_port()))
+    with pytest.raises(SlimccError, match="cannot reach the TVM RPC server at 127.0.0.1") as err:
+        tune_model(prepare_model(one_conv_model()), x86, 4, database_dir=tmp_path / "db", progress=False, site=site)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("site, expected", [
+    (dict(tracker=("127.0.0.1", 9190), key="k", server=("127.0.0.1", 9090)), "not both"),
+    (dict(server=("127.0.0.1", 9090), parallel=2), "one candidate at a time"),
+])
+def test_one_rpc_server_is_neither_a_tracker_nor_parallel(site, expected):
+    with pytest.raises(SlimccError, match=expected):
+        MeasureSite(**site)
+
+
+@pytest.mark.slow
+@pytest.mark.tuning
+def test_tuning_on_one_rpc_server_without_a_tracker(tmp_path, capsys):
+    """--rpc HOST:PORT: the same build and measurement path as a tracker, on one server; the CLI
+    prints a progress line per measured batch naming the server, and counts it in its JSON."""
+    import json
+
+    from slimcc.cli import main
+
+    model_path = tmp_path / "conv.onnx"
+    model_path.write_bytes(one_conv_model().SerializeToString())
+    db = tmp_path / "db"
+    with local_server() as port:
+        code = main(["tune", str(model_path), "--trials", "4", "--num-cores", "1", "--db", str(db),
+                     "--rpc", f"127.0.0.1:{port}", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    summary = json.loads(captured.out)
+    device = f"127.0.0.1:{port}"
+    assert summary["measured_on"] == f"RPC server {device}"
+    assert summary["devices"] == {device: {"measured": measured_record_count(db), "failed": 0}}
+    assert summary["devices"][device]["measured"] > 1  # slimcc's seed and searched candidates
+    batch_lines = [line for line in captured.err.splitlines() if "batch of" in line]
+    assert batch_lines and all(device in line for line in batch_lines)
+
+
 @pytest.mark.slow
 @pytest.mark.tuning
 def test_tuning_through_a_tracker_with_two_local_servers(tmp_path):
@@ -61,6 +103,8 @@ def test_tuning_through_a_tracker_with_two_local_servers(tmp_path):
     assert summary["new_records"] == record_count(db) > 1  # slimcc's seed and searched candidates
     assert measured_record_count(db) > 1 and not summary["seed_failures"]
     assert "tracker 127.0.0.1" in summary["measured_on"]
+    assert len(summary["devices"]) == 2 and all(row["measured"] for row in summary["devices"].values())
+    assert sum(row["measured"] for row in summary["devices"].values()) == measured_record_count(db)
     manifest = compile_model(model, spec, tmp_path / "art", database_dir=db, isolate=False)
     assert manifest.build["tuned_kernels"] >= 1  # the conv (and its output's conversion to NCHW)
     feeds = feeds_for(model)
