@@ -129,3 +129,34 @@ def component_keys(keys: Sequence[Hashable], pairs: Iterable[tuple[Hashable, Has
     edges = [(index.setdefault(a, len(index)), index.setdefault(b, len(index))) for a, b in pairs]
     labels = component_labels(len(index), edges)
     return {key: int(labels[i]) for key, i in index.items()}
+
+
+def block_boundaries(graph: gs.Graph) -> list[gs.Tensor]:
+    """The tensors that close single-entry/single-exit blocks, in data-flow order.
+
+    A tensor qualifies when it is the one used output of an op that dominates the graph outputs:
+    every path from a graph input to a graph output runs through that op (networkx immediate
+    dominators from a virtual entry before the graph inputs to a virtual exit after the outputs).
+    Ops fed only by constants are not on any such path.
+    """
+    G = to_networkx(graph)
+    entry, exit_ = ("entry",), ("exit",)  # tuples: never equal to a node key, which is a string
+    kinds = dict(G.nodes(data="kind"))
+    G.add_edges_from((entry, key) for key, kind in kinds.items() if kind == INPUT)
+    G.add_edges_from((key, exit_) for key, kind in kinds.items() if kind == OUTPUT)
+    dominators = nx.immediate_dominators(G, entry)
+    if exit_ not in dominators:
+        return []
+    chain, key = [], dominators[exit_]
+    while key != entry:
+        chain.append(key)
+        key = dominators[key]
+    outputs = {id(t) for t in graph.outputs}
+    boundaries = []
+    for key in reversed(chain):
+        if G.nodes[key]["kind"] != OP:
+            continue
+        used = [t for t in G.nodes[key]["node"].outputs if t.outputs or id(t) in outputs]
+        if len(used) == 1:
+            boundaries.append(used[0])
+    return boundaries

@@ -5,8 +5,9 @@ mapper (every float initializer of the student is trained). Loss, as in the surv
 
     L = L_task + lambda * sum_i L_TS(i),   L_TS(i) = 1/2 mean (teacher_i - student_i)^2
 
-at block boundaries matched automatically: tensors present in both graphs under the same name
-with equal shapes (pruning and decomposition keep names), spread over the depth. lambda is
+at block boundaries matched automatically: the outputs of single-entry/single-exit blocks of the
+student (networkx dominators, `ir.graphview.block_boundaries`) present in the teacher under the same
+name (pruning and decomposition keep names), spread over the depth. lambda is
 chosen at the start of every epoch so the guidance loss equals the task loss and never
 exceeds it. Stage 1 trains the guidance loss alone (`stage1_epochs`), then both jointly.
 L_task is the cross-entropy with labels when ctx.notes["labels"] holds one label per
@@ -22,14 +23,17 @@ from typing import ClassVar
 import numpy as np
 
 from slimcc.errors import PassError, PipelineError
+from slimcc.ir.graphview import block_boundaries
 from slimcc.ir.layout import channel_axis
 from slimcc.passes.base import Pass, PassContext, PassResult, register_pass
+from slimcc.passes.prune.channels import BINARY_OPS, POOL_OPS, UNARY_OPS
 from slimcc.passes.recover.activations import calibration_batches, reference_model
 from slimcc.passes.recover.channel_map import recorded_map, weight_map
 from slimcc.passes.recover.layers import find_layers
 from slimcc.passes.recover.torch_mapper import TorchGraph, import_torch
 
 MAX_BOUNDARIES = 8
+CHANNELWISE_OPS = UNARY_OPS | BINARY_OPS | POOL_OPS | {"BatchNormalization"}
 TEACHER_CACHE_BYTES = 1 << 30
 
 
@@ -45,10 +49,13 @@ def logits_tensor(graph) -> str:
 def match_boundaries(student, teacher, ctx=None) -> list[tuple[str, np.ndarray | None, int | None]]:
     """Tensors to guide, as (name, kept original channels, their axis), or (name, None, None) when unpruned.
 
-    Candidates are produced by a node, are neither the logits nor a graph output, and exist in both graphs by name
-    with equal static shapes; a pruned conv/gemm output also qualifies when its original
-    channels are known exactly (ctx.notes["channel_map"] or the sliced weights), and is then
-    compared with those channels of the teacher (on axis 1 for a conv, the last axis for a MatMul/Gemm). At most MAX_BOUNDARIES, evenly spread over depth.
+    Candidates are the student's block boundaries (tensors every path from the inputs to the
+    outputs runs through), neither the logits nor a graph output, that exist in both graphs by name
+    with equal static shapes. A boundary pruned on one axis also qualifies when its original
+    channels are known exactly, and is then compared with those channels of the teacher: from
+    ctx.notes["channel_map"], else from the pruned conv/gemm output it carries channel for channel
+    (`_pruned_source`; kept channels from the map or the sliced weights, on axis 1 for a conv, the
+    last axis for a MatMul/Gemm). At most MAX_BOUNDARIES, evenly spread over depth.
     """
     teacher_shapes = {t.name: t.shape for t in teacher.graph.tensors().values() if not _is_constant(t)}
     last = logits_tensor(student.graph)
@@ -65,25 +72,44 @@ def match_boundaries(student, teacher, ctx=None) -> list[tuple[str, np.ndarray |
             if kept is not None:
                 pruned[layer.output.name] = (kept, layer.op)
     found = []
-    for node in student.graph.nodes:
-        for t in node.outputs:
-            if t.name in inputs or t.name == last or t.name not in teacher_shapes:
-                continue
-            shape, other = t.shape, teacher_shapes[t.name]
-            if not (shape and other and all(isinstance(d, int) for d in list(shape) + list(other))):
-                continue
-            if list(shape) == list(other):
-                found.append((t.name, None, None))
-            elif t.name in pruned and len(shape) == len(other):
-                kept, op = pruned[t.name]
-                axis = channel_axis(op, len(shape))
-                if [d for i, d in enumerate(shape) if i != axis] == [d for i, d in enumerate(other) if i != axis]:
-                    found.append((t.name, kept, axis))
-    found = list({entry[0]: entry for entry in found}.values())
+    for t in block_boundaries(student.graph):
+        if t.name in inputs or t.name == last or t.name not in teacher_shapes:
+            continue
+        shape, other = t.shape, teacher_shapes[t.name]
+        if not (shape and other and len(shape) == len(other)
+                and all(isinstance(d, int) for d in list(shape) + list(other))):
+            continue
+        shrunk = [i for i, (d, o) in enumerate(zip(shape, other)) if d != o]
+        if not shrunk:
+            found.append((t.name, None, None))
+        elif len(shrunk) == 1:
+            kept = recorded_map(ctx, t.name, shape[shrunk[0]], other[shrunk[0]])
+            source = _pruned_source(t, pruned) if kept is None else None
+            if source is not None and channel_axis(source[1], len(shape)) == shrunk[0]:
+                kept = source[0]
+            if kept is not None and len(kept) == shape[shrunk[0]]:
+                found.append((t.name, kept, shrunk[0]))
     if len(found) <= MAX_BOUNDARIES:
         return found
     picks = np.linspace(0, len(found) - 1, MAX_BOUNDARIES).round().astype(int)
     return [found[i] for i in sorted(set(picks))]
+
+
+def _pruned_source(tensor, pruned: dict[str, tuple[np.ndarray, str]]) -> tuple[np.ndarray, str] | None:
+    """(kept channels, op) of the pruned layer output that `tensor` carries channel for channel, found by
+    walking back through ops whose output channel k is input channel k (element-wise ops on operands
+    of the output's shape, BatchNormalization, pooling); None when there is none."""
+    while tensor.name not in pruned:
+        node = tensor.inputs[0] if len(tensor.inputs) else None
+        if node is None or node.op not in CHANNELWISE_OPS:
+            return None
+        if node.op in BINARY_OPS:
+            tensor = next((t for t in node.inputs if not _is_constant(t) and t.shape == tensor.shape), None)
+            if tensor is None:
+                return None
+        else:
+            tensor = node.inputs[0]
+    return pruned[tensor.name]
 
 
 def _is_constant(tensor) -> bool:

@@ -1,4 +1,4 @@
-"""networkx view, producer/consumers, topological order and connected-component labels."""
+"""networkx view, producer/consumers, topological order, connected-component labels and block boundaries."""
 
 import networkx as nx
 import numpy as np
@@ -8,8 +8,8 @@ from onnx import TensorProto, helper
 
 from ir_builders import branchy_model, make_proto
 from slimcc.errors import SlimccError
-from slimcc.ir.graphview import (component_keys, component_labels, consumers, producer, to_networkx,
-                                 topological_nodes)
+from slimcc.ir.graphview import (block_boundaries, component_keys, component_labels, consumers, producer,
+                                 to_networkx, topological_nodes)
 from slimcc.ir.model import load_model
 
 
@@ -112,3 +112,24 @@ def test_component_keys_groups_names_and_adds_the_names_pairs_mention():
     groups = component_keys(["a", "b", "c"], [("a", "d"), ("d", "c")])
     assert set(groups) == {"a", "b", "c", "d"}
     assert groups["a"] == groups["c"] == groups["d"] != groups["b"]
+
+
+def test_block_boundaries_are_the_dominators_of_the_outputs():
+    """x -> Relu a -> (Neg b, Abs c) -> Add d -> Mul m (by a Constant node's k) -> Sigmoid y: the branches
+    b and c are inside a block; the constant-only Constant node is on no data path."""
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="relu"), helper.make_node("Neg", ["a"], ["b"], name="neg"),
+             helper.make_node("Abs", ["a"], ["c"], name="abs"), helper.make_node("Add", ["b", "c"], ["d"], name="add"),
+             helper.make_node("Constant", [], ["k"], name="const",
+                              value=helper.make_tensor("kv", TensorProto.FLOAT, [], [2.0])),
+             helper.make_node("Mul", ["d", "k"], ["m"], name="mul"), helper.make_node("Sigmoid", ["m"], ["y"], name="sig")]
+    proto = make_proto(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    assert [t.name for t in block_boundaries(load_model(proto).graph)] == ["a", "d", "m", "y"]
+
+
+def test_two_outputs_share_only_the_blocks_before_they_part():
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="relu"), helper.make_node("Neg", ["a"], ["y1"], name="neg"),
+             helper.make_node("Abs", ["a"], ["y2"], name="abs")]
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [2]) for name in ("y1", "y2")]
+    proto = make_proto(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])], outputs)
+    assert [t.name for t in block_boundaries(load_model(proto).graph)] == ["a"]
