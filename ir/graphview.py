@@ -9,12 +9,14 @@ top-level graph is viewed: nodes inside If/Loop/Scan bodies are not expanded.
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Sequence
+from pathlib import Path
 
 import networkx as nx
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from slimcc.errors import SlimccError
+from slimcc.ir.atomic import atomic_file
 
 INPUT, OUTPUT, OP = "input", "output", "op"
 
@@ -160,3 +162,55 @@ def block_boundaries(graph: gs.Graph) -> list[gs.Tensor]:
         if len(used) == 1:
             boundaries.append(used[0])
     return boundaries
+
+
+GRAPH_FORMATS = (".graphml", ".dot")
+
+
+def plain_view(graph: gs.Graph) -> nx.MultiDiGraph:
+    """`to_networkx` with text attributes only, for files: nodes have `kind`, `op` and `name`,
+    edges the tensor's `name`, `shape` (e.g. "1x64x56x56", "?" when unknown) and `dtype`."""
+    G = to_networkx(graph)
+    plain = nx.MultiDiGraph()
+    for key, data in G.nodes(data=True):
+        name = data["node"].name if data["kind"] == OP else data["tensor"].name
+        plain.add_node(key, kind=data["kind"], op=data.get("op", ""), name=name or "")
+    for u, v, key, data in G.edges(keys=True, data=True):
+        tensor = data["tensor"]
+        shape = "?" if tensor.shape is None else "x".join(str(d) for d in tensor.shape)
+        dtype = "" if tensor.dtype is None else str(getattr(tensor.dtype, "__name__", tensor.dtype))
+        plain.add_edge(u, v, key=key, name=key, shape=shape, dtype=dtype)
+    return plain
+
+
+def write_graph(graph: gs.Graph, path: str | Path) -> Path:
+    """Write the op graph for graph viewers, atomically: GraphML (.graphml) or Graphviz DOT (.dot)."""
+    path = Path(path)
+    if path.suffix.lower() not in GRAPH_FORMATS:
+        raise SlimccError(f"cannot write a graph to {path.name}: give a file ending in {' or '.join(GRAPH_FORMATS)}")
+    if not path.parent.is_dir():
+        raise SlimccError(f"output folder {path.parent} does not exist")
+    view = plain_view(graph)
+    with atomic_file(path) as tmp:
+        if path.suffix.lower() == ".graphml":
+            nx.write_graphml(view, tmp)
+        else:
+            tmp.write_text(_dot(view))
+    return path
+
+
+def _dot(view: nx.MultiDiGraph) -> str:
+    lines = ["digraph model {"]
+    for key, data in view.nodes(data=True):
+        if data["kind"] == OP:
+            lines.append(f'  "{_escape(key)}" [label="{_escape(data["op"])}\\n{_escape(data["name"])}", shape=box];')
+        else:
+            lines.append(f'  "{_escape(key)}" [label="{_escape(data["name"])}", shape=ellipse];')
+    for u, v, data in view.edges(data=True):
+        lines.append(f'  "{_escape(u)}" -> "{_escape(v)}" [label="{_escape(data["name"])} {data["shape"]}"];')
+    return "\n".join(lines + ["}"]) + "\n"
+
+
+def _escape(text: str) -> str:
+    """Text inside a DOT double-quoted string."""
+    return str(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

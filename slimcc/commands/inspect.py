@@ -1,4 +1,5 @@
-"""`slimcc inspect MODEL`: op histogram, inputs/outputs, params, MACs, file size, per-layer costs."""
+"""`slimcc inspect MODEL`: op histogram, inputs/outputs, params, MACs, file size, per-layer costs;
+`--graph OUT.graphml|OUT.dot` also writes the op graph (networkx view) for graph viewers."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from slimcc.commands.common import add_model_arguments, print_json, print_table
 from slimcc.ir.cost import CostReport, NodeCost, model_cost
+from slimcc.ir.graphview import write_graph
 from slimcc.ir.model import Model, first_line, load_model, parse_input_shapes
 from slimcc.report import human as report_human
 
@@ -22,6 +24,8 @@ def add_parser(sub) -> None:
     add_model_arguments(parser)
     parser.add_argument("--layers", action="store_true", help="also print one row per node")
     parser.add_argument("--json", action="store_true", help="print a JSON document instead of tables")
+    parser.add_argument("--graph", metavar="OUT", help="also write the op graph to OUT.graphml or OUT.dot "
+                        "(ops and graph inputs/outputs as nodes, tensors as edges with shape and dtype)")
     parser.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
 
@@ -127,6 +131,8 @@ def run(args) -> int:
     shapes = parse_input_shapes(args.input_shape)
     path = Path(args.model)
     model = load_model(path, shapes)
+    if args.graph:
+        write_graph(model.graph, args.graph)
     data = describe(model, path, layers=args.layers)
     if args.json:
         print_json(data)

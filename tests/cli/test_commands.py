@@ -63,6 +63,30 @@ def test_inspect_json_equals_cost_model(cli, zoo_file):
     assert len([line for line in out.splitlines() if " Conv " in f" {line} "]) >= 9
 
 
+def test_inspect_writes_the_op_graph_as_graphml_and_dot(cli, zoo_file, tmp_path):
+    import networkx as nx
+
+    model = load_model(zoo_file)
+    code, _, err = cli("inspect", zoo_file, "--graph", tmp_path / "g.graphml")
+    assert code == 0, err
+    G = nx.read_graphml(tmp_path / "g.graphml", force_multigraph=True)
+    ops = [k for k, d in G.nodes(data=True) if d["kind"] == "op"]
+    assert sorted(G.nodes[k]["name"] for k in ops) == sorted(n.name for n in model.graph.nodes)
+    assert G.nodes["input:x"]["kind"] == "input" and G.nodes["output:y"]["kind"] == "output"
+    first = model.graph.nodes[0]
+    assert {d["shape"] for _, _, d in G.out_edges("input:x", data=True)} == {"1x3x32x32"}
+    assert all(d["dtype"] == "float32" for _, _, d in G.edges(data=True))
+    assert nx.is_directed_acyclic_graph(G) and G.has_edge("input:x", first.name)
+    code, _, err = cli("inspect", zoo_file, "--graph", tmp_path / "g.dot", "--json")
+    assert code == 0, err
+    dot = (tmp_path / "g.dot").read_text()
+    assert dot.startswith("digraph") and dot.count(" -> ") == G.number_of_edges()
+    assert f'"input:x" -> "{first.name}"' in dot
+    code, _, err = cli("inspect", zoo_file, "--graph", tmp_path / "g.png")
+    assert code != 0 and len(err.strip().splitlines()) == 1 and ".graphml or .dot" in err
+    assert not (tmp_path / "g.png").exists()
+
+
 def test_inspect_dynamic_real_model_folds_shapes(cli, real_model_path):
     path = real_model_path("ppocr-cls")
     code, out, err = cli("inspect", path, "--json")
