@@ -36,9 +36,7 @@ def compile_pipeline(target, database_dir: str | None = None, facts: dict | None
     from tvm import relax
 
     rp = backend_pipeline(target)
-    legalize = list(rp.legalize_passes(target))
-    # both lists start with LegalizeOps .. FuseTIR (5 passes); CUDA then adds dlight's ApplyDefaultSchedule
-    fuse, schedule = legalize[:5], legalize[5:]
+    fuse, schedule = fusion_passes(target), list(rp.legalize_passes(target))[5:]
     lower = (list(rp.dataflow_lower_passes(target)) + list(rp.finalize_passes(target)))
     facts = facts if facts is not None else {}
     vector = cpu_vector_for(target)
@@ -56,6 +54,17 @@ def compile_pipeline(target, database_dir: str | None = None, facts: dict | None
             return tvm.transform.Sequential(schedule + lower)(mod)
 
     return _pipeline
+
+
+def fusion_passes(target) -> list:
+    """LegalizeOps .. FuseTIR of TVM's pipeline for `target` (compile and tuning fuse alike), with int8
+    table lookups marked element-wise after TVM's op-pattern analysis (targets/int8_tables.py)."""
+    from slimcc.targets.int8_tables import mark_lookups_elementwise
+
+    # both lists start with LegalizeOps, AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR;
+    # CUDA then adds dlight's ApplyDefaultSchedule
+    legalize = list(backend_pipeline(target).legalize_passes(target))[:5]
+    return legalize[:2] + [mark_lookups_elementwise()] + legalize[2:]
 
 
 def backend_pipeline(target):

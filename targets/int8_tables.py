@@ -17,10 +17,10 @@ computes, rounding included. A target this machine cannot run (a cross build) is
 the host's llvm target instead; float rounding there can differ in the last bit at a
 quantization boundary.
 
-The gather reads one byte per element, but TVM's op-pattern analysis (AnnotateTIROpPattern)
-calls any data-dependent load opaque (it overwrites an `op_pattern` attribute set here), so
-FuseOps does not fuse it into the producing conv's requantize epilogue: it runs as its own
-u8 -> u8 kernel.
+The gather reads one byte per element. TVM's op-pattern analysis (AnnotateTIROpPattern) calls
+any data-dependent load opaque, so the compile pipeline runs `mark_lookups_elementwise` after it
+(targets/build.py `fusion_passes`): FuseOps then fuses the lookup into the producing conv's
+requantize epilogue, and a residual add after it too.
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ ELEMENTWISE_OPS = frozenset(f"relax.{name}" for name in (
     "nn.selu", "nn.prelu"))
 # TIR kernels the ONNX frontend emits for element-wise ops (Clip with min/max attributes)
 ELEMENTWISE_KERNELS = ("maximum", "minimum")
+LOOKUP_BLOCK = "qtable"  # the lookup's TE block (FuseTIR may add a suffix)
+LOOKUP_ATTR = "slimcc.lookup"  # marks the lookup kernels for `mark_lookups_elementwise`
+ELEMWISE_PATTERN = 0  # Relax's OpPatternKind kElemWise
 
 
 class _NotTable(Exception):
@@ -317,11 +320,34 @@ def lookup_call(builder, x_q, table: np.ndarray, out_dtype: str):
 
     shape, in_dtype = static_shape(x_q), tensor_dtype(x_q)
     x_t = te.placeholder(shape, in_dtype, "x_q")
-    table_t = te.placeholder((256,), out_dtype, "table")
+    table_t = te.placeholder((256,), "int32", "table")
     offset = 128 if in_dtype == "int8" else 0
 
     def compute(*index):
-        return table_t[x_t[index].astype("int32") + offset]
+        return table_t[x_t[index].astype("int32") + offset].astype(out_dtype)
 
-    out = te.compute(shape, compute, name="qtable")
-    return call_te_kernel(builder, "qtable", [x_t, table_t, out], [x_q, relax.const(table, out_dtype)])
+    out = te.compute(shape, compute, name=LOOKUP_BLOCK)
+    call = call_te_kernel(builder, LOOKUP_BLOCK, [x_t, table_t, out], [x_q, relax.const(table.astype(np.int32), "int32")])
+    builder.update_func(call.args[0], builder.get()[call.args[0]].with_attr(LOOKUP_ATTR, True))
+    return call
+
+
+def mark_lookups_elementwise():
+    """A pass giving the lookup kernels the element-wise op pattern; it runs after AnnotateTIROpPattern.
+
+    TVM's pattern analysis calls the gather opaque (a data-dependent load), so FuseOps would leave
+    it a kernel of its own. It is element-wise in its input (the table is a constant parameter, like
+    a requantize's per-channel bias): marked so, FuseOps fuses it into the producing conv's
+    requantize epilogue. It must run after the analysis: AnnotateTIROpPattern overwrites an
+    op_pattern of 0 (kElemWise) set earlier.
+    """
+    tvm = ensure_tvm()
+
+    @tvm.transform.module_pass(opt_level=0, name="SlimccMarkLookupsElementwise")
+    def mark(mod, _ctx):
+        for gvar, func in list(mod.functions.items()):
+            if isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None and func.attrs.get(LOOKUP_ATTR):
+                mod[gvar] = func.with_attr("op_pattern", ELEMWISE_PATTERN)
+        return mod
+
+    return mark

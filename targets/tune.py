@@ -237,10 +237,10 @@ def fuse_for_tuning(mod, target):
     so tuned kernels match the kernels of later compiles."""
     tvm = ensure_tvm()
 
-    from slimcc.targets.build import backend_pipeline
+    from slimcc.targets.build import fusion_passes
 
     with target:
-        return tvm.transform.Sequential(list(backend_pipeline(target).legalize_passes(target))[:5])(mod)
+        return tvm.transform.Sequential(fusion_passes(target))(mod)
 
 
 def _progress_bar(total: int, enabled: bool):

@@ -19,6 +19,7 @@ per tile, so no int32 tensor reaches memory.
 from __future__ import annotations
 
 from slimcc.targets.schedules.epilogue import find_block, inline_epilogue, vectorize_innermost
+from slimcc.targets.int8_tables import LOOKUP_BLOCK
 from slimcc.targets.schedules.int8_pack import QCONV_BLOCK, QCROP_BLOCK, QPACK_BLOCK
 from slimcc.targets.schedules.isa import CpuVector, largest_divisor, loop_volume, parallel_pays
 from slimcc.targets.schedules.vnni import LANES, vnni_intrin
@@ -53,7 +54,7 @@ def schedule_int8_conv(sch, vector: CpuVector) -> bool:
     fb, xb = qconv_tile(out_channels // LANES, out_width)
 
     cropped = find_block(sch, QCROP_BLOCK) is not None
-    tail = inline_epilogue(sch, conv)
+    tail = _inline_tail(sch, conv)
     work = loop_volume(sch, conv)
     n, f, y, x, rq, ry, rx, rk = sch.get_loops(conv)
     fo, fbl, fi = sch.split(f, [None, fb, LANES])
@@ -62,6 +63,8 @@ def schedule_int8_conv(sch, vector: CpuVector) -> bool:
     cache = sch.cache_write(conv, 0, "global")
     sch.transform_layout(conv, ("write", 0), lambda a, b, c, d: (a, c, d, b))
     for block in _attach_epilogue(sch, cache, tail, xo, fold=not cropped):
+        if _is_lookup(sch, block):
+            continue  # a vectorized byte gather is a chain of inserts: the scalar loop is faster
         if xb < MIN_ROW_VECTOR:
             _vectorize_channels(sch, block)
         else:
@@ -91,7 +94,10 @@ def _attach_epilogue(sch, cache, tail: list, loop, fold: bool) -> list:
     from tvm.s_tir.schedule import ScheduleError
 
     rest = [] if fold else list(tail)
-    for block in tail if fold else []:
+    for i, block in enumerate(tail if fold else []):
+        if _is_lookup(sch, block):  # the requantize before it stays vectorized in the write-back
+            rest.extend(tail[i:])
+            break
         try:
             sch.reverse_compute_inline(block)
         except ScheduleError:
@@ -105,6 +111,37 @@ def _attach_epilogue(sch, cache, tail: list, loop, fold: bool) -> list:
         except ScheduleError:
             break
     return attached
+
+
+def _inline_tail(sch, conv) -> list:
+    """Inline the epilogue blocks after `conv` into their consumers, except table lookups and the
+    blocks feeding them; returns the blocks that remain after `conv`.
+
+    A requantize inlined into a lookup would become the gather's index, and the whole tile would
+    then run at the speed of a byte gather; kept apart, it is vectorized in the write-back and
+    the lookup reads its bytes in a loop of its own per tile.
+    """
+    ensure_tvm()
+    from tvm.s_tir.schedule import ScheduleError
+
+    blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
+    tail = blocks[[sch.get(b).name_hint for b in blocks].index(sch.get(conv).name_hint) + 1:]
+    if not any(_is_lookup(sch, b) for b in tail):
+        return inline_epilogue(sch, conv)
+    for block in tail[:-1]:
+        if _is_lookup(sch, block) or any(_is_lookup(sch, c) for c in sch.get_consumers(block)):
+            continue
+        try:
+            sch.compute_inline(block)
+        except ScheduleError:
+            pass
+    blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
+    return blocks[[sch.get(b).name_hint for b in blocks].index(sch.get(conv).name_hint) + 1:]
+
+
+def _is_lookup(sch, block) -> bool:
+    """Whether `block` is an int8 table lookup (targets/int8_tables.py)."""
+    return sch.get(block).name_hint.startswith(LOOKUP_BLOCK)
 
 
 def _vectorize_channels(sch, block) -> None:
