@@ -1,7 +1,7 @@
 """After fusion: give every kernel no tuning record covers one of slimcc's CPU schedules.
 
 Rules are tried in order on each unscheduled PrimFunc (SLIMCC_RULES): VNNI int8 conv, 1x1
-conv, packed conv, packed matmul, depthwise conv, NCHW <-> NCHW{fi}c conversion, then
+conv, Winograd 3x3 conv, packed conv, packed matmul, depthwise conv, NCHW <-> NCHW{fi}c conversion, then
 element-wise/pooling; what none of them
 takes goes to TVM's dlight CPU rules (GEMV, reductions). A rule that fails leaves the kernel as it was (naive but correct), and the
 build facts say how many kernels each path took.
@@ -17,6 +17,7 @@ from slimcc.targets.schedules.int8_conv import schedule_int8_conv
 from slimcc.targets.schedules.isa import CpuVector, loop_volume
 from slimcc.targets.schedules.layout_transform import schedule_layout_transform
 from slimcc.targets.schedules.matmul import schedule_matmul
+from slimcc.targets.schedules.winograd import schedule_winograd
 from slimcc.targets.tvm_import import ensure_tvm
 
 SCHEDULED_ATTR = "tirx.is_scheduled"
@@ -39,7 +40,8 @@ def _elementwise(sch, vector: CpuVector) -> bool:
 
 
 # (name, rule) in the order they are tried; a rule returns False when the kernel is not its kind
-SLIMCC_RULES = (("int8_conv", schedule_int8_conv), ("pointwise", schedule_pointwise), ("conv", schedule_conv),
+SLIMCC_RULES = (("int8_conv", schedule_int8_conv), ("pointwise", schedule_pointwise), ("winograd", schedule_winograd),
+                ("conv", schedule_conv),
                 ("matmul", schedule_matmul), ("depthwise", schedule_depthwise),
                 ("depthwise_channels", schedule_channel_depthwise), ("layout_transform", schedule_layout_transform),
                 ("elementwise", _elementwise))

@@ -34,6 +34,7 @@ from slimcc.targets.relax_values import UNSET_DTYPES, constant_array, static_sha
 from slimcc.targets.schedules.blocked_layout import blocked_layout
 from slimcc.targets.schedules.isa import CpuVector
 from slimcc.targets.schedules.pack_matmul import packed_matmul_call
+from slimcc.targets.schedules.winograd import winograd_conv, winograd_tile, winograd_weight
 from slimcc.targets.te_kernels import call_te_kernel
 from slimcc.targets.tvm_import import ensure_tvm
 
@@ -43,6 +44,7 @@ DWCONV_BLOCK = "slimcc_dwconv"
 CHANNEL_DWCONV_BLOCK = "slimcc_chdw"
 PAD_BLOCK = "slimcc_pad"
 CHANNEL_PAD_BLOCK = "slimcc_chpad"
+WINOGRAD_KERNEL = "slimcc_wino"
 
 
 def pack_conv_weights(mod, vector: CpuVector):
@@ -167,6 +169,12 @@ class _ConvCall(ConvGeometry):
             out = row_depthwise(self, self._pad(x), w_t)
             packed = self.weight.reshape(out_channels, kh, kw)
             name = DWCONV_BLOCK
+        elif winograd_tile(self):
+            m, fi = winograd_tile(self), self.block
+            w_t = te.placeholder((m + 2, m + 2, out_channels // fi, group_channels, fi), "float32", "weight")
+            out = winograd_conv(self, self._pad(x), w_t, fi, m)
+            packed = winograd_weight(self.weight, fi, m)
+            name = WINOGRAD_KERNEL
         else:
             fi = self.block or vector.vector_width_dividing(out_channels // self.groups)
             w_t = te.placeholder((out_channels // fi, group_channels, kh, kw, fi), "float32", "weight")
