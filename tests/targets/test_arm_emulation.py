@@ -217,8 +217,9 @@ def test_x86_library_is_refused_by_the_aarch64_server(arm_session, tmp_path):
         slim_rpc.upload_and_load(arm_session, so_path)
 
 
-def run_artifact_remotely(session, model, tmp_path, feeds):
-    """Compile `model` with slimcc's arm target into an artifact folder and run it over RPC."""
+def run_artifact_remotely(session, model, tmp_path, feeds, rule: str = "conv"):
+    """Compile `model` with slimcc's arm target into an artifact folder and run it over RPC; the
+    build must have used slimcc's `rule` schedule."""
     from slimcc.targets.compiler import compile_model, prepare_model
     from slimcc.targets.runner import run_artifact
     from slimcc.targets.target import make_target
@@ -228,19 +229,21 @@ def run_artifact_remotely(session, model, tmp_path, feeds):
     manifest = compile_model(prepared, make_target("arm"), out_dir)
     assert elf_machine(out_dir / manifest.library) == ELF_MACHINE_AARCH64
     rules = manifest.build["slimcc_schedules"]  # slimcc's NEON schedules, not TVM's naive loops
-    assert rules.get("conv", 0) + rules.get("pointwise", 0) > 0, manifest.build
+    assert rules.get("conv", 0) + rules.get("pointwise", 0) > 0 and rules.get(rule, 0) > 0, manifest.build
     assert not manifest.build["unscheduled_kernels"], manifest.build
     return run_artifact(out_dir, feeds, session=session)
 
 
 @pytest.mark.parametrize("name", ["resnet-basic", "mobilenetv2"])
 def test_zoo_artifact_matches_onnxruntime_on_emulated_aarch64(name, arm_session, tmp_path):
-    """resnet-basic: 3x3 and 1x1 convs; mobilenetv2: both depthwise forms and the strided ones."""
+    """resnet-basic: 3x3 convs as Winograd on NCHW4c and 1x1 convs; mobilenetv2: both depthwise forms
+    and the strided ones."""
     model = load_model(zoo.build(name))
     feeds = {"x": np.random.default_rng(2).standard_normal((1, 3, 32, 32)).astype(np.float32)}
     expected = run_onnxruntime(model, feeds)
 
-    actual = run_artifact_remotely(arm_session, model, tmp_path, feeds)
+    rule = "winograd" if name == "resnet-basic" else "depthwise_channels"
+    actual = run_artifact_remotely(arm_session, model, tmp_path, feeds, rule)
 
     assert set(actual) == set(expected)
     for name, value in expected.items():
