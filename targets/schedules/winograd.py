@@ -172,7 +172,7 @@ def _schedule_products(sch, product, vector: CpuVector) -> None:
     po, pi = split_tile(sch, p, pb, vector)
     sch.reorder(points, kbo, po, c, kbi, pi, ki)
     cache = sch.cache_write(product, 0, "local")
-    sch.reverse_compute_at(cache, po)
+    sch.reverse_compute_at(cache, po, preserve_unit_loops=True)  # tuning may sample a tile of 1
     sch.vectorize(sch.get_loops(cache)[-1])
     sch.unroll(kbi)
     sch.unroll(pi)

@@ -63,3 +63,32 @@ def _conv_loop_extents(sch) -> list[int]:
     """Extents of the loops around the conv's update block (its register tile is the innermost)."""
     block = sch.get_sblock("slimcc_conv_update")
     return [int(sch.get(loop).extent) for loop in sch.get_loops(block)]
+
+
+def test_winograd_space_replays_with_unit_tiles(x86):
+    """The Winograd kernel's design space replays with every sampled tile set to 1 (a tuning run
+    failed when a unit tile removed a loop the trace still named)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+
+    weight = numpy_helper.from_array(np.random.default_rng(1).standard_normal((32, 32, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "wino",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 8, 8])], [weight])
+    model: onnx.ModelProto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    target = x86.to_tvm()
+    mod = fuse_for_tuning(prepare_for_build(to_relax(prepare_model(model)), target), target)
+    (task,) = [task for task in ms.relax_integration.extract_tasks(mod, target) if "slimcc_wino" in task.task_name]
+    (design,) = slimcc_space(cpu_vector_for(target)).generate_design_space(task.dispatched[0])
+    trace = design.trace
+    tiles = [inst for inst in trace.insts if inst.kind.name == "SamplePerfectTile"]
+    assert tiles, [inst.kind.name for inst in trace.insts]
+    for inst in tiles:
+        extent = int(np.prod([int(f) for f in trace.decisions[inst]]))
+        trace = trace.with_decision(inst, [extent, 1], remove_postproc=True)
+    replayed = s_tir.Schedule(task.dispatched[0])
+    trace.apply_to_schedule(replayed, remove_postproc=True)
+    assert replayed.get_sblock("slimcc_wino_product_update") is not None
