@@ -18,6 +18,7 @@ and are rewritten (constants computed here with numpy) to
     y_q = call_tir(requantize, acc, bias, M0, s)             one elementwise TIR kernel per layer:
           v = (int64(acc) + bias[o]) * M0[o]                 bias = b_q - zx * sum(W_q[o]) (zero-point correction)
           clip((v + 2^(s-1) - 1 + ((v >> s) & 1)) >> s + zy)  M0 in [2^30, 2^31), s = 31 + shift, half to even
+                                                     (in float64 where that is provably the same, `float64_exact`)
 
 The requantize is one TIR function (not a chain of Relax ops) so that FuseOps fuses it into the
 conv2d/matmul as a single epilogue loop with no int64 intermediate tensors. A residual Add
@@ -336,23 +337,40 @@ class _Kernels:
 
     def requantize(self, acc, shape, channel_axis: int, bias, multiplier, shift, zy: int, lo: int, hi: int,
                    out_dtype: str):
-        """clip(round_half_even((acc + bias[c]) * multiplier[c] / 2^shift[c]) + zy, lo, hi) as `out_dtype`."""
+        """clip(round_half_even((acc + bias[c]) * multiplier[c] / 2^shift[c]) + zy, lo, hi) as `out_dtype`.
+
+        In float64 where that is exact (every shift <= EXACT_FLOAT64_SHIFT, see `float64_exact`):
+        one multiply and one round-to-nearest-even per element instead of int64 multiply, add,
+        shift and mask steps. Else in int64.
+        """
         ensure_tvm()
-        from tvm import relax, te
+        from tvm import relax, te, tirx
 
         channels = shape[channel_axis]
         acc_t = te.placeholder(shape, "int32", "acc")
-        params = [te.placeholder((channels,), "int64", name) for name in ("bias", "multiplier", "shift")]
-        bias_t, mult_t, shift_t = params
+        bias = np.asarray(bias, np.int64).reshape(channels)
+        multiplier, shift = (np.asarray(v, np.int64).reshape(channels) for v in (multiplier, shift))
+        if float64_exact(shift):
+            params = [te.placeholder((channels,), "float64", name) for name in ("bias", "rate")]
+            values = [bias.astype(np.float64), np.ldexp(multiplier.astype(np.float64), -shift)]
 
-        def compute(*index):
-            c = index[channel_axis]
-            v = (acc_t[index].astype("int64") + bias_t[c]) * mult_t[c]
-            return _saturate(_round_shift(v, shift_t[c]) + zy, lo, hi, out_dtype)
+            def compute(*index):
+                bias_t, rate_t = params
+                c = index[channel_axis]
+                v = tirx.nearbyint((acc_t[index].astype("float64") + bias_t[c]) * rate_t[c]) + float(zy)
+                return tirx.max(tirx.min(v, float(hi)), float(lo)).astype("int32").astype(out_dtype)
+        else:
+            params = [te.placeholder((channels,), "int64", name) for name in ("bias", "multiplier", "shift")]
+            values = [bias, multiplier, shift]
+
+            def compute(*index):
+                bias_t, mult_t, shift_t = params
+                c = index[channel_axis]
+                v = (acc_t[index].astype("int64") + bias_t[c]) * mult_t[c]
+                return _saturate(_round_shift(v, shift_t[c]) + zy, lo, hi, out_dtype)
 
         out = te.compute(shape, compute, name="requantize")
-        args = [acc] + [relax.const(np.asarray(v, np.int64).reshape(channels), "int64")
-                        for v in (bias, multiplier, shift)]
+        args = [acc] + [relax.const(v, str(v.dtype)) for v in values]
         return self._call("requantize", [acc_t, *params, out], args)
 
     def add(self, a, b, shape, a_dtype: str, b_dtype: str, za: int, zb: int, ma: int, mb: int, shift: int,
@@ -373,6 +391,23 @@ class _Kernels:
     def _call(self, name: str, tensors, args):
         """call_tir of the TE computation `tensors` (inputs..., output) on the Relax `args`."""
         return call_te_kernel(self.builder, name, tensors, args)
+
+
+EXACT_FLOAT64_SHIFT = 44
+
+
+def float64_exact(shift: np.ndarray) -> bool:
+    """Whether requantizing with these shifts in float64 gives the integer rounding bit for bit.
+
+    With A = acc + bias (an integer below 2^53, exact in float64) and rate = m * 2^-s (exact: m
+    has 31 bits), the exact value is P = A * m * 2^-s and float64 computes p = fl(P), one
+    rounding. An output that is not clamped has |P| <= 383.5 (8-bit codes and zero point), and
+    below 2^9 |p - P| <= 2^-45. P and every tie k + 1/2 are multiples of 2^-s, so a P that is
+    not a tie lies at least 2^-s > 2^-45 (s <= 44) from the nearest one: p stays strictly on
+    P's side of it and rounds to P's integer; a tie is exact in float64 and rounds to even, as
+    in the integer path. |P| >= 2^9 gives |p| >= 2^9 too: clamped either way.
+    """
+    return bool(np.all(np.asarray(shift) <= EXACT_FLOAT64_SHIFT))
 
 
 def _round_shift(v, shift):
