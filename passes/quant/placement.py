@@ -6,13 +6,16 @@ that causes. Then the most sensitive layers are kept float, as few as the budget
 binary search over "the k most sensitive stay float" finds the smallest k whose model (every
 other layer int8) keeps every output within `budget` of fp32 on the calibration data
 (`output_error`: relative L2 error, and a quarter of the mean per-channel relative error).
-A lone int8 layer between two float ones is then kept float too (`fill_islands`). The plan
+A lone int8 layer between two float ones is then kept float too (`fill_islands`). With
+method=auto the range method is chosen per activation tensor on the all-int8 model first
+(`choose_tensor_methods`), so the sensitivities and the search see the chosen ranges. The plan
 (per-layer error, the trials, the chosen float layers) is JSON-able
 and has a printed summary (`PlacementPlan.summary`).
 """
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -40,13 +43,22 @@ class PlacementPlan:
     trials: list[dict] = field(default_factory=list)
     ranges: dict = field(default_factory=dict, repr=False)
     rounding: dict = field(default_factory=dict, repr=False)
+    tensor_methods: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         """The plan as JSON-able data."""
         return {"budget": self.budget, "method": self.method, "equalized": self.equalized,
                 "error": round(self.error, 6), "all_int8_error": round(self.all_int8_error, 6),
                 "float_layers": self.float_layers, "quantized_layers": len(self.candidates) - len(self.float_layers),
-                "sensitivity": {k: round(v, 6) for k, v in self.sensitivity.items()}, "trials": self.trials}
+                "sensitivity": {k: round(v, 6) for k, v in self.sensitivity.items()}, "trials": self.trials,
+                **({"tensor_methods": self.switched_methods()} if self.tensor_methods else {})}
+
+    def switched_methods(self) -> dict[str, str]:
+        """{tensor: method} of the tensors whose per-tensor range method (method=auto) is not the
+        whole-model one it started from (the most common choice)."""
+        counts = collections.Counter(self.tensor_methods.values())
+        common = counts.most_common(1)[0][0] if counts else ""
+        return {name: m for name, m in self.tensor_methods.items() if m != common}
 
     def summary(self, top: int = 10) -> str:
         """A few lines for people: the budget, the outcome and the most sensitive layers."""
@@ -120,6 +132,12 @@ class Trials:
         session = make_session(model)
         self.reference = [run_onnxruntime(model, b, session=session) for b in self.batches]
 
+    def anchors(self, quantized: set[str]) -> list[str]:
+        """The activation tensors qdq-insert calibrates when exactly the `quantized` candidates are int8."""
+        excluded = self.base_excluded | (set(self.candidates) - quantized)
+        insert = replace(self.insert, exclude=";".join(sorted(excluded)))
+        return [tensor.name for tensor in insert._select(self.model.graph, excluded)[2][0]]
+
     def error(self, quantized: set[str], **options) -> float:
         """Output error when exactly the `quantized` candidates are int8 (options override qdq-insert's)."""
         if not quantized:
@@ -169,7 +187,8 @@ def choose_equalization(model, ctx: PassContext, trials: Trials, all_int8: float
 
 def auto_placement(model, ctx: PassContext, insert) -> PlacementPlan:
     """The smallest set of most-sensitive layers to keep float so the output error meets `insert.budget`
-    (placement=all: none, only the range method is chosen when method=auto)."""
+    (placement=all: none). method=auto: the better whole-model range method first, then per tensor
+    (`choose_tensor_methods`) on the placement found, after which fewer float layers may do."""
     log: list[dict] = []
     trials = Trials(model, ctx, insert)
     if insert.method == "auto":
@@ -180,39 +199,86 @@ def auto_placement(model, ctx: PassContext, insert) -> PlacementPlan:
     equalized = False
     if insert.equalize == "auto":
         trials, equalized, all_int8 = choose_equalization(model, ctx, trials, all_int8, log)
+    everything = set(trials.candidates)
+    if all_int8 is None:
+        all_int8 = trials.error(everything)
+        log.append({"float_layers": 0, "error": round(all_int8, 6)})
+    methods, error = {}, all_int8
+    if insert.method == "auto":
+        methods, error = choose_tensor_methods(trials, everything, all_int8, log)
     if insert.placement != "auto":
-        return PlacementPlan(budget=insert.budget, method=method, equalized=equalized,
-                             candidates=trials.candidates, sensitivity={}, float_layers=[],
-                             error=all_int8 or 0.0, all_int8_error=all_int8 or 0.0, trials=log, ranges=trials.ranges,
-                             rounding=trials.rounding)
+        return PlacementPlan(budget=insert.budget, method="auto" if methods else method, equalized=equalized,
+                             candidates=trials.candidates, sensitivity={}, float_layers=[], error=error,
+                             all_int8_error=error, trials=log, ranges=trials.ranges, rounding=trials.rounding,
+                             tensor_methods=methods)
     sensitivity = layer_sensitivity(trials, ctx.progress)
     ranked = sorted(trials.candidates, key=lambda n: -sensitivity[n])
-    budget = insert.budget
 
     def measure(k: int) -> float:
         error = trials.error(set(ranked[k:]))
         log.append({"float_layers": k, "error": round(error, 6)})
         return error
 
-    errors = {0: all_int8 if all_int8 is not None else measure(0)}
-    lo, hi = 0, len(ranked)  # invariant: k = hi meets the budget (all float has no error)
+    errors = {0: error}
+    hi = fewest_float_layers(measure, errors, len(ranked), insert.budget)
+    all_int8 = errors[0]
+    floats, error = set(ranked[:hi]), errors.get(hi, 0.0)
+    filled = fill_islands(trials.candidates, floats)
+    if filled != floats:
+        floats, error = filled, trials.error(everything - filled)
+        log.append({"float_layers": len(floats), "islands_filled": True, "error": round(error, 6)})
+    return PlacementPlan(budget=insert.budget, method="auto" if methods else method, equalized=equalized,
+                         candidates=trials.candidates, sensitivity=sensitivity,
+                         float_layers=[n for n in ranked if n in floats], error=error, all_int8_error=all_int8,
+                         trials=log, ranges=trials.ranges, rounding=trials.rounding, tensor_methods=methods)
+
+
+def fewest_float_layers(measure, errors: dict[int, float], hi: int, budget: float) -> int:
+    """Binary search for the smallest k in [0, hi] whose error (`measure(k)`, memoized in `errors`)
+    meets `budget`, given that k = hi does (all float has no error)."""
+    if 0 not in errors:
+        errors[0] = measure(0)
     if errors[0] <= budget:
-        hi = 0
+        return 0
+    lo = 0
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        errors[mid] = measure(mid)
+        if mid not in errors:
+            errors[mid] = measure(mid)
         if errors[mid] <= budget:
             hi = mid
         else:
             lo = mid
-    floats, error = set(ranked[:hi]), errors.get(hi, 0.0)
-    filled = fill_islands(trials.candidates, floats)
-    if filled != floats:
-        floats, error = filled, trials.error(set(trials.candidates) - filled)
-        log.append({"float_layers": len(floats), "islands_filled": True, "error": round(error, 6)})
-    return PlacementPlan(budget=budget, method=method, equalized=equalized, candidates=trials.candidates,
-                         sensitivity=sensitivity, float_layers=[n for n in ranked if n in floats], error=error,
-                         all_int8_error=errors[0], trials=log, ranges=trials.ranges, rounding=trials.rounding)
+    return hi
+
+
+def choose_tensor_methods(trials: Trials, quantized: set[str], error: float,
+                          log: list[dict]) -> tuple[dict[str, str], float]:
+    """Per-tensor range method: starting from the whole-model one, each activation tensor of the
+    placement (`quantized` int8), in network order, takes the other method (minmax or percentile)
+    when that lowers the output error on the calibration data. The choice is written into the
+    trials' range cache under method "auto" (qdq-insert{method=auto} reads it) and the trials
+    switched to it; returns {tensor: method} and the error reached."""
+    base, percentile = trials.insert.method, trials.insert.percentile
+    other = next(m for m in METHODS if m != base)
+    auto = ("auto", percentile)
+    names = [name for key, name in list(trials.ranges) if key == (base, percentile)]
+    for name in names:
+        trials.ranges[auto, name] = trials.ranges[(base, percentile), name]
+    trials.insert = replace(trials.insert, method="auto")
+    choice = dict.fromkeys(names, base)
+    for name in trials.anchors(quantized):
+        mine, theirs = trials.ranges.get(((base, percentile), name)), trials.ranges.get(((other, percentile), name))
+        if mine is None or theirs is None or mine == theirs:
+            continue
+        trials.ranges[auto, name] = theirs
+        candidate = trials.error(quantized)
+        if candidate < error:
+            error, choice[name] = candidate, other
+        else:
+            trials.ranges[auto, name] = mine
+    log.append({"tensor_methods": {other: sum(m == other for m in choice.values())}, "error": round(error, 6)})
+    return choice, error
 
 
 def fill_islands(order: list[str], floats: set[str]) -> set[str]:

@@ -31,8 +31,9 @@ float between a DQ and a Q. Graph outputs stay float.
 slimcc.passes.quant.placement quantizes each layer alone on the calibration data, then keeps the
 most sensitive ones float until the output error of the whole model is within `budget`
 (relative L2 error of every output against fp32); the plan is in the pass's stats.
-`method=auto` picks the range method (minmax or percentile) whose all-int8 model has the
-smaller output error on the calibration data; `equalize=auto` applies cross-layer-equalize
+`method=auto` starts from the range method (minmax or percentile) whose all-int8 model has the
+smaller output error on the calibration data, then lets each activation tensor, in network order,
+take the other method when that lowers the output error (the choice is in the plan); `equalize=auto` applies cross-layer-equalize
 (exact in float) first when that lowers the all-int8 output error. `rounding=adaround` rounds
 each layer's weights by AdaRound on its float calibration inputs (slimcc.passes.quant.adaround).
 
@@ -118,7 +119,8 @@ class QDQInsert(Pass):
         unknown = excluded - {n.name for n in graph.nodes}
         if unknown:
             raise PassError(f"qdq-insert: exclude names unknown node(s) {', '.join(sorted(unknown))}")
-        if self.placement == "auto" or self.method == "auto" or self.equalize == "auto":
+        planned = _has_tensor_methods(ctx, self.percentile)
+        if self.placement == "auto" or self.equalize == "auto" or (self.method == "auto" and not planned):
             from slimcc.passes.quant.equalize import CrossLayerEqualize
             from slimcc.passes.quant.placement import auto_placement
 
@@ -315,8 +317,10 @@ class QDQInsert(Pass):
         missing = [t.name for t in anchors if (key, t.name) not in cache]
         if missing:
             values = collect_activations(model, ctx.calibration, missing, progress=ctx.progress)
+            # method=auto ranges are chosen per tensor by placement; one it did not see gets minmax
+            method = "minmax" if self.method == "auto" else self.method
             for name in missing:
-                cache[key, name] = tensor_range(values[name], self.method, percentile=self.percentile)
+                cache[key, name] = tensor_range(values[name], method, percentile=self.percentile)
         return {t.name: cache[key, t.name] for t in anchors}
 
     def _group_params(self, anchors, groups: dict[str, int], ranges) -> dict[str, QParams]:
@@ -535,6 +539,11 @@ def _reduction_size(node: gs.Node, weight: np.ndarray) -> int:
     """Length of one output value's dot product: input channels per group x kernel area."""
     area = int(np.prod(weight.shape[2:])) if weight.ndim > 2 else 1
     return _input_channels_per_group(node, weight) * area
+
+
+def _has_tensor_methods(ctx: PassContext, percentile: float) -> bool:
+    """Whether placement already chose per-tensor ranges (method=auto) into ctx's range cache."""
+    return any(key == ("auto", percentile) for key, _ in ctx.notes.get(RANGE_CACHE, {}))
 
 
 def _is_depthwise(node: gs.Node, weight: np.ndarray) -> bool:

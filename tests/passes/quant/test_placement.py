@@ -10,6 +10,7 @@ from quant_helpers import calib_context, canonical_zoo
 
 from slimcc.compress_plan import plan
 from slimcc.errors import PipelineError
+from slimcc.ir.verify import make_session, run_onnxruntime
 from slimcc.passes.pipeline import parse_pipeline
 from slimcc.passes.quant.placement import Trials, auto_placement, fill_islands, output_error
 from slimcc.passes.quant.qdq_insert import QDQInsert
@@ -78,13 +79,33 @@ def test_a_looser_budget_keeps_fewer_layers_float():
     assert "float" in tight.summary()
 
 
-def test_method_auto_takes_the_range_method_with_the_smaller_error():
+def test_method_auto_starts_from_the_better_method_then_chooses_per_tensor():
     model = canonical_zoo("resnet-basic")
+    _spoil(model, [n.name for n in model.graph.nodes if n.op == "Conv"][3])
     ctx, _ = calib_context(count=4)
     chosen = auto_placement(model, ctx, QDQInsert(method="auto"))
     errors = {t["method"]: t["error"] for t in chosen.trials if "method" in t}
     assert set(errors) == {"minmax", "percentile"}
-    assert chosen.method == min(errors, key=errors.get) and chosen.float_layers == []
+    start = min(errors, key=errors.get)
+    assert chosen.float_layers == [] and chosen.error <= errors[start] + 1e-6
+    # the spoiled output's 1000x channel makes the two methods differ there, and some tensor switches
+    assert chosen.method == "auto" and chosen.error < errors[start]
+    assert set(chosen.tensor_methods.values()) == {"minmax", "percentile"}
+    assert all(m != start for m in chosen.switched_methods().values())
+    json.dumps(chosen.as_dict())
+
+
+def test_method_auto_applies_the_per_tensor_ranges_it_measured():
+    model = canonical_zoo("resnet-basic")
+    _spoil(model, [n.name for n in model.graph.nodes if n.op == "Conv"][3])
+    ctx, _ = calib_context(count=4)
+    result_model = model.copy()
+    stats = QDQInsert(method="auto").run(result_model, ctx).stats
+    assert stats["method"] == "auto" and stats["placement"]["tensor_methods"]
+    reference = Trials(model, ctx, QDQInsert())
+    session = make_session(result_model)
+    outputs = [run_onnxruntime(result_model, b, session=session) for b in reference.batches]
+    assert output_error(reference.reference, outputs) == pytest.approx(stats["placement"]["error"], abs=1e-6)
 
 
 def test_budget_must_be_positive():
