@@ -3,7 +3,9 @@
 Runs the analysis behind `qdq-insert{placement=auto}` (slimcc.passes.quant.placement) on the
 canonicalized model without writing anything: the output error with each layer alone int8,
 with --cumulative the error with every layer up to it int8 (network order), the layers the
-budget keeps float, and the error of that placement. --json prints it all as JSON.
+budget keeps float, and the error of that placement; and each layer's kernel time on onnxruntime
+as fp32 and as int8 (the all-int8 model profiled beside the float one,
+slimcc.passes.quant.layer_times), so speed can be weighed against error. --json prints it all as JSON.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ def add_parser(sub) -> None:
         parser.add_argument(flag, **options)
     parser.add_argument("--cumulative", action="store_true", help="also the error with every layer up to each int8")
     parser.add_argument("--top", type=int, default=20, metavar="N", help="layers listed (most sensitive first)")
+    parser.add_argument("--no-times", action="store_true", help="skip profiling the per-layer kernel times")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.set_defaults(func=run)
 
@@ -42,7 +45,8 @@ def run(args) -> int:
     from slimcc.passes.base import PassContext
     from slimcc.passes.canonicalize import Canonicalize
     from slimcc.passes.quant.placement import Trials, auto_placement, cumulative_errors, placement_summary
-    from slimcc.passes.quant.qdq_insert import QDQInsert
+    from slimcc.passes.quant.layer_times import layer_times
+    from slimcc.passes.quant.qdq_insert import RANGE_CACHE, ROUNDING_CACHE, QDQInsert
 
     if args.budget is not None and not args.budget > 0:
         raise SlimccError(f"--budget {args.budget}: give a relative error > 0 (e.g. 0.03)")
@@ -53,21 +57,46 @@ def run(args) -> int:
     ctx = PassContext(calibration=calib, progress=not args.json)
     plan = auto_placement(model, ctx, insert)
     result = plan.as_dict()
-    if args.cumulative:
-        if plan.equalized:
-            from slimcc.passes.quant.equalize import CrossLayerEqualize
+    if plan.equalized:
+        from slimcc.passes.quant.equalize import CrossLayerEqualize
 
-            CrossLayerEqualize().run(model)
-        errors = cumulative_errors(Trials(model, ctx, replace(insert, method=plan.method)), ctx.progress)
+        CrossLayerEqualize().run(model)
+    # the plan's ranges (per tensor with method=auto) were measured on this (equalized) model
+    planned = replace(ctx, notes={**ctx.notes, RANGE_CACHE: plan.ranges, ROUNDING_CACHE: plan.rounding})
+    every = replace(insert, placement="all", equalize="off", method=plan.method)
+    if args.cumulative:
+        errors = cumulative_errors(Trials(model, planned, every), ctx.progress)
         result["cumulative"] = [{"layer": name, "error": round(e, 6)} for name, e in errors.items()]  # network order
+    if not args.no_times:
+        int8 = model.copy()
+        every.run(int8, replace(planned, progress=False))
+        result["kernel_times_us"] = layer_times({"fp32": model, "int8": int8}, plan.candidates, calib.batches[0])
     if args.json:
         print_json(result)
         return 0
     print(placement_summary(result, args.top))
     if plan.float_layers:
         print(f"float: {', '.join(plan.float_layers)}")
+    if "kernel_times_us" in result:
+        print(times_table(result))
     if args.cumulative:
         print("cumulative output error, layers int8 in network order:")
         for row in result["cumulative"]:
             print(f"  {row['error']:9.5f}  {row['layer']}")
     return 0
+
+
+def times_table(result: dict) -> str:
+    """Per-layer lines: error alone int8, fp32 and int8 kernel microseconds, and where the plan keeps it."""
+    floats = set(result["float_layers"])
+    times = result["kernel_times_us"]
+    lines = ["kernel time on onnxruntime (us; int8: every candidate int8), network order:",
+             "      error    fp32    int8  plan   layer"]
+    for name, t in times.items():
+        error = result["sensitivity"].get(name)
+        shown = f"{error:9.5f}" if error is not None else " " * 9
+        plan = "" if name == "other" else ("float" if name in floats else "int8")
+        lines.append(f"  {shown} {t['fp32']:7.0f} {t['int8']:7.0f}  {plan:5} {name}")
+    total = {k: sum(t[k] for t in times.values()) for k in ("fp32", "int8")}
+    lines.append(f"  {'total':>9} {total['fp32']:7.0f} {total['int8']:7.0f}")
+    return "\n".join(lines)
