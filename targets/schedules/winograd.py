@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from slimcc.targets.schedules.epilogue import attach_epilogue, find_block, inline_epilogue, schedule_pad
-from slimcc.targets.schedules.isa import CpuVector, largest_divisor, parallel_pays, split_tile
+from slimcc.targets.schedules.isa import CpuVector, largest_divisor, loop_volume, parallel_pays, split_tile
 from slimcc.targets.tvm_import import ensure_tvm
 
 INPUT_ROWS_BLOCK = "slimcc_wino_rows"  # B^T d: the first 1-D pass of the input transform
@@ -148,6 +148,7 @@ def schedule_winograd(sch, vector: CpuVector) -> bool:
 
 def _schedule_input_transform(sch, vector: CpuVector) -> None:
     rows, v = find_block(sch, INPUT_ROWS_BLOCK), find_block(sch, INPUT_BLOCK)
+    work = loop_volume(sch, v)
     n, e, nu, cb, p, ci, j = sch.get_loops(v)
     sch.reorder(n, cb, p, e, nu, j, ci)
     sch.compute_at(rows, p)
@@ -157,12 +158,13 @@ def _schedule_input_transform(sch, vector: CpuVector) -> None:
         sch.unroll(loop)
     sch.vectorize(ci)
     outer = sch.fuse(n, cb, p)
-    if parallel_pays(vector, int(sch.get(outer).extent) * 64, int(sch.get(outer).extent)):
+    if parallel_pays(vector, work, int(sch.get(outer).extent)):
         sch.parallel(outer)
     sch.decompose_reduction(v, j)
 
 
 def _schedule_products(sch, product, vector: CpuVector) -> None:
+    work = loop_volume(sch, product)
     n, e, nu, kb, p, ki, c = sch.get_loops(product)
     blocks, tiles = int(sch.get(kb).extent), int(sch.get(p).extent)
     fb = 2 if blocks % 2 == 0 else 1
@@ -178,7 +180,7 @@ def _schedule_products(sch, product, vector: CpuVector) -> None:
     sch.unroll(pi)
     sch.vectorize(ki)
     outer = sch.fuse(points, kbo)
-    if parallel_pays(vector, tiles * blocks * 64, int(sch.get(outer).extent)):
+    if parallel_pays(vector, work, int(sch.get(outer).extent)):
         sch.parallel(outer)
     sch.decompose_reduction(product, c)
 
@@ -186,6 +188,7 @@ def _schedule_products(sch, product, vector: CpuVector) -> None:
 def _schedule_output_transform(sch, vector: CpuVector) -> None:
     out_rows, out = find_block(sch, OUTPUT_ROWS_BLOCK), find_block(sch, OUTPUT_BLOCK)
     tail = inline_epilogue(sch, out)
+    work = loop_volume(sch, out)
     m = int(sch.get(sch.get_loops(out_rows)[3]).extent)
     n, kb, y, x, ki, s = sch.get_loops(out)
     yo, yi = sch.split(y, [None, m])
@@ -201,7 +204,7 @@ def _schedule_output_transform(sch, vector: CpuVector) -> None:
     if attach_epilogue(sch, cache, tail, xo):
         sch.vectorize(sch.get_loops(cache)[-1])
     outer = sch.fuse(n, kb, yo)
-    if parallel_pays(vector, int(sch.get(outer).extent) * 64, int(sch.get(outer).extent)):
+    if parallel_pays(vector, work, int(sch.get(outer).extent)):
         sch.parallel(outer)
     sch.decompose_reduction(out, s)
 
