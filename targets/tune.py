@@ -128,13 +128,14 @@ def tune_model(model: Model, spec: TargetSpec, trials: int, *, database_dir: str
     tally = DeviceTally(ledger=site.remote, report=_progress_lines(bar))
     seeded: dict[str, float] = {}
     seed_failures: dict[str, str] = {}
+    interrupts = _InterruptWatch(notice=progress)
     try:
         vector = cpu_vector_for(target)
         contexts, weights = tune_contexts(chosen, str(db), vector, _search_strategy(ms),
                                           spec.tvm.get("num-cores") or "physical", seed)
         database = ms.database.JSONDatabase(work_dir=str(db))
-        runner = make_runner(site, _evaluator_config(ms), RUN_TIMEOUT_S, tally)
-        with torchless_workers():
+        runner = make_runner(site, _evaluator_config(ms), RUN_TIMEOUT_S, tally, interrupts.checkpoint)
+        with torchless_workers(), interrupts:
             builder = pooled_builder(_build_workers(spec, site), BUILD_TIMEOUT_S, shared_library=site.remote,
                                      cross_compiler=spec.cross_compiler)
             try:
@@ -147,10 +148,12 @@ def tune_model(model: Model, spec: TargetSpec, trials: int, *, database_dir: str
             finally:
                 builder.shutdown()
     except KeyboardInterrupt:
-        raise SlimccError(f"tuning interrupted; the {record_count(db)} records measured so far are kept in {db}") from None
+        raise _interrupted(db) from None
     except SlimccError:
         raise
     except Exception as exc:
+        if interrupts.seen:  # TVM's FFI turns a Ctrl-C inside MetaSchedule into a bare RuntimeError
+            raise _interrupted(db) from None
         raise SlimccError(f"MetaSchedule tuning failed: {first_line(exc)} (records so far kept in {db})") from None
     finally:
         if bar is not None:
@@ -161,6 +164,57 @@ def tune_model(model: Model, spec: TargetSpec, trials: int, *, database_dir: str
             "seeded_with_slimcc_schedules": seeded, "seed_failures": seed_failures,
             "records": records, "new_records": records - before, "measured_on": site.describe(),
             "devices": tally.as_dict()}
+
+
+def _interrupted(db: Path) -> SlimccError:
+    return SlimccError(f"tuning interrupted; the {record_count(db)} records measured so far are kept in {db} "
+                       "(the same command resumes from them)")
+
+
+class _InterruptWatch:
+    """Defers a first Ctrl-C (SIGINT) while tuning to the runner's next `checkpoint`; a second
+    one interrupts at once.
+
+    A KeyboardInterrupt raised while MetaSchedule's search threads run aborts the process
+    ("terminate called without an active exception"); one raised in its Python callbacks comes
+    back from TVM's FFI as a RuntimeError without a message, hence `seen`. Signals reach the
+    main thread only, so in another thread this watches nothing.
+    """
+
+    def __init__(self, notice: bool = True):
+        self.seen = False
+        self.notice = notice
+        self._previous = None
+
+    def checkpoint(self) -> None:
+        """Raise KeyboardInterrupt once Ctrl-C was pressed (called where no search thread runs)."""
+        if self.seen:
+            raise KeyboardInterrupt
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._note)
+        return self
+
+    def __exit__(self, *exc_info) -> bool:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+    def _note(self, signum, frame):
+        if self.seen:
+            raise KeyboardInterrupt
+        self.seen = True
+        if self.notice:
+            import sys
+
+            print("\nstopping after the measurement in flight (Ctrl-C again to stop at once)", file=sys.stderr)
 
 
 def _build_workers(spec: TargetSpec, site: MeasureSite) -> int:

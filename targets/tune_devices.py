@@ -88,8 +88,14 @@ def note_device(ledger_path: str, artifact: str, device: str) -> None:
         os.close(fd)
 
 
-def tallied_runner(inner, tally: DeviceTally):
-    """A MetaSchedule runner that measures with `inner` and settles every result in `tally`."""
+def tallied_runner(inner, tally: DeviceTally, checkpoint: Callable[[], None] | None = None):
+    """A MetaSchedule runner that measures with `inner` and settles every result in `tally`.
+
+    `checkpoint` is called before each batch is sent and each result is collected: points where
+    MetaSchedule runs no threads of its own, so an exception raised there (a deferred Ctrl-C)
+    unwinds cleanly.
+    """
+    checkpoint = checkpoint or (lambda: None)
     ensure_tvm()
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.runner import PyRunner, PyRunnerFuture
@@ -106,6 +112,7 @@ def tallied_runner(inner, tally: DeviceTally):
 
         def result(self):
             if self.outcome is None:
+                checkpoint()
                 self.outcome = self.future.result()
                 self.batch.settle(self.artifact, self.outcome.error_msg is None)
             return self.outcome
@@ -116,6 +123,7 @@ def tallied_runner(inner, tally: DeviceTally):
             super().__init__()
 
         def run(self, runner_inputs):
+            checkpoint()
             batch = _Batch(tally, len(runner_inputs))
             futures = inner.run(runner_inputs)
             return [TalliedFuture(future, str(given.artifact_path), batch)

@@ -89,16 +89,16 @@ def check_site(site: MeasureSite) -> None:
         free_devices(site)
 
 
-def make_runner(site: MeasureSite, evaluator_config, timeout_sec: float, tally: DeviceTally):
+def make_runner(site: MeasureSite, evaluator_config, timeout_sec: float, tally: DeviceTally, checkpoint=None):
     """MetaSchedule's runner for `site` (LocalRunner here, RPCRunner on the server or through the
     tracker, checked first with `check_site`), settling every measurement in `tally`, which must
-    have a ledger when `site.remote`."""
+    have a ledger when `site.remote`; `checkpoint` as in `tallied_runner`."""
     ensure_tvm()
     from tvm.s_tir import meta_schedule as ms
 
     if not site.remote:
         return tallied_runner(ms.runner.LocalRunner(timeout_sec=timeout_sec, evaluator_config=evaluator_config),
-                              tally)
+                              tally, checkpoint)
     host, port = site.server or site.tracker
     # RPCConfig insists on tracker fields; with --rpc, open_session ignores them
     config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=site.key or "rpc",
@@ -107,7 +107,7 @@ def make_runner(site: MeasureSite, evaluator_config, timeout_sec: float, tally: 
                                  f_create_session=functools.partial(open_session, site),
                                  f_upload_module=functools.partial(upload_noting_device, tally.ledger_path),
                                  f_alloc_argument=alloc_arguments_from_host)
-    return tallied_runner(runner, tally)
+    return tallied_runner(runner, tally, checkpoint)
 
 
 def open_session(site: MeasureSite, config):

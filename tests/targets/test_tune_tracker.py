@@ -1,14 +1,22 @@
-"""Tuning through a TVM RPC tracker (on 127.0.0.1 only): candidates built here, measured on the
-devices the tracker hands out; errors for an unreachable tracker, an unknown key, or a target
-this machine cannot measure."""
+"""Tuning through a TVM RPC tracker or on one RPC server (on 127.0.0.1 only): candidates built
+here, measured on the devices the tracker hands out, counted per device; errors for an
+unreachable tracker or server, an unknown key, or a target this machine cannot measure; a lost
+device and an interrupted run keep every stored record."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
 
 from slimcc.errors import SlimccError
+from slimcc.ir.model import write_onnx
+from slimcc.models import zoo
 from slimcc.targets.compiler import compile_model, prepare_model
 from slimcc.targets.emulate_arm import free_port
 from slimcc.targets.local_rpc import local_server, local_servers, local_tracker
@@ -69,8 +77,6 @@ def test_one_rpc_server_is_neither_a_tracker_nor_parallel(site, expected):
 def test_tuning_on_one_rpc_server_without_a_tracker(tmp_path, capsys):
     """--rpc HOST:PORT: the same build and measurement path as a tracker, on one server; the CLI
     prints a progress line per measured batch naming the server, and counts it in its JSON."""
-    import json
-
     from slimcc.cli import main
 
     model_path = tmp_path / "conv.onnx"
@@ -140,3 +146,37 @@ def test_a_device_lost_mid_tuning_costs_only_its_measurements(zoo_model, tmp_pat
     after = (db / "database_tuning_record.json").read_text().splitlines()
     assert after[:len(before)] == before and len(after) > len(before)
     assert measured_record_count(db) > len(before)  # measurements went on after the loss
+
+
+@pytest.mark.slow
+@pytest.mark.tuning
+def test_an_interrupted_run_through_a_tracker_keeps_its_records_and_a_rerun_extends_them(tmp_path):
+    """`slimcc tune --tracker` interrupted with Ctrl-C (SIGINT) while searching: a one-line error
+    that says the records are kept (no abort from MetaSchedule's threads); the same command then
+    extends them."""
+    model_path, db = tmp_path / "mobilenetv2.onnx", tmp_path / "db"
+    write_onnx(zoo.build("mobilenetv2", seed=0), model_path)  # a dozen kernels: still searching when stopped
+    records_file = db / "database_tuning_record.json"
+    with local_tracker() as port, local_servers(port, "x86-resume", 1):
+        command = [sys.executable, "-m", "slimcc.cli", "--quiet", "tune", str(model_path), "--trials", "48",
+                   "--num-cores", "1", "--db", str(db), "--tracker", f"127.0.0.1:{port}", "--key", "x86-resume",
+                   "--json"]
+        env = dict(os.environ, SLIMCC_DEBUG="0")
+        first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        deadline = time.monotonic() + 300
+        while record_count(db) < 16 and first.poll() is None:  # past the seeds (one per kernel, at most 12)
+            assert time.monotonic() < deadline, "no records measured"
+            time.sleep(0.2)
+        first.send_signal(signal.SIGINT)
+        out, err = first.communicate(timeout=120)
+        assert first.returncode == 2 and out == "", err
+        assert "tuning interrupted" in err and f"kept in {db}" in err and len(err.strip().splitlines()) == 1, err
+        kept = records_file.read_text().splitlines()
+        assert len(kept) >= 16
+
+        second = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+    assert second.returncode == 0, second.stderr
+    summary = json.loads(second.stdout)
+    records = records_file.read_text().splitlines()
+    assert records[:len(kept)] == kept and summary["records"] == len(records) > len(kept)
+    assert summary["devices"] and all(row["measured"] for row in summary["devices"].values())
