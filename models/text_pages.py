@@ -61,6 +61,25 @@ def text_page(seed: int) -> np.ndarray:
     return np.repeat(gray[:, :, None], 3, axis=2)
 
 
+def text_line(seed: int) -> np.ndarray:
+    """One rendered line of text as an HxWx3 uint8 RGB array, upright: a few words of the same text
+    in a random font and size, dark on a light noisy background, with a little margin around."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    font = _font(FONT_FILES[int(rng.integers(len(FONT_FILES)))], int(rng.integers(18, 40)))
+    words = _words()
+    i = int(rng.integers(0, len(words) - 20))
+    text = " ".join(words[i:i + int(rng.integers(2, 8))])
+    left, top, right, bottom = font.getbbox(text)
+    pad_x, pad_y = int(rng.integers(2, 12)), int(rng.integers(2, 10))
+    line = Image.new("L", (right - left + 2 * pad_x, bottom - top + 2 * pad_y), int(rng.integers(200, 256)))
+    ImageDraw.Draw(line).text((pad_x - left, pad_y - top), text, fill=int(rng.integers(0, 70)), font=font)
+    pixels = np.asarray(line, np.float32) + rng.normal(0.0, 4.0, (line.height, line.width))
+    gray = np.clip(pixels, 0, 255).astype(np.uint8)
+    return np.repeat(gray[:, :, None], 3, axis=2)
+
+
 def text_pages(count: int, seed: int = 0) -> list[np.ndarray]:
     """`count` rendered pages; page k is `text_page(seed * 1000 + k)`, so different seeds give
     disjoint page sets (for counts up to 1000)."""
