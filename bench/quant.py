@@ -253,36 +253,30 @@ def box_iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
 def yolo_matches(paths: dict[str, Path]) -> dict:
     """Fraction of fp32 boxes found by each int8 model (IoU >= 0.5, same class) on real photos."""
     feeds = yolo_eval_feeds()
-    dets = {key: [decode_yolo(session(p).run(None, f)[0]) for f in feeds] for key, p in paths.items()}
-    out = {}
-    for key in paths:
-        if key == "fp32":
-            continue
-        matched = total = 0
-        for ref, got in zip(dets["fp32"], dets[key]):
-            for box, c in ref:
-                total += 1
-                cands = np.array([b for b, gc in got if gc == c])
-                matched += int(cands.size > 0 and box_iou(box, cands).max() >= 0.5)
-        out[key] = {"matched": matched / max(total, 1), "fp32_boxes": total, "images": len(feeds)}
-    return out
+    return box_matches({key: [decode_yolo(session(p).run(None, f)[0]) for f in feeds] for key, p in paths.items()})
 
 
 def det_matches(paths: dict[str, Path]) -> dict:
     """Fraction of fp32 text boxes (DBNet-style regions of the probability map, `text_tasks.text_boxes`)
     each int8 model finds with IoU >= 0.5, on 32 windows of rendered pages never used for calibration."""
     feeds = text_tasks.det_feeds(32, text_tasks.EVAL_SEED)
-    boxes = {key: [text_tasks.text_boxes(session(p).run(None, f)[0]) for f in feeds] for key, p in paths.items()}
+    return box_matches({key: [[(box, 0) for box in text_tasks.text_boxes(session(p).run(None, f)[0])] for f in feeds]
+                        for key, p in paths.items()})
+
+
+def box_matches(detections: dict[str, list[list[tuple[np.ndarray, int]]]]) -> dict:
+    """{variant: share of fp32's (box, class) detections it has too (IoU >= 0.5, same class)}, per image."""
     out = {}
-    for key in paths:
+    for key, found in detections.items():
         if key == "fp32":
             continue
         matched = total = 0
-        for ref, got in zip(boxes["fp32"], boxes[key]):
-            total += len(ref)
-            if got:
-                matched += sum(int(box_iou(box, np.array(got)).max() >= 0.5) for box in ref)
-        out[key] = {"matched": matched / max(total, 1), "fp32_boxes": total, "images": len(feeds)}
+        for ref, got in zip(detections["fp32"], found):
+            for box, c in ref:
+                total += 1
+                cands = np.array([b for b, gc in got if gc == c])
+                matched += int(cands.size > 0 and box_iou(box, cands).max() >= 0.5)
+        out[key] = {"matched": matched / max(total, 1), "fp32_boxes": total, "images": len(detections["fp32"])}
     return out
 
 
