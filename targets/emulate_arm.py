@@ -180,20 +180,9 @@ class EmulatedServer:
 
 
 @contextlib.contextmanager
-def emulated_rpc_server(
-    port: int | None = None,
-    host: str = DEFAULT_HOST,
-    sysroot: Path | None = None,
-    tracker: str | None = None,
-    key: str = "",
-    start_timeout: float = 600.0,
-) -> Iterator[tuple[str, int]]:
-    """Start an emulated aarch64 TVM RPC server, yield (host, port) once it listens, then stop it.
-
-    `port=None` picks a free port.  With `tracker="HOST:PORT"` the server also registers there
-    under `key`.  The server runs in its own process group, killed as a whole on exit.
-    """
-    with emulated_rpc_server_process(port, host, sysroot, tracker, key, start_timeout) as server:
+def emulated_rpc_server(*args, **kwargs) -> Iterator[tuple[str, int]]:
+    """`emulated_rpc_server_process` (same arguments), yielding only (host, port)."""
+    with emulated_rpc_server_process(*args, **kwargs) as server:
         yield server.host, server.port
 
 
@@ -206,7 +195,12 @@ def emulated_rpc_server_process(
     key: str = "",
     start_timeout: float = 600.0,
 ) -> Iterator[EmulatedServer]:
-    """`emulated_rpc_server`, yielding an EmulatedServer (with its process, e.g. to kill it)."""
+    """Start an emulated aarch64 TVM RPC server, yield an EmulatedServer once it listens (with its
+    process, e.g. to kill it), then stop it.
+
+    `port=None` picks a free port.  With `tracker="HOST:PORT"` the server also registers there
+    under `key`.  The server runs in its own process group, killed as a whole on exit.
+    """
     emulator = find_emulator(sysroot)
     port = port or free_port(host)
     with tempfile.TemporaryDirectory(prefix="slimcc-arm-rpc-") as workdir:

@@ -366,37 +366,22 @@ def test_a_tracker_farm_tunes_arm_on_both_aarch64_servers_and_x86_on_the_x86_key
 def test_an_aarch64_server_killed_mid_tuning_loses_no_record(arm_emulator, tmp_path):
     """One of two emulated aarch64 servers is killed once records exist: every record stored
     before is still there afterwards, and the run completes on the other server."""
-    import threading
-    import time
-
     from slimcc.targets.compiler import prepare_model
     from slimcc.targets.target import make_target
-    from slimcc.targets.tune import record_count, tune_model
+    from slimcc.targets.tune import tune_model
     from slimcc.targets.tune_measure import MeasureSite
 
     from targets_helpers import measured_record_count
+    from test_tune_tracker import tune_and_lose_a_device
 
     model = prepare_model(load_model(tiny_conv_model(seed=9)))
     db = tmp_path / "db"
-    outcome: dict = {}
     with board_farm(2, "farm-aarch64", "farm-x86") as (port, arm_servers):
-        def tune():
-            outcome["summary"] = tune_model(model, make_target("arm", num_cores=1), 24, database_dir=db,
-                                            progress=False,
-                                            site=MeasureSite(("127.0.0.1", port), "farm-aarch64", parallel=2))
-
-        worker = threading.Thread(target=tune)
-        worker.start()
-        deadline = time.monotonic() + 600
-        while record_count(db) < 3 and worker.is_alive():
-            assert time.monotonic() < deadline, "no records measured"
-            time.sleep(0.2)
-        before = (db / "database_tuning_record.json").read_text().splitlines()
-        arm_servers[0].kill()
-        worker.join(timeout=900)
-    assert not worker.is_alive() and "summary" in outcome, "the run did not complete after the loss"
-    after = (db / "database_tuning_record.json").read_text().splitlines()
+        before, after, summary = tune_and_lose_a_device(
+            lambda: tune_model(model, make_target("arm", num_cores=1), 24, database_dir=db, progress=False,
+                               site=MeasureSite(("127.0.0.1", port), "farm-aarch64", parallel=2)),
+            db, 3, arm_servers[0].kill)
     assert after[:len(before)] == before and len(after) > len(before)
     survivor = f"{arm_servers[1].host}:{arm_servers[1].port}"
-    assert outcome["summary"]["devices"][survivor]["measured"] > 0
+    assert summary["devices"][survivor]["measured"] > 0
     assert measured_record_count(db) > len(before)  # measurements went on after the loss

@@ -117,33 +117,39 @@ def test_tuning_through_a_tracker_with_two_local_servers(tmp_path):
     assert_matches_onnxruntime(model, load_artifact(tmp_path / "art").run(feeds), feeds)
 
 
+def tune_and_lose_a_device(tune, db, records: int, kill, timeout: float = 900) -> tuple[list, list, dict]:
+    """Run `tune()` (returning its summary) in a thread; once the database `db` holds `records`
+    records, `kill()` a device; wait for the run to complete (asserted).
+    Returns (record lines before the loss, record lines after the run, the summary)."""
+    import threading
+
+    outcome: dict = {}
+    worker = threading.Thread(target=lambda: outcome.update(summary=tune()))
+    worker.start()
+    deadline = time.monotonic() + timeout
+    while record_count(db) < records and worker.is_alive():
+        assert time.monotonic() < deadline, "no records measured"
+        time.sleep(0.2)
+    before = (db / "database_tuning_record.json").read_text().splitlines()
+    kill()
+    worker.join(timeout=timeout)
+    assert not worker.is_alive() and "summary" in outcome, "the run did not complete after the loss"
+    return before, (db / "database_tuning_record.json").read_text().splitlines(), outcome["summary"]
+
+
 @pytest.mark.slow
 @pytest.mark.tuning
 def test_a_device_lost_mid_tuning_costs_only_its_measurements(zoo_model, tmp_path):
     """One of two servers is killed once records exist: the run finishes on the other, and every
     record stored before the loss is still in the database afterwards."""
-    import threading
-
     spec = make_target("x86", num_cores=1)
     model = zoo_model("resnet-basic")  # a dozen kernels: the search is still going when a server dies
     db = tmp_path / "db"
-    outcome: dict = {}
     with local_tracker() as port, local_servers(port, "x86-pool", 2) as servers:
-        def tune():
-            outcome["summary"] = tune_model(model, spec, 48, database_dir=db, progress=False,
-                                            site=MeasureSite(("127.0.0.1", port), "x86-pool", parallel=2))
-
-        worker = threading.Thread(target=tune)
-        worker.start()
-        deadline = time.monotonic() + 300
-        while record_count(db) < 2 and worker.is_alive():
-            assert time.monotonic() < deadline, "no records measured"
-            time.sleep(0.2)
-        before = (db / "database_tuning_record.json").read_text().splitlines()
-        servers[0].kill()
-        worker.join(timeout=600)
-    assert not worker.is_alive() and "summary" in outcome
-    after = (db / "database_tuning_record.json").read_text().splitlines()
+        before, after, _summary = tune_and_lose_a_device(
+            lambda: tune_model(model, spec, 48, database_dir=db, progress=False,
+                               site=MeasureSite(("127.0.0.1", port), "x86-pool", parallel=2)),
+            db, 2, servers[0].kill)
     assert after[:len(before)] == before and len(after) > len(before)
     assert measured_record_count(db) > len(before)  # measurements went on after the loss
 
