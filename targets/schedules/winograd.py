@@ -151,15 +151,8 @@ def _schedule_input_transform(sch, vector: CpuVector) -> None:
     work = loop_volume(sch, v)
     n, e, nu, cb, p, ci, j = sch.get_loops(v)
     sch.reorder(n, cb, p, e, nu, j, ci)
-    sch.compute_at(rows, p)
-    sch.set_scope(rows, 0, "local")
-    _unroll_vector_reduction(sch, rows, 3)
-    for loop in (e, nu, j):
-        sch.unroll(loop)
-    sch.vectorize(ci)
-    outer = sch.fuse(n, cb, p)
-    if parallel_pays(vector, work, int(sch.get(outer).extent)):
-        sch.parallel(outer)
+    _passes_per_tile(sch, rows, p, 3, (e, nu, j), ci)
+    _parallel(sch, vector, work, (n, cb, p))
     sch.decompose_reduction(v, j)
 
 
@@ -179,9 +172,7 @@ def _schedule_products(sch, product, vector: CpuVector) -> None:
     sch.unroll(kbi)
     sch.unroll(pi)
     sch.vectorize(ki)
-    outer = sch.fuse(points, kbo)
-    if parallel_pays(vector, work, int(sch.get(outer).extent)):
-        sch.parallel(outer)
+    _parallel(sch, vector, work, (points, kbo))
     sch.decompose_reduction(product, c)
 
 
@@ -195,18 +186,30 @@ def _schedule_output_transform(sch, vector: CpuVector) -> None:
     xo, xi = sch.split(x, [None, m])
     sch.reorder(n, kb, yo, xo, yi, xi, s, ki)
     cache = sch.cache_write(out, 0, "local")
-    sch.compute_at(out_rows, xo)
-    sch.set_scope(out_rows, 0, "local")
-    _unroll_vector_reduction(sch, out_rows, 4)
-    for loop in (yi, xi, s):
-        sch.unroll(loop)
-    sch.vectorize(ki)
+    _passes_per_tile(sch, out_rows, xo, 4, (yi, xi, s), ki)
     if attach_epilogue(sch, cache, tail, xo):
         sch.vectorize(sch.get_loops(cache)[-1])
-    outer = sch.fuse(n, kb, yo)
+    _parallel(sch, vector, work, (n, kb, yo))
+    sch.decompose_reduction(out, s)
+
+
+def _passes_per_tile(sch, first_pass, tile, depth: int, unrolled, lanes) -> None:
+    """A transform's two 1-D passes per tile: the first (`first_pass`, whose own loops start at
+    `depth`) computed under the loop `tile` into registers, the second's `unrolled` loops unrolled
+    around its channel `lanes`, which are vectorized."""
+    sch.compute_at(first_pass, tile)
+    sch.set_scope(first_pass, 0, "local")
+    _unroll_vector_reduction(sch, first_pass, depth)
+    for loop in unrolled:
+        sch.unroll(loop)
+    sch.vectorize(lanes)
+
+
+def _parallel(sch, vector: CpuVector, work: int, loops) -> None:
+    """Fuse the outer `loops`, and run them in parallel when `work` iterations pay for it."""
+    outer = sch.fuse(*loops)
     if parallel_pays(vector, work, int(sch.get(outer).extent)):
         sch.parallel(outer)
-    sch.decompose_reduction(out, s)
 
 
 def _unroll_vector_reduction(sch, block, first: int) -> None:
