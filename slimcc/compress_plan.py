@@ -74,8 +74,9 @@ def plan(*, macs: float | None = None, rank_speedup: float | None = None, int8: 
     if int8:
         # placement=auto: the layers that stay float are chosen from measured sensitivity on the
         # calibration data, under qdq-insert's default output-error budget (no per-model settings);
-        # equalize=auto keeps cross-layer equalization where it lowers the measured all-int8 error
-        if result.add("qdq-insert{placement=auto,equalize=auto}", "the model stays float"):
+        # equalize=auto keeps cross-layer equalization where it lowers the measured all-int8 error;
+        # speed=onnxruntime keeps float the layers whose int8 form onnxruntime runs no faster (profiled)
+        if result.add("qdq-insert{placement=auto,equalize=auto,speed=onnxruntime}", "the model stays float"):
             lossy = True
             result.add("qdq-propagate", "Q/DQ stay where they were inserted")
             result.add("qdq-cancel", "redundant DQ->Q pairs stay")

@@ -25,6 +25,8 @@ from slimcc.passes.base import PassContext
 
 MAX_BATCHES = 32  # calibration batches the trials are judged on (the first ones)
 METHODS = ("minmax", "percentile")  # what method=auto chooses from
+SPEED_MARGIN = 0.03  # a speed placement must be measured this much faster (timing noise on a busy machine)
+LATENCY_SECONDS = 1.0  # per model, for that measurement
 CHANNEL_SHARE = 0.25  # per-channel errors run ~4x the whole-output one (weak channels are noisier)
 
 
@@ -44,6 +46,7 @@ class PlacementPlan:
     ranges: dict = field(default_factory=dict, repr=False)
     rounding: dict = field(default_factory=dict, repr=False)
     tensor_methods: dict[str, str] = field(default_factory=dict)
+    speed: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         """The plan as JSON-able data."""
@@ -51,7 +54,8 @@ class PlacementPlan:
                 "error": round(self.error, 6), "all_int8_error": round(self.all_int8_error, 6),
                 "float_layers": self.float_layers, "quantized_layers": len(self.candidates) - len(self.float_layers),
                 "sensitivity": {k: round(v, 6) for k, v in self.sensitivity.items()}, "trials": self.trials,
-                **({"tensor_methods": self.switched_methods()} if self.tensor_methods else {})}
+                **({"tensor_methods": self.switched_methods()} if self.tensor_methods else {}),
+                **({"speed": self.speed} if self.speed else {})}
 
     def switched_methods(self) -> dict[str, str]:
         """{tensor: method} of the tensors whose per-tensor range method (method=auto) is not the
@@ -187,8 +191,9 @@ def choose_equalization(model, ctx: PassContext, trials: Trials, all_int8: float
 
 def auto_placement(model, ctx: PassContext, insert) -> PlacementPlan:
     """The smallest set of most-sensitive layers to keep float so the output error meets `insert.budget`
-    (placement=all: none). method=auto: the better whole-model range method first, then per tensor
-    (`choose_tensor_methods`) on the placement found, after which fewer float layers may do."""
+    (placement=all: none), then with speed=onnxruntime also those whose int8 form onnxruntime does not run
+    faster (`weigh_speed`). method=auto: the better whole-model range method first, then per tensor
+    (`choose_tensor_methods`) on the all-int8 model, before the sensitivities are measured."""
     log: list[dict] = []
     trials = Trials(model, ctx, insert)
     if insert.method == "auto":
@@ -227,10 +232,62 @@ def auto_placement(model, ctx: PassContext, insert) -> PlacementPlan:
     if filled != floats:
         floats, error = filled, trials.error(everything - filled)
         log.append({"float_layers": len(floats), "islands_filled": True, "error": round(error, 6)})
+    speed = {}
+    if insert.speed == "onnxruntime":
+        floats, error, speed = weigh_speed(trials, floats, error, insert.budget, log)
     return PlacementPlan(budget=insert.budget, method="auto" if methods else method, equalized=equalized,
                          candidates=trials.candidates, sensitivity=sensitivity,
                          float_layers=[n for n in ranked if n in floats], error=error, all_int8_error=all_int8,
-                         trials=log, ranges=trials.ranges, rounding=trials.rounding, tensor_methods=methods)
+                         trials=log, ranges=trials.ranges, rounding=trials.rounding, tensor_methods=methods,
+                         speed=speed)
+
+
+def weigh_speed(trials: Trials, floats: set[str], error: float, budget: float,
+                log: list[dict]) -> tuple[set[str], float, dict]:
+    """`floats` plus the layers whose int8 form is not worth it on onnxruntime (`speed_placement`),
+    when that placement still meets `budget`; its error, and the measurements as JSON-able data."""
+    from slimcc.passes.quant.layer_times import layer_times
+    from slimcc.passes.quant.speed_placement import fastest_subset, placement_time, transition_cost
+
+    order = trials.candidates
+    every = trials.model.copy()
+    replace(trials.insert, exclude=";".join(sorted(trials.base_excluded))).run(every, trials.ctx)
+    times = layer_times({"fp32": trials.model, "int8": every}, order, trials.batches[0])
+    transition = transition_cost(times)
+    allowed = set(order) - floats
+    fast = fastest_subset(order, allowed, times, transition)
+    estimate = {name: round(placement_time(order, chosen, times, transition), 1) for name, chosen in
+                (("fp32", set()), ("all_int8", set(order)), ("error_budget", allowed), ("chosen", fast))}
+    speed = {"kernel_times_us": times, "transition_us": round(transition, 1), "estimated_us": estimate,
+             "float_for_speed": [n for n in order if n in allowed - fast]}
+    if fast == allowed:
+        return floats, error, speed
+    faster = trials.error(fast)
+    log.append({"float_layers": len(order) - len(fast), "speed": True, "error": round(faster, 6)})
+    measured = faster <= budget and measured_faster(trials, allowed, fast, speed)
+    if not measured:  # over the budget, or the estimate did not hold: keep the budget's placement
+        speed["float_for_speed"], speed["estimated_us"]["chosen"] = [], estimate["error_budget"]
+        return floats, error, speed
+    return set(order) - fast, faster, speed
+
+
+def measured_faster(trials: Trials, allowed: set[str], fast: set[str], speed: dict) -> bool:
+    """Whether the model with only `fast` int8 runs at least SPEED_MARGIN faster than the one with
+    all of `allowed` int8, timed interleaved on onnxruntime (the estimate ignores the graph's
+    branches: float islands in a feature pyramid cost Q/DQ pairs on every edge); notes both in `speed`."""
+    from slimcc.ir.verify import interleaved_latency
+
+    models = []
+    for int8 in (allowed, fast):
+        work = trials.model.copy()
+        excluded = trials.base_excluded | (set(trials.candidates) - int8)
+        replace(trials.insert, exclude=";".join(sorted(excluded))).run(work, trials.ctx)
+        models.append(work)
+    feed = trials.batches[0]
+    probe = interleaved_latency(models[:1], feed, 3)[0]
+    budget_s, fast_s = interleaved_latency(models, feed, max(10, min(300, int(LATENCY_SECONDS / max(probe, 1e-6)))))
+    speed["measured_ms"] = {"error_budget": round(budget_s * 1e3, 3), "chosen": round(fast_s * 1e3, 3)}
+    return fast_s < (1.0 - SPEED_MARGIN) * budget_s
 
 
 def fewest_float_layers(measure, errors: dict[int, float], hi: int, budget: float) -> int:

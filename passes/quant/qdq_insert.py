@@ -33,12 +33,16 @@ most sensitive ones float until the output error of the whole model is within `b
 (relative L2 error of every output against fp32); the plan is in the pass's stats.
 `method=auto` starts from the range method (minmax or percentile) whose all-int8 model has the
 smaller output error on the calibration data, then lets each activation tensor, in network order,
-take the other method when that lowers the output error (the choice is in the plan); `equalize=auto` applies cross-layer-equalize
-(exact in float) first when that lowers the all-int8 output error. `rounding=adaround` rounds
-each layer's weights by AdaRound on its float calibration inputs (slimcc.passes.quant.adaround).
+take the other method when that lowers the output error (the choice is in the plan);
+`equalize=auto` applies cross-layer-equalize (exact in float) first when that lowers the all-int8
+output error. With `speed=onnxruntime` (what `slimcc compress --int8` plans), placement=auto
+then also keeps float the layers whose int8 form onnxruntime does not run faster,
+float <-> int8 switches counted (profiled: slimcc.passes.quant.speed_placement), within budget.
+`rounding=adaround` rounds each layer's weights by AdaRound on its float calibration inputs
+(slimcc.passes.quant.adaround).
 
-Options: placement (all|auto), budget, equalize (off|auto), rounding (nearest|adaround), method,
-act (u8|s8), exclude, per_channel, percentile, min_reduction, depthwise (int8|float), lut_sigmoid,
+Options: placement (all|auto), budget, speed (off|onnxruntime), equalize (off|auto), rounding (nearest|adaround),
+method, act (u8|s8), exclude, per_channel, percentile, min_reduction, depthwise (int8|float), lut_sigmoid,
 min_weight_size, terminal (float|int8), skip_first, hard_act (int8|float), softmax (int8|float),
 float_weights (fp32|fp16: layers left float store their weights as float16 behind a Cast, which
 onnxruntime folds at load, so the file shrinks at no speed cost; an int8 weight behind a
@@ -99,6 +103,7 @@ class QDQInsert(Pass):
     budget: float = 0.03
     equalize: Literal["off", "auto"] = "off"
     rounding: Literal["nearest", "adaround"] = "nearest"
+    speed: Literal["off", "onnxruntime"] = "off"
 
     exact = False
     needs_calibration = True
@@ -131,8 +136,11 @@ class QDQInsert(Pass):
                              exclude=";".join(sorted(excluded | set(plan.float_layers))))
             outcome = result.run(model, replace(ctx, notes={**ctx.notes, RANGE_CACHE: plan.ranges,
                                                             ROUNDING_CACHE: plan.rounding}))
+            for_speed = set(plan.speed.get("float_for_speed", []))
             for name in plan.float_layers:
-                outcome.stats["skipped"][name] = "too sensitive for the error budget (placement=auto)"
+                outcome.stats["skipped"][name] = ("int8 not faster on onnxruntime, measured (placement=auto)"
+                                                  if name in for_speed else
+                                                  "too sensitive for the error budget (placement=auto)")
             outcome.stats["placement"] = plan.as_dict()
             return outcome
         chosen, skipped, (anchors, groups, hard) = self._select(graph, excluded)

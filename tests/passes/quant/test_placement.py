@@ -114,7 +114,7 @@ def test_budget_must_be_positive():
 
 
 def test_compress_int8_plans_automatic_placement():
-    assert "qdq-insert{placement=auto,equalize=auto}" in plan(int8=True, has_calibration=True).text
+    assert "qdq-insert{placement=auto,equalize=auto,speed=onnxruntime}" in plan(int8=True, has_calibration=True).text
 
 
 def test_equalize_auto_keeps_cross_layer_equalization_only_when_it_lowers_the_error():
