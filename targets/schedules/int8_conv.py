@@ -26,27 +26,41 @@ from slimcc.targets.schedules.vnni import LANES, vnni_intrin
 from slimcc.targets.tvm_import import ensure_tvm
 
 ACCUMULATORS = 24  # of the 32 zmm registers: fb weight vectors and a broadcast need the rest
+REGISTERS = 32  # zmm registers
+MAX_COLUMNS = 16  # output columns of a one-block tile (its broadcasts are memory operands)
 MIN_ROW_VECTOR = 8  # tiles narrower than this run their epilogue on channel vectors
 
 
 def qconv_tile(out_blocks: int, out_width: int) -> tuple[int, int]:
-    """(fb, xb): 16-channel blocks and output columns per register tile, fb * xb <= ACCUMULATORS.
+    """(fb, xb): 16-channel blocks and output columns per register tile (see `max_columns`).
 
     Prefers the tile with the most accumulators (most reuse of each loaded weight and input),
-    then the larger fb: each broadcast input quadruple then feeds fb instructions, and fewer
-    broadcasts stay live. With fb = 1, xb = 20 (40- and 80-wide YOLOv8n layers) LLVM kept the
-    broadcasts of one kernel column for the next (the same pixels) and spilled them: fb = 4,
-    xb = 5 ran those 3x3 convs in 0.66-0.68x the time, 1x1 convs in 0.78-0.96x. xb divides the
-    output width and fb the channel blocks, so no tile is partial.
+    then the wider xb; xb divides the output width and fb the channel blocks, so no tile is partial.
     """
     best = (1, 1)
     for fb in (1, 2, 3, 4):
         if out_blocks % fb:
             continue
-        xb = largest_divisor(out_width, ACCUMULATORS // fb)
-        if (fb * xb, fb) > (best[0] * best[1], best[0]):
+        xb = largest_divisor(out_width, max_columns(fb))
+        if (fb * xb, xb) > (best[0] * best[1], best[1]):
             best = (fb, xb)
     return best
+
+
+def max_columns(fb: int) -> int:
+    """The most output columns a tile of fb channel blocks takes without spilling registers.
+
+    A tile holds fb * xb accumulators, fb weight vectors and, for fb > 1, the xb broadcast input
+    quadruples each weight vector meets; LLVM also keeps broadcasts live from one kernel column
+    to the next (the same pixels), so tiles that only just fit the 32 zmm registers spilled in
+    the inner loop. Measured (one thread, 3x3 convs): fb = 1 at xb = 20 and fb = 2 at xb = 10
+    spilled (1.0 against 0.77x for 1x16 at 16 channels, 80 wide; 2x10 1.0 against 0.87x for
+    1x16 at 32 channels); fb = 4 at xb = 5 did not (0.66x the 1x20 tile at 64 channels, 40 and
+    80 wide).
+    """
+    if fb == 1:
+        return MAX_COLUMNS
+    return min(ACCUMULATORS // fb, (REGISTERS - 1 - fb) // (fb + 1))
 
 
 def schedule_int8_conv(sch, vector: CpuVector) -> bool:
