@@ -29,12 +29,23 @@ def layer_times(models: dict[str, object], candidates: list[str], feed: dict[str
                 runs: int = 10) -> dict[str, dict[str, float]]:
     """{layer or "other": {variant: microseconds per inference}} for the named `models` (slimcc Models,
     e.g. {"fp32": ..., "int8": ...}); `candidates` are the layer names to attribute kernels to."""
+    return attribute(profile_models(models, feed, runs), models, candidates)
+
+
+def profile_models(models: dict[str, object], feed: dict[str, np.ndarray],
+                   runs: int = 10) -> dict[str, dict[str, tuple[str, float]]]:
+    """`profile_kernels` of slimcc Models (saved to a temporary folder first)."""
     from slimcc.ir.model import save_model
 
-    result: dict[str, dict[str, float]] = {name: {} for name in (*candidates, OTHER)}
     with tempfile.TemporaryDirectory() as tmp:
         paths = {key: save_model(model, Path(tmp) / f"{key}.onnx") for key, model in models.items()}
-        kernels = profile_kernels(paths, feed, runs, Path(tmp))
+        return profile_kernels(paths, feed, runs, Path(tmp))
+
+
+def attribute(kernels: dict[str, dict[str, tuple[str, float]]], models: dict[str, object],
+              candidates: list[str]) -> dict[str, dict[str, float]]:
+    """Per-layer (and "other") sums of each variant's profiled kernel times."""
+    result: dict[str, dict[str, float]] = {name: {} for name in (*candidates, OTHER)}
     for key, model in models.items():
         owner = kernel_owner(model.graph, set(candidates))
         totals = collections.defaultdict(float)
@@ -43,6 +54,25 @@ def layer_times(models: dict[str, object], candidates: list[str], feed: dict[str
         for name in result:
             result[name][key] = round(totals.get(name, 0.0), 1)
     return result
+
+
+def conversion_cost(kernels: dict[str, tuple[str, float]], model) -> float:
+    """Microseconds per tensor element of converting between float and int8: the profiled
+    QuantizeLinear and DequantizeLinear kernels of `model` (those whose tensor has a static shape),
+    total time over total elements, counted twice (a float island costs a DequantizeLinear and a
+    QuantizeLinear). 0 when none was profiled."""
+    graph = model.graph
+    nodes = {node.name: node for node in graph.nodes}
+    micros_total = elements = 0.0
+    for name, (op, micros) in kernels.items():
+        node = nodes.get(name)
+        if op not in ("QuantizeLinear", "DequantizeLinear") or node is None:
+            continue
+        shape = node.inputs[0].shape
+        if shape and all(isinstance(d, int) and d > 0 for d in shape):
+            micros_total += micros
+            elements += float(np.prod(shape))
+    return 2.0 * micros_total / elements if elements else 0.0
 
 
 def profile_kernels(paths: dict[str, Path], feed: dict[str, np.ndarray], runs: int,

@@ -246,20 +246,23 @@ def weigh_speed(trials: Trials, floats: set[str], error: float, budget: float,
                 log: list[dict]) -> tuple[set[str], float, dict]:
     """`floats` plus the layers whose int8 form is not worth it on onnxruntime (`speed_placement`),
     when that placement still meets `budget`; its error, and the measurements as JSON-able data."""
-    from slimcc.passes.quant.layer_times import layer_times
-    from slimcc.passes.quant.speed_placement import fastest_subset, placement_time, transition_cost
+    from slimcc.passes.quant.layer_times import attribute, conversion_cost, profile_models
+    from slimcc.passes.quant.speed_placement import fastest_subset, placement_time
 
     order = trials.candidates
     every = trials.model.copy()
     replace(trials.insert, exclude=";".join(sorted(trials.base_excluded))).run(every, trials.ctx)
-    times = layer_times({"fp32": trials.model, "int8": every}, order, trials.batches[0])
-    transition = transition_cost(times)
+    models = {"fp32": trials.model, "int8": every}
+    kernels = profile_models(models, trials.batches[0])
+    times = attribute(kernels, models, order)
+    per_element = conversion_cost(kernels["int8"], every)
     allowed = set(order) - floats
-    fast = fastest_subset(order, allowed, times, transition)
-    estimate = {name: round(placement_time(order, chosen, times, transition), 1) for name, chosen in
+    graph = trials.model.graph
+    fast = fastest_subset(graph, order, allowed, times, per_element)
+    estimate = {name: round(placement_time(graph, order, chosen, times, per_element), 1) for name, chosen in
                 (("fp32", set()), ("all_int8", set(order)), ("error_budget", allowed), ("chosen", fast))}
-    speed = {"kernel_times_us": times, "transition_us": round(transition, 1), "estimated_us": estimate,
-             "float_for_speed": [n for n in order if n in allowed - fast]}
+    speed = {"kernel_times_us": times, "conversion_us_per_element": float(f"{per_element:.3g}"),
+             "estimated_us": estimate, "float_for_speed": [n for n in order if n in allowed - fast]}
     if fast == allowed:
         return floats, error, speed
     faster = trials.error(fast)

@@ -8,55 +8,119 @@ So after the error budget has chosen the layers that may be int8, the placement 
 from measurements, those whose int8 form does not pay for itself.
 
 The estimate: the fp32 model and its all-int8 form are profiled (`layer_times`); a placement costs
-each layer's fp32 or int8 kernel time, plus a transition cost for every change between float and
-int8 along the layers in network order (the input and the output are float). The transition cost
-is measured too: the all-int8 model's unattributed kernels minus the float model's, shared by its
-two transitions (in at the first layer, out after the last). The cheapest placement among those
-that only turn int8 layers float is found exactly by dynamic programming over the layer chain.
+each layer's fp32 or int8 kernel time, plus, for every data-flow edge between a float and an int8
+layer (the graph's inputs, outputs and non-candidate compute layers are float), a conversion of
+the tensor on it, at the per-element cost measured on the int8 model's own Q/DQ kernels
+(`layer_times.conversion_cost`). Per-layer costs plus a cost per disagreeing edge is a binary
+labelling with submodular pairwise terms, so the cheapest placement among those that only turn
+budget-allowed int8 layers float is a minimum s-t cut (networkx), exact on any graph.
 """
 
 from __future__ import annotations
 
-from slimcc.passes.quant.layer_times import OTHER
+import networkx as nx
 
-FLOAT, INT8 = 0, 1
+from slimcc.passes.quant.layer_times import COMPUTE_OPS
 
-
-def transition_cost(times: dict[str, dict[str, float]]) -> float:
-    """Microseconds one float <-> int8 switch costs, from the unattributed kernels of both models."""
-    other = times.get(OTHER, {"fp32": 0.0, "int8": 0.0})
-    return max(0.0, (other["int8"] - other["fp32"]) / 2.0)
+INT8, FLOAT = "int8", "float"  # the two terminals of the cut
 
 
-def placement_time(order: list[str], int8: set[str], times: dict[str, dict[str, float]],
-                   transition: float) -> float:
-    """Estimated microseconds of the layers in `order` with exactly `int8` of them int8."""
-    total, state = 0.0, FLOAT
-    for name in order:
-        now = INT8 if name in int8 else FLOAT
-        total += times[name]["int8" if now == INT8 else "fp32"] + (transition if now != state else 0.0)
-        state = now
-    return total + (transition if state == INT8 else 0.0)
+def layer_edges(graph, candidates: list[str]) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
+    """Data flow between the candidate layers: {(layer, reader layer): elements of the tensor between
+    them}, and {layer: elements flowing from it to float code (a graph output or a non-candidate
+    compute layer)}; paths run through every non-compute node (activations, pools, adds, layouts).
+    Elements are those of the layer's output (0 where its shape is not static)."""
+    names = set(candidates)
+    outputs = {t.name for t in graph.outputs}
+    edges: dict[tuple[str, str], int] = {}
+    to_float: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.name not in names:
+            continue
+        size = _elements(node.outputs[0].shape)
+        stack, seen = list(node.outputs), set()
+        while stack:
+            tensor = stack.pop()
+            if tensor.name in seen:
+                continue
+            seen.add(tensor.name)
+            if tensor.name in outputs:
+                to_float[node.name] = to_float.get(node.name, 0) + size
+            for reader in tensor.outputs:
+                if reader.name in names:
+                    edges[node.name, reader.name] = size
+                elif reader.op in COMPUTE_OPS:
+                    to_float[node.name] = to_float.get(node.name, 0) + size
+                else:
+                    stack.extend(reader.outputs)
+    return edges, to_float
 
 
-def fastest_subset(order: list[str], allowed: set[str], times: dict[str, dict[str, float]],
-                   transition: float) -> set[str]:
-    """The subset of `allowed` (layers the error budget lets be int8) whose placement_time is smallest."""
-    inf = float("inf")
-    cost = [0.0, inf]  # before the first layer: float input
-    back: list[tuple[int, int]] = []
-    for name in order:
-        from_float = (cost[FLOAT], cost[INT8] + transition)
-        from_int8 = (cost[FLOAT] + transition, cost[INT8])
-        best_float = min((FLOAT, INT8), key=lambda s: from_float[s])
-        best_int8 = min((FLOAT, INT8), key=lambda s: from_int8[s])
-        cost = [from_float[best_float] + times[name]["fp32"],
-                from_int8[best_int8] + times[name]["int8"] if name in allowed else inf]
-        back.append((best_float, best_int8))
-    state = FLOAT if cost[FLOAT] <= cost[INT8] + transition else INT8
-    chosen = set()
-    for name, (prev_float, prev_int8) in zip(reversed(order), reversed(back)):
-        if state == INT8:
-            chosen.add(name)
-        state = prev_int8 if state == INT8 else prev_float
-    return chosen
+def _elements(shape) -> int:
+    if not shape or not all(isinstance(d, int) and d > 0 for d in shape):
+        return 0
+    count = 1
+    for d in shape:
+        count *= d
+    return count
+
+
+def fastest_subset(graph, candidates: list[str], allowed: set[str], times: dict[str, dict[str, float]],
+                   per_element: float) -> set[str]:
+    """The subset of `allowed` (layers the error budget lets be int8) with the smallest `placement_time`."""
+    edges, to_float = layer_edges(graph, candidates)
+    inputs = _fed_by_float(graph, candidates)
+    cut = nx.DiGraph()
+    for name in candidates:
+        # cutting INT8 -> name puts it on the float side (pays fp32); name -> FLOAT, the int8 side
+        cut.add_edge(INT8, name, capacity=times[name]["fp32"])
+        if name in allowed:
+            cut.add_edge(name, FLOAT, capacity=times[name]["int8"]
+                         + per_element * (to_float.get(name, 0) + inputs.get(name, 0)))
+        else:
+            cut.add_edge(name, FLOAT)  # no capacity: infinite, never int8
+    for (a, b), size in edges.items():
+        for u, v in ((a, b), (b, a)):
+            previous = cut.get_edge_data(u, v, {}).get("capacity", 0.0)
+            cut.add_edge(u, v, capacity=previous + per_element * size)
+    _, (int8_side, _) = nx.minimum_cut(cut, INT8, FLOAT)
+    return {name for name in int8_side if name != INT8}
+
+
+def _fed_by_float(graph, candidates: list[str]) -> dict[str, int]:
+    """{layer: elements of its input} for layers whose input comes from float code (a graph input or a
+    non-candidate compute layer), through non-compute nodes."""
+    names = set(candidates)
+    inputs = {t.name for t in graph.inputs}
+    result = {}
+    for node in graph.nodes:
+        if node.name not in names:
+            continue
+        stack, seen, floating = [node.inputs[0]], set(), False
+        while stack and not floating:
+            tensor = stack.pop()
+            if tensor.name in seen:
+                continue
+            seen.add(tensor.name)
+            if tensor.name in inputs:
+                floating = True
+            for source in tensor.inputs:
+                if source.name in names:
+                    continue
+                if source.op in COMPUTE_OPS:
+                    floating = True
+                else:
+                    stack.extend(source.inputs)
+        if floating:
+            result[node.name] = _elements(node.inputs[0].shape)
+    return result
+
+
+def placement_time(graph, candidates: list[str], int8: set[str], times: dict[str, dict[str, float]],
+                   per_element: float) -> float:
+    """Estimated microseconds of the candidate layers with exactly `int8` of them int8, conversions included."""
+    edges, to_float = layer_edges(graph, candidates)
+    inputs = _fed_by_float(graph, candidates)
+    total = sum(times[n]["int8" if n in int8 else "fp32"] for n in candidates)
+    total += per_element * sum(to_float.get(n, 0) + inputs.get(n, 0) for n in int8)
+    return total + per_element * sum(size for (a, b), size in edges.items() if (a in int8) != (b in int8))
