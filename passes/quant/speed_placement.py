@@ -19,7 +19,9 @@ budget-allowed int8 layers float is a minimum s-t cut (networkx), exact on any g
 from __future__ import annotations
 
 import networkx as nx
+import numpy as np
 
+from slimcc.ir.graphview import OP, to_networkx
 from slimcc.passes.quant.layer_times import COMPUTE_OPS
 
 INT8, FLOAT = "int8", "float"  # the two terminals of the cut
@@ -27,56 +29,46 @@ INT8, FLOAT = "int8", "float"  # the two terminals of the cut
 
 def layer_edges(graph, candidates: list[str]) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
     """Data flow between the candidate layers: {(layer, reader layer): elements of the tensor between
-    them}, and {layer: elements flowing from it to float code (a graph output or a non-candidate
-    compute layer)}; paths run through every non-compute node (activations, pools, adds, layouts).
-    Elements are those of the layer's output (0 where its shape is not static)."""
+    them}, and {layer: elements flowing between it and float code (graph inputs and outputs,
+    non-candidate compute layers), in or out}; paths run through every non-compute node
+    (activations, pools, adds, layout ops). Elements are those of the layer's own output (out) or
+    input (in), 0 where the shape is not static."""
+    view = to_networkx(graph)
     names = set(candidates)
-    outputs = {t.name for t in graph.outputs}
+    stops = {key for key, data in view.nodes(data=True) if data["kind"] != OP or data["op"] in COMPUTE_OPS}
     edges: dict[tuple[str, str], int] = {}
     to_float: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.name not in names:
-            continue
-        size = _elements(node.outputs[0].shape)
-        stack, seen = list(node.outputs), set()
-        while stack:
-            tensor = stack.pop()
-            if tensor.name in seen:
-                continue
-            seen.add(tensor.name)
-            if tensor.name in outputs:
-                to_float[node.name] = to_float.get(node.name, 0) + size
-            for reader in tensor.outputs:
-                if reader.name in names:
-                    edges[node.name, reader.name] = size
-                elif reader.op in COMPUTE_OPS:
-                    to_float[node.name] = to_float.get(node.name, 0) + size
-                else:
-                    stack.extend(reader.outputs)
+    for name in candidates:
+        node = view.nodes[name]["node"]
+        out_size, in_size = _elements(node.outputs[0].shape), _elements(node.inputs[0].shape)
+        for neighbours, size, downstream in ((view.successors, out_size, True), (view.predecessors, in_size, False)):
+            inner = view.subgraph((set(view) - stops) | {name})
+            walk = nx.descendants(inner, name) if downstream else nx.ancestors(inner, name)
+            reached = {other for key in walk | {name} for other in neighbours(key) if other in stops} - {name}
+            if reached - names:
+                to_float[name] = to_float.get(name, 0) + size
+            if downstream:
+                edges.update({(name, other): size for other in reached & names})
     return edges, to_float
 
 
 def _elements(shape) -> int:
     if not shape or not all(isinstance(d, int) and d > 0 for d in shape):
         return 0
-    count = 1
-    for d in shape:
-        count *= d
-    return count
+    return int(np.prod(shape))
 
 
 def fastest_subset(graph, candidates: list[str], allowed: set[str], times: dict[str, dict[str, float]],
                    per_element: float) -> set[str]:
     """The subset of `allowed` (layers the error budget lets be int8) with the smallest `placement_time`."""
     edges, to_float = layer_edges(graph, candidates)
-    inputs = _fed_by_float(graph, candidates)
     cut = nx.DiGraph()
     for name in candidates:
         # cutting INT8 -> name puts it on the float side (pays fp32); name -> FLOAT, the int8 side
         cut.add_edge(INT8, name, capacity=times[name]["fp32"])
         if name in allowed:
             cut.add_edge(name, FLOAT, capacity=times[name]["int8"]
-                         + per_element * (to_float.get(name, 0) + inputs.get(name, 0)))
+                         + per_element * to_float.get(name, 0))
         else:
             cut.add_edge(name, FLOAT)  # no capacity: infinite, never int8
     for (a, b), size in edges.items():
@@ -87,40 +79,10 @@ def fastest_subset(graph, candidates: list[str], allowed: set[str], times: dict[
     return {name for name in int8_side if name != INT8}
 
 
-def _fed_by_float(graph, candidates: list[str]) -> dict[str, int]:
-    """{layer: elements of its input} for layers whose input comes from float code (a graph input or a
-    non-candidate compute layer), through non-compute nodes."""
-    names = set(candidates)
-    inputs = {t.name for t in graph.inputs}
-    result = {}
-    for node in graph.nodes:
-        if node.name not in names:
-            continue
-        stack, seen, floating = [node.inputs[0]], set(), False
-        while stack and not floating:
-            tensor = stack.pop()
-            if tensor.name in seen:
-                continue
-            seen.add(tensor.name)
-            if tensor.name in inputs:
-                floating = True
-            for source in tensor.inputs:
-                if source.name in names:
-                    continue
-                if source.op in COMPUTE_OPS:
-                    floating = True
-                else:
-                    stack.extend(source.inputs)
-        if floating:
-            result[node.name] = _elements(node.inputs[0].shape)
-    return result
-
-
 def placement_time(graph, candidates: list[str], int8: set[str], times: dict[str, dict[str, float]],
                    per_element: float) -> float:
     """Estimated microseconds of the candidate layers with exactly `int8` of them int8, conversions included."""
     edges, to_float = layer_edges(graph, candidates)
-    inputs = _fed_by_float(graph, candidates)
     total = sum(times[n]["int8" if n in int8 else "fp32"] for n in candidates)
-    total += per_element * sum(to_float.get(n, 0) + inputs.get(n, 0) for n in int8)
+    total += per_element * sum(to_float.get(n, 0) for n in int8)
     return total + per_element * sum(size for (a, b), size in edges.items() if (a in int8) != (b in int8))
