@@ -385,3 +385,4 @@ def test_an_aarch64_server_killed_mid_tuning_loses_no_record(arm_emulator, tmp_p
     survivor = f"{arm_servers[1].host}:{arm_servers[1].port}"
     assert summary["devices"][survivor]["measured"] > 0
     assert measured_record_count(db) > len(before)  # measurements went on after the loss
+    assert sum(row["measured"] for row in summary["devices"].values()) == measured_record_count(db)

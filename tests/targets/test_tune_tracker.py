@@ -146,12 +146,13 @@ def test_a_device_lost_mid_tuning_costs_only_its_measurements(zoo_model, tmp_pat
     model = zoo_model("resnet-basic")  # a dozen kernels: the search is still going when a server dies
     db = tmp_path / "db"
     with local_tracker() as port, local_servers(port, "x86-pool", 2) as servers:
-        before, after, _summary = tune_and_lose_a_device(
+        before, after, summary = tune_and_lose_a_device(
             lambda: tune_model(model, spec, 48, database_dir=db, progress=False,
                                site=MeasureSite(("127.0.0.1", port), "x86-pool", parallel=2)),
             db, 2, servers[0].kill)
     assert after[:len(before)] == before and len(after) > len(before)
     assert measured_record_count(db) > len(before)  # measurements went on after the loss
+    assert sum(row["measured"] for row in summary["devices"].values()) == measured_record_count(db)
 
 
 @pytest.mark.slow
