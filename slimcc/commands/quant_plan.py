@@ -5,7 +5,8 @@ canonicalized model without writing anything: the output error with each layer a
 with --cumulative the error with every layer up to it int8 (network order), the layers the
 budget keeps float, and the error of that placement; and each layer's kernel time on onnxruntime
 as fp32 and as int8 (the all-int8 model profiled beside the float one,
-slimcc.passes.quant.layer_times), so speed can be weighed against error. --json prints it all as JSON.
+slimcc.passes.quant.layer_times), which the placement weighs against error as compress does
+(speed=onnxruntime), with the layers kept float for speed. --json prints it all as JSON.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def add_parser(sub) -> None:
         parser.add_argument(flag, **options)
     parser.add_argument("--cumulative", action="store_true", help="also the error with every layer up to each int8")
     parser.add_argument("--top", type=int, default=20, metavar="N", help="layers listed (most sensitive first)")
-    parser.add_argument("--no-times", action="store_true", help="skip profiling the per-layer kernel times")
+    parser.add_argument("--no-times", action="store_true",
+                        help="do not profile per-layer kernel times (placement then weighs error only)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.set_defaults(func=run)
 
@@ -44,16 +46,20 @@ def run(args) -> int:
 
     from slimcc.passes.base import PassContext
     from slimcc.passes.canonicalize import Canonicalize
+    from slimcc.compress_plan import plan as compress_plan
+    from slimcc.passes.pipeline import parse_pipeline
     from slimcc.passes.quant.placement import Trials, auto_placement, cumulative_errors, placement_summary
-    from slimcc.passes.quant.layer_times import layer_times
-    from slimcc.passes.quant.qdq_insert import RANGE_CACHE, ROUNDING_CACHE, QDQInsert
+    from slimcc.passes.quant.qdq_insert import RANGE_CACHE, ROUNDING_CACHE
 
     if args.budget is not None and not args.budget > 0:
         raise SlimccError(f"--budget {args.budget}: give a relative error > 0 (e.g. 0.03)")
     _, model, calib = load_model_and_calibration(args)
     Canonicalize().run(model)
-    insert = QDQInsert(placement="auto", equalize="auto")
+    # the qdq-insert step `slimcc compress --int8 --calib` plans
+    step = next(s for s in compress_plan(int8=True, has_calibration=True).steps if s.startswith("qdq-insert"))
+    insert = parse_pipeline(step)[0]
     insert = replace(insert, budget=args.budget) if args.budget is not None else insert
+    insert = replace(insert, speed="off") if args.no_times else insert
     ctx = PassContext(calibration=calib, progress=not args.json)
     plan = auto_placement(model, ctx, insert)
     result = plan.as_dict()
@@ -67,17 +73,13 @@ def run(args) -> int:
     if args.cumulative:
         errors = cumulative_errors(Trials(model, planned, every), ctx.progress)
         result["cumulative"] = [{"layer": name, "error": round(e, 6)} for name, e in errors.items()]  # network order
-    if not args.no_times:
-        int8 = model.copy()
-        every.run(int8, replace(planned, progress=False))
-        result["kernel_times_us"] = layer_times({"fp32": model, "int8": int8}, plan.candidates, calib.batches[0])
     if args.json:
         print_json(result)
         return 0
     print(placement_summary(result, args.top))
     if plan.float_layers:
         print(f"float: {', '.join(plan.float_layers)}")
-    if "kernel_times_us" in result:
+    if "speed" in result:
         print(times_table(result))
     if args.cumulative:
         print("cumulative output error, layers int8 in network order:")
@@ -89,7 +91,8 @@ def run(args) -> int:
 def times_table(result: dict) -> str:
     """Per-layer lines: error alone int8, fp32 and int8 kernel microseconds, and where the plan keeps it."""
     floats = set(result["float_layers"])
-    times = result["kernel_times_us"]
+    speed = result["speed"]
+    times = speed["kernel_times_us"]
     lines = ["kernel time on onnxruntime (us; int8: every candidate int8), network order:",
              "      error    fp32    int8  plan   layer"]
     for name, t in times.items():
@@ -99,4 +102,9 @@ def times_table(result: dict) -> str:
         lines.append(f"  {shown} {t['fp32']:7.0f} {t['int8']:7.0f}  {plan:5} {name}")
     total = {k: sum(t[k] for t in times.values()) for k in ("fp32", "int8")}
     lines.append(f"  {'total':>9} {total['fp32']:7.0f} {total['int8']:7.0f}")
+    estimate = speed["estimated_us"]
+    lines.append(f"estimated layer time (us): fp32 {estimate['fp32']:.0f}, all int8 {estimate['all_int8']:.0f}, "
+                 f"error budget's placement {estimate['error_budget']:.0f}, chosen {estimate['chosen']:.0f}")
+    if speed["float_for_speed"]:
+        lines.append(f"float for speed: {', '.join(speed['float_for_speed'])}")
     return "\n".join(lines)

@@ -131,7 +131,7 @@ def test_quant_plan_lists_sensitivity_and_the_float_layers(cli, resnet_file, res
     # the last row has every layer int8: the all-int8 model
     assert plan["cumulative"][-1]["error"] == pytest.approx(plan["all_int8_error"], abs=1e-5)
     # every layer's kernel time on onnxruntime, float and int8, beside its error
-    times = plan["kernel_times_us"]
+    times = plan["speed"]["kernel_times_us"]
     assert set(times) == set(plan["sensitivity"]) | {"other"}
     assert all(times[name]["fp32"] > 0 and times[name]["int8"] > 0 for name in plan["sensitivity"])
     code, stdout, _ = cli("quant-plan", resnet_file, "--calib", resnet_calib)
