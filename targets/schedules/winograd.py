@@ -151,8 +151,9 @@ def _schedule_input_transform(sch, vector: CpuVector) -> None:
     work = loop_volume(sch, v)
     n, e, nu, cb, p, ci, j = sch.get_loops(v)
     sch.reorder(n, cb, p, e, nu, j, ci)
-    _passes_per_tile(sch, rows, p, 3, (e, nu, j), ci)
+    first_pass_init = _passes_per_tile(sch, rows, p, 3, (e, nu, j), ci)
     _parallel(sch, vector, work, (n, cb, p))
+    sch.decompose_reduction(rows, first_pass_init)
     sch.decompose_reduction(v, j)
 
 
@@ -186,23 +187,27 @@ def _schedule_output_transform(sch, vector: CpuVector) -> None:
     xo, xi = sch.split(x, [None, m])
     sch.reorder(n, kb, yo, xo, yi, xi, s, ki)
     cache = sch.cache_write(out, 0, "local")
-    _passes_per_tile(sch, out_rows, xo, 4, (yi, xi, s), ki)
+    first_pass_init = _passes_per_tile(sch, out_rows, xo, 4, (yi, xi, s), ki)
     if attach_epilogue(sch, cache, tail, xo):
         sch.vectorize(sch.get_loops(cache)[-1])
     _parallel(sch, vector, work, (n, kb, yo))
+    sch.decompose_reduction(out_rows, first_pass_init)
     sch.decompose_reduction(out, s)
 
 
-def _passes_per_tile(sch, first_pass, tile, depth: int, unrolled, lanes) -> None:
+def _passes_per_tile(sch, first_pass, tile, depth: int, unrolled, lanes):
     """A transform's two 1-D passes per tile: the first (`first_pass`, whose own loops start at
     `depth`) computed under the loop `tile` into registers, the second's `unrolled` loops unrolled
-    around its channel `lanes`, which are vectorized."""
+    around its channel `lanes`, which are vectorized. Returns the loop where the first pass's
+    reduction is to be initialized (decomposed once the outer loops are parallel: TVM cannot
+    parallelize around a decomposed reduction)."""
     sch.compute_at(first_pass, tile)
     sch.set_scope(first_pass, 0, "local")
-    _unroll_vector_reduction(sch, first_pass, depth)
+    first_pass_init = _unroll_vector_reduction(sch, first_pass, depth)
     for loop in unrolled:
         sch.unroll(loop)
     sch.vectorize(lanes)
+    return first_pass_init
 
 
 def _parallel(sch, vector: CpuVector, work: int, loops) -> None:
@@ -214,11 +219,12 @@ def _parallel(sch, vector: CpuVector, work: int, loops) -> None:
 
 def _unroll_vector_reduction(sch, block, first: int) -> None:
     """For a block computed at a tile: its loops from `first` on are (spatial..., channel lanes,
-    reduction); put the reduction before the lanes, unroll everything but the lanes, vectorize them."""
+    reduction); put the reduction before the lanes, unroll everything but the lanes, vectorize them.
+    Returns the outermost of these loops."""
     loops = sch.get_loops(block)[first:]
     *spatial, lanes, reduction = loops
     sch.reorder(*spatial, reduction, lanes)
     for loop in (*spatial, reduction):
         sch.unroll(loop)
     sch.vectorize(lanes)
-    sch.decompose_reduction(block, spatial[0])
+    return spatial[0]

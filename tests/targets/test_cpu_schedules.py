@@ -77,6 +77,16 @@ def test_conv_forms_take_slimcc_schedules_and_match_onnxruntime(case, x86, tmp_p
     assert_matches_onnxruntime(model, load_artifact(tmp_path / "art").run(feeds), feeds)
 
 
+def test_winograd_runs_parallel_on_four_cores(tmp_path):
+    """A four-core build parallelizes every Winograd stage (TVM refuses a parallel loop around an
+    already decomposed reduction, which once sent the kernel to the naive fallback)."""
+    model = _layer_model("Conv", (1, 32, 16, 16), (32, 32, 3, 3), pads=[1, 1, 1, 1])
+    manifest = compile_model(model, make_target("x86", num_cores=4), tmp_path / "art", isolate=False)
+    assert manifest.build["slimcc_schedules"].get("winograd") == 1, manifest.build
+    feeds = feeds_for(model)
+    assert_matches_onnxruntime(model, load_artifact(tmp_path / "art").run(feeds), feeds)
+
+
 @pytest.mark.parametrize("attrs", [{"strides": [2, 2]},
                                    {"strides": [2, 2], "pads": [1, 1, 1, 1], "output_padding": [1, 1]}],
                          ids=["k2s2", "k3s2-output-padding"])
