@@ -18,6 +18,8 @@ from slimcc.targets.schedules.apply import slimcc_schedule
 from slimcc.targets.schedules.isa import CpuVector
 from slimcc.targets.tvm_import import ensure_tvm
 
+SEARCHED_RECORDS = 1 << 16  # records of one workload looked through for an earlier seed
+
 
 def seed_database(database, tasks, target, vector: CpuVector, builder, runner) -> tuple[dict[str, float], dict[str, str]]:
     """Build, time and commit slimcc's schedule of each task.
@@ -28,16 +30,20 @@ def seed_database(database, tasks, target, vector: CpuVector, builder, runner) -
     ensure_tvm()
     from tvm.s_tir import meta_schedule as ms
 
-    scheduled = []
+    scheduled, measured, failed = [], {}, {}
     for task in tasks:
         workload_mod = task.dispatched[0]
         sch, _rule = slimcc_schedule(workload_mod, vector)
-        if sch is not None:
+        if sch is None:
+            continue
+        seconds = recorded_seconds(database, workload_mod, sch)
+        if seconds is not None:  # seeded by an earlier run on this database: not measured again
+            measured[task.task_name] = seconds
+        else:
             scheduled.append((task, workload_mod, sch))
     if not scheduled:
-        return {}, {}
+        return measured, failed
     built = builder.build([ms.builder.BuilderInput(sch.mod, target) for _, _, sch in scheduled])
-    measured, failed = {}, {}
     for (task, workload_mod, sch), result in zip(scheduled, built):
         if result.error_msg:
             failed[task.task_name] = f"build: {first_line(result.error_msg)}"
@@ -55,3 +61,16 @@ def seed_database(database, tasks, target, vector: CpuVector, builder, runner) -
         seconds = [float(s) for s in run.run_secs]
         measured[task.task_name] = sum(seconds) / len(seconds)
     return measured, failed
+
+
+def recorded_seconds(database, workload_mod, sch) -> float | None:
+    """Mean seconds of the database's record of exactly `sch`'s schedule (same trace and decisions)
+    of `workload_mod`, or None when there is none."""
+    if not database.has_workload(workload_mod):
+        return None
+    text = str(sch.trace.as_json())
+    for record in database.get_top_k(database.commit_workload(workload_mod), SEARCHED_RECORDS):
+        if str(record.trace.as_json()) == text and record.run_secs:
+            seconds = [float(s) for s in record.run_secs]
+            return sum(seconds) / len(seconds)
+    return None

@@ -56,6 +56,8 @@ def test_tuning_records_extend_and_are_applied_by_compile(x86, tmp_path):
 
     second = tune_model(model, x86, trials=4, database_dir=db, progress=False)
     assert second["new_records"] > 0 and record_count(db) == first["records"] + second["new_records"]
+    # the seed recorded by the first run is reused, not measured again (a new timing would differ)
+    assert second["seeded_with_slimcc_schedules"] == seeded
 
     manifest = compile_model(model, x86, tmp_path / "art", database_dir=db, isolate=False)
     assert manifest.build["tuned_kernels"] == 1 <= manifest.build["kernels"]
