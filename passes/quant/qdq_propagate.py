@@ -15,7 +15,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from slimcc.passes.base import register_pass
-from slimcc.passes.pattern import Any, Match, Pattern, RewritePass, Rule, constant_value, replace_uses
+from slimcc.passes.pattern import Any, Match, Pattern, RewritePass, Rule, constant_value
 from slimcc.passes.quant.qdq_graph import fresh, qdq_info
 
 LAYOUT_OPS = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice")
@@ -49,12 +49,11 @@ def _move_below(graph: gs.Graph, match: Match) -> None:
     float_out = op.outputs[0]
     int_in = dq.inputs[0]
     int_out = gs.Variable(fresh(graph, f"{float_out.name}_int"), dtype=int_in.dtype, shape=float_out.shape)
-    new_out = gs.Variable(fresh(graph, f"{float_out.name}_dq"), dtype=np.float32, shape=float_out.shape)
     op.inputs[0] = int_in
     op.outputs[0] = int_out
+    # the float tensor keeps its name (a graph output stays one; later passes match tensors by name)
     graph.nodes.append(gs.Node("DequantizeLinear", fresh(graph, f"{op.name}_dq"), dict(dq.attrs),
-                               [int_out, *dq.inputs[1:]], [new_out]))
-    replace_uses(graph, float_out, new_out)
+                               [int_out, *dq.inputs[1:]], [float_out]))
 
 
 MOVE_LAYOUT = Rule("dq-below-layout-op",
@@ -84,13 +83,11 @@ def _concat_ints(graph: gs.Graph, match: Match) -> None:
     dqs = [t.inputs[0] for t in concat.inputs]
     float_out = concat.outputs[0]
     int_out = gs.Variable(fresh(graph, f"{float_out.name}_int"), dtype=dqs[0].inputs[0].dtype, shape=float_out.shape)
-    new_out = gs.Variable(fresh(graph, f"{float_out.name}_dq"), dtype=np.float32, shape=float_out.shape)
     for i, dq in enumerate(dqs):
         concat.inputs[i] = dq.inputs[0]
     concat.outputs[0] = int_out
     graph.nodes.append(gs.Node("DequantizeLinear", fresh(graph, f"{concat.name}_dq"), dict(dqs[0].attrs),
-                               [int_out, *dqs[0].inputs[1:]], [new_out]))
-    replace_uses(graph, float_out, new_out)
+                               [int_out, *dqs[0].inputs[1:]], [float_out]))
 
 
 CONCAT = Rule("dq-below-concat", Pattern("Concat"), rewrite=_concat_ints, check=_check_concat)

@@ -169,3 +169,18 @@ def test_propagate_and_cancel_after_insert_are_exact_on_zoo_vgg():
     assert _ops(model).count("DequantizeLinear") < before
     assert any(n.op == "MaxPool" and n.inputs[0].dtype == np.uint8 for n in model.graph.nodes)
     assert compare_models(inserted, model, held_out).max_abs <= 1e-6
+
+
+def test_moving_dq_below_the_last_reshape_keeps_the_graph_output_name():
+    """x -> Q -> DQ -> Reshape -> y: the DQ moves below the Reshape, and y is still the graph output
+    (a renamed output broke callers and recover-bias, which matches tensors to the original by name)."""
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"]),
+             helper.make_node("Reshape", ["d", "shape"], ["y"])]
+    inits = [scalar("s", F, 0.05), scalar("z", U8, 128),
+             helper.make_tensor("shape", 7, [2], [4, 4])]
+    model = load_model(qdq_model(nodes, inits, [vi("x", F, [2, 8])], [vi("y", F, [4, 4])]))
+    before = model.copy()
+    assert QDQPropagate().run(model).modified
+    assert _ops(model)[-1] == "DequantizeLinear" and [t.name for t in model.graph.outputs] == ["y"]
+    _same_outputs(before, model, {"x": RNG.normal(0, 2, (2, 8)).astype(np.float32)})
