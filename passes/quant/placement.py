@@ -25,8 +25,8 @@ from slimcc.passes.base import PassContext
 
 MAX_BATCHES = 32  # calibration batches the trials are judged on (the first ones)
 METHODS = ("minmax", "percentile")  # what method=auto chooses from
-SPEED_MARGIN = 0.03  # a speed placement must be measured this much faster (timing noise on a busy machine)
-LATENCY_SECONDS = 1.0  # per model, for that measurement
+SPEED_MARGIN = 0.05  # a speed placement must be measured this much faster (timing noise on a busy machine)
+LATENCY_SECONDS = 2.0  # per model, for that measurement
 CHANNEL_SHARE = 0.25  # per-channel errors run ~4x the whole-output one (weak channels are noisier)
 
 
