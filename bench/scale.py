@@ -15,7 +15,8 @@ calibration batches, optionally compile), the step's wall time inside its child 
 and the child's peak RSS; ms per node should stay flat.
 
     python bench/scale.py [--out bench/out/scale.json] [--workdir /tmp/slimcc-scale]
-                          [--depths 16,64,256,1024] [--compile-depths 16,64]
+                          [--depths 16,64,256,1024] [--compile-depths 16,64,256,1024]
+    python bench/scale_plot.py  # docs/img/scale.png from the JSON
 """
 
 from __future__ import annotations
@@ -100,6 +101,12 @@ def _child(step: str, model: str, out: str) -> dict:
     if step != "canonicalize":
         PassManager(parse_pipeline("canonicalize")).run(loaded, PassContext(progress=False))
     if step == "compile":
+        # bench/tvm.py would shadow the tvm package: leave this script's folder (sys.path[0]), and the
+        # working directory too, since the TVM build child runs `python -m` from it
+        here = Path(__file__).resolve().parent
+        sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
+        out = str(Path(out).resolve())
+        os.chdir(Path(out).parent)
         from slimcc.api import compile as compile_model
 
         start = time.perf_counter()
@@ -214,14 +221,22 @@ def deep_models(runner: Runner, depths: list[int], compile_depths: list[int], wo
 
 def flatness(rows: list[dict]) -> dict:
     """Per step: largest over smallest ms/node across depths (issue 20 asks for <= 2), and deepest over
-    shallowest (above 1: cost per node grows with depth; below 1: fixed costs spread over more nodes)."""
+    shallowest (above 1: cost per node grows with depth; below 1: fixed costs spread over more nodes).
+    Beside them, the marginal ms per added node between consecutive depths (fixed costs cancel out)
+    and its largest over smallest: a second view of linearity, not a replacement for the first."""
     steps = {s for row in rows for s in row["steps"]}
     out = {}
     for step in sorted(steps):
-        values = [row["steps"][step]["ms_per_node"] for row in rows if step in row["steps"]]
+        points = [(row["nodes"], row["steps"][step]) for row in rows if step in row["steps"]]
+        values = [p["ms_per_node"] for _, p in points]
         if len(values) > 1 and min(values) > 0:
             out[step] = {"max_over_min": round(max(values) / min(values), 2),
                          "deepest_over_shallowest": round(values[-1] / values[0], 2)}
+            marginal = [1e3 * (b["seconds"] - a["seconds"]) / (nb - na)
+                        for (na, a), (nb, b) in zip(points, points[1:])]
+            out[step]["marginal_ms_per_node"] = [round(m, 3) for m in marginal]
+            if len(marginal) > 1 and min(marginal) > 0:
+                out[step]["marginal_max_over_min"] = round(max(marginal) / min(marginal), 2)
     return out
 
 
@@ -242,9 +257,11 @@ def main() -> None:
     runner = Runner()
     report = {"benchmark": "scale", "cpu_model": quant_bench.cpu_model(), "cpu_flags": quant_bench.cpu_flags(),
               "cpus": os.cpu_count(), "parent_rss_mb": _own_rss_mb(),
+              "load_average_start": [round(v, 2) for v in os.getloadavg()],
               "note": "each step in a fresh child process, one at a time; peak_rss_mb is that child's max RSS, "
                       "which counts from fork (parent_rss_mb is an upper bound of what it inherits); "
-                      "the machine may be shared: timings are one run each"}
+                      "the machine may be shared (load_average_start/end: 1, 5, 15 min): timings are one "
+                      "run each; the sub-second steps of the shallow chains are the most noise-sensitive"}
     if not args.skip_large:
         vgg = workdir / "vgg19.onnx"
         if not vgg.exists():
@@ -256,6 +273,7 @@ def main() -> None:
     compile_depths = [int(d) for d in args.compile_depths.split(",") if d]
     report["deep"] = deep_models(runner, depths, compile_depths, workdir)
     report["deep_ms_per_node_flatness"] = flatness(report["deep"])
+    report["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     save_json_atomic(args.out, report)
     print(json.dumps(report["deep_ms_per_node_flatness"]))
 
