@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from slimcc.targets.int8_layout import quantize_on_byte_side
 from slimcc.targets.relax_rewrite import rewrite_calls
 from slimcc.targets.relax_values import constant_array, static_shape, tensor_dtype
 from slimcc.targets.schedules.isa import CpuVector
@@ -49,11 +50,13 @@ def pack_int8_convs(mod, vector: CpuVector, vnni: bool):
     """Rewrite every integer conv2d (u8 x constant s8 -> int32) and batch-1 integer matmul of `mod`.
 
     With `vnni`, the VNNI intrinsic is registered here, before any tuning database is applied:
-    replaying a tuned trace of a `slimcc_qconv` kernel needs it.
+    replaying a tuned trace of a `slimcc_qconv` kernel needs it. Per-tensor Q/DQ next to the
+    layout transforms of blocked float layers move to the 8-bit side first (targets/int8_layout.py).
     """
     ensure_tvm()
     if vnni:
         vnni_intrin()
+    mod = quantize_on_byte_side(mod)
     from tvm import relax
     from tvm.relax.dpl import is_const, is_op, wildcard
 
