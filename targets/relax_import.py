@@ -62,7 +62,7 @@ def prepare_for_build(mod, target=None, facts: dict | None = None, int8_mode: st
     from slimcc.targets.int8_tables import lower_tables
     from slimcc.targets.schedules.int8_pack import pack_int8_convs
     from slimcc.targets.schedules.isa import cpu_vector_for, target_has_feature
-    from slimcc.targets.schedules.fast_math import use_fast_exp
+    from slimcc.targets.schedules.fast_math import use_fast_exp, use_reciprocal_multiply
     from slimcc.targets.schedules.blocked_layout import use_blocked_layout
     from slimcc.targets.schedules.pack_weights import pack_conv_weights
 
@@ -84,7 +84,8 @@ def prepare_for_build(mod, target=None, facts: dict | None = None, int8_mode: st
     mod = relax.transform.DecomposeOpsForInference()(mod)
     vector = cpu_vector_for(target) if target is not None else None
     if vector is not None:
-        mod = relax.transform.FoldConstant()(use_blocked_layout(relax.transform.FoldConstant()(mod), vector))
+        mod = relax.transform.FoldConstant()(use_reciprocal_multiply(mod))
+        mod = relax.transform.FoldConstant()(use_blocked_layout(mod, vector))
         if flavour_for(target) == "u8s8":  # aarch64 (s8 x s8, sdot) keeps TVM's integer conv2d for now
             mod = pack_int8_convs(mod, vector, vnni=target_has_feature(target, "avx512vnni"))
         mod = use_fast_exp(pack_conv_weights(mod, vector))

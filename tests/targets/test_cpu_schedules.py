@@ -192,3 +192,32 @@ def test_matmul_with_a_constant_weight_runs_as_packed_gemm(x_shape, w_shape, x86
     assert manifest.build["slimcc_schedules"].get("matmul") == 1 and not manifest.build["unscheduled_kernels"], manifest.build
     feeds = feeds_for(model)
     assert_matches_onnxruntime(model, load_artifact(tmp_path / "art").run(feeds), feeds)
+
+
+def test_division_by_a_constant_becomes_a_reciprocal_multiply():
+    """x / 6 (HardSwish's) becomes x * (1/6) within a rounding; a zero divisor is left alone."""
+    tvm = pytest.importorskip("tvm")
+    from tvm import relax
+
+    from slimcc.targets.schedules.fast_math import use_reciprocal_multiply
+
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 4, 8, 8), "float32"))
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            by_six = builder.emit(relax.op.divide(x, relax.const(np.float32(6.0))))
+            by_zero = builder.emit(relax.op.divide(by_six, relax.const(np.array([1, 0, 2, 4], np.float32)
+                                                                      .reshape(1, 4, 1, 1))))
+            out = builder.emit_output(by_zero)
+        builder.emit_func_output(out)
+    rewritten = use_reciprocal_multiply(builder.get())
+    text = rewritten["main"].script()
+    assert text.count("R.multiply") == 1 and text.count("R.divide") == 1, text
+    values = np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        expected = values / np.float32(6.0) / np.array([1, 0, 2, 4], np.float32).reshape(1, 4, 1, 1)
+    executable = tvm.compile(rewritten, target="llvm")
+    got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(values)).numpy()
+    finite = np.isfinite(expected)
+    assert np.array_equal(np.isfinite(got), finite)
+    np.testing.assert_allclose(got[finite], expected[finite], rtol=2e-7)
