@@ -41,7 +41,7 @@ def bench_model(name: str, macs: float, repeats: int) -> dict:
     feeds = random_feeds(original, seed=0)
     lat_orig, lat_pruned = interleaved_latency([original, pruned], feeds, repeats)
     cost_o, cost_p = model_cost(original), model_cost(pruned)
-    size_o, size_p = len(original.to_proto().SerializeToString()), len(pruned.to_proto().SerializeToString())
+    size_o, size_p = len(original.serialized()), len(pruned.serialized())
     macs_reduction = cost_o.macs / cost_p.macs
     speedup = lat_orig / lat_pruned
     return {"model": name, "target_macs": macs, "coverage": result.stats.get("coverage"),

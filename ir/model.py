@@ -110,6 +110,14 @@ class Model:
         return sum(int(np.asarray(t.values).nbytes) for t in self.graph.tensors().values()
                    if isinstance(t, gs.Constant))
 
+    def serialized(self) -> bytes:
+        """The model as ONNX bytes (weights included), as `save` would write them below 2 GB."""
+        return self.to_proto().SerializeToString()
+
+    def content_hash(self) -> str:
+        """sha256 of `serialized()`: equal for models with equal graphs and weights."""
+        return hashlib.sha256(self.serialized()).hexdigest()
+
 
 def run_shape_inference(proto: onnx.ModelProto, *, strict: bool = False, trusted: bool = False) -> onnx.ModelProto:
     """ONNX shape inference with data propagation on a weightless copy (`ir.weightless`; `trusted`

@@ -36,7 +36,7 @@ SEARCH_POPULATION = 48  # evolutionary search population (TVM's default, 512, su
 
 def model_key(model: Model) -> str:
     """Content hash of the prepared (canonicalized, static) model: what tuning records depend on."""
-    return hashlib.sha256(model.to_proto().SerializeToString()).hexdigest()
+    return model.content_hash()
 
 
 def target_key(spec: TargetSpec) -> str:
