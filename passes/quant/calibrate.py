@@ -8,7 +8,7 @@ whose 128-level quantized histogram is closest to the observed one).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Iterable, Literal
 
 import numpy as np
 
@@ -62,6 +62,29 @@ def tensor_range(arrays: list[np.ndarray], method: Method = "minmax", *, percent
     elif method != "minmax":
         raise PassError(f"unknown range method {method!r}; use minmax, percentile or entropy")
     return min(lo, 0.0), max(hi, 0.0)
+
+
+def activation_ranges(batches: Iterable[dict[str, np.ndarray]], names: list[str], method: Method = "minmax", *,
+                      percentile: float = 99.99) -> dict[str, tuple[float, float]]:
+    """`tensor_range` of each named tensor over a stream of per-batch {name: array} (iter_activations).
+
+    minmax folds each batch into a running range as it arrives, so memory stays one batch's
+    activations however many batches there are; percentile and entropy need every value, so they
+    keep the arrays until the stream ends."""
+    if method == "minmax":
+        ranges: dict[str, tuple[float, float]] = {}
+        for batch in batches:
+            for name in names:
+                lo, hi = tensor_range([batch[name]])
+                old = ranges.get(name, (lo, hi))
+                ranges[name] = (min(old[0], lo), max(old[1], hi))
+            del batch  # not kept alive while the next batch runs
+        return {name: ranges[name] for name in names}
+    kept: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for batch in batches:
+        for name in names:
+            kept[name].append(batch[name])
+    return {name: tensor_range(kept[name], method, percentile=percentile) for name in names}
 
 
 def kl_threshold(values: np.ndarray, bins: int = KL_BINS, levels: int = KL_LEVELS) -> float:
