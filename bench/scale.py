@@ -11,8 +11,9 @@ peak RSS is the child's max RSS):
 
 Deep models: zoo `build_deep_resnet` residual chains of growing depth; per depth and step (load,
 save, canonicalize, prune-channels{macs=0.6}, decompose-tucker{speedup=2}, qdq-insert with 4 random
-calibration batches, optionally compile), the step's wall time inside its child (after loading)
-and the child's peak RSS; ms per node should stay flat.
+calibration batches, optionally an untuned x86 TVM compile), the step's wall time inside its child
+(after loading; the fastest of --repeat runs, since the machine may be shared) and the child's peak
+RSS; ms per node should stay flat.
 
     python bench/scale.py [--out bench/out/scale.json] [--workdir /tmp/slimcc-scale]
                           [--depths 16,64,256,1024] [--compile-depths 16,64,256,1024]
@@ -197,8 +198,10 @@ def large_model(runner: Runner, path: Path, workdir: Path) -> dict:
     }
 
 
-def deep_models(runner: Runner, depths: list[int], compile_depths: list[int], workdir: Path) -> list[dict]:
-    """Per depth and step: seconds, ms per node and peak RSS."""
+def deep_models(runner: Runner, depths: list[int], compile_depths: list[int], workdir: Path,
+                repeat: int = 1) -> list[dict]:
+    """Per depth and step: seconds (the fastest of `repeat` runs; compile runs once), ms per node and
+    peak RSS (the largest of the runs)."""
     rows = []
     for blocks in depths:
         path = workdir / f"deep-{blocks}.onnx"
@@ -207,14 +210,15 @@ def deep_models(runner: Runner, depths: list[int], compile_depths: list[int], wo
         row = {"blocks": blocks, "file_mb": round(path.stat().st_size / 2**20, 2), "steps": {}}
         for step in steps:
             out = workdir / (f"deep-{blocks}-compiled" if step == "compile" else f"deep-{blocks}-out.onnx")
-            result = runner.step(step, path, out)
-            row["nodes"] = result["nodes"]
-            seconds = result.get("step_s", result.get("save_s", result["load_s"]))
+            runs = [runner.step(step, path, out) for _ in range(1 if step == "compile" else repeat)]
+            row["nodes"] = runs[0]["nodes"]
+            times = [r.get("step_s", r.get("save_s", r["load_s"])) for r in runs]
+            seconds, rss = min(times), max(r["peak_rss_mb"] for r in runs)
             row["steps"][step] = {"seconds": round(seconds, 3),
-                                  "ms_per_node": round(1e3 * seconds / result["nodes"], 3),
-                                  "peak_rss_mb": result["peak_rss_mb"]}
+                                  "ms_per_node": round(1e3 * seconds / row["nodes"], 3),
+                                  "peak_rss_mb": rss, "runs_seconds": [round(t, 3) for t in times]}
             print(f"deep {blocks:5d} blocks {step:30s} {seconds:8.2f} s  "
-                  f"{1e3 * seconds / result['nodes']:.3f} ms/node  {result['peak_rss_mb']:.0f} MB", flush=True)
+                  f"{1e3 * seconds / row['nodes']:.3f} ms/node  {rss:.0f} MB", flush=True)
         rows.append(row)
     return rows
 
@@ -247,6 +251,8 @@ def main() -> None:
     parser.add_argument("--depths", default="16,64,256,1024")
     parser.add_argument("--compile-depths", default="", help="depths also compiled with TVM (slow)")
     parser.add_argument("--skip-large", action="store_true")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs per deep step except compile; the fastest counts (default 3)")
     parser.add_argument("--child", nargs=3, metavar=("STEP", "MODEL", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -271,7 +277,8 @@ def main() -> None:
         save_json_atomic(args.out, report)
     depths = [int(d) for d in args.depths.split(",") if d]
     compile_depths = [int(d) for d in args.compile_depths.split(",") if d]
-    report["deep"] = deep_models(runner, depths, compile_depths, workdir)
+    report["deep_repeat"] = args.repeat
+    report["deep"] = deep_models(runner, depths, compile_depths, workdir, args.repeat)
     report["deep_ms_per_node_flatness"] = flatness(report["deep"])
     report["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     save_json_atomic(args.out, report)
