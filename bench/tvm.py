@@ -8,8 +8,8 @@ Models: any zoo model (--zoo-size input, --zoo-width channels) and the real mode
 takes every zoo model and the four real ones. Untuned builds use slimcc's CPU schedules
 (targets/schedules); `schedules` in each row says which rule took how many kernels. Each is canonicalized by slimcc and compiled for this
 CPU (host mcpu, --threads cores): fp32 untuned, fp32 tuned (fresh MetaSchedule database of
---trials measurements), int8 untuned and int8 tuned (the model quantized by slimcc's qdq-insert pipeline of
-bench/quant.py with calibration on real images, tuned with the same --trials). Whether TVM ran
+--trials measurements), int8 untuned and int8 tuned (the model quantized by the default `compress --int8` pipeline, without
+its onnxruntime speed weighing, with bench/quant.py's calibration data, tuned with the same --trials). Whether TVM ran
 real integer kernels is read from the int8 build info (`int8_lowered`: integer conv2d/matmul
 count; 0 or absent means fake quantization in float). onnxruntime runs with all graph
 optimizations and --threads threads. Latencies are medians over --repeat runs, timed in interleaved
@@ -40,6 +40,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 import numpy as np  # noqa: E402
 
+from slimcc.compress_plan import plan  # noqa: E402
 from slimcc.errors import SlimccError  # noqa: E402
 from slimcc.ir.atomic import save_json_atomic  # noqa: E402
 from slimcc.ir.model import save_model  # noqa: E402
@@ -73,8 +74,9 @@ def load(name: str, zoo_size: int, zoo_width: int, quant, calibrate: bool = True
 
 
 def int8_model(name: str, model, calib, quant):
-    """The model quantized with bench/quant.py's placement for it (all layers for zoo models)."""
-    spec = quant.PIPELINES.get(name, quant.PIPELINES["resnet"])
+    """The model quantized by the default `compress --int8` pipeline with its error-budget placement,
+    but without weighing onnxruntime's kernel speeds (those say nothing about TVM's int8 kernels)."""
+    spec = plan(int8=True, has_calibration=True, int8_speed=None).text
     quantized, _report = quant.slimcc_int8(model, calib, spec)
     return quantized, spec
 

@@ -47,7 +47,7 @@ def check_wishes(macs: float | None, rank_speedup: float | None) -> None:
 
 
 def plan(*, macs: float | None = None, rank_speedup: float | None = None, int8: bool = False,
-         has_calibration: bool = False) -> Plan:
+         has_calibration: bool = False, int8_speed: str | None = "onnxruntime") -> Plan:
     """The pipeline for these wishes.
 
     canonicalize first (static shapes, BN folded) so every later pass sees a clean graph;
@@ -75,8 +75,10 @@ def plan(*, macs: float | None = None, rank_speedup: float | None = None, int8: 
         # placement=auto: the layers that stay float are chosen from measured sensitivity on the
         # calibration data, under qdq-insert's default output-error budget (no per-model settings);
         # equalize=auto keeps cross-layer equalization where it lowers the measured all-int8 error;
-        # speed=onnxruntime keeps float the layers whose int8 form onnxruntime runs no faster (profiled)
-        if result.add("qdq-insert{placement=auto,equalize=auto,speed=onnxruntime}", "the model stays float"):
+        # speed=onnxruntime keeps float the layers whose int8 form onnxruntime runs no faster (profiled);
+        # int8_speed=None weighs error only (a model deployed with TVM, whose int8 kernels differ)
+        speed = f",speed={int8_speed}" if int8_speed else ""
+        if result.add(f"qdq-insert{{placement=auto,equalize=auto{speed}}}", "the model stays float"):
             lossy = True
             result.add("qdq-propagate", "Q/DQ stay where they were inserted")
             result.add("qdq-cancel", "redundant DQ->Q pairs stay")
