@@ -37,7 +37,7 @@ def plot(report: dict, out: Path) -> None:
         ax.set_xlabel("nodes (residual chain depth)")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
-    time_ax.set_ylim(bottom=0)
+    time_ax.set_yscale("log")  # compile costs ~100x the passes per node
     rss_ax.set_yscale("log")
     time_ax.set_title("time per node (flat = linear in depth)")
     rss_ax.set_title("peak memory against depth")
@@ -46,8 +46,9 @@ def plot(report: dict, out: Path) -> None:
         _large_panel(large_ax, report["large"])
     else:
         large_ax.set_axis_off()
-    fig.suptitle(f"bench/scale.py on {report['cpu_model']} ({report['cpus']} CPUs, {report.get('load', 'shared')})",
-                 fontsize=9)
+    load = report.get("load_average_start")
+    fig.suptitle(f"bench/scale.py on {report['cpu_model']}, {report['cpus']} CPUs shared"
+                 + (f", load average {load[0]:.1f} at start" if load else ""), fontsize=9)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
