@@ -161,9 +161,22 @@ def collect_activations(model: Model, calib: CalibrationData | Iterable[dict[str
                         tensor_names: list[str], *, progress: bool = True) -> dict[str, list[np.ndarray]]:
     """Run the model on every calibration batch and return {tensor name: [array per batch]}.
 
+    Holds every requested tensor of every batch at once; `iter_activations` yields one batch at a time.
+    """
+    result: dict[str, list[np.ndarray]] = {n: [] for n in dict.fromkeys(tensor_names)}
+    for values in iter_activations(model, calib, tensor_names, progress=progress):
+        for name, value in values.items():
+            result[name].append(value)
+    return result
+
+
+def iter_activations(model: Model, calib: CalibrationData | Iterable[dict[str, np.ndarray]],
+                     tensor_names: list[str], *, progress: bool = True) -> Iterator[dict[str, np.ndarray]]:
+    """Run the model on each calibration batch in turn and yield {tensor name: array} for that batch.
+
     The requested intermediate tensors are added as extra graph outputs (types from shape
-    inference, any dtype) and the model runs on onnxruntime with graph optimizations off.
-    Graph inputs may be requested too; they are returned from the feeds.
+    inference, any dtype) and the model runs on onnxruntime with graph optimizations off (one
+    session for all batches). Graph inputs may be requested too; they are returned from the feeds.
     """
     from tqdm import tqdm
 
@@ -195,7 +208,6 @@ def collect_activations(model: Model, calib: CalibrationData | Iterable[dict[str
         graph.output.add().CopyFrom(infos[name])
     session = make_session(proto, external=external)
     fetch = [n for n in names if n not in input_names]
-    result: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for batch in tqdm(batches, desc="activations", unit="batch", disable=not progress, leave=False):
         missing = input_names - set(batch)
         if missing:
@@ -206,9 +218,8 @@ def collect_activations(model: Model, calib: CalibrationData | Iterable[dict[str
         except Exception as exc:
             raise SlimccError(f"onnxruntime failed on a calibration batch: {first_line(exc)}") from None
         got = dict(zip(fetch, values))
-        for name in names:
-            result[name].append(np.asarray(feeds[name] if name in input_names else got[name]))
-    return result
+        del values  # the consumer's copy is the only one left while the next batch runs
+        yield {name: np.asarray(feeds[name] if name in input_names else got.pop(name)) for name in names}
 
 
 def _as_arrays(batch: dict, source: str) -> dict[str, np.ndarray]:

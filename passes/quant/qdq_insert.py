@@ -63,8 +63,8 @@ from slimcc.errors import PassError, PipelineError
 from slimcc.ir.graphview import component_keys
 from slimcc.passes.base import Pass, PassContext, PassResult, register_pass
 from slimcc.passes.pattern import constant_value, remove_node, replace_uses
-from slimcc.passes.quant.calibrate import (NP_QTYPE, QRANGE, QParams, qparams_for_range, qparams_from_low,
-                                           quantize_weight, symmetric_weight_scales, tensor_range)
+from slimcc.passes.quant.calibrate import (NP_QTYPE, QRANGE, QParams, activation_ranges, qparams_for_range,
+                                           qparams_from_low, quantize_weight, symmetric_weight_scales)
 from slimcc.passes.quant.qdq_graph import (add_constant, fresh, is_graph_output, make_dequantize, make_quantize,
                                            producer)
 
@@ -317,18 +317,18 @@ class QDQInsert(Pass):
         return terminal
 
     def _calibrate(self, model, ctx: PassContext, anchors: list[gs.Tensor]) -> dict[str, tuple[float, float]]:
-        from slimcc.ir.calibration import collect_activations
+        from slimcc.ir.calibration import iter_activations
 
         # placement trials share one cache of ranges (measured on the float model) through ctx.notes
         cache = ctx.notes.get(RANGE_CACHE, {})
         key = (self.method, self.percentile)
         missing = [t.name for t in anchors if (key, t.name) not in cache]
         if missing:
-            values = collect_activations(model, ctx.calibration, missing, progress=ctx.progress)
+            values = iter_activations(model, ctx.calibration, missing, progress=ctx.progress)
             # method=auto ranges are chosen per tensor by placement; one it did not see gets minmax
             method = "minmax" if self.method == "auto" else self.method
-            for name in missing:
-                cache[key, name] = tensor_range(values[name], method, percentile=self.percentile)
+            for name, bounds in activation_ranges(values, missing, method, percentile=self.percentile).items():
+                cache[key, name] = bounds
         return {t.name: cache[key, t.name] for t in anchors}
 
     def _group_params(self, anchors, groups: dict[str, int], ranges) -> dict[str, QParams]:

@@ -8,8 +8,12 @@ import weakref
 
 import numpy as np
 import pytest
+from quant_helpers import calib_context, canonical_zoo
 
+import slimcc.ir.calibration as calibration
+from slimcc.ir.calibration import collect_activations
 from slimcc.passes.quant.calibrate import activation_ranges, tensor_range
+from slimcc.passes.quant.qdq_insert import QDQInsert
 
 
 def _batches(count: int, refs: list, alive: list):
@@ -43,3 +47,36 @@ def test_percentile_keeps_batches_it_needs():
     alive: list[bool] = []
     activation_ranges(_batches(4, [], alive), ["t"], "percentile")
     assert alive == [True, True]  # so the minmax check above would see a retained batch
+
+
+def test_qdq_insert_reads_activations_one_batch_at_a_time(monkeypatch):
+    model = canonical_zoo("resnet-basic")
+    ctx, _ = calib_context(count=4)
+    reference_model = model.copy()
+    real = calibration.iter_activations
+    inputs = {t.name for t in model.graph.inputs}  # graph inputs come from the calibration data itself
+    seen: list[int] = []
+    held: list[list[weakref.ref]] = []
+
+    def watched(*args, **kwargs):
+        for values in real(*args, **kwargs):
+            gc.collect()
+            if len(held) >= 2:
+                assert all(r() is None for r in held[-2]), "an earlier batch's activations are still held"
+            held.append([weakref.ref(v) for k, v in values.items() if k not in inputs])
+            seen.append(len(values))
+            yield values
+
+    monkeypatch.setattr(calibration, "iter_activations", watched)
+    QDQInsert(method="minmax").run(model, ctx)
+    monkeypatch.undo()
+    assert len(seen) == 4 and seen[0] > 5
+    # the streamed ranges are the ones all batches together give
+    names = [n.inputs[0].name for n in model.graph.nodes if n.op == "QuantizeLinear"
+             and n.inputs[0].name in {t.name for t in reference_model.graph.tensors().values()}]
+    values = collect_activations(reference_model, ctx.calibration, names[:3], progress=False)
+    for name in names[:3]:
+        lo, hi = tensor_range(values[name])
+        q = next(n for n in model.graph.nodes if n.op == "QuantizeLinear" and n.inputs[0].name == name)
+        scale = float(q.inputs[1].values)
+        assert np.isclose(scale, (hi - lo) / 255.0, rtol=1e-5)
