@@ -104,9 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     calib_parser.add_argument("out")
     calib_parser.add_argument("-n", "--count", type=int, default=64)
     args = parser.parse_args(argv)
-    from slimcc.errors import SlimccError
+    from slimcc.errors import exit_status
 
-    try:
+    def run() -> None:
         if args.command == "eval":
             from slimcc.ir.model import load_model
 
@@ -117,10 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             x_train = np.concatenate([b[INPUT_NAME] for b in calibration_batches(args.count)])
             save_npz_atomic(args.out, {INPUT_NAME: x_train})
             print(f"wrote {len(x_train)} samples to {args.out}")
-    except SlimccError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_status(run)
 
 
 if __name__ == "__main__":

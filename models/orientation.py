@@ -145,20 +145,19 @@ def main(argv: list[str] | None = None) -> int:
     eval_parser = sub.add_parser("eval", help="accuracy on the rotated real set")
     eval_parser.add_argument("model", nargs="?")
     args = parser.parse_args(argv)
-    from slimcc.errors import SlimccError
+    from slimcc.errors import exit_status
     from slimcc.ir.model import load_model
     from slimcc.models.fetch import load_real_model
 
     entry = REAL_MODELS[NAME]
-    try:
+
+    def run() -> None:
         model = load_model(args.model, {entry.input_name: list(entry.input_shape)}) if args.model \
             else load_real_model(NAME)
         print(" ".join(f"{kind} {accuracy(model, kinds=(kind,)):.4f}" for kind in KINDS)
               + f" all {accuracy(model):.4f}")
-    except SlimccError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_status(run)
 
 
 if __name__ == "__main__":

@@ -23,3 +23,16 @@ class VerificationError(SlimccError):
 
 class PassVerificationError(PassError, VerificationError):
     """A pass's rewrite failed its verification check; the message names the pass."""
+
+
+def exit_status(body) -> int:
+    """Run `body()` for a command-line entry point: 0 when it returns; 2, with the error on one
+    stderr line, when it raises a SlimccError."""
+    import sys
+
+    try:
+        body()
+    except SlimccError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
