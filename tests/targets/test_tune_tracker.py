@@ -165,7 +165,9 @@ def test_an_interrupted_run_through_a_tracker_keeps_its_records_and_a_rerun_exte
     write_onnx(zoo.build("mobilenetv2", seed=0), model_path)  # a dozen kernels: still searching when stopped
     records_file = db / "database_tuning_record.json"
     with local_tracker() as port, local_servers(port, "x86-resume", 1):
-        command = [sys.executable, "-m", "slimcc.cli", "--quiet", "tune", str(model_path), "--trials", "48",
+        # enough trials that the first run is still searching at 16 records (with 48, MetaSchedule's
+        # 4 trials per kernel could end the run first, and the interrupt found nothing to stop)
+        command = [sys.executable, "-m", "slimcc.cli", "--quiet", "tune", str(model_path), "--trials", "160",
                    "--num-cores", "1", "--db", str(db), "--tracker", f"127.0.0.1:{port}", "--key", "x86-resume",
                    "--json"]
         env = dict(os.environ, SLIMCC_DEBUG="0")
@@ -174,6 +176,7 @@ def test_an_interrupted_run_through_a_tracker_keeps_its_records_and_a_rerun_exte
         while record_count(db) < 16 and first.poll() is None:  # past the seeds (one per kernel, at most 12)
             assert time.monotonic() < deadline, "no records measured"
             time.sleep(0.2)
+        assert first.poll() is None, "the first run ended before it could be interrupted"
         first.send_signal(signal.SIGINT)
         out, err = first.communicate(timeout=120)
         assert first.returncode == 2 and out == "", err
