@@ -26,13 +26,13 @@ class PassVerificationError(PassError, VerificationError):
 
 
 def exit_status(body) -> int:
-    """Run `body()` for a command-line entry point: 0 when it returns; 2, with the error on one
-    stderr line, when it raises a SlimccError."""
+    """Run `body()` for a command-line entry point: its status (0 when it returns None); 2, with
+    the error on one stderr line, when it raises a SlimccError."""
     import sys
 
     try:
-        body()
+        status = body()
     except SlimccError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from slimcc.errors import SlimccError
+from slimcc.errors import SlimccError, exit_status
 
 SYSROOT_ENV = "SLIMCC_ARM_SYSROOT"
 DEFAULT_SYSROOT = Path.home() / ".cache" / "slimcc" / "arm-sysroot"
@@ -306,14 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--tracker", default=None, help="HOST:PORT of a TVM RPC tracker to register with")
     serve.add_argument("--key", default="", help="device key reported to the tracker (default aarch64)")
     args = parser.parse_args(argv)
-    try:
-        if args.command == "setup":
-            setup(args.sysroot)
-            return 0
-        return _serve(args)
-    except SlimccError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return exit_status(lambda: setup(args.sysroot) if args.command == "setup" else _serve(args))
 
 
 if __name__ == "__main__":

@@ -68,11 +68,18 @@ def conversion_cost(kernels: dict[str, tuple[str, float]], model) -> float:
         node = nodes.get(name)
         if op not in ("QuantizeLinear", "DequantizeLinear") or node is None:
             continue
-        shape = node.inputs[0].shape
-        if shape and all(isinstance(d, int) and d > 0 for d in shape):
+        size = static_elements(node.inputs[0].shape)
+        if size:
             micros_total += micros
-            elements += float(np.prod(shape))
+            elements += size
     return 2.0 * micros_total / elements if elements else 0.0
+
+
+def static_elements(shape) -> int:
+    """Element count of a fully static shape; 0 when a dimension is unknown or symbolic."""
+    if not shape or not all(isinstance(d, int) and d > 0 for d in shape):
+        return 0
+    return int(np.prod(shape))
 
 
 def profile_kernels(paths: dict[str, Path], feed: dict[str, np.ndarray], runs: int,

@@ -19,10 +19,9 @@ budget-allowed int8 layers float is a minimum s-t cut (networkx), exact on any g
 from __future__ import annotations
 
 import networkx as nx
-import numpy as np
 
 from slimcc.ir.graphview import OP, to_networkx
-from slimcc.passes.quant.layer_times import COMPUTE_OPS
+from slimcc.passes.quant.layer_times import COMPUTE_OPS, static_elements
 
 INT8, FLOAT = "int8", "float"  # the two terminals of the cut
 
@@ -40,7 +39,7 @@ def layer_edges(graph, candidates: list[str]) -> tuple[dict[tuple[str, str], int
     to_float: dict[str, int] = {}
     for name in candidates:
         node = view.nodes[name]["node"]
-        out_size, in_size = _elements(node.outputs[0].shape), _elements(node.inputs[0].shape)
+        out_size, in_size = static_elements(node.outputs[0].shape), static_elements(node.inputs[0].shape)
         for neighbours, size, downstream in ((view.successors, out_size, True), (view.predecessors, in_size, False)):
             inner = view.subgraph((set(view) - stops) | {name})
             walk = nx.descendants(inner, name) if downstream else nx.ancestors(inner, name)
@@ -50,12 +49,6 @@ def layer_edges(graph, candidates: list[str]) -> tuple[dict[tuple[str, str], int
             if downstream:
                 edges.update({(name, other): size for other in reached & names})
     return edges, to_float
-
-
-def _elements(shape) -> int:
-    if not shape or not all(isinstance(d, int) and d > 0 for d in shape):
-        return 0
-    return int(np.prod(shape))
 
 
 def fastest_subset(graph, candidates: list[str], allowed: set[str], times: dict[str, dict[str, float]],

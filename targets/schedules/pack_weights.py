@@ -169,8 +169,8 @@ class _ConvCall(ConvGeometry):
             out = row_depthwise(self, self._pad(x), w_t)
             packed = self.weight.reshape(out_channels, kh, kw)
             name = DWCONV_BLOCK
-        elif winograd_tile(self):
-            m, fi = winograd_tile(self), self.block
+        elif m := winograd_tile(self):
+            fi = self.block
             w_t = te.placeholder((m + 2, m + 2, out_channels // fi, group_channels, fi), "float32", "weight")
             out = winograd_conv(self, self._pad(x), w_t, fi, m)
             packed = winograd_weight(self.weight, fi, m)

@@ -82,7 +82,7 @@ def winograd_conv(conv, padded, u_t, fi: int, m: int):
     """The TE Winograd conv of `conv`'s geometry: `padded` is its zero-padded NCHW{fi}c input, `u_t`
     the transformed weight placeholder; the output is NCHW{fi}c."""
     ensure_tvm()
-    from tvm import te
+    from tvm import te, topi
 
     b_t, _, a_t = TRANSFORMS[m]
     alpha = m + 2
@@ -91,7 +91,9 @@ def winograd_conv(conv, padded, u_t, fi: int, m: int):
     height, width = conv.out_shape[2:]
     tiles_w = width // m
     tiles = height // m * tiles_w
-    bt, at = _constant_matrix(b_t, "slimcc_wino_bt"), _constant_matrix(a_t, "slimcc_wino_at")
+    # select chains: once the indices are unrolled constants, the entries fold into the arithmetic
+    bt = topi.utils.const_matrix(b_t.astype(np.float32), "slimcc_wino_bt")
+    at = topi.utils.const_matrix(a_t.astype(np.float32), "slimcc_wino_at")
 
     i = te.reduce_axis((0, alpha), "i")
     rows = te.compute((n, channels // fi, tiles, alpha, alpha, fi), lambda b, cb, p, e, j, ci: te.sum(
@@ -108,22 +110,6 @@ def winograd_conv(conv, padded, u_t, fi: int, m: int):
     s = te.reduce_axis((0, alpha), "s")
     return te.compute((n, out_channels // fi, height, width, fi), lambda b, kb, y, x, ki: te.sum(
         out_rows[b, kb, y // m * tiles_w + x // m, y % m, s, ki] * at[x % m, s], axis=s), name=OUTPUT_BLOCK)
-
-
-def _constant_matrix(values: np.ndarray, name: str):
-    """A TE tensor holding `values` as a select chain: once its indices are unrolled constants the
-    entries fold into the arithmetic, and zero entries disappear."""
-    ensure_tvm()
-    from tvm import te, tirx
-
-    def entry(row, col):
-        expr = tirx.const(0.0, "float32")
-        for (r, c), value in np.ndenumerate(values):
-            if value:
-                expr = tirx.Select(tirx.all(row == r, col == c), tirx.const(float(value), "float32"), expr)
-        return expr
-
-    return te.compute(values.shape, entry, name=name)
 
 
 def schedule_winograd(sch, vector: CpuVector) -> bool:
