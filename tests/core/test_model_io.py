@@ -10,6 +10,8 @@ from onnx import TensorProto, helper, numpy_helper
 from slimcc.errors import ModelLoadError, SlimccError
 from slimcc.ir.model import load_model, parse_input_shapes, save_model
 from slimcc.ir.verify import assert_equivalent
+from slimcc.ir.weightless import has_stubs
+from slimcc.models.zoo import build_deep_resnet
 
 
 def dynamic_conv_model():
@@ -56,6 +58,39 @@ def test_failed_save_leaves_nothing(tmp_path):
     with pytest.raises(SlimccError, match="invalid model"):
         save_model(model, tmp_path / "bad.onnx")
     assert os.listdir(tmp_path) == []
+
+
+def saved_deep_chain(tmp_path):
+    """A short zoo residual chain (weights large enough to be stubbed for the checker), saved once."""
+    model = load_model(build_deep_resnet(blocks=2, seed=0))
+    out = save_model(model, tmp_path / "m.onnx")
+    return model, out, out.read_bytes()
+
+
+def test_refused_save_keeps_the_old_file(tmp_path):
+    """The checker on save still refuses an invalid model when its weights travel as stubs, and the
+    file already at the destination stays as it was."""
+    model, out, before = saved_deep_chain(tmp_path)
+    next(node for node in model.graph.nodes if node.op == "Relu").op = "NoSuchOp"
+    assert has_stubs(model.weightless_proto()[0])
+    with pytest.raises(SlimccError, match="refusing to write an invalid model"):
+        save_model(model, out)
+    assert os.listdir(tmp_path) == ["m.onnx"]
+    assert out.read_bytes() == before
+
+
+def test_interrupted_save_keeps_the_old_file(tmp_path, monkeypatch):
+    """A write that fails before the rename leaves neither a half-written output nor a temp file."""
+    model, out, before = saved_deep_chain(tmp_path)
+
+    def disk_full(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="disk full"):
+        save_model(model, out)
+    assert os.listdir(tmp_path) == ["m.onnx"]
+    assert out.read_bytes() == before
 
 
 def write_external(tmp_path, location, *, length=None):
