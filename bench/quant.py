@@ -82,9 +82,10 @@ def calibration_feeds(name: str) -> list[dict]:
     return real_inputs(name, count=wholes + count, kind="photos", seed=1)[wholes:]
 
 
-def yolo_eval_feeds() -> list[dict]:
-    """YOLOv8n's evaluation photos: the 9 whole scikit-image photos and 23 seeded crops (seed 7)."""
-    return real_inputs("yolov8n", count=32, kind="photos", seed=7)
+def yolo_eval_feeds(count: int = 32) -> list[dict]:
+    """YOLOv8n's evaluation photos: the 9 whole scikit-image photos and `count` - 9 seeded crops
+    (seed 7, mirrored half the time); a larger `count` extends the same sequence."""
+    return real_inputs("yolov8n", count=count, kind="photos", seed=7)
 
 
 def cpu_flags() -> list[str]:
@@ -250,22 +251,25 @@ def box_iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
     return inter / (area(box) + area(others) - inter + 1e-9)
 
 
-def yolo_matches(paths: dict[str, Path]) -> dict:
-    """Fraction of fp32 boxes found by each int8 model (IoU >= 0.5, same class) on real photos."""
-    feeds = yolo_eval_feeds()
+def yolo_matches(paths: dict[str, Path], feeds: list[dict] | None = None) -> dict:
+    """Fraction of fp32 boxes found by each int8 model (IoU >= 0.5, same class) on real photos
+    (`feeds`, default `yolo_eval_feeds()`)."""
+    feeds = yolo_eval_feeds() if feeds is None else feeds
     return box_matches({key: [decode_yolo(session(p).run(None, f)[0]) for f in feeds] for key, p in paths.items()})
 
 
-def det_matches(paths: dict[str, Path]) -> dict:
+def det_matches(paths: dict[str, Path], feeds: list[dict] | None = None) -> dict:
     """Fraction of fp32 text boxes (DBNet-style regions of the probability map, `text_tasks.text_boxes`)
-    each int8 model finds with IoU >= 0.5, on 32 windows of rendered pages never used for calibration."""
-    feeds = text_tasks.det_feeds(32, text_tasks.EVAL_SEED)
+    each int8 model finds with IoU >= 0.5, on `feeds` (default 32 windows of rendered pages never
+    used for calibration)."""
+    feeds = text_tasks.det_feeds(32, text_tasks.EVAL_SEED) if feeds is None else feeds
     return box_matches({key: [[(box, 0) for box in text_tasks.text_boxes(session(p).run(None, f)[0])] for f in feeds]
                         for key, p in paths.items()})
 
 
 def box_matches(detections: dict[str, list[list[tuple[np.ndarray, int]]]]) -> dict:
-    """{variant: share of fp32's (box, class) detections it has too (IoU >= 0.5, same class)}, per image."""
+    """{variant: share of fp32's (box, class) detections it has too (IoU >= 0.5, same class), per image,
+    and how many boxes the variant gives in all}."""
     out = {}
     for key, found in detections.items():
         if key == "fp32":
@@ -276,7 +280,8 @@ def box_matches(detections: dict[str, list[list[tuple[np.ndarray, int]]]]) -> di
                 total += 1
                 cands = np.array([b for b, gc in got if gc == c])
                 matched += int(cands.size > 0 and box_iou(box, cands).max() >= 0.5)
-        out[key] = {"matched": matched / max(total, 1), "fp32_boxes": total, "images": len(detections["fp32"])}
+        out[key] = {"matched": matched / max(total, 1), "fp32_boxes": total, "boxes": sum(map(len, found)),
+                    "images": len(detections["fp32"])}
     return out
 
 
