@@ -48,6 +48,7 @@ from slimcc.passes.quant.intref import QRANGE, add_multipliers, quantize, quanti
 from slimcc.targets.relax_values import constant_array as _const
 from slimcc.targets.relax_values import static_shape as _shape
 from slimcc.targets.relax_values import tensor_dtype as _dtype
+from slimcc.targets.int8_tables import ELEMWISE_PATTERN, OP_PATTERN_ATTR
 from slimcc.targets.te_kernels import call_te_kernel
 from slimcc.targets.tvm_import import ensure_tvm
 
@@ -329,68 +330,122 @@ class _Kernels:
 
     One kernel per requantize (and per residual add) keeps the whole epilogue one loop over the
     output: FuseOps fuses it after the conv2d/matmul, and untuned builds do not materialize an
-    int64 buffer per arithmetic step.
+    int64 buffer per arithmetic step. Each kernel carries its scalar parameters in the PrimFunc
+    attribute KERNEL_ATTR, so that a later rewrite can rebuild it on another layout of the same
+    tensor (targets/int8_blocked.py: NCHW16c between VNNI convs).
     """
 
     def __init__(self, builder):
         self.builder = builder
 
     def requantize(self, acc, shape, channel_axis: int, bias, multiplier, shift, zy: int, lo: int, hi: int,
-                   out_dtype: str):
+                   out_dtype: str, channel_of=None):
         """clip(round_half_even((acc + bias[c]) * multiplier[c] / 2^shift[c]) + zy, lo, hi) as `out_dtype`.
 
         In float64 where that is exact (every shift <= EXACT_FLOAT64_SHIFT, see `float64_exact`):
         one multiply and one round-to-nearest-even per element instead of int64 multiply, add,
-        shift and mask steps. Else in int64.
+        shift and mask steps. Else in int64. `channel_of(index)` gives an element's channel
+        (default: index[channel_axis]), for layouts that split the channel axis.
         """
         ensure_tvm()
-        from tvm import relax, te, tirx
+        from tvm import relax
 
-        channels = shape[channel_axis]
-        acc_t = te.placeholder(shape, "int32", "acc")
-        bias = np.asarray(bias, np.int64).reshape(channels)
-        multiplier, shift = (np.asarray(v, np.int64).reshape(channels) for v in (multiplier, shift))
+        bias = np.asarray(bias, np.int64).reshape(-1)
+        multiplier, shift = (np.asarray(v, np.int64).reshape(-1) for v in (multiplier, shift))
         if float64_exact(shift):
-            params = [te.placeholder((channels,), "float64", name) for name in ("bias", "rate")]
             values = [bias.astype(np.float64), np.ldexp(multiplier.astype(np.float64), -shift)]
+        else:
+            values = [bias, multiplier, shift]
+        args = [acc] + [relax.const(v, str(v.dtype)) for v in values]
+        scalars = {"kind": "requantize", "zy": zy, "lo": lo, "hi": hi, "out_dtype": out_dtype,
+                   "channel_axis": channel_axis}
+        return self.requantize_call(args, shape, scalars, channel_of)
+
+    def requantize_call(self, args, shape, scalars: dict, channel_of=None):
+        """The requantize kernel on `args` = [acc, per-channel constants...] (see `requantize`)."""
+        ensure_tvm()
+        from tvm import te, tirx
+
+        zy, lo, hi, axis = (int(scalars[k]) for k in ("zy", "lo", "hi", "channel_axis"))
+        out_dtype = str(scalars["out_dtype"])
+        split_channels = channel_of is not None
+        channel_of = channel_of or (lambda index: index[axis])
+        channels = int(_const(args[1]).shape[0])
+        acc_t = te.placeholder(shape, "int32", "acc")
+        if len(args) == 3:
+            params = [te.placeholder((channels,), "float64", name) for name in ("bias", "rate")]
 
             def compute(*index):
                 bias_t, rate_t = params
-                c = index[channel_axis]
+                c = channel_of(index)
                 v = tirx.nearbyint((acc_t[index].astype("float64") + bias_t[c]) * rate_t[c]) + float(zy)
                 return tirx.max(tirx.min(v, float(hi)), float(lo)).astype("int32").astype(out_dtype)
         else:
             params = [te.placeholder((channels,), "int64", name) for name in ("bias", "multiplier", "shift")]
-            values = [bias, multiplier, shift]
 
             def compute(*index):
                 bias_t, mult_t, shift_t = params
-                c = index[channel_axis]
+                c = channel_of(index)
                 v = (acc_t[index].astype("int64") + bias_t[c]) * mult_t[c]
                 return _saturate(_round_shift(v, shift_t[c]) + zy, lo, hi, out_dtype)
 
         out = te.compute(shape, compute, name="requantize")
-        args = [acc] + [relax.const(v, str(v.dtype)) for v in values]
-        return self._call("requantize", [acc_t, *params, out], args)
+        call = self._call("requantize", [acc_t, *params, out], args, scalars)
+        if split_channels:  # the analysis calls a computed channel index injective: FuseOps would not fuse it
+            self.builder.update_func(call.args[0], self.builder.get()[call.args[0]].with_attr(
+                OP_PATTERN_ATTR, ELEMWISE_PATTERN))
+        return call
 
     def add(self, a, b, shape, a_dtype: str, b_dtype: str, za: int, zb: int, ma: int, mb: int, shift: int,
             zy: int, lo: int, hi: int, out_dtype: str):
         """clip(round_half_even(((a - za) * ma + (b - zb) * mb) / 2^shift) + zy, lo, hi) as `out_dtype`."""
+        scalars = {"kind": "qadd", "a_dtype": a_dtype, "b_dtype": b_dtype, "za": za, "zb": zb, "ma": ma, "mb": mb,
+                   "shift": shift, "zy": zy, "lo": lo, "hi": hi, "out_dtype": out_dtype}
+        return self.add_call([a, b], shape, scalars)
+
+    def add_call(self, args, shape, scalars: dict):
+        """The residual-add kernel on `args` = [a, b] of `shape` (see `add`)."""
         ensure_tvm()
         from tvm import te, tirx
 
-        a_t, b_t = te.placeholder(shape, a_dtype, "a"), te.placeholder(shape, b_dtype, "b")
+        za, zb, ma, mb, shift, zy, lo, hi = (int(scalars[k]) for k in ("za", "zb", "ma", "mb", "shift", "zy", "lo",
+                                                                      "hi"))
+        a_t, b_t = te.placeholder(shape, scalars["a_dtype"], "a"), te.placeholder(shape, scalars["b_dtype"], "b")
 
         def compute(*index):
             v = ((a_t[index].astype("int64") - za) * ma + (b_t[index].astype("int64") - zb) * mb)
-            return _saturate(_round_shift(v, tirx.const(shift, "int64")) + zy, lo, hi, out_dtype)
+            return _saturate(_round_shift(v, tirx.const(shift, "int64")) + zy, lo, hi, scalars["out_dtype"])
 
         out = te.compute(shape, compute, name="qadd")
-        return self._call("qadd", [a_t, b_t, out], [a, b])
+        return self._call("qadd", [a_t, b_t, out], args, scalars)
 
-    def _call(self, name: str, tensors, args):
-        """call_tir of the TE computation `tensors` (inputs..., output) on the Relax `args`."""
-        return call_te_kernel(self.builder, name, tensors, args)
+    def _call(self, name: str, tensors, args, scalars: dict):
+        """call_tir of the TE computation `tensors` (inputs..., output) on the Relax `args`, its
+        PrimFunc marked with `scalars` (KERNEL_ATTR)."""
+        call = call_te_kernel(self.builder, name, tensors, args)
+        self.builder.update_func(call.args[0], self.builder.get()[call.args[0]].with_attr(
+            KERNEL_ATTR, {k: str(v) for k, v in scalars.items()}))
+        return call
+
+
+def kernel_scalars(func) -> dict | None:
+    """The scalar parameters a requantize/qadd PrimFunc of this rewrite was built with, or None."""
+    attrs = func.attrs
+    if attrs is None or KERNEL_ATTR not in attrs:
+        return None
+    return {str(k): str(v) for k, v in attrs[KERNEL_ATTR].items()}
+
+
+def rebuild_kernel(builder, scalars: dict, args, shape, channel_of):
+    """The requantize/qadd kernel described by `scalars` (`kernel_scalars`) rebuilt on `args` of
+    another `shape` of the same tensor, `channel_of(index)` giving an element's channel."""
+    kernels = _Kernels(builder)
+    if scalars["kind"] == "qadd":
+        return kernels.add_call(args, shape, scalars)
+    return kernels.requantize_call(args, shape, scalars, channel_of)
+
+
+KERNEL_ATTR = "slimcc_int8_kernel"
 
 
 EXACT_FLOAT64_SHIFT = 44

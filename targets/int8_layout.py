@@ -42,9 +42,9 @@ def quantize_on_byte_side(mod):
     def make_replace(builder):
         def replace(call, matches):
             inner = matches[transform]
-            if not (_per_tensor(call) and _permutes(inner)):
+            if not (per_tensor(call) and _permutes(inner)):
                 return call
-            quantized = builder.normalize(_requalify(call, inner.args[0]))
+            quantized = builder.normalize(requalify(call, inner.args[0]))
             return relax.op.layout_transform(quantized, inner.attrs.index_map)
 
         return replace
@@ -52,7 +52,7 @@ def quantize_on_byte_side(mod):
     return rewrite_calls(mod, quantize, make_replace, "SlimccQuantizeBeforeLayoutTransform")
 
 
-def _requalify(call, data):
+def requalify(call, data):
     """The per-tensor quantize/dequantize `call` applied to `data` (of another rank) instead."""
     ensure_tvm()
     from tvm import relax
@@ -63,7 +63,7 @@ def _requalify(call, data):
               out_dtype=str(call.attrs.out_dtype))
 
 
-def _per_tensor(call) -> bool:
+def per_tensor(call) -> bool:
     """Whether a quantize/dequantize has one scale and one zero point for the whole tensor."""
     return all(constant_array(a).size == 1 for a in call.args[1:3])
 

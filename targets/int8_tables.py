@@ -45,6 +45,7 @@ ELEMENTWISE_KERNELS = ("maximum", "minimum")
 LOOKUP_BLOCK = "qtable"  # the lookup's TE block (FuseTIR may add a suffix)
 LOOKUP_ATTR = "slimcc.lookup"  # marks the lookup kernels for `mark_lookups_elementwise`
 ELEMWISE_PATTERN = 0  # Relax's OpPatternKind kElemWise
+OP_PATTERN_ATTR = "slimcc.op_pattern"  # a kernel's own OpPatternKind, set by `mark_lookups_elementwise`
 
 
 class _NotTable(Exception):
@@ -338,7 +339,8 @@ def mark_lookups_elementwise():
     TVM's pattern analysis calls the gather opaque (a data-dependent load), so FuseOps would leave
     it a kernel of its own. It is element-wise in its input (the table is a constant parameter, like
     a requantize's per-channel bias): marked so, FuseOps fuses it into the producing conv's
-    requantize epilogue. It must run after the analysis: AnnotateTIROpPattern overwrites an
+    requantize epilogue. Kernels carrying OP_PATTERN_ATTR get that pattern (the NCHW16c VNNI
+    conv, whose computed input indices the analysis does not see as a conv's). It must run after the analysis: AnnotateTIROpPattern overwrites an
     op_pattern of 0 (kElemWise) set earlier.
     """
     tvm = ensure_tvm()
@@ -346,8 +348,12 @@ def mark_lookups_elementwise():
     @tvm.transform.module_pass(opt_level=0, name="SlimccMarkLookupsElementwise")
     def mark(mod, _ctx):
         for gvar, func in list(mod.functions.items()):
-            if isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None and func.attrs.get(LOOKUP_ATTR):
+            if not isinstance(func, tvm.tirx.PrimFunc) or func.attrs is None:
+                continue
+            if func.attrs.get(LOOKUP_ATTR):
                 mod[gvar] = func.with_attr("op_pattern", ELEMWISE_PATTERN)
+            elif OP_PATTERN_ATTR in func.attrs:
+                mod[gvar] = func.with_attr("op_pattern", int(func.attrs[OP_PATTERN_ATTR]))
         return mod
 
     return mark

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from slimcc.targets.schedules.epilogue import find_block, inline_epilogue, vectorize_innermost
 from slimcc.targets.int8_tables import LOOKUP_BLOCK
-from slimcc.targets.schedules.int8_pack import QCONV_BLOCK, QCROP_BLOCK, QPACK_BLOCK
+from slimcc.targets.schedules.int8_pack import QCONV_BLOCK, QCROP_BLOCK, QPACK_BLOCK, QPAD_BLOCK
 from slimcc.targets.schedules.isa import CpuVector, largest_divisor, loop_volume, parallel_pays
 from slimcc.targets.schedules.vnni import LANES, vnni_intrin
 from slimcc.targets.tvm_import import ensure_tvm
@@ -69,26 +69,33 @@ def max_columns(fb: int) -> int:
 
 
 def schedule_int8_conv(sch, vector: CpuVector) -> bool:
-    """Schedule the `slimcc_qconv` kernel in `sch`; False when the function has none."""
+    """Schedule the `slimcc_qconv` kernel in `sch` (NCHW or NCHW16c output); False when the function has none."""
     conv = find_block(sch, QCONV_BLOCK)
     if conv is None:
         return False
-    _, out_channels, _, out_width = [int(d) for d in sch.get(conv).writes[0].source.shape]
-    fb, xb = qconv_tile(out_channels // LANES, out_width)
+    out_shape = [int(d) for d in sch.get(conv).writes[0].source.shape]
+    blocked = len(out_shape) == 5
+    out_blocks = out_shape[1] if blocked else out_shape[1] // LANES
+    fb, xb = qconv_tile(out_blocks, out_shape[3])
 
     cropped = find_block(sch, QCROP_BLOCK) is not None
     tail = _inline_tail(sch, conv)
     work = loop_volume(sch, conv) // VNNI_WORK_DIVISOR
-    n, f, y, x, rq, ry, rx, rk = sch.get_loops(conv)
-    fo, fbl, fi = sch.split(f, [None, fb, LANES])
+    if blocked:
+        n, fo, y, x, fi, rq, ry, rx, rk = sch.get_loops(conv)
+        fo, fbl = sch.split(fo, [None, fb])
+    else:
+        n, f, y, x, rq, ry, rx, rk = sch.get_loops(conv)
+        fo, fbl, fi = sch.split(f, [None, fb, LANES])
     xo, xi = sch.split(x, [None, xb])
     sch.reorder(n, fo, y, xo, rq, ry, rx, fbl, xi, fi, rk)
     cache = sch.cache_write(conv, 0, "global")
-    sch.transform_layout(conv, ("write", 0), lambda a, b, c, d: (a, c, d, b))
+    if not blocked:
+        sch.transform_layout(conv, ("write", 0), lambda a, b, c, d: (a, c, d, b))
     for block in _attach_epilogue(sch, cache, tail, xo, fold=not cropped):
         if _is_lookup(sch, block):
             continue  # a vectorized byte gather is a chain of inserts: the scalar loop is faster
-        if xb < MIN_ROW_VECTOR:
+        if xb < MIN_ROW_VECTOR and not blocked:
             _vectorize_channels(sch, block)
         else:
             vectorize_innermost(sch, block)
@@ -101,6 +108,7 @@ def schedule_int8_conv(sch, vector: CpuVector) -> bool:
     vectorize_innermost(sch, init)
     sch.tensorize(sch.get_loops(conv)[-2], vnni_intrin())
     _schedule_quads(sch, vector)
+    _schedule_blocked_pad(sch, vector)
     return True
 
 
@@ -194,21 +202,35 @@ def _schedule_quads(sch, vector: CpuVector) -> None:
     (`vector.tunable`): TVM 0.27 cannot print a trace holding DecomposePadding as Python
     ("Expected s_tir.LoopRV but got ffi.String"), and MetaSchedule prints each design space.
     """
+    _schedule_padded_copy(sch, QPACK_BLOCK, vector, vectorize=False)
+
+
+def _schedule_blocked_pad(sch, vector: CpuVector) -> None:
+    """The padded NCHW16c copy `slimcc_qpad`: like the packing, with 16 channel bytes per vector."""
+    _schedule_padded_copy(sch, QPAD_BLOCK, vector, vectorize=True)
+
+
+def _schedule_padded_copy(sch, name: str, vector: CpuVector, vectorize: bool) -> None:
+    """Rows of the copy block `name` in parallel (when they pay), its innermost loop vectorized or
+    unrolled, the zero-point border split off as a fill where TVM can (see `_schedule_quads`)."""
     ensure_tvm()
     from tvm.s_tir.schedule import ScheduleError
 
-    quads = find_block(sch, QPACK_BLOCK)
-    if quads is None:
+    block = find_block(sch, name)
+    if block is None:
         return
-    n, q, h, w, k = sch.get_loops(quads)
-    work = loop_volume(sch, quads) // VNNI_WORK_DIVISOR
+    n, q, h, w, k = sch.get_loops(block)
+    work = loop_volume(sch, block) // VNNI_WORK_DIVISOR
     outer = sch.fuse(n, q, h)
     if parallel_pays(vector, work, int(sch.get(outer).extent)):
         sch.parallel(outer)
-    sch.unroll(k)
+    if vectorize:
+        sch.vectorize(k)
+    else:
+        sch.unroll(k)
     if vector.tunable:
         return
     try:
-        sch.decompose_padding(quads, w)
+        sch.decompose_padding(block, w)
     except ScheduleError:
         pass  # no border (or not in the padding form): one copy loop

@@ -29,7 +29,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from slimcc.targets.int8_blocked import (blocked_shape, can_block, cancel_layout_pairs, dequantize_blocked,
+                                          from_blocked, sink_blocked_layout, to_blocked)
 from slimcc.targets.int8_layout import quantize_on_byte_side
+from slimcc.targets.int8_tables import OP_PATTERN_ATTR
 from slimcc.targets.relax_rewrite import rewrite_calls
 from slimcc.targets.relax_values import constant_array, static_shape, tensor_dtype
 from slimcc.targets.schedules.isa import CpuVector
@@ -44,6 +47,8 @@ from slimcc.targets.tvm_import import ensure_tvm
 QCONV_BLOCK = "slimcc_qconv"
 QPACK_BLOCK = "slimcc_qpack"
 QCROP_BLOCK = "slimcc_qcrop"
+QPAD_BLOCK = "slimcc_qpad"  # the zero-point padded copy of an NCHW16c input
+OUT_EWISE_FUSABLE = 4  # Relax's OpPatternKind kOutEWiseFusable: element-wise consumers fuse into it
 
 
 def pack_int8_convs(mod, vector: CpuVector, vnni: bool):
@@ -74,6 +79,8 @@ def pack_int8_convs(mod, vector: CpuVector, vnni: bool):
             if layer is None:
                 return call
             try:
+                if vnni and call.op.name != "relax.matmul" and layer.blockable():
+                    return from_blocked(layer.blocked_call(builder))
                 out = layer.packed_call(builder, vector, vnni)
             except Exception:  # a TVM error building the kernel: this layer keeps TVM's integer conv2d
                 return call
@@ -81,7 +88,8 @@ def pack_int8_convs(mod, vector: CpuVector, vnni: bool):
 
         return replace
 
-    return rewrite_calls(mod, conv | matmul, make_replace, "SlimccPackInt8Convs")
+    mod = rewrite_calls(mod, conv | matmul, make_replace, "SlimccPackInt8Convs")
+    return cancel_layout_pairs(dequantize_blocked(sink_blocked_layout(mod))) if vnni else mod
 
 
 @dataclass(frozen=True)
@@ -155,6 +163,51 @@ class _IntConv(ConvGeometry):
             packed = pack_conv_weight(self.weight, fi)
             name = CONV_BLOCK if self.groups == 1 else GROUPED_CONV_BLOCK
         return call_te_kernel(builder, name, tensors, [self.data, relax.const(np.ascontiguousarray(packed))])
+
+    def blockable(self) -> bool:
+        """Whether the VNNI conv can read and write NCHW16c (targets/int8_blocked.py): a regular
+        conv whose input and output channels are multiples of 16."""
+        return self.groups == 1 and can_block(self.in_shape) and can_block(self.out_shape)
+
+    def blocked_call(self, builder):
+        """call_tir of the VNNI conv on `to_blocked(data)`, its int32 output in NCHW16c:
+
+            qpad[n, cb, i, j, ci] = x_b padded with zx                          (`slimcc_qpad`, when padded)
+            acc[n, fo, y, x, fi] = sum_{c4, ry, rx, k} src[n, c4 // 4, y*sh + ry*dh, x*sw + rx*dw, 4*(c4 % 4) + k]
+                                                      * Wq[fo, c4, ry, rx, fi, k]
+        so a quadruple is 4 contiguous bytes of the input in place and a 16-channel vector of the
+        output is 16 contiguous int32.
+        """
+        ensure_tvm()
+        from tvm import relax, te, tirx
+
+        out_channels, channels, kh, kw = self.weight.shape
+        quads, blocks, per_block = channels // GROUP, out_channels // LANES, LANES // GROUP
+        packed = self.weight.reshape(blocks, LANES, quads, GROUP, kh, kw).transpose(0, 2, 4, 5, 1, 3)
+        n, _, h, w = self.in_shape
+        _, _, out_h, out_w = self.out_shape
+        top, left, bottom, right = self.pads
+        (sh, sw), (dh, dw) = self.strides, self.dilation
+        x = te.placeholder(blocked_shape(self.in_shape), "uint8", "data")
+        w_t = te.placeholder(packed.shape, "int8", "weight")
+        src = x
+        if any(self.pads):
+            def padded(b, cb, i, j, ci):
+                inside = tirx.all(i >= top, i < top + h, j >= left, j < left + w)
+                return tirx.if_then_else(inside, x[b, cb, i - top, j - left, ci],
+                                         tirx.const(self.pad_value, "uint8"))
+
+            src = te.compute((n, channels // LANES, h + top + bottom, w + left + right, LANES), padded,
+                             name=QPAD_BLOCK)
+        rq, rk = te.reduce_axis((0, quads), "rq"), te.reduce_axis((0, GROUP), "rk")
+        ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
+        acc = te.compute((n, blocks, out_h, out_w, LANES), lambda b, fo, y, xx, fi: te.sum(
+            src[b, rq // per_block, y * sh + ry * dh, xx * sw + rx * dw, (rq % per_block) * GROUP + rk].astype("int32")
+            * w_t[fo, rq, ry, rx, fi, rk].astype("int32"), axis=[rq, ry, rx, rk]), name=QCONV_BLOCK)
+        call = call_te_kernel(builder, QCONV_BLOCK, [x, w_t, acc],
+                              [to_blocked(self.data), relax.const(np.ascontiguousarray(packed))])
+        builder.update_func(call.args[0], builder.get()[call.args[0]].with_attr(OP_PATTERN_ATTR, OUT_EWISE_FUSABLE))
+        return call
 
     def _vnni(self, x):
         """([x, Wq, out], packed weight, kernel name) of the VNNI form."""

@@ -58,9 +58,12 @@ def test_quantize_moves_before_the_layout_transform_and_joins_the_float_conv(mon
 
     moved, moved_kernels, script = build()
     assert f'R.Tensor((1, 1, 12, 12, {CHANNELS}), dtype="uint8") = R.quantize(' in script  # quantized while blocked
+    assert script.count("R.layout_transform(") == 2  # the model's input and output only
     monkeypatch.setattr(int8_pack, "quantize_on_byte_side", lambda mod: mod)
     kept, kept_kernels, script = build()
     assert f'R.Tensor((1, {CHANNELS}, 12, 12), dtype="uint8") = R.quantize(' in script
-    assert moved_kernels == kept_kernels - 1  # the quantize runs in the float conv's kernel
+    # the quantize runs in the float conv's kernel, and the VNNI conv then reads the blocked bytes in
+    # place (targets/int8_blocked.py): no transform kernel is left between the two convs
+    assert moved_kernels <= kept_kernels - 1
     np.testing.assert_array_equal(moved, kept)
     assert len(np.unique(moved)) > 20

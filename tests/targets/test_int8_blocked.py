@@ -1,0 +1,84 @@
+"""NCHW16c bytes between VNNI int8 convs (targets/int8_blocked.py): the layout is carried through
+requantize, residual adds and dequantize, transforms cancel between layers, results are unchanged."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from slimcc.targets.build import compile_pipeline
+from slimcc.targets.relax_import import prepare_for_build, to_relax
+from slimcc.targets.tvm_import import ensure_tvm
+
+from test_int8_tuning import HOST, _quantized_resnet, needs_vnni
+
+pytestmark = needs_vnni
+
+
+def _build(model):
+    """(main's TVMScript after slimcc's Relax rewrites, a function running the compiled model)."""
+    tvm = ensure_tvm()
+    from tvm import relax
+
+    target = HOST.to_tvm()
+    facts: dict = {}
+    mod = prepare_for_build(to_relax(model), target, facts)
+    script = mod["main"].script(show_meta=False)
+    vm = relax.VirtualMachine(tvm.compile(mod, target=target, relax_pipeline=compile_pipeline(target, None, facts)),
+                              tvm.cpu())
+    return script, facts, lambda x: vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
+def test_resnet_int8_layers_stay_blocked_and_match_the_nchw_build(monkeypatch):
+    import slimcc.targets.schedules.int8_pack as int8_pack
+
+    model, held_out = _quantized_resnet()
+    script, facts, run = _build(model)
+    qconvs = [line for line in script.splitlines() if "R.call_tir(slimcc_qconv" in line]
+    assert len(qconvs) == facts["int8_lowered"] >= 6  # every integer layer is a conv here
+    assert all(re.search(r'out_ty=R.Tensor\(\(1, \d+, \d+, \d+, 16\), dtype="int32"\)', line) for line in qconvs)
+    # the float stem's output, the int8 region's end and nothing between the int8 layers
+    assert script.count("R.layout_transform(") <= 3, script
+    assert "qadd" in script and facts["unscheduled_kernels"] == []
+
+    monkeypatch.setattr(int8_pack._IntConv, "blockable", lambda self: False)
+    nchw_script, _, run_nchw = _build(model)
+    assert "R.call_tir(slimcc_qconv" in nchw_script
+    for feeds in held_out[:2]:
+        x = feeds["x"]
+        np.testing.assert_array_equal(run(x), run_nchw(x))
+
+
+def test_layout_pairs_cancel_and_sink_through_epilogue_kernels():
+    tvm = ensure_tvm()
+    from tvm import relax
+
+    from slimcc.targets.int8 import _Kernels
+    from slimcc.targets.int8_blocked import (cancel_layout_pairs, from_blocked, is_from_blocked, is_to_blocked,
+                                             sink_blocked_layout, to_blocked)
+
+    x = relax.Var("x", relax.TensorType([1, 2, 4, 4, 16], "int32"))
+    r = relax.Var("r", relax.TensorType([1, 32, 4, 4], "uint8"))
+    builder = relax.BlockBuilder()
+    kernels = _Kernels(builder)
+    with builder.function("main", [x, r]):
+        with builder.dataflow():
+            acc = builder.emit(from_blocked(x))
+            y = builder.emit(kernels.requantize(acc, [1, 32, 4, 4], 1, np.arange(32), np.full(32, 1 << 30),
+                                                np.full(32, 36), 3, 0, 255, "uint8"))
+            s = builder.emit(kernels.add(y, r, [1, 32, 4, 4], "uint8", "uint8", 3, 0, 1 << 20, 1 << 20, 21, 0,
+                                         0, 255, "uint8"))
+            out = builder.emit_output(builder.emit(to_blocked(s)))
+        builder.emit_func_output(out)
+    mod = cancel_layout_pairs(sink_blocked_layout(builder.get()))
+    main = mod["main"]
+    transforms = []
+    relax.analysis.post_order_visit(main, lambda e: transforms.append(e) if isinstance(e, relax.Call)
+                                    and isinstance(e.op, tvm.ir.Op) and e.op.name == "relax.layout_transform"
+                                    else None)
+    # requantize and add now run on NCHW16c; the residual input is converted once; the final pair cancelled
+    assert len(transforms) == 1 and is_to_blocked(transforms[0]) and transforms[0].args[0].same_as(r)
+    assert not any(is_from_blocked(t) for t in transforms)
+    script = main.script(show_meta=False)
+    assert script.count("(1, 2, 4, 4, 16)") >= 3
