@@ -100,56 +100,32 @@ def _maps(expr, rank: int, probe, expected) -> bool:
 
 
 def sink_blocked_layout(mod, max_sweeps: int = 16):
-    """Move `from_blocked` below the int8 epilogue kernels that consume it (see the module doc)."""
+    """Move `from_blocked` below the int8 epilogue kernels and the 8-bit data movement
+    (targets/int8_movement.py: concat, split, max pool, nearest resize) that consume it."""
     tvm = ensure_tvm()
     from tvm import relax
-    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+    from tvm.relax.dpl import is_op, is_tuple_get_item, rewrite_call, wildcard
 
-    from slimcc.targets.int8 import kernel_scalars, rebuild_kernel
-    from slimcc.targets.int8_tables import LOOKUP_ATTR, lookup_call
-
-    pattern = is_op("relax.call_tir")(wildcard(), wildcard())
+    pattern = (is_op("relax.call_tir")(wildcard(), wildcard()) | is_op("relax.concat")(wildcard())
+               | is_op("relax.nn.max_pool2d")(wildcard()) | is_op("relax.image.resize2d")(wildcard(), wildcard())
+               | is_tuple_get_item(is_op("relax.split")(wildcard())))
 
     @tvm.transform.module_pass(opt_level=0, name="SlimccSinkBlockedLayout")
     def sink(mod, _ctx):
         for _ in range(max_sweeps):
             builder = relax.BlockBuilder(mod)
             moved = []
-
             for gvar, func in list(mod.functions.items()):
                 if not isinstance(func, relax.Function):
                     continue
                 bindings = relax.analysis.get_var2val(func)
 
-                def producer(expr):
-                    return bindings.get(expr, expr) if isinstance(expr, relax.Var) else expr
-
                 def replace(call, _matches):
-                    callee = builder.get()[call.args[0]] if isinstance(call.args[0], relax.GlobalVar) else None
-                    if not isinstance(callee, tvm.tirx.PrimFunc) or not static_shape(call):
+                    out = _sink_one(builder, call, lambda e: bindings.get(e, e) if isinstance(e, relax.Var) else e)
+                    if out is None:
                         return call
-                    args = list(call.args[1].fields)
-                    scalars = kernel_scalars(callee)
-                    lookup = callee.attrs is not None and bool(callee.attrs.get(LOOKUP_ATTR, False))
-                    data = 2 if scalars is not None and scalars["kind"] == "qadd" else 1
-                    if (scalars is None and not lookup) or (scalars is not None and scalars["kind"] == "requantize"
-                                                            and int(scalars["channel_axis"]) != 1):
-                        return call
-                    sources = [producer(a) for a in args[:data]]
-                    if not any(is_from_blocked(s) for s in sources) or not can_block(static_shape(call)):
-                        return call
-                    if not all(is_from_blocked(s) or can_block(static_shape(a)) for s, a in zip(sources, args)):
-                        return call
-                    blocked = [s.args[0] if is_from_blocked(s) else to_blocked(a)
-                               for s, a in zip(sources, args[:data])]
-                    shape = blocked_shape(static_shape(call))
-                    if lookup:
-                        out = lookup_call(builder, blocked[0], constant_array(args[1]),
-                                          tensor_dtype(call))
-                    else:
-                        out = rebuild_kernel(builder, scalars, blocked + args[data:], shape, blocked_channel)
                     moved.append(call)
-                    return from_blocked(out)
+                    return out
 
                 builder.update_func(gvar, rewrite_call(pattern, replace, func))
             mod = relax.transform.DeadCodeElimination()(builder.get())
@@ -158,6 +134,109 @@ def sink_blocked_layout(mod, max_sweeps: int = 16):
         return mod
 
     return sink(mod)
+
+
+def _sink_one(builder, call, producer):
+    """`from_blocked(op_on_blocked)` for one consumer `call` of `from_blocked` tensors, or None."""
+    tvm = ensure_tvm()
+    from tvm import relax
+
+    if isinstance(call, relax.TupleGetItem):
+        return _sink_split(call, producer)
+    name = call.op.name
+    if name == "relax.call_tir":
+        return _sink_kernel(builder, call, producer)
+    if name == "relax.concat":
+        fields = producer(call.args[0])
+        if not isinstance(fields, relax.Tuple) or int(call.attrs.axis) not in (1, -3):
+            return None
+        blocked = _blocked_operands(list(fields.fields), producer)
+        return None if blocked is None else from_blocked(relax.op.concat(blocked, axis=1))
+    source = producer(call.args[0])
+    if not is_from_blocked(source) or str(call.attrs.layout) != "NCHW":
+        return None
+    t, a = source.args[0], call.attrs
+    if name == "relax.nn.max_pool2d":
+        return from_blocked(relax.op.nn.max_pool2d(t, a.pool_size, a.strides, a.padding, a.dilation, a.ceil_mode,
+                                                   a.count_include_pad, layout=f"NCHW{BLOCK}c",
+                                                   out_layout=f"NCHW{BLOCK}c"))
+    if name == "relax.image.resize2d":
+        return from_blocked(relax.op.image.resize2d(
+            t, call.args[1], a.roi, layout=f"NCHW{BLOCK}c", method=a.method,
+            coordinate_transformation_mode=a.coordinate_transformation_mode, rounding_method=a.rounding_method,
+            cubic_alpha=a.cubic_alpha, cubic_exclude=a.cubic_exclude, extrapolation_value=a.extrapolation_value,
+            out_dtype=a.out_dtype))
+    return None
+
+
+def _sink_split(part, producer):
+    """One part of a channel split of `from_blocked(t)`, cut from `t` at the same (block) boundaries."""
+    ensure_tvm()
+    from tvm import relax
+
+    split = producer(part.tuple_value)
+    if not (isinstance(split, relax.Call) and split.op.name == "relax.split") or int(split.attrs.axis) not in (1, -3):
+        return None
+    source = producer(split.args[0])
+    if not is_from_blocked(source):
+        return None
+    channels = static_shape(split.args[0])[1]
+    cuts = split.attrs.indices_or_sections
+    if isinstance(cuts, tvm_int_types()):
+        if channels % (int(cuts) * BLOCK):
+            return None
+        blocked_cuts = int(cuts)
+    else:
+        if any(int(c) % BLOCK for c in cuts):
+            return None
+        blocked_cuts = [int(c) // BLOCK for c in cuts]
+    return from_blocked(relax.TupleGetItem(relax.op.split(source.args[0], blocked_cuts, axis=1), part.index))
+
+
+def tvm_int_types():
+    """The types a split's section count may have (a Python int or a TVM IntImm)."""
+    tvm = ensure_tvm()
+
+    return (int, tvm.tirx.IntImm)
+
+
+def _sink_kernel(builder, call, producer):
+    """A requantize/qadd/lookup call_tir on `from_blocked` inputs, rebuilt on the blocked tensors."""
+    tvm = ensure_tvm()
+    from tvm import relax
+
+    from slimcc.targets.int8 import kernel_scalars, rebuild_kernel
+    from slimcc.targets.int8_tables import LOOKUP_ATTR, lookup_call
+
+    callee = builder.get()[call.args[0]] if isinstance(call.args[0], relax.GlobalVar) else None
+    if not isinstance(callee, tvm.tirx.PrimFunc) or not can_block(static_shape(call)):
+        return None
+    args = list(call.args[1].fields)
+    scalars = kernel_scalars(callee)
+    lookup = callee.attrs is not None and bool(callee.attrs.get(LOOKUP_ATTR, False))
+    if scalars is None and not lookup:
+        return None
+    if scalars is not None and scalars["kind"] == "requantize" and int(scalars["channel_axis"]) != 1:
+        return None
+    data = 2 if scalars is not None and scalars["kind"] == "qadd" else 1
+    blocked = _blocked_operands(args[:data], producer)
+    if blocked is None:
+        return None
+    if lookup:
+        return from_blocked(lookup_call(builder, blocked[0], constant_array(args[1]), tensor_dtype(call)))
+    shape = blocked_shape(static_shape(call))
+    return from_blocked(rebuild_kernel(builder, scalars, blocked + args[data:], shape, blocked_channel))
+
+
+def _blocked_operands(operands, producer):
+    """The NCHW16c forms of NCHW `operands` when at least one is `from_blocked(t)` (then `t`) and the
+    others split into whole blocks (then `to_blocked`); else None."""
+    sources = [producer(a) for a in operands]
+    if not any(is_from_blocked(s) for s in sources):
+        return None
+    if not all(is_from_blocked(s) or can_block(static_shape(a)) for s, a in zip(sources, operands)):
+        return None
+    return [s.args[0] if is_from_blocked(s) else to_blocked(a) for s, a in zip(sources, operands)]
 
 
 def dequantize_blocked(mod):

@@ -59,6 +59,7 @@ def prepare_for_build(mod, target=None, facts: dict | None = None, int8_mode: st
 
     from slimcc.targets.int8 import count_integer_ops, flavour_for, lower_int8
     from slimcc.targets.int8 import int8_mode as resolve_int8_mode
+    from slimcc.targets.int8_movement import move_int8_data
     from slimcc.targets.int8_tables import lower_tables
     from slimcc.targets.schedules.int8_pack import pack_int8_convs
     from slimcc.targets.schedules.isa import cpu_vector_for, target_has_feature
@@ -71,6 +72,7 @@ def prepare_for_build(mod, target=None, facts: dict | None = None, int8_mode: st
         try:
             mod = lower_int8(mod, flavour_for(target))
             mod, tables = lower_tables(mod, target)  # DQ -> element-wise float -> Q chains: [256] lookups
+            mod = move_int8_data(mod)  # concat/split/max pool/nearest resize between one-scale Q/DQ: in 8 bits
         except SlimccError:
             raise
         except Exception as exc:  # a TVM error inside the rewrite

@@ -4,16 +4,32 @@ requantize, residual adds and dequantize, transforms cancel between layers, resu
 from __future__ import annotations
 
 import re
+import sys
+from pathlib import Path
 
 import numpy as np
+import pytest
+
+from slimcc.passes.quant.qdq_insert import QDQInsert
 
 from slimcc.targets.build import compile_pipeline
 from slimcc.targets.relax_import import prepare_for_build, to_relax
 from slimcc.targets.tvm_import import ensure_tvm
 
-from test_int8_tuning import HOST, _quantized_resnet, needs_vnni
+from test_int8_tuning import HOST, needs_vnni
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "passes" / "quant"))
+from quant_helpers import calib_context, canonical_zoo  # noqa: E402
 
 pytestmark = needs_vnni
+
+
+def _quantized_zoo(name: str):
+    """A zoo model with Q/DQ layers from qdq-insert, and held-out inputs."""
+    model = canonical_zoo(name)
+    ctx, held_out = calib_context()
+    QDQInsert().run(model, ctx)
+    return model, held_out
 
 
 def _build(model):
@@ -30,17 +46,23 @@ def _build(model):
     return script, facts, lambda x: vm["main"](tvm.runtime.tensor(x)).numpy()
 
 
-def test_resnet_int8_layers_stay_blocked_and_match_the_nchw_build(monkeypatch):
+@pytest.mark.parametrize("name", ["resnet-basic", "c2f"])
+def test_int8_layers_stay_blocked_and_match_the_nchw_build(monkeypatch, name):
     import slimcc.targets.schedules.int8_pack as int8_pack
 
-    model, held_out = _quantized_resnet()
+    model, held_out = _quantized_zoo(name)
     script, facts, run = _build(model)
     qconvs = [line for line in script.splitlines() if "R.call_tir(slimcc_qconv" in line]
     assert len(qconvs) == facts["int8_lowered"] >= 6  # every integer layer is a conv here
     assert all(re.search(r'out_ty=R.Tensor\(\(1, \d+, \d+, \d+, 16\), dtype="int32"\)', line) for line in qconvs)
     # the float stem's output, the int8 region's end and nothing between the int8 layers
     assert script.count("R.layout_transform(") <= 3, script
-    assert "qadd" in script and facts["unscheduled_kernels"] == []
+    assert facts["unscheduled_kernels"] == []
+    if name == "resnet-basic":
+        assert "qadd" in script
+    else:  # C2f's split and concat move 8-bit blocks (targets/int8_movement.py)
+        assert re.search(r'R.Tensor\(\(1, \d+, \d+, \d+, 16\), dtype="uint8"\) = R.concat\(', script)
+        assert re.search(r'R.Tuple\(R.Tensor\(\(1, \d+, \d+, \d+, 16\), dtype="uint8"\).*= R.split\(', script)
 
     monkeypatch.setattr(int8_pack._IntConv, "blockable", lambda self: False)
     nchw_script, _, run_nchw = _build(model)
