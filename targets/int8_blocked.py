@@ -162,7 +162,7 @@ def _sink_one(builder, call, producer):
                                                    out_layout=f"NCHW{BLOCK}c"))
     if name == "relax.image.resize2d":
         return from_blocked(relax.op.image.resize2d(
-            t, call.args[1], a.roi, layout=f"NCHW{BLOCK}c", method=a.method,
+            t, call.args[1], tuple(float(v) for v in a.roi), layout=f"NCHW{BLOCK}c", method=a.method,
             coordinate_transformation_mode=a.coordinate_transformation_mode, rounding_method=a.rounding_method,
             cubic_alpha=a.cubic_alpha, cubic_exclude=a.cubic_exclude, extrapolation_value=a.extrapolation_value,
             out_dtype=a.out_dtype))

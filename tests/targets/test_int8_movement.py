@@ -18,13 +18,23 @@ from slimcc.targets.tvm_import import ensure_tvm
 CHANNELS = 32
 
 
-def _movement_model(second_scale: float):
+def _movement_model(second_scale: float, conv: bool = False):
     """Q -> Split -> (Q/DQ) -> Concat (parts swapped) -> MaxPool -> nearest Resize, every Q/DQ at one
-    scale except the Concat's second input, at `second_scale`."""
+    scale except the Concat's second input, at `second_scale`; with `conv`, an int8 1x1 conv first
+    (whose VNNI form writes NCHW16c: targets/int8_blocked.py then carries the layout through)."""
+    rng = np.random.default_rng(4)
     inits = {"s": np.float32(0.05), "z": np.uint8(7), "s2": np.float32(second_scale),
-             "split": np.array([16, 16], np.int64), "scales": np.array([1, 1, 2, 2], np.float32)}
+             "split": np.array([16, 16], np.int64), "scales": np.array([1, 1, 2, 2], np.float32),
+             "w": rng.integers(-127, 128, (CHANNELS, CHANNELS, 1, 1)).astype(np.int8),
+             "ws": np.full(CHANNELS, 0.0004, np.float32), "wz": np.zeros(CHANNELS, np.int8)}
+    first = [helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=0),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["x0"]),
+             helper.make_node("Conv", ["x0", "wd"], ["xc"]),
+             helper.make_node("QuantizeLinear", ["xc", "s", "z"], ["xq2"]),
+             helper.make_node("DequantizeLinear", ["xq2", "s", "z"], ["xd"])] if conv else \
+        [helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"])]
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
-             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             *first,
              helper.make_node("Split", ["xd", "split"], ["a", "b"], axis=1),
              helper.make_node("QuantizeLinear", ["a", "s", "z"], ["aq"]),
              helper.make_node("QuantizeLinear", ["b", "s2", "z"], ["bq"]),
@@ -47,12 +57,12 @@ def _movement_model(second_scale: float):
     return load_model(onnx.shape_inference.infer_shapes(model))
 
 
-@pytest.mark.parametrize("second_scale", [0.05, 0.07])
-def test_data_movement_runs_in_eight_bits_when_the_scales_agree(second_scale):
+@pytest.mark.parametrize("second_scale,conv", [(0.05, False), (0.07, False), (0.05, True)])
+def test_data_movement_runs_in_eight_bits_when_the_scales_agree(second_scale, conv):
     tvm = ensure_tvm()
     from tvm import relax
 
-    model = _movement_model(second_scale)
+    model = _movement_model(second_scale, conv)
     target = make_target("x86", num_cores=1).to_tvm()
     facts: dict = {}
     mod = prepare_for_build(to_relax(model), target, facts)
@@ -63,7 +73,11 @@ def test_data_movement_runs_in_eight_bits_when_the_scales_agree(second_scale):
     want = run_onnxruntime(model, {"x": x})["y"]
     np.testing.assert_array_equal(got, want)
     assert len(np.unique(want)) > 50
-    if second_scale == 0.05:  # one scale everywhere: only the input's quantize is left
+    if conv and facts["slimcc_schedules"].get("int8_conv"):  # VNNI: blocked from the conv to the output
+        assert 'R.Tensor((1, 2, 10, 10, 16), dtype="uint8") = R.concat(' in script
+        assert 'R.Tensor((1, 2, 10, 10, 16), dtype="uint8") = R.image.resize2d(' in script
+        assert script.count("R.layout_transform(") == 2
+    elif second_scale == 0.05:  # one scale everywhere: only the input's quantize is left
         assert script.count("R.quantize(") == 1 and "R.dequantize(" not in script
         assert 'R.concat(' in script and 'dtype="uint8") = R.nn.max_pool2d(' in script
     else:  # the concat mixes scales: it stays float, the split part with its own scale too
