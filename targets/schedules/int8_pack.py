@@ -25,6 +25,7 @@ Integer arithmetic, same products: bit-exact with the legalized conv2d. Shapes o
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -165,9 +166,25 @@ class _IntConv(ConvGeometry):
         return call_te_kernel(builder, name, tensors, [self.data, relax.const(np.ascontiguousarray(packed))])
 
     def blockable(self) -> bool:
-        """Whether the VNNI conv can read and write NCHW16c (targets/int8_blocked.py): a regular
-        conv whose input and output channels are multiples of 16."""
-        return self.groups == 1 and can_block(self.in_shape) and can_block(self.out_shape)
+        """Whether the layer can read and write NCHW16c (targets/int8_blocked.py): a regular (VNNI)
+        or depthwise conv whose input and output channels are multiples of 16."""
+        depthwise = self.weight.shape[1] == 1 and self.groups == self.in_shape[1] == self.out_shape[1]
+        return (self.groups == 1 or depthwise) and can_block(self.in_shape) and can_block(self.out_shape)
+
+    def _blocked_depthwise(self, builder):
+        """call_tir of the channel-vector depthwise conv (`slimcc_chdw`) on `to_blocked(data)`, its
+        int32 output in NCHW16c: the padded copy is a copy of whole 16-byte pixel vectors."""
+        ensure_tvm()
+        from tvm import relax, te
+
+        channels, _, kh, kw = self.weight.shape
+        layer = dataclasses.replace(self, block=LANES, in_block=LANES)
+        x = te.placeholder(blocked_shape(self.in_shape), "uint8", "data")
+        w_t = te.placeholder((channels // LANES, kh, kw, LANES), "int8", "weight")
+        out = channel_depthwise(layer, x, w_t, LANES, self.pad_value, "int32")
+        packed = pack_depthwise_weight(self.weight, LANES)
+        return call_te_kernel(builder, CHANNEL_DWCONV_BLOCK, [x, w_t, out],
+                              [to_blocked(self.data), relax.const(np.ascontiguousarray(packed))])
 
     def blocked_call(self, builder):
         """call_tir of the VNNI conv on `to_blocked(data)`, its int32 output in NCHW16c:
@@ -176,8 +193,10 @@ class _IntConv(ConvGeometry):
             acc[n, fo, y, x, fi] = sum_{c4, ry, rx, k} src[n, c4 // 4, y*sh + ry*dh, x*sw + rx*dw, 4*(c4 % 4) + k]
                                                       * Wq[fo, c4, ry, rx, fi, k]
         so a quadruple is 4 contiguous bytes of the input in place and a 16-channel vector of the
-        output is 16 contiguous int32.
+        output is 16 contiguous int32. A depthwise layer takes `_blocked_depthwise`.
         """
+        if self.groups > 1:
+            return self._blocked_depthwise(builder)
         ensure_tvm()
         from tvm import relax, te, tirx
 

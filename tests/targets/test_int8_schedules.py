@@ -40,6 +40,7 @@ CASES = {  # cin, cout, group, (h, w), kernel, strides, pads (top, left, bottom,
     "grouped": (16, 32, 4, (12, 12), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), None, "conv"),
     "depthwise-strided": (24, 24, 24, (15, 15), (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), "Relu", "depthwise_channels"),
     "depthwise-rows": (8, 8, 8, (20, 40), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), None, "depthwise"),
+    "depthwise-blocked": (32, 32, 32, (20, 40), (5, 5), (2, 2), (2, 2, 2, 2), (1, 1), "Clip", "depthwise_channels"),
 }
 
 
@@ -86,7 +87,8 @@ def test_int8_conv_forms_are_bit_exact_with_vnni(case):
     model, x, want = _layer(case)
     executable, facts = _build(model, HOST)
     cin, cout, group = CASES[case][:3]
-    blocked = group == 1 and cin % 16 == 0 and cout % 16 == 0  # NCHW16c in and out (targets/int8_blocked.py)
+    # NCHW16c in and out (targets/int8_blocked.py): regular and depthwise convs on whole 16-channel blocks
+    blocked = group in (1, cin) and cin % 16 == 0 and cout % 16 == 0
     # a blocked layer alone in a model converts the model's input and output
     assert facts["slimcc_schedules"] == {CASES[case][-1]: 1, **({"layout_transform": 2} if blocked else {})}, facts
     got = _run(executable, x)
