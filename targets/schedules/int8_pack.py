@@ -41,7 +41,7 @@ from slimcc.targets.schedules.pack_weights import (CHANNEL_DWCONV_BLOCK, CHANNEL
                                                    DWCONV_BLOCK, GROUPED_CONV_BLOCK, PAD_BLOCK, _ints,
                                                    channel_depthwise, pack_conv_weight, pack_depthwise_weight,
                                                    packed_conv, row_depthwise)
-from slimcc.targets.schedules.vnni import GROUP, LANES, vnni_intrin
+from slimcc.targets.schedules.vnni import GROUP, LANES, SDOT, VNNI, DotProduct, dot_intrin
 from slimcc.targets.te_kernels import call_te_kernel
 from slimcc.targets.tvm_import import ensure_tvm
 
@@ -52,16 +52,19 @@ QPAD_BLOCK = "slimcc_qpad"  # the zero-point padded copy of an NCHW16c input
 OUT_EWISE_FUSABLE = 4  # Relax's OpPatternKind kOutEWiseFusable: element-wise consumers fuse into it
 
 
-def pack_int8_convs(mod, vector: CpuVector, vnni: bool):
+def pack_int8_convs(mod, vector: CpuVector, vnni: bool, sdot: bool = False):
     """Rewrite every integer conv2d (u8 x constant s8 -> int32) and batch-1 integer matmul of `mod`.
 
     With `vnni`, the VNNI intrinsic is registered here, before any tuning database is applied:
     replaying a tuned trace of a `slimcc_qconv` kernel needs it. Per-tensor Q/DQ next to the
     layout transforms of blocked float layers move to the 8-bit side first (targets/int8_layout.py).
+    With `sdot` (aarch64 +dotprod) the regular s8 x s8 convs take the same form on 4-lane blocks,
+    tensorized with sdot; the other layers keep TVM's integer conv2d there.
     """
     ensure_tvm()
-    if vnni:
-        vnni_intrin()
+    dot = VNNI if vnni else SDOT if sdot else None
+    if dot is not None:
+        dot_intrin(dot)
     mod = quantize_on_byte_side(mod)
     from tvm import relax
     from tvm.relax.dpl import is_const, is_op, wildcard
@@ -74,15 +77,15 @@ def pack_int8_convs(mod, vector: CpuVector, vnni: bool):
     def make_replace(builder):
         def replace(call, matches):
             if call.op.name == "relax.matmul":
-                layer = _IntConv.from_matmul(call)
+                layer = None if dot is SDOT else _IntConv.from_matmul(call)
             else:
-                layer = _IntConv.read(call, matches[data], matches.get(pad))
-            if layer is None:
+                layer = _IntConv.read(call, matches[data], matches.get(pad), SDOT.activation if dot is SDOT else "uint8")
+            if layer is None or (dot is SDOT and layer.groups != 1):
                 return call
             try:
                 if vnni and call.op.name != "relax.matmul" and layer.blockable():
                     return from_blocked(layer.blocked_call(builder))
-                out = layer.packed_call(builder, vector, vnni)
+                out = layer.packed_call(builder, vector, dot)
             except Exception:  # a TVM error building the kernel: this layer keeps TVM's integer conv2d
                 return call
             return relax.op.reshape(out, static_shape(call)) if call.op.name == "relax.matmul" else out
@@ -100,8 +103,9 @@ class _IntConv(ConvGeometry):
     pad_value: int = 0
 
     @classmethod
-    def read(cls, call, data, pad) -> _IntConv | None:
-        """The conv facts of `call` reading `data` (through the spatial `pad` when given), or None."""
+    def read(cls, call, data, pad, activation: str = "uint8") -> _IntConv | None:
+        """The conv facts of `call` reading `data` of dtype `activation` (through the spatial `pad`
+        when given), or None."""
         attrs = call.attrs
         if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "OIHW", "NCHW"):
             return None
@@ -116,8 +120,9 @@ class _IntConv(ConvGeometry):
             pads, pad_value = (width[4], width[6], width[5], width[7]), int(value)
         in_shape, out_shape = static_shape(data), static_shape(call)
         weight = constant_array(call.args[1])
-        if (in_shape is None or out_shape is None or len(in_shape) != 4 or tensor_dtype(data) != "uint8"
-                or weight.dtype != np.int8 or weight.ndim != 4 or not 0 <= pad_value <= 255):
+        low, high = (0, 255) if activation == "uint8" else (-128, 127)
+        if (in_shape is None or out_shape is None or len(in_shape) != 4 or tensor_dtype(data) != activation
+                or weight.dtype != np.int8 or weight.ndim != 4 or not low <= pad_value <= high):
             return None
         return cls(data, weight, in_shape, out_shape, strides=_ints(attrs.strides), dilation=_ints(attrs.dilation),
                    pads=pads, pad_value=pad_value, groups=int(attrs.groups))
@@ -139,15 +144,16 @@ class _IntConv(ConvGeometry):
         return cls(relax.op.reshape(data, [1, k, 1, 1]), np.ascontiguousarray(matrix.T.reshape(n, k, 1, 1)),
                    (1, k, 1, 1), (1, n, 1, 1))
 
-    def packed_call(self, builder, vector: CpuVector, vnni: bool):
-        """The call_tir of slimcc's int8 conv for this layer (see the module doc for which form)."""
+    def packed_call(self, builder, vector: CpuVector, dot: DotProduct | None):
+        """The call_tir of slimcc's int8 conv for this layer (see the module doc for which form):
+        the dot-product form when `dot` is given and the conv is regular."""
         ensure_tvm()
         from tvm import relax, te
 
         out_channels, group_channels, kh, kw = self.weight.shape
-        x = te.placeholder(self.in_shape, "uint8", "data")
-        if vnni and self.groups == 1:
-            tensors, packed, name = self._vnni(x)
+        x = te.placeholder(self.in_shape, dot.activation if dot is not None else "uint8", "data")
+        if dot is not None and self.groups == 1:
+            tensors, packed, name = self._dot(x, dot)
         elif group_channels == 1 and self.channel_vectors(vector) > 1:
             fi = self.channel_vectors(vector)
             w_t = te.placeholder((out_channels // fi, kh, kw, fi), "int8", "weight")
@@ -228,16 +234,17 @@ class _IntConv(ConvGeometry):
         builder.update_func(call.args[0], builder.get()[call.args[0]].with_attr(OP_PATTERN_ATTR, OUT_EWISE_FUSABLE))
         return call
 
-    def _vnni(self, x):
-        """([x, Wq, out], packed weight, kernel name) of the VNNI form."""
+    def _dot(self, x, dot: DotProduct):
+        """([x, Wq, out], packed weight, kernel name) of the dot-product form (VNNI: lanes = 16, sdot: 4)."""
         ensure_tvm()
         from tvm import te, tirx
 
         out_channels, channels, kh, kw = self.weight.shape
-        quads, blocks = -(-channels // GROUP), -(-out_channels // LANES)
-        padded = np.zeros((blocks * LANES, quads * GROUP, kh, kw), np.int8)
+        lanes = dot.lanes
+        quads, blocks = -(-channels // GROUP), -(-out_channels // lanes)
+        padded = np.zeros((blocks * lanes, quads * GROUP, kh, kw), np.int8)
         padded[:out_channels, :channels] = self.weight
-        packed = padded.reshape(blocks, LANES, quads, GROUP, kh, kw).transpose(0, 2, 4, 5, 1, 3)
+        packed = padded.reshape(blocks, lanes, quads, GROUP, kh, kw).transpose(0, 2, 4, 5, 1, 3)
         w_t = te.placeholder(packed.shape, "int8", "weight")
 
         n, _, h, w = self.in_shape
@@ -256,15 +263,15 @@ class _IntConv(ConvGeometry):
                 ([c < channels] if channels % GROUP else [])
             if not inside:
                 return x[b, c, i, j]
-            return tirx.if_then_else(tirx.all(*inside), x[b, c, i, j], tirx.const(self.pad_value, "uint8"))
+            return tirx.if_then_else(tirx.all(*inside), x[b, c, i, j], tirx.const(self.pad_value, x.dtype))
 
         packed_x = te.compute((n, quads, *extent, GROUP), quad, name=QPACK_BLOCK)
         rq, rk = te.reduce_axis((0, quads), "rq"), te.reduce_axis((0, GROUP), "rk")
         ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
-        acc = te.compute((n, blocks * LANES, out_h, out_w), lambda b, f, y, xx: te.sum(
+        acc = te.compute((n, blocks * lanes, out_h, out_w), lambda b, f, y, xx: te.sum(
             packed_x[b, rq, y * sh + ry * dh, xx * sw + rx * dw, rk].astype("int32")
-            * w_t[f // LANES, rq, ry, rx, f % LANES, rk].astype("int32"), axis=[rq, ry, rx, rk]), name=QCONV_BLOCK)
-        if out_channels % LANES:
+            * w_t[f // lanes, rq, ry, rx, f % lanes, rk].astype("int32"), axis=[rq, ry, rx, rk]), name=QCONV_BLOCK)
+        if out_channels % lanes:
             acc = te.compute(self.out_shape, lambda *index: acc[index], name=QCROP_BLOCK)
         return [x, w_t, acc], packed, QCONV_BLOCK
 

@@ -220,13 +220,13 @@ def test_x86_library_is_refused_by_the_aarch64_server(arm_session, tmp_path):
 def run_artifact_remotely(session, model, tmp_path, feeds, rule: str = "conv"):
     """Compile `model` with slimcc's arm target into an artifact folder and run it over RPC; the
     build must have used slimcc's `rule` schedule."""
-    from slimcc.targets.compiler import compile_model, prepare_model
+    from slimcc.targets.compiler import compile_model, is_int8, prepare_model
     from slimcc.targets.runner import run_artifact
     from slimcc.targets.target import make_target
 
     prepared = prepare_model(model)
     out_dir = tmp_path / "artifact"
-    manifest = compile_model(prepared, make_target("arm"), out_dir)
+    manifest = compile_model(prepared, make_target("arm", int8=is_int8(prepared)), out_dir)
     assert elf_machine(out_dir / manifest.library) == ELF_MACHINE_AARCH64
     rules = manifest.build["slimcc_schedules"]  # slimcc's NEON schedules, not TVM's naive loops
     assert rules.get("conv", 0) + rules.get("pointwise", 0) > 0 and rules.get(rule, 0) > 0, manifest.build
@@ -386,3 +386,31 @@ def test_an_aarch64_server_killed_mid_tuning_loses_no_record(arm_emulator, tmp_p
     assert summary["devices"][survivor]["measured"] > 0
     assert measured_record_count(db) > len(before)  # measurements went on after the loss
     assert sum(row["measured"] for row in summary["devices"].values()) == measured_record_count(db)
+
+
+def test_int8_zoo_resnet_runs_sdot_kernels_on_emulated_aarch64(arm_session, tmp_path):
+    """Q/DQ convs of an aarch64 +dotprod build run slimcc's s8 x s8 kernels tensorized with sdot, and
+    the emulated run matches onnxruntime on the QDQ model within one quantization step."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "passes" / "quant"))
+    from quant_helpers import calib_context, canonical_zoo
+
+    from slimcc.passes.quant.qdq_insert import QDQInsert
+    from test_int8_relax import _one_step_bound
+
+    model = canonical_zoo("resnet-basic")
+    ctx, held_out = calib_context()
+    layers = QDQInsert().run(model, ctx).stats["quantized_layers"]
+    feeds = held_out[0]
+    expected = run_onnxruntime(model, feeds)["y"]
+
+    actual = run_artifact_remotely(arm_session, model, tmp_path, feeds, "int8_conv")["y"]
+
+    library = tmp_path / "artifact" / "model.so"
+    objdump = shutil.which("aarch64-linux-gnu-objdump") or shutil.which("llvm-objdump")
+    if objdump:
+        code = subprocess.run([objdump, "-d", str(library)], capture_output=True, text=True, check=True).stdout
+        assert code.count("sdot") >= layers * 4  # every integer conv's inner loop
+    assert np.abs(actual - expected).max() <= _one_step_bound(model)
+    assert actual.argmax() == expected.argmax()

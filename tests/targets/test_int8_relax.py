@@ -157,7 +157,10 @@ def test_prepare_for_build_emits_integer_conv_unless_switched_off(monkeypatch):
     script = mod.script(show_meta=False)
     assert "R.dequantize" not in script and ("slimcc_qconv" in script or "slimcc_conv" in script)
     arm = prepare_for_build(to_relax(model), make_target("arm", int8=True).to_tvm())
-    assert compute_calls(arm) == [("relax.nn.conv2d", "int8", "int8", "int32")]
+    assert compute_calls(arm) == []  # s8 x s8 on aarch64 +dotprod: slimcc's sdot kernel
+    assert "slimcc_qconv" in arm.script(show_meta=False)
+    no_dotprod = prepare_for_build(to_relax(model), make_target("arm").to_tvm())
+    assert compute_calls(no_dotprod) == [("relax.nn.conv2d", "int8", "int8", "int32")]
 
     facts = {}
     fake = prepare_for_build(to_relax(model), None, facts, int8_mode="fake")
@@ -244,8 +247,9 @@ def test_quantized_zoo_resnet_cross_builds_for_aarch64(quantized_resnet, tmp_pat
     model, _, layers = quantized_resnet
     arm = make_target("arm", int8=True)
     mod = prepare_for_build(to_relax(model), arm.to_tvm())
-    assert [c[1:] for c in compute_calls(mod) if c[3] == "int32"] == [("int8", "int8", "int32")] * layers
+    assert [c for c in compute_calls(mod) if c[3] == "int32"] == []  # every integer conv on slimcc's sdot kernel
     manifest = compile_model(model, arm, tmp_path / "arm", isolate=False)
     assert manifest.build["int8_lowered"] == layers
+    assert manifest.build["slimcc_schedules"].get("int8_conv") == layers, manifest.build
     library = (tmp_path / "arm" / manifest.library).read_bytes()
     assert library[:4] == b"\x7fELF" and int.from_bytes(library[18:20], "little") == 183  # EM_AARCH64
