@@ -29,11 +29,13 @@ ACCUMULATORS = 24  # of the 32 zmm registers: fb weight vectors and a broadcast 
 REGISTERS = 32  # zmm registers
 MAX_COLUMNS = 16  # output columns of a one-block tile (its broadcasts are memory operands)
 MIN_ROW_VECTOR = 8  # tiles narrower than this run their epilogue on channel vectors
-# A VNNI conv's loop iterations (MACs) and its byte packing cost about a sixteenth of a float
-# conv's MAC each, against which MIN_PARALLEL_WORK is set: with this divisor the demo's int8
-# digits CNN (2 threads, 21 convs of 0.1-0.6 M MACs) ran in 0.17 ms instead of 0.21 (divisor 1)
-# or 0.20 (4); no int8 conv of it then runs in parallel, as at one thread.
-VNNI_WORK_DIVISOR = 16
+# A VNNI conv's loop iterations (MACs) and its byte packing cost far less than a float conv's
+# MAC each, against which MIN_PARALLEL_WORK is set, and a thread-pool launch on the 2-core VM costs
+# several microseconds: with this divisor an int8 conv runs on two threads from about 8 M
+# MAC-iterations (~40 us on one core). The demo's int8 digits CNN (2 threads, 21 convs of
+# 0.1-1.8 M) ran 0.21 ms with divisor 1, 0.17 with 16 (its 24-channel 3x3 convs still parallel, 18 us
+# each against 9 on one thread), 0.14 with 128, as at one thread.
+VNNI_WORK_DIVISOR = 128
 
 
 def qconv_tile(out_blocks: int, out_width: int) -> tuple[int, int]:
