@@ -182,7 +182,7 @@ def _sink_split(part, producer):
         return None
     channels = static_shape(split.args[0])[1]
     cuts = split.attrs.indices_or_sections
-    if isinstance(cuts, tvm_int_types()):
+    if isinstance(cuts, _int_types()):
         if channels % (int(cuts) * BLOCK):
             return None
         blocked_cuts = int(cuts)
@@ -193,7 +193,7 @@ def _sink_split(part, producer):
     return from_blocked(relax.TupleGetItem(relax.op.split(source.args[0], blocked_cuts, axis=1), part.index))
 
 
-def tvm_int_types():
+def _int_types():
     """The types a split's section count may have (a Python int or a TVM IntImm)."""
     tvm = ensure_tvm()
 
