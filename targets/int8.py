@@ -24,7 +24,7 @@ The requantize is one TIR function (not a chain of Relax ops) so that FuseOps fu
 conv2d/matmul as a single epilogue loop with no int64 intermediate tensors. A residual Add
 between quantized tensors, Q(clamp(DQ(a) + DQ(b))), becomes one such kernel too: both inputs
 are rescaled to the output scale with fixed-point multipliers sharing one shift
-(`add_multipliers`), summed in int64, rounded half to even once and clamped.
+(`add_multipliers`, 21 bits), summed in int32, rounded half to even once and clamped.
 
 The layer rewrite is bit-exact with `slimcc.passes.quant.intref.qlinear_conv/qlinear_matmul`. Flavours:
 "u8s8" keeps the activation dtype (u8 x s8, what x86 VNNI multiplies); "s8s8" (ARM dot-product,
@@ -422,9 +422,13 @@ class _Kernels:
                                                                       "hi"))
         a_t, b_t = te.placeholder(shape, scalars["a_dtype"], "a"), te.placeholder(shape, scalars["b_dtype"], "b")
 
+        # int32 lanes when the sum and the rounding term fit: |v| < 255 * 2^22 < 2^30 (21-bit
+        # multipliers, intref.add_multipliers) and 2^(shift - 1) <= 2^29; else int64, same values
+        wide = "int32" if 1 <= shift <= 30 and 255 * (abs(ma) + abs(mb)) < 2**30 else "int64"
+
         def compute(*index):
-            v = ((a_t[index].astype("int64") - za) * ma + (b_t[index].astype("int64") - zb) * mb)
-            return _saturate(_round_shift(v, tirx.const(shift, "int64")) + zy, lo, hi, scalars["out_dtype"])
+            v = ((a_t[index].astype(wide) - za) * ma + (b_t[index].astype(wide) - zb) * mb)
+            return _saturate(_round_shift(v, tirx.const(shift, wide), wide) + zy, lo, hi, scalars["out_dtype"], wide)
 
         out = te.compute(shape, compute, name="qadd")
         return self._call("qadd", [a_t, b_t, out], args, scalars)
@@ -476,12 +480,13 @@ def float64_exact(shift: np.ndarray) -> bool:
     return bool(np.all(np.asarray(shift) <= EXACT_FLOAT64_SHIFT))
 
 
-def _round_shift(v, shift):
-    """v / 2^shift rounded half to even, for int64 TIR `v` and 1 <= shift <= 62 (intref.rounding_shift)."""
+def _round_shift(v, shift, wide: str = "int64"):
+    """v / 2^shift rounded half to even, for TIR `v` of type `wide` (int64: 1 <= shift <= 62, int32:
+    1 <= shift <= 30; intref.rounding_shift)."""
     ensure_tvm()
     from tvm import tirx
 
-    one = tirx.const(1, "int64")
+    one = tirx.const(1, wide)
     return (v + ((one << (shift - one)) - one) + ((v >> shift) & one)) >> shift
 
 
@@ -493,12 +498,12 @@ def _require_int64(magnitude: np.ndarray, multiplier: np.ndarray, shift: np.ndar
         raise _Unsupported
 
 
-def _saturate(y, lo: int, hi: int, dtype: str):
-    """int64 TIR `y` clamped to [lo, hi] and cast to `dtype`."""
+def _saturate(y, lo: int, hi: int, dtype: str, wide: str = "int64"):
+    """TIR `y` of type `wide` clamped to [lo, hi] and cast to `dtype`."""
     ensure_tvm()
     from tvm import tirx
 
-    return tirx.max(tirx.min(y, tirx.const(hi, "int64")), tirx.const(lo, "int64")).astype(dtype)
+    return tirx.max(tirx.min(y, tirx.const(hi, wide)), tirx.const(lo, wide)).astype(dtype)
 
 
 class _AddPattern:
