@@ -378,9 +378,10 @@ class _Kernels:
         out_dtype = str(scalars["out_dtype"])
         split_channels = channel_of is not None
         channel_of = channel_of or (lambda index: index[axis])
-        channels = int(_const(args[1]).shape[0])
+        first = _const(args[1])
+        channels = int(first.shape[0])
         acc_t = te.placeholder(shape, "int32", "acc")
-        if _const(args[1]).dtype == np.float64:
+        if first.dtype == np.float64:
             params = [te.placeholder((channels,), "float64", name) for name in ("bias", "rate", "up", "down")]
 
             def compute(*index):
@@ -400,11 +401,9 @@ class _Kernels:
                 return _saturate(_round_shift(v, shift_t[c]) + zy, lo, hi, out_dtype)
 
         out = te.compute(shape, compute, name="requantize")
-        call = self._call("requantize", [acc_t, *params, out], args, scalars)
-        if split_channels:  # the analysis calls a computed channel index injective: FuseOps would not fuse it
-            self.builder.update_func(call.args[0], self.builder.get()[call.args[0]].with_attr(
-                OP_PATTERN_ATTR, ELEMWISE_PATTERN))
-        return call
+        # the analysis calls a computed channel index injective: FuseOps would not fuse it
+        pattern = {OP_PATTERN_ATTR: ELEMWISE_PATTERN} if split_channels else {}
+        return self._call("requantize", [acc_t, *params, out], args, scalars, pattern)
 
     def add(self, a, b, shape, a_dtype: str, b_dtype: str, za: int, zb: int, ma: int, mb: int, shift: int,
             zy: int, lo: int, hi: int, out_dtype: str):
@@ -433,13 +432,11 @@ class _Kernels:
         out = te.compute(shape, compute, name="qadd")
         return self._call("qadd", [a_t, b_t, out], args, scalars)
 
-    def _call(self, name: str, tensors, args, scalars: dict):
+    def _call(self, name: str, tensors, args, scalars: dict, attrs: dict | None = None):
         """call_tir of the TE computation `tensors` (inputs..., output) on the Relax `args`, its
-        PrimFunc marked with `scalars` (KERNEL_ATTR)."""
-        call = call_te_kernel(self.builder, name, tensors, args)
-        self.builder.update_func(call.args[0], self.builder.get()[call.args[0]].with_attr(
-            KERNEL_ATTR, {k: str(v) for k, v in scalars.items()}))
-        return call
+        PrimFunc marked with `scalars` (KERNEL_ATTR) and `attrs`."""
+        return call_te_kernel(self.builder, name, tensors, args,
+                              {KERNEL_ATTR: {k: str(v) for k, v in scalars.items()}, **(attrs or {})})
 
 
 def kernel_scalars(func) -> dict | None:

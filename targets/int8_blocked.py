@@ -171,7 +171,7 @@ def _sink_one(builder, call, producer):
 
 def _sink_split(part, producer):
     """One part of a channel split of `from_blocked(t)`, cut from `t` at the same (block) boundaries."""
-    ensure_tvm()
+    tvm = ensure_tvm()
     from tvm import relax
 
     split = producer(part.tuple_value)
@@ -182,7 +182,7 @@ def _sink_split(part, producer):
         return None
     channels = static_shape(split.args[0])[1]
     cuts = split.attrs.indices_or_sections
-    if isinstance(cuts, _int_types()):
+    if isinstance(cuts, (int, tvm.tirx.IntImm)):
         if channels % (int(cuts) * BLOCK):
             return None
         blocked_cuts = int(cuts)
@@ -191,13 +191,6 @@ def _sink_split(part, producer):
             return None
         blocked_cuts = [int(c) // BLOCK for c in cuts]
     return from_blocked(relax.TupleGetItem(relax.op.split(source.args[0], blocked_cuts, axis=1), part.index))
-
-
-def _int_types():
-    """The types a split's section count may have (a Python int or a TVM IntImm)."""
-    tvm = ensure_tvm()
-
-    return (int, tvm.tirx.IntImm)
 
 
 def _sink_kernel(builder, call, producer):
@@ -243,25 +236,9 @@ def dequantize_blocked(mod):
     """`dequantize(from_blocked(t))` -> `from_blocked(dequantize(t))` for a per-tensor dequantize: it
     then fuses into the int8 epilogue producing `t`, and the transform moves float32 values on its
     own (zoo ResNet int8: the last residual block's fused transform + dequantize took 140 us)."""
-    ensure_tvm()
-    from tvm.relax.dpl import is_const, is_op, wildcard
+    from slimcc.targets.int8_layout import move_before_layout_transforms
 
-    from slimcc.targets.int8_layout import per_tensor, requalify
-    from slimcc.targets.relax_rewrite import rewrite_calls
-
-    transform = is_op("relax.layout_transform")(wildcard())
-    dequantize = is_op("relax.dequantize")(transform, is_const(), is_const())
-
-    def make_replace(_builder):
-        def replace(call, matches):
-            back = matches[transform]
-            if not (is_from_blocked(back) and per_tensor(call)):
-                return call
-            return from_blocked(requalify(call, back.args[0]))
-
-        return replace
-
-    return rewrite_calls(mod, dequantize, make_replace, "SlimccDequantizeBlocked")
+    return move_before_layout_transforms(mod, "relax.dequantize", is_from_blocked, "SlimccDequantizeBlocked")
 
 
 def cancel_layout_pairs(mod):

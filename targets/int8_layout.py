@@ -14,9 +14,10 @@ permutation of the elements:
 
 and the quantize then fuses into the float conv's epilogue (an element-wise consumer), while the
 transform copies a quarter of the bytes (zoo ResNet int8: 15 -> 14 kernels, 0.95x the latency).
-The mirror image, layout_transform(dequantize(q)) -> dequantize(layout_transform(q)), is not
-done: FuseOps already fuses that dequantize into the transform, and swapped they were two
-kernels (YOLOv8n 1.03x). Transforms that pad (a channel count that is not a multiple of the
+The mirror image, dequantize(layout_transform(q)) -> layout_transform(dequantize(q)), is done only
+for the NCHW16c -> NCHW transforms after int8 layers (targets/int8_blocked.py), where the dequantize
+then joins the int8 epilogue; after float layers FuseOps already fuses it into the transform, and
+swapped they were two kernels (YOLOv8n 1.03x). Transforms that pad (a channel count that is not a multiple of the
 block) are left alone: the padding value would change meaning.
 """
 
@@ -32,27 +33,33 @@ from slimcc.targets.tvm_import import ensure_tvm
 def quantize_on_byte_side(mod):
     """`mod` with every per-tensor quantize of a non-padding layout_transform moved before the
     transform, so that the transform moves the 8-bit tensor (see the module doc)."""
+    return move_before_layout_transforms(mod, "relax.quantize", _permutes, "SlimccQuantizeBeforeLayoutTransform")
+
+
+def move_before_layout_transforms(mod, op_name: str, accepts, name: str):
+    """`op(layout_transform(x))` -> `layout_transform(op(x))` for every per-tensor quantize or
+    dequantize `op_name` whose transform `accepts(transform)`."""
     ensure_tvm()
     from tvm import relax
     from tvm.relax.dpl import is_const, is_op, wildcard
 
     transform = is_op("relax.layout_transform")(wildcard())
-    quantize = is_op("relax.quantize")(transform, is_const(), is_const())
+    pattern = is_op(op_name)(transform, is_const(), is_const())
 
     def make_replace(builder):
         def replace(call, matches):
             inner = matches[transform]
-            if not (per_tensor(call) and _permutes(inner)):
+            if not (_per_tensor(call) and accepts(inner)):
                 return call
-            quantized = builder.normalize(requalify(call, inner.args[0]))
-            return relax.op.layout_transform(quantized, inner.attrs.index_map)
+            moved = builder.normalize(_requalify(call, inner.args[0]))
+            return relax.op.layout_transform(moved, inner.attrs.index_map)
 
         return replace
 
-    return rewrite_calls(mod, quantize, make_replace, "SlimccQuantizeBeforeLayoutTransform")
+    return rewrite_calls(mod, pattern, make_replace, name)
 
 
-def requalify(call, data):
+def _requalify(call, data):
     """The per-tensor quantize/dequantize `call` applied to `data` (of another rank) instead."""
     ensure_tvm()
     from tvm import relax
@@ -63,7 +70,7 @@ def requalify(call, data):
               out_dtype=str(call.attrs.out_dtype))
 
 
-def per_tensor(call) -> bool:
+def _per_tensor(call) -> bool:
     """Whether a quantize/dequantize has one scale and one zero point for the whole tensor."""
     return all(constant_array(a).size == 1 for a in call.args[1:3])
 

@@ -328,9 +328,8 @@ def lookup_call(builder, x_q, table: np.ndarray, out_dtype: str):
         return table_t[x_t[index].astype("int32") + offset].astype(out_dtype)
 
     out = te.compute(shape, compute, name=LOOKUP_BLOCK)
-    call = call_te_kernel(builder, LOOKUP_BLOCK, [x_t, table_t, out], [x_q, relax.const(table.astype(np.int32), "int32")])
-    builder.update_func(call.args[0], builder.get()[call.args[0]].with_attr(LOOKUP_ATTR, True))
-    return call
+    return call_te_kernel(builder, LOOKUP_BLOCK, [x_t, table_t, out],
+                          [x_q, relax.const(table.astype(np.int32), "int32")], {LOOKUP_ATTR: True})
 
 
 def mark_lookups_elementwise():

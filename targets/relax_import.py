@@ -66,6 +66,7 @@ def prepare_for_build(mod, target=None, facts: dict | None = None, int8_mode: st
     from slimcc.targets.schedules.fast_math import use_fast_exp, use_reciprocal_multiply
     from slimcc.targets.schedules.blocked_layout import use_blocked_layout
     from slimcc.targets.schedules.pack_weights import pack_conv_weights
+    from slimcc.targets.schedules.vnni import SDOT, VNNI
 
     mode = resolve_int8_mode(int8_mode)
     if mode == "real":
@@ -89,9 +90,9 @@ def prepare_for_build(mod, target=None, facts: dict | None = None, int8_mode: st
         mod = relax.transform.FoldConstant()(use_reciprocal_multiply(mod))
         mod = relax.transform.FoldConstant()(use_blocked_layout(mod, vector))
         if flavour_for(target) == "u8s8":
-            mod = pack_int8_convs(mod, vector, vnni=target_has_feature(target, "avx512vnni"))
+            mod = pack_int8_convs(mod, vector, VNNI if target_has_feature(target, "avx512vnni") else None)
         elif vector.name == "neon" and target_has_feature(target, "dotprod"):  # s8 x s8 convs on sdot
-            mod = pack_int8_convs(mod, vector, vnni=False, sdot=True)
+            mod = pack_int8_convs(mod, vector, SDOT)
         mod = use_fast_exp(pack_conv_weights(mod, vector))
     return mod
 

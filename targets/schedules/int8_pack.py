@@ -52,17 +52,18 @@ QPAD_BLOCK = "slimcc_qpad"  # the zero-point padded copy of an NCHW16c input
 OUT_EWISE_FUSABLE = 4  # Relax's OpPatternKind kOutEWiseFusable: element-wise consumers fuse into it
 
 
-def pack_int8_convs(mod, vector: CpuVector, vnni: bool, sdot: bool = False):
+def pack_int8_convs(mod, vector: CpuVector, dot: DotProduct | None):
     """Rewrite every integer conv2d (u8 x constant s8 -> int32) and batch-1 integer matmul of `mod`.
 
-    With `vnni`, the VNNI intrinsic is registered here, before any tuning database is applied:
-    replaying a tuned trace of a `slimcc_qconv` kernel needs it. Per-tensor Q/DQ next to the
-    layout transforms of blocked float layers move to the 8-bit side first (targets/int8_layout.py).
-    With `sdot` (aarch64 +dotprod) the regular s8 x s8 convs take the same form on 4-lane blocks,
-    tensorized with sdot; the other layers keep TVM's integer conv2d there.
+    `dot` is the target's dot-product instruction (None: the exact int32 forms only). VNNI's or
+    sdot's intrinsic is registered here, before any tuning database is applied: replaying a tuned
+    trace of a `slimcc_qconv` kernel needs it. Per-tensor Q/DQ next to the layout transforms of
+    blocked float layers move to the 8-bit side first (targets/int8_layout.py). With SDOT (aarch64
+    +dotprod) the regular s8 x s8 convs take the same form on 4-lane blocks; the other layers keep
+    TVM's integer conv2d there.
     """
     ensure_tvm()
-    dot = VNNI if vnni else SDOT if sdot else None
+    vnni = dot is VNNI
     if dot is not None:
         dot_intrin(dot)
     mod = quantize_on_byte_side(mod)
@@ -229,10 +230,9 @@ class _IntConv(ConvGeometry):
         acc = te.compute((n, blocks, out_h, out_w, LANES), lambda b, fo, y, xx, fi: te.sum(
             src[b, rq // per_block, y * sh + ry * dh, xx * sw + rx * dw, (rq % per_block) * GROUP + rk].astype("int32")
             * w_t[fo, rq, ry, rx, fi, rk].astype("int32"), axis=[rq, ry, rx, rk]), name=QCONV_BLOCK)
-        call = call_te_kernel(builder, QCONV_BLOCK, [x, w_t, acc],
-                              [to_blocked(self.data), relax.const(np.ascontiguousarray(packed))])
-        builder.update_func(call.args[0], builder.get()[call.args[0]].with_attr(OP_PATTERN_ATTR, OUT_EWISE_FUSABLE))
-        return call
+        return call_te_kernel(builder, QCONV_BLOCK, [x, w_t, acc],
+                              [to_blocked(self.data), relax.const(np.ascontiguousarray(packed))],
+                              {OP_PATTERN_ATTR: OUT_EWISE_FUSABLE})
 
     def _dot(self, x, dot: DotProduct):
         """([x, Wq, out], packed weight, kernel name) of the dot-product form (VNNI: lanes = 16, sdot: 4)."""
