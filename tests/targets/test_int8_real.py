@@ -3,6 +3,8 @@ TVM build agrees with onnxruntime running the same Q/DQ model on real pictures."
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -14,6 +16,8 @@ from slimcc.passes.base import PassContext
 from slimcc.passes.manager import PassManager
 from slimcc.passes.pipeline import parse_pipeline
 from slimcc.targets.compiler import compile_model, prepare_model
+from slimcc.targets.relax_import import prepare_for_build, to_relax
+from slimcc.targets.schedules.isa import target_has_feature
 from slimcc.targets.runner import load_artifact
 
 # the placements bench/quant.py measures (first layers left float where int8 flips predictions)
@@ -39,6 +43,13 @@ def test_quantized_real_model_runs_integer_kernels_and_matches_onnxruntime(name,
     model = prepare_model(real_model_path(name), {info.input_name: list(info.input_shape)})
     layers = quantize(model, pipeline, real_inputs(name, count=4, kind=kind, seed=1))
     assert layers > 0
+    if name == "yolov8n" and target_has_feature(x86.to_tvm(), "avx512vnni"):
+        # C2f's Split/Concat and SPPF's MaxPool run on NCHW16c bytes between the VNNI convs
+        # (targets/int8_movement.py, int8_blocked.py): almost no float Q/DQ or layout transforms left
+        script = prepare_for_build(to_relax(model), x86.to_tvm())["main"].script(show_meta=False)
+        assert re.search(r'R.Tensor\(\(1, \d+, \d+, \d+, 16\), dtype="uint8"\) = R.concat\(', script)
+        assert re.search(r'R.Tensor\(\(1, \d+, \d+, \d+, 16\), dtype="uint8"\) = R.nn.max_pool2d\(', script)
+        assert script.count("R.quantize(") <= 8 and script.count("R.layout_transform(") <= 12
     manifest = compile_model(model, x86, tmp_path / "art")
     assert manifest.build["int8_mode"] == "real"
     assert manifest.build["int8_lowered"] == layers  # none of them left as float Q/DQ arithmetic
