@@ -12,7 +12,9 @@ CPU (host mcpu, --threads cores): fp32 untuned, fp32 tuned (fresh MetaSchedule d
 its onnxruntime speed weighing, with bench/quant.py's calibration data, tuned with the same --trials). Whether TVM ran
 real integer kernels is read from the int8 build info (`int8_lowered`: integer conv2d/matmul
 count; 0 or absent means fake quantization in float). onnxruntime runs with all graph
-optimizations and --threads threads. Latencies are medians over --repeat runs, timed in interleaved
+optimizations and --threads threads. Every engine is timed the same way, numpy inputs to numpy outputs
+(onnxruntime's `session.run`, the artifact's `run`), on 64-byte-aligned inputs that both read in
+place. Latencies are medians over --repeat runs, timed in interleaved
 blocks of 5 (ort, ort int8, untuned, tuned, int8 untuned, int8 tuned, ort, ...) so machine noise hits
 every engine alike while no engine's spinning thread pool runs into the next engine's block; above
 one thread each engine runs in a process of its own (two thread pools in one process slowed both);
@@ -50,7 +52,7 @@ from slimcc.models.data import zoo_inputs  # noqa: E402
 from slimcc.models.fetch import REAL_MODELS, real_model_path  # noqa: E402
 from slimcc.targets.compiler import compile_model, prepare_model  # noqa: E402
 from slimcc.targets.artifact import read_manifest  # noqa: E402
-from slimcc.targets.runner import load_artifact  # noqa: E402
+from slimcc.targets.runner import aligned_array, load_artifact  # noqa: E402
 from slimcc.targets.target import make_target  # noqa: E402
 from slimcc.targets.tune import tune_model  # noqa: E402
 
@@ -163,7 +165,7 @@ def _engine_main(conn, kind: str, source: str, threads: int, feeds: dict) -> Non
             run = lambda f: session.run(None, f)  # noqa: E731
         else:
             artifact = load_artifact(source)
-            run = lambda f: artifact.time(f, repeat=1, warmup=0)  # noqa: E731
+            run = artifact.run
     except Exception as exc:  # reported to the parent, which raises it as one line
         conn.send(f"{type(exc).__name__}: {exc}")
         return
@@ -180,7 +182,7 @@ def measure(name: str, args, workdir: Path, quant) -> dict:
     """All figures for one model."""
     model, calib = load(name, args.zoo_size, args.zoo_width, quant, calibrate=not args.no_int8)
     spec = make_target("x86", num_cores=args.threads)
-    feeds = random_feeds(model, seed=0)
+    feeds = {key: aligned_array(value) for key, value in random_feeds(model, seed=0).items()}
     result: dict = {"model": name, "input_shapes": {t.name: list(t.shape) for t in model.graph.inputs}}
 
     start = time.perf_counter()
@@ -245,7 +247,7 @@ def measure(name: str, args, workdir: Path, quant) -> dict:
         runs = {"onnxruntime": lambda f: session.run(None, f)}
         if qdq_session is not None:  # onnxruntime on the same QDQ model as the int8 builds (its QLinear kernels)
             runs["onnxruntime_int8"] = lambda f: qdq_session.run(None, f)
-        runs.update({key: (lambda f, art=art: art.time(f, repeat=1, warmup=0)) for key, art in artifacts.items()})
+        runs.update({key: art.run for key, art in artifacts.items()})
         ms = interleaved({key: (lambda n, run=run: time_block(run, feeds, n)) for key, run in runs.items()}, args.repeat)
     result["latency_ms"] = ms
     result["tvm_untuned_over_ort"] = round(ms["tvm_untuned"] / ms["onnxruntime"], 2)

@@ -53,11 +53,36 @@ class LoadedArtifact:
         return float(np.median(samples))
 
     def _arguments(self, feeds: dict[str, np.ndarray]) -> list:
-        tvm = ensure_tvm()
-
         check_feeds(self.manifest, feeds)
-        return [tvm.runtime.tensor(np.ascontiguousarray(feeds[spec.name]), self.device)
-                for spec in self.manifest.inputs]
+        return [device_tensor(feeds[spec.name], self.device) for spec in self.manifest.inputs]
+
+
+TVM_ALIGNMENT = 64  # bytes: TVM's kernels assume tensors this aligned (kAllocAlignment)
+
+
+def device_tensor(value: np.ndarray, device):
+    """`value` as a TVM tensor on `device`: the numpy memory itself (DLPack, no copy) where the device
+    is this machine's CPU and the array is C-contiguous and 64-byte aligned, else a copy.
+
+    onnxruntime reads numpy inputs in place too; the copy costs 70 us per call on a 224x224 image.
+    `aligned_array` makes an array that qualifies.
+    """
+    tvm = ensure_tvm()
+
+    if (device.dlpack_device_type() == tvm.cpu(0).dlpack_device_type() and value.flags.c_contiguous and value.size
+            and value.ctypes.data % TVM_ALIGNMENT == 0):
+        return tvm.runtime.from_dlpack(value)
+    return tvm.runtime.tensor(np.ascontiguousarray(value), device)
+
+
+def aligned_array(value: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of `value` whose data starts on a 64-byte boundary (see `device_tensor`)."""
+    value = np.ascontiguousarray(value)
+    raw = np.empty(value.nbytes + TVM_ALIGNMENT, dtype=np.uint8)
+    start = -raw.ctypes.data % TVM_ALIGNMENT
+    out = raw[start:start + value.nbytes].view(value.dtype).reshape(value.shape)
+    out[...] = value
+    return out
 
 
 def check_feeds(manifest: Manifest, feeds: dict[str, np.ndarray]) -> None:
