@@ -90,7 +90,8 @@ def prepare_for_build(mod, target=None, facts: dict | None = None, int8_mode: st
         mod = relax.transform.FoldConstant()(use_reciprocal_multiply(mod))
         mod = relax.transform.FoldConstant()(use_blocked_layout(mod, vector))
         if flavour_for(target) == "u8s8":
-            mod = pack_int8_convs(mod, vector, VNNI if target_has_feature(target, "avx512vnni") else None)
+            mod = pack_int8_convs(mod, vector, VNNI if target_has_feature(target, "avx512vnni") else None,
+                                  amx=target_has_feature(target, "amx-int8") and target_has_feature(target, "amx-tile"))
         elif vector.name == "neon" and target_has_feature(target, "dotprod"):  # s8 x s8 convs on sdot
             mod = pack_int8_convs(mod, vector, SDOT)
         mod = use_fast_exp(pack_conv_weights(mod, vector))

@@ -72,6 +72,19 @@ def host_cpu_name() -> str:
     return str(tvm_ffi.get_global_func("target.llvm_get_system_cpu")())
 
 
+def host_has_amx(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this machine's CPU has AMX tiles with int8 products (the kernel reports amx_tile and amx_int8)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return {"amx_tile", "amx_int8"} <= flags
+    except OSError:
+        pass
+    return False
+
+
 def llvm_cpu_is_valid(mcpu: str, triple: str | None = None) -> bool:
     """Whether LLVM knows `mcpu` for `triple` (the host triple when None)."""
     tvm = ensure_tvm()
@@ -99,8 +112,13 @@ def make_target(name: str, *, mcpu: str | None = None, num_cores: int | None = N
             raise SlimccError(f"LLVM does not know --mcpu {mcpu!r} (try e.g. skylake-avx512, znver3, x86-64-v3)")
         cores = num_cores or len(os.sched_getaffinity(0))
         spec = {"kind": "llvm", "mcpu": cpu, "num-cores": cores}
+        mattr = []
         if cpu.startswith(AMD_SSE4A_CPUS):  # LLVM packs strided u8/s8 loads with SSE4a insertq: 80x slower on znver3
-            spec["mattr"] = ["-sse4a"]
+            mattr.append("-sse4a")
+        if mcpu is None and host_has_amx():  # LLVM names some AMX hosts by an older CPU (a VM's masked model)
+            mattr += ["+amx-tile", "+amx-int8"]
+        if mattr:
+            spec["mattr"] = mattr
         return TargetSpec("x86", spec, notes={"mcpu_detected": mcpu is None})
     if name == "arm":
         mattr = ["+neon"] + (["+dotprod"] if int8 else [])

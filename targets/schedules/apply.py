@@ -1,6 +1,6 @@
 """After fusion: give every kernel no tuning record covers one of slimcc's CPU schedules.
 
-Rules are tried in order on each unscheduled PrimFunc (SLIMCC_RULES): VNNI int8 conv, 1x1
+Rules are tried in order on each unscheduled PrimFunc (SLIMCC_RULES): AMX int8 conv, VNNI int8 conv, 1x1
 conv, Winograd 3x3 conv, packed conv, packed matmul, depthwise conv, NCHW <-> NCHW{fi}c conversion, then
 element-wise/pooling; what none of them
 takes goes to TVM's dlight CPU rules (GEMV, reductions). A rule that fails leaves the kernel as it was (naive but correct), and the
@@ -9,6 +9,7 @@ build facts say how many kernels each path took.
 
 from __future__ import annotations
 
+from slimcc.targets.schedules.amx_conv import schedule_amx_conv
 from slimcc.targets.schedules.conv import schedule_conv, schedule_pointwise
 from slimcc.targets.schedules.depthwise import schedule_channel_depthwise, schedule_depthwise
 from slimcc.targets.schedules.elementwise import (inline_producers, is_reduction, root_blocks, schedule_flat,
@@ -40,7 +41,7 @@ def _elementwise(sch, vector: CpuVector) -> bool:
 
 
 # (name, rule) in the order they are tried; a rule returns False when the kernel is not its kind
-SLIMCC_RULES = (("int8_conv", schedule_int8_conv), ("pointwise", schedule_pointwise), ("winograd", schedule_winograd),
+SLIMCC_RULES = (("int8_amx", schedule_amx_conv), ("int8_conv", schedule_int8_conv), ("pointwise", schedule_pointwise), ("winograd", schedule_winograd),
                 ("conv", schedule_conv),
                 ("matmul", schedule_matmul), ("depthwise", schedule_depthwise),
                 ("depthwise_channels", schedule_channel_depthwise), ("layout_transform", schedule_layout_transform),

@@ -36,6 +36,8 @@ from slimcc.targets.int8_layout import quantize_on_byte_side
 from slimcc.targets.int8_tables import OP_PATTERN_ATTR
 from slimcc.targets.relax_rewrite import rewrite_calls
 from slimcc.targets.relax_values import constant_array, static_shape, tensor_dtype
+from slimcc.targets.schedules.amx_conv import (AMX_BLOCK, amx_conv, amx_eligible, channel_group, fb_for,
+                                               pack_amx_weight, tile_config)
 from slimcc.targets.schedules.isa import CpuVector
 from slimcc.targets.schedules.pack_weights import (CHANNEL_DWCONV_BLOCK, CHANNEL_PAD_BLOCK, CONV_BLOCK, ConvGeometry,
                                                    DWCONV_BLOCK, GROUPED_CONV_BLOCK, PAD_BLOCK, _ints,
@@ -52,7 +54,7 @@ QPAD_BLOCK = "slimcc_qpad"  # the zero-point padded copy of an NCHW16c input
 OUT_EWISE_FUSABLE = 4  # Relax's OpPatternKind kOutEWiseFusable: element-wise consumers fuse into it
 
 
-def pack_int8_convs(mod, vector: CpuVector, dot: DotProduct | None):
+def pack_int8_convs(mod, vector: CpuVector, dot: DotProduct | None, amx: bool = False):
     """Rewrite every integer conv2d (u8 x constant s8 -> int32) and batch-1 integer matmul of `mod`.
 
     `dot` is the target's dot-product instruction (None: the exact int32 forms only). VNNI's or
@@ -60,7 +62,8 @@ def pack_int8_convs(mod, vector: CpuVector, dot: DotProduct | None):
     trace of a `slimcc_qconv` kernel needs it. Per-tensor Q/DQ next to the layout transforms of
     blocked float layers move to the 8-bit side first (targets/int8_layout.py). With SDOT (aarch64
     +dotprod) the regular s8 x s8 convs take the same form on 4-lane blocks; the other layers keep
-    TVM's integer conv2d there.
+    TVM's integer conv2d there. With `amx` (x86 AMX-INT8), blocked stride-1 convs run on AMX tiles
+    (schedules/amx_conv.py) instead of VNNI.
     """
     ensure_tvm()
     vnni = dot is VNNI
@@ -85,7 +88,7 @@ def pack_int8_convs(mod, vector: CpuVector, dot: DotProduct | None):
                 return call
             try:
                 if vnni and call.op.name != "relax.matmul" and layer.blockable():
-                    return from_blocked(layer.blocked_call(builder))
+                    return from_blocked(layer.blocked_call(builder, amx))
                 out = layer.packed_call(builder, vector, dot)
             except Exception:  # a TVM error building the kernel: this layer keeps TVM's integer conv2d
                 return call
@@ -193,17 +196,21 @@ class _IntConv(ConvGeometry):
         return call_te_kernel(builder, CHANNEL_DWCONV_BLOCK, [x, w_t, out],
                               [to_blocked(self.data), relax.const(np.ascontiguousarray(packed))])
 
-    def blocked_call(self, builder):
+    def blocked_call(self, builder, amx: bool = False):
         """call_tir of the VNNI conv on `to_blocked(data)`, its int32 output in NCHW16c:
 
             qpad[n, cb, i, j, ci] = x_b padded with zx                          (`slimcc_qpad`, when padded)
             acc[n, fo, y, x, fi] = sum_{c4, ry, rx, k} src[n, c4 // 4, y*sh + ry*dh, x*sw + rx*dw, 4*(c4 % 4) + k]
                                                       * Wq[fo, c4, ry, rx, fi, k]
         so a quadruple is 4 contiguous bytes of the input in place and a 16-channel vector of the
-        output is 16 contiguous int32. A depthwise layer takes `_blocked_depthwise`.
+        output is 16 contiguous int32. A depthwise layer takes `_blocked_depthwise`; with `amx`, a
+        stride-1 conv takes `_amx_call`.
         """
         if self.groups > 1:
             return self._blocked_depthwise(builder)
+        if amx and amx_eligible(self.in_shape[1], self.out_shape[1], self.weight.shape[2:], self.strides,
+                                self.dilation, self.groups):
+            return self._amx_call(builder)
         ensure_tvm()
         from tvm import relax, te, tirx
 
@@ -232,6 +239,21 @@ class _IntConv(ConvGeometry):
             * w_t[fo, rq, ry, rx, fi, rk].astype("int32"), axis=[rq, ry, rx, rk]), name=QCONV_BLOCK)
         return call_te_kernel(builder, QCONV_BLOCK, [x, w_t, acc],
                               [to_blocked(self.data), relax.const(np.ascontiguousarray(packed))],
+                              {OP_PATTERN_ATTR: OUT_EWISE_FUSABLE})
+
+    def _amx_call(self, builder):
+        """call_tir of the AMX conv (schedules/amx_conv.py) on `to_blocked(data)`, int32 NCHW16c out."""
+        ensure_tvm()
+        from tvm import relax, te
+
+        packed = pack_amx_weight(self.weight)
+        x = te.placeholder(blocked_shape(self.in_shape), "uint8", "data")
+        w_t = te.placeholder(packed.shape, "int8", "weight")
+        config = te.placeholder((64,), "uint8", "tile_config")
+        out = amx_conv(x, w_t, config, self, self.pad_value)
+        tiles = tile_config(channel_group(self.in_shape[1]), fb_for(self.out_shape[1] // LANES))
+        return call_te_kernel(builder, AMX_BLOCK, [x, w_t, config, out],
+                              [to_blocked(self.data), relax.const(packed), relax.const(tiles)],
                               {OP_PATTERN_ATTR: OUT_EWISE_FUSABLE})
 
     def _dot(self, x, dot: DotProduct):

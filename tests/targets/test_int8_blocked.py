@@ -52,7 +52,7 @@ def test_int8_layers_stay_blocked_and_match_the_nchw_build(monkeypatch, name):
 
     model, held_out = _quantized_zoo(name)
     script, facts, run = _build(model)
-    qconvs = [line for line in script.splitlines() if "R.call_tir(slimcc_qconv" in line]
+    qconvs = [line for line in script.splitlines() if re.search(r"R.call_tir\(slimcc_(qconv|amx)", line)]
     assert len(qconvs) == facts["int8_lowered"] >= 6  # every integer layer is a conv here
     assert all(re.search(r'out_ty=R.Tensor\(\(1, \d+, \d+, \d+, 16\), dtype="int32"\)', line) for line in qconvs)
     # the float stem's output, the int8 region's end and nothing between the int8 layers

@@ -30,9 +30,15 @@ HOST = make_target("x86", num_cores=1)
 HOST_VNNI = target_has_feature(HOST.to_tvm(), "avx512vnni")
 NO_VNNI_CPU = "skylake-avx512"  # AVX-512 without VNNI: runs on any AVX-512 host, takes the exact int32 path
 needs_vnni = pytest.mark.skipif(not HOST_VNNI, reason="this CPU has no AVX512-VNNI")
+HOST_AMX = target_has_feature(HOST.to_tvm(), "amx-int8")
+VNNI_NO_AMX_CPU = "icelake-server"  # VNNI without AMX: the stride-1 blocked convs stay on vpdpbusd
+STRIDE_1 = "int8_amx" if HOST_AMX else "int8_conv"  # the rule of a blocked stride-1 conv on this host
 
 CASES = {  # cin, cout, group, (h, w), kernel, strides, pads (top, left, bottom, right), dilations, act, rule
-    "1x1": (64, 64, 1, (14, 14), (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), None, "int8_conv"),
+    "1x1": (64, 64, 1, (14, 14), (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), None, STRIDE_1),
+    "3x3-odd-blocks": (32, 48, 1, (13, 20), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), "Relu", STRIDE_1),
+    "3x3-asym-pad-64": (64, 32, 1, (9, 11), (3, 3), (1, 1), (1, 0, 2, 1), (1, 1), "Clip", STRIDE_1),
+    "5x5-16-channels": (16, 32, 1, (12, 12), (5, 5), (1, 1), (2, 2, 2, 2), (1, 1), None, STRIDE_1),
     "1x1-strided": (32, 64, 1, (15, 14), (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), "Relu", "int8_conv"),
     "3x3-strided-asym-pad": (32, 48, 1, (15, 13), (3, 3), (2, 2), (1, 0, 2, 1), (1, 1), None, "int8_conv"),
     "cin-5-cout-7": (5, 7, 1, (11, 9), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), "Relu", "int8_conv"),
@@ -96,7 +102,18 @@ def test_int8_conv_forms_are_bit_exact_with_vnni(case):
     np.testing.assert_array_equal(got, want)
     assert len(np.unique(want)) > 20  # not a saturated, trivially equal output
     assert ("vpdpbusd" in _assembly(executable)) == (CASES[case][-1] == "int8_conv")
+    assert ("tdpbusd" in _assembly(executable)) == (CASES[case][-1] == "int8_amx")
     assert "vpmaddubsw" not in _assembly(executable)  # the int16-saturating u8 x s8 multiply is never used
+
+
+@needs_vnni
+@pytest.mark.parametrize("case", ["1x1", "3x3-odd-blocks", "3x3-asym-pad-64"])
+def test_stride_1_convs_take_vnni_where_the_cpu_has_no_amx(case):
+    model, x, want = _layer(case)
+    executable, facts = _build(model, make_target("x86", mcpu=VNNI_NO_AMX_CPU, num_cores=1))
+    assert facts["slimcc_schedules"] == {"int8_conv": 1, "layout_transform": 2}, facts
+    assert "tdpbusd" not in _assembly(executable)
+    np.testing.assert_array_equal(_run(executable, x), want)
 
 
 @pytest.mark.parametrize("case", ["3x3-strided-asym-pad", "cin-5-cout-7", "grouped", "depthwise-strided"])
@@ -140,7 +157,9 @@ def test_quantized_zoo_resnet_runs_every_integer_conv_on_vnni_and_matches_onnxru
     layers = QDQInsert().run(model, ctx).stats["quantized_layers"]
     manifest = compile_model(model, HOST, tmp_path / "art", isolate=False)
     assert manifest.build["int8_lowered"] == layers
-    assert manifest.build["slimcc_schedules"]["int8_conv"] == layers, manifest.build
+    schedules = manifest.build["slimcc_schedules"]
+    assert schedules.get("int8_conv", 0) + schedules.get("int8_amx", 0) == layers, manifest.build
+    assert (schedules.get("int8_amx", 0) >= 4) == HOST_AMX  # its stride-1 3x3 convs
     assert manifest.build["unscheduled_kernels"] == []
     artifact, bound = load_artifact(tmp_path / "art"), _one_step_bound(model)
     for feeds in held_out:
