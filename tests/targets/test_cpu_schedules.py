@@ -231,3 +231,16 @@ def test_blocked_1x1_conv_unrolls_four_input_channels_per_step(x86):
         scripts = [script for rule, script in scheduled_kernels(model, x86).values() if rule == "conv"]
         assert len(scripts) == 1
         assert ("T.unroll(T.int64(4))" in scripts[0]) == unrolled, scripts[0]
+
+
+def test_softmax_over_channels_vectorizes_across_its_contiguous_trailing_axes(x86, tmp_path):
+    """A softmax over axis 1 of [1, 16, 4, 20] (YOLOv8n's DFL shape, smaller): 20 takes only 4-lane
+    vectors, the 4 x 20 contiguous row takes 16 lanes in the max, the sum and the division."""
+    model = _layer_model("Softmax", (1, 16, 4, 20), axis=1)
+    scripts = [script for _, script in scheduled_kernels(model, x86).values()]
+    assert len(scripts) == 1
+    assert scripts[0].count("T.vectorized(T.int64(16))") >= 3, scripts[0]
+    manifest = compile_model(model, x86, tmp_path / "art", isolate=False)
+    assert not manifest.build["unscheduled_kernels"]
+    feeds = feeds_for(model)
+    assert_matches_onnxruntime(model, load_artifact(tmp_path / "art").run(feeds), feeds)

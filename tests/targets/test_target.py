@@ -47,3 +47,21 @@ def test_bad_target_options_are_refused(kwargs, message):
 def test_spec_round_trips_through_json_dict():
     spec = make_target("cuda", cuda_arch="sm_80")
     assert TargetSpec.from_dict(spec.as_dict()) == spec
+
+
+def test_amx_is_read_from_the_cpu_flags(tmp_path):
+    from slimcc.targets.target import host_has_amx
+
+    both, tile_only = tmp_path / "both", tmp_path / "tile"
+    both.write_text("processor\t: 0\nflags\t\t: fpu avx512f amx_bf16 amx_tile amx_int8\n")
+    tile_only.write_text("processor\t: 0\nflags\t\t: fpu avx512f amx_tile\n")
+    assert host_has_amx(str(both)) and not host_has_amx(str(tile_only))
+    assert not host_has_amx(str(tmp_path / "missing"))
+
+
+def test_detected_amx_host_gets_amx_attributes_and_a_named_cpu_does_not(monkeypatch):
+    import slimcc.targets.target as target
+
+    monkeypatch.setattr(target, "host_has_amx", lambda: True)
+    assert {"+amx-tile", "+amx-int8"} <= set(make_target("x86").tvm["mattr"])
+    assert "mattr" not in make_target("x86", mcpu="icelake-server").tvm
