@@ -1,18 +1,21 @@
-"""The AMX int8 conv (`slimcc_amx`) on x86 CPUs with AMX-INT8: stride-1 convs on NCHW16c u8 activations.
+"""The AMX int8 conv (`slimcc_amx`) on x86 CPUs with AMX-INT8: stride-1 and -2 convs on NCHW16c u8 activations.
 
 One `tdpbusd` multiplies a 16 x K u8 tile by a K x 16 s8 tile into 16 x 16 int32 (K = 64 bytes:
 16384 MACs, 64 vpdpbusd); the tile registers hold 2 x 2 output tiles (32 pixels x 32 channels),
-two input and two weight tiles. The conv is an implicit GEMM over the *padded* plane:
+two input and two weight tiles. The conv is an implicit GEMM over the padded plane split into
+its s x s stride phases (one phase at stride 1), each Wv = ceil(Wp / s) pixels wide:
 
-    apack[n, g, p, k]   = padded input, channel group g of kc channels, flattened pixel p = i * Wp + j
+    apack[n, g, (py, px), p, k] = padded input pixel (s * (p // Wv) + py, s * (p % Wv) + px), channel g * kc + k
                           (`slimcc_amx_pack`: one pass over the input, zero point in the border)
-    acc[n, fo, q, fi]   = sum_{g, ry, rx, k} apack[n, g, q + ry * Wp + rx, k] * Wa[fo, g, ry, rx, k // 4, fi, k % 4]
-                          for q over out_h rows of Wp columns (`slimcc_amx`: AMX tiles, 32 q per step)
-    out[n, fo, y, x, fi] = acc[n, fo, y * Wp + x, fi]                           (`slimcc_amx_crop`)
+    acc[n, fo, q, fi]   = sum_{g, ry, rx, k} apack[n, g, (ry % s, rx % s), q + (ry // s) * Wv + rx // s, k]
+                                            * Wa[fo, g, ry, rx, k // 4, fi, k % 4]
+                          for q over out_h rows of Wv columns (`slimcc_amx`: AMX tiles, 32 q per step)
+    out[n, fo, y, x, fi] = acc[n, fo, y * Wv + x, fi]                           (`slimcc_amx_crop`)
 
-Along q, consecutive outputs read consecutive padded pixels, so an input tile is 16 rows of kc
-bytes at a fixed stride for every tap; the Wp - out_w columns past each row's end are computed
-and dropped (2 of 58 on a 56-wide 3x3 conv). The requantize epilogue fuses after the crop.
+Along q, consecutive outputs read consecutive pixels of one phase, so an input tile is 16 rows of
+kc bytes at a fixed stride for every tap, across row ends too; the columns past each row's end
+are computed and dropped (2 of 58 on a 56-wide 3x3 conv, 1 of 29 on a 56-wide stride-2 one).
+The requantize epilogue fuses after the crop.
 
 Linux lends AMX state to a process only on request (arch_prctl ARCH_REQ_XCOMP_PERM), so the
 kernel asks first: one syscall per call, and a library that runs anywhere without set-up.
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from slimcc.targets.schedules.epilogue import find_block, inline_epilogue, vectorize_innermost
+from slimcc.targets.schedules.epilogue import find_block, inline_epilogue
 from slimcc.targets.schedules.isa import CpuVector, loop_volume, parallel_pays
 from slimcc.targets.tvm_import import ensure_tvm
 
@@ -33,9 +36,15 @@ TILE_ROWS = 16  # pixels per input tile, rows of every tile
 ROW_BYTES = 64  # the widest tile row: 64 input channels of a pixel, or 16 int32 accumulators
 PIXEL_TILES = 2  # input tiles per step: 32 output pixels
 SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA = 158, 0x1023, 18
-# AMX does 16 x 16 x 64 MACs per instruction: a conv with fewer MACs per output pixel than this
-# (a thin layer) leaves the tiles mostly idle; VNNI takes it.
-MIN_REDUCTION = 64
+# MACs per output value (C x KH x KW) from which AMX beats VNNI. The AMX form writes its int32
+# accumulators to memory and requantizes them in a second pass, where VNNI requantizes each tile
+# from registers; the tiles must save more than that costs. Measured per kernel (one thread) on
+# YOLOv8n at 320 and the zoo ResNet at 112: 3x3 convs with 576-1152 MACs per output ran 1.2-1.4x
+# faster on AMX, 1x1 convs with 64-384 and 3x3 ones with 144-288 on 40x40 and 80x80 planes ran
+# 1.2-1.8x slower; on the 112x112 plane, ResNet's 288-MAC 3x3 convs ran 1.5-1.7x faster.
+MIN_REDUCTION = 512
+MIN_REDUCTION_LARGE_PLANE = 256
+LARGE_PLANE = 8192  # output pixels
 
 
 def channel_group(channels: int) -> int:
@@ -43,10 +52,15 @@ def channel_group(channels: int) -> int:
     return next(kc for kc in (64, 32, 16) if channels % kc == 0)
 
 
-def amx_eligible(channels: int, out_channels: int, kernel: tuple[int, int], strides, dilation, groups: int) -> bool:
-    """Whether a conv takes the AMX form: regular, stride 1, undilated, channels in blocks of 16."""
-    return (groups == 1 and tuple(strides) == (1, 1) and tuple(dilation) == (1, 1) and channels % 16 == 0
-            and out_channels % 16 == 0 and channels * kernel[0] * kernel[1] >= MIN_REDUCTION)
+def amx_eligible(channels: int, out_channels: int, kernel: tuple[int, int], strides, dilation, groups: int,
+                 out_plane: int) -> bool:
+    """Whether a conv takes the AMX form: regular, stride 1 or 2 (the same along both axes),
+    undilated, channels in blocks of 16, and enough MACs per output (MIN_REDUCTION) for AMX to pay;
+    `out_plane` is its output pixels."""
+    reduction = channels * kernel[0] * kernel[1]
+    return (groups == 1 and tuple(strides) in ((1, 1), (2, 2)) and tuple(dilation) == (1, 1) and channels % 16 == 0
+            and out_channels % 16 == 0
+            and (reduction >= MIN_REDUCTION or (reduction >= MIN_REDUCTION_LARGE_PLANE and out_plane >= LARGE_PLANE)))
 
 
 def pack_amx_weight(weight: np.ndarray) -> np.ndarray:
@@ -87,31 +101,34 @@ def amx_conv(x, w_t, config, geometry, pad_value: int):
     out_channels, _, kh, kw = geometry.weight.shape
     top, left, bottom, right = geometry.pads
     kc = channel_group(channels)
-    wp = w + left + right
+    stride = geometry.strides[0]
+    wv = -(-(w + left + right) // stride)  # columns of a phase plane: q advances one pixel per output
     out_h, out_w = geometry.out_shape[2], geometry.out_shape[3]
     step = TILE_ROWS * PIXEL_TILES
-    rows = -(-out_h * wp // step) * step
-    pixels = rows + (kh - 1) * wp + kw - 1
+    rows = -(-out_h * wv // step) * step
+    pixels = rows + ((kh - 1) // stride) * wv + (kw - 1) // stride
 
-    def packed(b, g, p, k):
-        i, j, c = p // wp - top, p % wp - left, g * kc + k
+    def packed(b, g, phase, p, k):
+        i = (p // wv) * stride + phase // stride - top
+        j = (p % wv) * stride + phase % stride - left
+        c = g * kc + k
         inside = tirx.all(i >= 0, i < h, j >= 0, j < w)
         return tirx.if_then_else(inside, x[b, c // 16, i, j, c % 16], tirx.const(pad_value, "uint8"))
 
-    apack = te.compute((n, channels // kc, pixels, kc), packed, name=AMX_PACK_BLOCK)
+    apack = te.compute((n, channels // kc, stride * stride, pixels, kc), packed, name=AMX_PACK_BLOCK)
     acc = te.extern((n, out_channels // 16, rows, 16), [apack, w_t, config],
-                    lambda ins, outs: _tile_loops(ins, outs[0], (kh, kw), wp),
+                    lambda ins, outs: _tile_loops(ins, outs[0], (kh, kw), wv, stride),
                     dtype="int32", name=AMX_BLOCK)
     return te.compute((n, out_channels // 16, out_h, out_w, 16),
-                      lambda b, fo, y, xx, fi: acc[b, fo, y * wp + xx, fi], name=AMX_CROP_BLOCK)
+                      lambda b, fo, y, xx, fi: acc[b, fo, y * wv + xx, fi], name=AMX_CROP_BLOCK)
 
 
-def _tile_loops(ins, acc, kernel: tuple[int, int], wp: int):
+def _tile_loops(ins, acc, kernel: tuple[int, int], wv: int, stride: int):
     """The TIR of the tile loops (see the module doc), one parallel task per pair of channel blocks."""
     from tvm import tirx
 
     apack, weight, config = ins
-    n, groups, _, kc = [int(d) for d in apack.shape]
+    n, groups, _, _, kc = [int(d) for d in apack.shape]
     out_blocks, rows = int(acc.shape[1]), int(acc.shape[2])
     kh, kw = kernel
     fb = fb_for(out_blocks)
@@ -140,7 +157,8 @@ def _tile_loops(ins, acc, kernel: tuple[int, int], wp: int):
     b, fo, q, g, ry, rx = (tirx.Var(name, index) for name in ("b", "fo", "q", "g", "ry", "rx"))
     accumulators = [(a, f, PIXEL_TILES * f + a) for f in range(fb) for a in range(PIXEL_TILES)]
     step = [intrin("llvm.x86.tileloadd64", tile(a_tiles[a]),
-                   at(apack, "r", TILE_ROWS * kc, b, g, q * (TILE_ROWS * PIXEL_TILES) + a * TILE_ROWS + ry * wp + rx, 0),
+                   at(apack, "r", TILE_ROWS * kc, b, g, (ry % stride) * stride + rx % stride,
+                      q * (TILE_ROWS * PIXEL_TILES) + a * TILE_ROWS + (ry // stride) * wv + rx // stride, 0),
                    tirx.const(kc, "int64")) for a in range(PIXEL_TILES)]
     step += [intrin("llvm.x86.tileloadd64", tile(b_tiles[f]), at(weight, "r", kc * 16, fo * fb + f, g, ry, rx, 0, 0, 0),
                     tirx.const(ROW_BYTES, "int64")) for f in range(fb)]
@@ -172,17 +190,21 @@ def schedule_amx_conv(sch, vector: CpuVector) -> bool:
     conv = find_block(sch, AMX_BLOCK)
     if conv is None:
         return False
-    crop = find_block(sch, AMX_CROP_BLOCK)
-    inline_epilogue(sch, crop)
-    blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
-    names = [sch.get(block).name_hint for block in blocks]
-    for block in blocks[names.index(sch.get(crop).name_hint) + 1:]:
-        sch.reverse_compute_inline(block)
+    ensure_tvm()
+    from tvm.s_tir.schedule import ScheduleError
+
+    from slimcc.targets.schedules.elementwise import schedule_flat
+
+    for block in inline_epilogue(sch, find_block(sch, AMX_CROP_BLOCK)):
+        try:
+            sch.reverse_compute_inline(block)
+        except ScheduleError:  # not element-wise in the crop: a vectorized loop of its own
+            schedule_flat(sch, block, vector)
     for name in (AMX_PACK_BLOCK, AMX_CROP_BLOCK):
         block = find_block(sch, name)
-        *outer, columns, lanes = sch.get_loops(block)
+        *outer, _columns, lanes = sch.get_loops(block)
         outer = sch.fuse(*outer)
-        if parallel_pays(vector, loop_volume(sch, block) // 16, int(sch.get(outer).extent)):
+        if parallel_pays(vector, loop_volume(sch, block), int(sch.get(outer).extent)):
             sch.parallel(outer)
         if int(sch.get(lanes).extent) > 16:  # a packed pixel's kc channels: 16 contiguous input bytes at a time
             lanes = sch.split(lanes, [None, 16])[1]

@@ -62,8 +62,8 @@ def pack_int8_convs(mod, vector: CpuVector, dot: DotProduct | None, amx: bool = 
     trace of a `slimcc_qconv` kernel needs it. Per-tensor Q/DQ next to the layout transforms of
     blocked float layers move to the 8-bit side first (targets/int8_layout.py). With SDOT (aarch64
     +dotprod) the regular s8 x s8 convs take the same form on 4-lane blocks; the other layers keep
-    TVM's integer conv2d there. With `amx` (x86 AMX-INT8), blocked stride-1 convs run on AMX tiles
-    (schedules/amx_conv.py) instead of VNNI.
+    TVM's integer conv2d there. With `amx` (x86 AMX-INT8), blocked convs with enough MACs per output
+    run on AMX tiles (schedules/amx_conv.py) instead of VNNI.
     """
     ensure_tvm()
     vnni = dot is VNNI
@@ -203,13 +203,13 @@ class _IntConv(ConvGeometry):
             acc[n, fo, y, x, fi] = sum_{c4, ry, rx, k} src[n, c4 // 4, y*sh + ry*dh, x*sw + rx*dw, 4*(c4 % 4) + k]
                                                       * Wq[fo, c4, ry, rx, fi, k]
         so a quadruple is 4 contiguous bytes of the input in place and a 16-channel vector of the
-        output is 16 contiguous int32. A depthwise layer takes `_blocked_depthwise`; with `amx`, a
-        stride-1 conv takes `_amx_call`.
+        output is 16 contiguous int32. A depthwise layer takes `_blocked_depthwise`; with `amx`, a conv
+        AMX pays for (amx_conv.amx_eligible) takes `_amx_call`.
         """
         if self.groups > 1:
             return self._blocked_depthwise(builder)
         if amx and amx_eligible(self.in_shape[1], self.out_shape[1], self.weight.shape[2:], self.strides,
-                                self.dilation, self.groups):
+                                self.dilation, self.groups, self.out_shape[2] * self.out_shape[3]):
             return self._amx_call(builder)
         ensure_tvm()
         from tvm import relax, te, tirx
