@@ -73,16 +73,27 @@ def host_cpu_name() -> str:
 
 
 def host_has_amx(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """Whether this machine's CPU has AMX tiles with int8 products (the kernel reports amx_tile and amx_int8)."""
+    """Whether this machine's CPU has AMX tiles with int8 products (the kernel reports amx_tile and
+    amx_int8) and Linux lends them to this process (the request slimcc's AMX kernels make)."""
     try:
         with open(cpuinfo, encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return {"amx_tile", "amx_int8"} <= flags
+            flags = next((set(line.split(":", 1)[1].split()) for line in handle if line.startswith("flags")), set())
     except OSError:
-        pass
-    return False
+        return False
+    return {"amx_tile", "amx_int8"} <= flags and amx_permitted()
+
+
+def amx_permitted() -> bool:
+    """Whether Linux grants this process the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM)."""
+    import ctypes
+
+    from slimcc.targets.schedules.amx_conv import ARCH_REQ_XCOMP_PERM, SYS_ARCH_PRCTL, XFEATURE_XTILEDATA
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syscall(SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def llvm_cpu_is_valid(mcpu: str, triple: str | None = None) -> bool:

@@ -49,8 +49,11 @@ def test_spec_round_trips_through_json_dict():
     assert TargetSpec.from_dict(spec.as_dict()) == spec
 
 
-def test_amx_is_read_from_the_cpu_flags(tmp_path):
+def test_amx_is_read_from_the_cpu_flags(tmp_path, monkeypatch):
+    import slimcc.targets.target as target
     from slimcc.targets.target import host_has_amx
+
+    monkeypatch.setattr(target, "amx_permitted", lambda: True)
 
     both, tile_only = tmp_path / "both", tmp_path / "tile"
     both.write_text("processor\t: 0\nflags\t\t: fpu avx512f amx_bf16 amx_tile amx_int8\n")
@@ -65,3 +68,12 @@ def test_detected_amx_host_gets_amx_attributes_and_a_named_cpu_does_not(monkeypa
     monkeypatch.setattr(target, "host_has_amx", lambda: True)
     assert {"+amx-tile", "+amx-int8"} <= set(make_target("x86").tvm["mattr"])
     assert "mattr" not in make_target("x86", mcpu="icelake-server").tvm
+
+
+def test_amx_needs_the_kernels_permission(tmp_path, monkeypatch):
+    import slimcc.targets.target as target
+
+    both = tmp_path / "both"
+    both.write_text("flags\t\t: amx_tile amx_int8\n")
+    monkeypatch.setattr(target, "amx_permitted", lambda: False)
+    assert not target.host_has_amx(str(both))
