@@ -89,11 +89,12 @@ def tile_config(kc: int, fb: int) -> np.ndarray:
     return config
 
 
-def amx_conv(x, w_t, config, geometry, pad_value: int):
+def amx_conv(x, w_t, config, geometry, pad_value: int, cores: int):
     """The TE tensors of the AMX conv on blocked input `x` [N, C/16, H, W, 16] (u8) with the packed
     weight `w_t` (pack_amx_weight) and the tile `config`: returns the int32 NCHW16c output.
 
-    `geometry` is the layer's ConvGeometry (in/out shapes, pads, kernel)."""
+    `geometry` is the layer's ConvGeometry (in/out shapes, pads, kernel); the tile loops run on
+    the thread pool only when the target has several `cores`."""
     ensure_tvm()
     from tvm import te, tirx
 
@@ -117,13 +118,13 @@ def amx_conv(x, w_t, config, geometry, pad_value: int):
 
     apack = te.compute((n, channels // kc, stride * stride, pixels, kc), packed, name=AMX_PACK_BLOCK)
     acc = te.extern((n, out_channels // 16, rows, 16), [apack, w_t, config],
-                    lambda ins, outs: _tile_loops(ins, outs[0], (kh, kw), wv, stride),
+                    lambda ins, outs: _tile_loops(ins, outs[0], (kh, kw), wv, stride, cores > 1),
                     dtype="int32", name=AMX_BLOCK)
     return te.compute((n, out_channels // 16, out_h, out_w, 16),
                       lambda b, fo, y, xx, fi: acc[b, fo, y * wv + xx, fi], name=AMX_CROP_BLOCK)
 
 
-def _tile_loops(ins, acc, kernel: tuple[int, int], wv: int, stride: int):
+def _tile_loops(ins, acc, kernel: tuple[int, int], wv: int, stride: int, parallel: bool):
     """The TIR of the tile loops (see the module doc), one parallel task per pair of channel blocks."""
     from tvm import tirx
 
@@ -144,9 +145,9 @@ def _tile_loops(ins, acc, kernel: tuple[int, int], wv: int, stride: int):
     def at(buf, mask, extent, *index):
         """A pointer to buf[index] that tells TVM the tile touches `extent` elements from there
         (an element address would let buffer compaction shrink the buffer to the tile starts)."""
-        offset, stride = 0, 1
+        offset, size = 0, 1
         for i, dim in reversed(list(zip(index, buf.shape))):
-            offset, stride = offset + i * stride, stride * int(dim)
+            offset, size = offset + i * size, size * int(dim)
         return tirx.tvm_access_ptr(tirx.type_annotation(buf.dtype), buf.data, offset, extent, 1 if mask == "r" else 2)
 
     index = str(acc.shape[0].dtype) if hasattr(acc.shape[0], "dtype") else "int32"
@@ -170,7 +171,7 @@ def _tile_loops(ins, acc, kernel: tuple[int, int], wv: int, stride: int):
     pixel_steps = loop(q, rows // (TILE_ROWS * PIXEL_TILES), tirx.SeqStmt([*zero, taps, *store]))
     task = tirx.SeqStmt([intrin("llvm.x86.ldtilecfg", at(config, "r", 64, 0)), pixel_steps, intrin("llvm.x86.tilerelease")])
     macs = n * out_blocks * 16 * rows * groups * kc * kh * kw
-    kind = tirx.ForKind.PARALLEL if macs >= PARALLEL_MACS and out_blocks // fb > 1 else tirx.ForKind.SERIAL
+    kind = tirx.ForKind.PARALLEL if parallel and macs >= PARALLEL_MACS and out_blocks // fb > 1 else tirx.ForKind.SERIAL
     body = loop(b, n, loop(fo, out_blocks // fb, task, kind))
     permit = tirx.Evaluate(tirx.call_extern("int64", "syscall", tirx.const(SYS_ARCH_PRCTL, "int64"),
                                             tirx.const(ARCH_REQ_XCOMP_PERM, "int64"),

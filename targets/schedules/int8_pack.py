@@ -88,7 +88,7 @@ def pack_int8_convs(mod, vector: CpuVector, dot: DotProduct | None, amx: bool = 
                 return call
             try:
                 if vnni and call.op.name != "relax.matmul" and layer.blockable():
-                    return from_blocked(layer.blocked_call(builder, amx))
+                    return from_blocked(layer.blocked_call(builder, vector if amx else None))
                 out = layer.packed_call(builder, vector, dot)
             except Exception:  # a TVM error building the kernel: this layer keeps TVM's integer conv2d
                 return call
@@ -196,21 +196,21 @@ class _IntConv(ConvGeometry):
         return call_te_kernel(builder, CHANNEL_DWCONV_BLOCK, [x, w_t, out],
                               [to_blocked(self.data), relax.const(np.ascontiguousarray(packed))])
 
-    def blocked_call(self, builder, amx: bool = False):
+    def blocked_call(self, builder, amx: CpuVector | None = None):
         """call_tir of the VNNI conv on `to_blocked(data)`, its int32 output in NCHW16c:
 
             qpad[n, cb, i, j, ci] = x_b padded with zx                          (`slimcc_qpad`, when padded)
             acc[n, fo, y, x, fi] = sum_{c4, ry, rx, k} src[n, c4 // 4, y*sh + ry*dh, x*sw + rx*dw, 4*(c4 % 4) + k]
                                                       * Wq[fo, c4, ry, rx, fi, k]
         so a quadruple is 4 contiguous bytes of the input in place and a 16-channel vector of the
-        output is 16 contiguous int32. A depthwise layer takes `_blocked_depthwise`; with `amx`, a conv
-        AMX pays for (amx_conv.amx_eligible) takes `_amx_call`.
+        output is 16 contiguous int32. A depthwise layer takes `_blocked_depthwise`; with `amx` (the
+        vector facts of a target with AMX), a conv AMX pays for (amx_conv.amx_eligible) takes `_amx_call`.
         """
         if self.groups > 1:
             return self._blocked_depthwise(builder)
         if amx and amx_eligible(self.in_shape[1], self.out_shape[1], self.weight.shape[2:], self.strides,
                                 self.dilation, self.groups, self.out_shape[2] * self.out_shape[3]):
-            return self._amx_call(builder)
+            return self._amx_call(builder, amx)
         ensure_tvm()
         from tvm import relax, te, tirx
 
@@ -241,7 +241,7 @@ class _IntConv(ConvGeometry):
                               [to_blocked(self.data), relax.const(np.ascontiguousarray(packed))],
                               {OP_PATTERN_ATTR: OUT_EWISE_FUSABLE})
 
-    def _amx_call(self, builder):
+    def _amx_call(self, builder, vector: CpuVector):
         """call_tir of the AMX conv (schedules/amx_conv.py) on `to_blocked(data)`, int32 NCHW16c out."""
         ensure_tvm()
         from tvm import relax, te
@@ -250,7 +250,7 @@ class _IntConv(ConvGeometry):
         x = te.placeholder(blocked_shape(self.in_shape), "uint8", "data")
         w_t = te.placeholder(packed.shape, "int8", "weight")
         config = te.placeholder((64,), "uint8", "tile_config")
-        out = amx_conv(x, w_t, config, self, self.pad_value)
+        out = amx_conv(x, w_t, config, self, self.pad_value, vector.cores)
         tiles = tile_config(channel_group(self.in_shape[1]), fb_for(self.out_shape[1] // LANES))
         return call_te_kernel(builder, AMX_BLOCK, [x, w_t, config, out],
                               [to_blocked(self.data), relax.const(packed), relax.const(tiles)],

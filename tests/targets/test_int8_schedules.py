@@ -45,6 +45,7 @@ CASES = {  # cin, cout, group, (h, w), kernel, strides, pads (top, left, bottom,
     "3x3-strided-64": (64, 32, 1, (15, 14), (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), "Relu", AMX_FORM),
     "5x5-32-channels": (32, 32, 1, (12, 13), (5, 5), (1, 1), (2, 2, 2, 2), (1, 1), None, AMX_FORM),
     "7x7-16-channels-strided": (16, 32, 1, (17, 16), (7, 7), (2, 2), (3, 3, 3, 3), (1, 1), None, AMX_FORM),
+    "3x3-64-at-40x40": (64, 64, 1, (40, 40), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), "Relu", AMX_FORM),
     "cin-5-cout-7": (5, 7, 1, (11, 9), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), "Relu", "int8_conv"),
     "cout-20-dilated-clip": (12, 20, 1, (10, 12), (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), "Clip", "int8_conv"),
     "grouped": (16, 32, 4, (12, 12), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), None, "conv"),
@@ -205,3 +206,15 @@ def test_cropped_output_channels_write_nothing_past_the_output():
     kernel["main"](*inputs, out)
     np.testing.assert_array_equal(out.numpy(), want)
     assert (arena.numpy()[want.size:] == 0xA5).all()
+
+
+@pytest.mark.skipif(not HOST_AMX, reason="this CPU has no AMX-INT8")
+def test_amx_tile_loops_use_the_thread_pool_only_on_several_cores():
+    """59 M MACs: parallel channel-block tasks at 2 cores, one thread at 1 (a 1-thread build must not
+    start the runtime's pool)."""
+    model, x, want = _layer("3x3-64-at-40x40")
+    for cores, parallel in ((1, False), (2, True)):
+        executable, facts = _build(model, make_target("x86", num_cores=cores))
+        assert facts["slimcc_schedules"].get("int8_amx") == 1, facts
+        assert ("TVMBackendParallelLaunch" in _assembly(executable)) == parallel
+        np.testing.assert_array_equal(_run(executable, x), want)
