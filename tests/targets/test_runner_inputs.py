@@ -30,3 +30,10 @@ def test_an_unaligned_input_is_copied():
     tensor = device_tensor(value, tvm.cpu(0))
     value[0] = 7.0
     assert tensor.numpy()[0] == 0.0 and tensor.shape == (32,)
+
+
+def test_a_read_only_aligned_input_is_copied():
+    value = aligned_array(np.arange(16, dtype=np.float32))
+    value.flags.writeable = False  # DLPack cannot mark a tensor read-only
+    tensor = device_tensor(value, tvm.cpu(0))
+    np.testing.assert_array_equal(tensor.numpy(), value)
