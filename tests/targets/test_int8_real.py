@@ -52,6 +52,9 @@ def test_quantized_real_model_runs_integer_kernels_and_matches_onnxruntime(name,
         assert script.count("R.quantize(") <= 8 and script.count("R.layout_transform(") <= 12
     manifest = compile_model(model, x86, tmp_path / "art")
     assert manifest.build["int8_mode"] == "real"
+    if name == "yolov8n":  # its 3x3 convs of 64+ channels run on AMX tiles where the CPU has them
+        amx = manifest.build["slimcc_schedules"].get("int8_amx", 0)
+        assert (amx >= 10) == target_has_feature(x86.to_tvm(), "amx-int8"), manifest.build
     assert manifest.build["int8_lowered"] == layers  # none of them left as float Q/DQ arithmetic
     artifact = load_artifact(tmp_path / "art")
     for feeds in real_inputs(name, count=2, kind=kind, seed=2):

