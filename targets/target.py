@@ -6,6 +6,7 @@ into an artifact manifest; `to_tvm()` makes the `tvm.target.Target` only when ne
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -83,8 +84,10 @@ def host_has_amx(cpuinfo: str = "/proc/cpuinfo") -> bool:
     return {"amx_tile", "amx_int8"} <= flags and amx_permitted()
 
 
+@functools.cache
 def amx_permitted() -> bool:
-    """Whether Linux grants this process the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM)."""
+    """Whether Linux grants this process the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM; asked
+    once per process, the grant lasts)."""
     import ctypes
 
     from slimcc.targets.schedules.amx_conv import ARCH_REQ_XCOMP_PERM, SYS_ARCH_PRCTL, XFEATURE_XTILEDATA

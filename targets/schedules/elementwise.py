@@ -8,6 +8,8 @@ outside a vector along the output row.
 
 from __future__ import annotations
 
+import math
+
 from slimcc.targets.schedules.isa import CpuVector, loop_volume, parallel_pays
 from slimcc.targets.tvm_import import ensure_tvm
 
@@ -91,9 +93,7 @@ def fuse_contiguous_rows(sch, block, loops: list, vector: CpuVector) -> list:
         count += 1
     if count == 1:
         return loops
-    extent = 1
-    for loop in loops[-count:]:
-        extent *= int(sch.get(loop).extent)
+    extent = math.prod(int(sch.get(loop).extent) for loop in loops[-count:])
     if vector.vector_width_dividing(extent) <= width:
         return loops
     return [*loops[:-count], sch.fuse(*loops[-count:])]

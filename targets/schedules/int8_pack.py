@@ -208,8 +208,7 @@ class _IntConv(ConvGeometry):
         """
         if self.groups > 1:
             return self._blocked_depthwise(builder)
-        if amx and amx_eligible(self.in_shape[1], self.out_shape[1], self.weight.shape[2:], self.strides,
-                                self.dilation, self.groups, self.out_shape[2] * self.out_shape[3]):
+        if amx and amx_eligible(self):
             return self._amx_call(builder, amx)
         ensure_tvm()
         from tvm import relax, te, tirx
