@@ -88,12 +88,14 @@ def count_functions(mod) -> int:
 
 
 def count_scheduled_functions(mod) -> int:
-    """How many TIR functions already carry a schedule (e.g. applied from a tuning database)."""
+    """How many TIR functions already carry a schedule (e.g. applied from a tuning database), not
+    counting the kernels slimcc writes as explicit vector code (the VBMI lookups)."""
     tvm = ensure_tvm()
+    from slimcc.targets.schedules.byte_lookup import VECTOR_LOOKUP_ATTR
 
     return sum(1 for _, func in mod.functions.items()
                if isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None
-               and bool(func.attrs.get("tirx.is_scheduled", False)))
+               and bool(func.attrs.get("tirx.is_scheduled", False)) and VECTOR_LOOKUP_ATTR not in func.attrs)
 
 
 def build_library(model: Model, spec: TargetSpec, so_path: Path, *, database_dir: str | None = None) -> dict:

@@ -347,12 +347,13 @@ class _Kernels:
         shift and mask steps. Else in int64. `channel_of(index)` gives an element's channel
         (default: index[channel_axis]), for layouts that split the channel axis.
 
-        The float64 rounding is `(v + R) - R` with R = 1.5 * 2^52 (`ROUNDER`), which rounds to
-        nearest even for |v| < 2^51, on v first clamped to one step outside the output range (the
-        final clamp gives the same bytes): TVM 0.27 does not vectorize `nearbyint` on float64
-        lanes, and the scalar loop LLVM then vectorized wrote the output byte by byte (vpextrb,
-        21% of the zoo ResNet's first int8 conv). R and -R are read from two constant buffers so
-        that TVM's simplifier cannot cancel the two additions.
+        The float64 rounding is `(v + R) + (zy - R)` with R = 1.5 * 2^52 (`ROUNDER`): for |v| < 2^51,
+        v + R rounds v to nearest even and the second addition is exact (an integer below 2^53),
+        giving round(v) + zy. Beyond 2^51 both additions are monotone, so the result stays beyond
+        the output range on v's side and the final clamp gives the same byte. TVM 0.27 does not
+        vectorize `nearbyint` on float64 lanes, and the scalar loop LLVM then vectorized wrote
+        the output byte by byte (vpextrb, 21% of the zoo ResNet's first int8 conv). R and zy - R
+        are read from two constant buffers so that TVM's simplifier cannot fold the two additions.
         """
         ensure_tvm()
         from tvm import relax
@@ -361,7 +362,7 @@ class _Kernels:
         multiplier, shift = (np.asarray(v, np.int64).reshape(-1) for v in (multiplier, shift))
         if float64_exact(shift):
             values = [bias.astype(np.float64), np.ldexp(multiplier.astype(np.float64), -shift),
-                      np.full(bias.shape, ROUNDER), np.full(bias.shape, -ROUNDER)]
+                      np.full(bias.shape, ROUNDER), np.full(bias.shape, zy - ROUNDER)]
         else:
             values = [bias, multiplier, shift]
         args = [acc] + [relax.const(v, str(v.dtype)) for v in values]
@@ -388,8 +389,7 @@ class _Kernels:
                 bias_t, rate_t, up_t, down_t = params
                 c = channel_of(index)
                 v = (acc_t[index].astype("float64") + bias_t[c]) * rate_t[c]
-                v = tirx.max(tirx.min(v, float(hi - zy + 1)), float(lo - zy - 1))
-                v = (v + up_t[c]) + down_t[c] + float(zy)
+                v = (v + up_t[c]) + down_t[c]
                 return tirx.max(tirx.min(v, float(hi)), float(lo)).astype("int32").astype(out_dtype)
         else:
             params = [te.placeholder((channels,), "int64", name) for name in ("bias", "multiplier", "shift")]

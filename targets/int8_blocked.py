@@ -200,13 +200,15 @@ def _sink_kernel(builder, call, producer):
 
     from slimcc.targets.int8 import kernel_scalars, rebuild_kernel
     from slimcc.targets.int8_tables import LOOKUP_ATTR, lookup_call
+    from slimcc.targets.schedules.byte_lookup import VECTOR_LOOKUP_ATTR
 
     callee = builder.get()[call.args[0]] if isinstance(call.args[0], relax.GlobalVar) else None
     if not isinstance(callee, tvm.tirx.PrimFunc) or not can_block(static_shape(call)):
         return None
     args = list(call.args[1].fields)
     scalars = kernel_scalars(callee)
-    lookup = callee.attrs is not None and bool(callee.attrs.get(LOOKUP_ATTR, False))
+    vector = callee.attrs is not None and bool(callee.attrs.get(VECTOR_LOOKUP_ATTR, False))
+    lookup = vector or (callee.attrs is not None and bool(callee.attrs.get(LOOKUP_ATTR, False)))
     if scalars is None and not lookup:
         return None
     if scalars is not None and scalars["kind"] == "requantize" and int(scalars["channel_axis"]) != 1:
@@ -216,7 +218,8 @@ def _sink_kernel(builder, call, producer):
     if blocked is None:
         return None
     if lookup:
-        return from_blocked(lookup_call(builder, blocked[0], constant_array(args[1]), tensor_dtype(call)))
+        return from_blocked(lookup_call(builder, blocked[0], constant_array(args[1]), tensor_dtype(call),
+                                       vector))
     shape = blocked_shape(static_shape(call))
     return from_blocked(rebuild_kernel(builder, scalars, blocked + args[data:], shape, blocked_channel))
 

@@ -30,6 +30,7 @@ import platform
 import numpy as np
 
 from slimcc.targets.relax_values import constant_array, static_shape, tensor_dtype
+from slimcc.targets.schedules.byte_lookup import VBMI_FEATURE, vector_lookup_func
 from slimcc.targets.te_kernels import call_te_kernel
 from slimcc.targets.tvm_import import ensure_tvm
 
@@ -63,6 +64,7 @@ def lower_tables(mod, target=None):
     if not chains:
         return mod, 0
     tables = evaluate_tables(mod, chains, target)
+    vector = has_vector_lookup(target)
     quantize = is_op("relax.quantize")(wildcard(), is_const(), is_const())
 
     @tvm.transform.module_pass(opt_level=0, name="SlimccInt8Tables")
@@ -71,7 +73,7 @@ def lower_tables(mod, target=None):
         def lookup(orig, _matches):
             for chain, table in zip(chains, tables):
                 if table is not None and orig.same_as(chain.quantize):
-                    return lookup_call(builder, chain.x_q, table, chain.out_dtype)
+                    return lookup_call(builder, chain.x_q, table, chain.out_dtype, vector)
             return orig
 
         for gvar, func in list(mod.functions.items()):
@@ -314,12 +316,27 @@ def _copy_call(builder, mod, call, args, kernels: dict):
     return relax.Call(call.op, args, call.attrs, call.ty_args)
 
 
-def lookup_call(builder, x_q, table: np.ndarray, out_dtype: str):
-    """call_tir of `table[x_q (+128 for s8)]`, an element-wise gather from a constant [256] table."""
+def has_vector_lookup(target) -> bool:
+    """Whether lookups on `target` run as their own VBMI permute kernels (schedules/byte_lookup.py)."""
+    if target is None or target.kind.name != "llvm":
+        return False
+    from slimcc.targets.schedules.isa import target_has_feature
+
+    return target_has_feature(target, VBMI_FEATURE)
+
+
+def lookup_call(builder, x_q, table: np.ndarray, out_dtype: str, vector: bool = False):
+    """call_tir of `table[x_q (+128 for s8)]` from a constant [256] table: an element-wise gather
+    that fuses into the producer's epilogue, or with `vector` (`has_vector_lookup`) a kernel of
+    its own that looks up 64 bytes per two permutes (schedules/byte_lookup.py)."""
     ensure_tvm()
     from tvm import relax, te
 
     shape, in_dtype = static_shape(x_q), tensor_dtype(x_q)
+    if vector:
+        func = vector_lookup_func(shape, in_dtype, out_dtype)
+        return relax.call_tir(builder.add_func(func, LOOKUP_BLOCK), [x_q, relax.const(table.astype(out_dtype))],
+                              relax.TensorType(list(shape), out_dtype))
     x_t = te.placeholder(shape, in_dtype, "x_q")
     table_t = te.placeholder((256,), "int32", "table")
     offset = 128 if in_dtype == "int8" else 0

@@ -244,7 +244,7 @@ def rank_tasks(tasks) -> list:
     ensure_tvm()
     from tvm.s_tir.analysis import estimate_tir_flops
 
-    tunable = [t for t in tasks if not t.mod.attrs or not t.mod.attrs.get("tirx.is_scheduled", False)]
+    tunable = [t for t in tasks if not _prescheduled(t.mod)]
 
     def cost(task) -> float:
         try:
@@ -253,6 +253,15 @@ def rank_tasks(tasks) -> list:
             return 0.0
 
     return sorted(tunable, key=cost, reverse=True)
+
+
+def _prescheduled(mod) -> bool:
+    """Whether a task's module carries its schedule already (slimcc's explicit vector kernels)."""
+    tvm = ensure_tvm()
+
+    functions = [func for _, func in mod.functions.items() if isinstance(func, tvm.tirx.PrimFunc)]
+    return any(func.attrs is not None and bool(func.attrs.get("tirx.is_scheduled", False))
+               for func in functions) or bool(mod.attrs and mod.attrs.get("tirx.is_scheduled", False))
 
 
 def choose_tasks(ranked: list, trials: int) -> list:

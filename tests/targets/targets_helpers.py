@@ -52,3 +52,8 @@ def scheduled_kernels(model: Model, target_spec) -> dict[str, tuple[str, str]]:
         if sch is not None:
             out[task.task_name] = (rule, sch.mod["main"].script())
     return out
+
+
+def assembly(executable) -> str:
+    """The x86/aarch64 assembly of every LLVM module a TVM build holds."""
+    return "\n".join(m.inspect_source("asm") for m in executable.mod.imports if m.kind == "llvm")

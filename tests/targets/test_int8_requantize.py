@@ -67,3 +67,22 @@ def test_requantize_is_bit_exact_over_the_accumulator_range(form, dtype, zy):
     np.testing.assert_array_equal(got, want)
     assert ties > 100  # exact ties were rounded (to even), not only values off them
     assert len(np.unique(want)) == hi - lo + 1  # every output code, clamped ends included
+
+
+@pytest.mark.parametrize("dtype, zy", [("uint8", 117), ("int8", -5)])
+def test_float64_requantize_clamps_products_beyond_its_rounding_range(dtype, zy):
+    """Small shifts (scale ratios above 1) take |(acc + bias) * m / 2^s| past 2^51, where adding
+    1.5 * 2^52 no longer rounds to an integer: the clamp must still give the saturated byte."""
+    rng = np.random.default_rng(5)
+    shifts = [1, 4, 8, 12]
+    m, s, bias = _channels(rng, shifts)
+    assert float64_exact(s)
+    acc = np.stack([_accumulators(rng, int(mc), int(sc), int(bc)) for mc, sc, bc in zip(m, s, bias)])
+    acc = acc.reshape(1, len(shifts), 1, -1)
+    lo, hi = QRANGE[np.dtype(dtype)]
+    got = _run_requantize(acc, bias, m, s, zy, lo, hi, dtype)
+    exact = [(acc[0, c, 0].astype(object) + int(bias[c])) * int(m[c]) for c in range(len(shifts))]
+    assert max(abs(int(v)) >> int(s[c]) for c, values in enumerate(exact) for v in values) > 2**51
+    want = np.stack([rounding_shift(values, int(s[c])).astype(np.int64) for c, values in enumerate(exact)])
+    want = np.clip(want + zy, lo, hi).astype(dtype).reshape(acc.shape)
+    np.testing.assert_array_equal(got, want)

@@ -21,6 +21,7 @@ from slimcc.targets.schedules.isa import target_has_feature
 from slimcc.targets.target import make_target
 from slimcc.targets.tvm_import import ensure_tvm
 
+from targets_helpers import assembly
 from test_int8_relax import _clamp, _one_step_bound, _qdq_layer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "passes" / "quant"))
@@ -88,10 +89,6 @@ def _run(executable, x: np.ndarray) -> np.ndarray:
     return relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
 
 
-def _assembly(executable) -> str:
-    return "\n".join(m.inspect_source("asm") for m in executable.mod.imports if m.kind == "llvm")
-
-
 @needs_vnni
 @pytest.mark.parametrize("case", list(CASES))
 def test_int8_conv_forms_are_bit_exact_with_vnni(case):
@@ -106,9 +103,9 @@ def test_int8_conv_forms_are_bit_exact_with_vnni(case):
     assert got.dtype == np.uint8 and got.shape == want.shape
     np.testing.assert_array_equal(got, want)
     assert len(np.unique(want)) > 20  # not a saturated, trivially equal output
-    assert ("vpdpbusd" in _assembly(executable)) == (CASES[case][-1] == "int8_conv")
-    assert ("tdpbusd" in _assembly(executable)) == (CASES[case][-1] == "int8_amx")
-    assert "vpmaddubsw" not in _assembly(executable)  # the int16-saturating u8 x s8 multiply is never used
+    assert ("vpdpbusd" in assembly(executable)) == (CASES[case][-1] == "int8_conv")
+    assert ("tdpbusd" in assembly(executable)) == (CASES[case][-1] == "int8_amx")
+    assert "vpmaddubsw" not in assembly(executable)  # the int16-saturating u8 x s8 multiply is never used
 
 
 @needs_vnni
@@ -117,7 +114,7 @@ def test_blocked_convs_take_vnni_where_the_cpu_has_no_amx(case):
     model, x, want = _layer(case)
     executable, facts = _build(model, make_target("x86", mcpu=VNNI_NO_AMX_CPU, num_cores=1))
     assert facts["slimcc_schedules"] == {"int8_conv": 1, "layout_transform": 2}, facts
-    assert "tdpbusd" not in _assembly(executable)
+    assert "tdpbusd" not in assembly(executable)
     np.testing.assert_array_equal(_run(executable, x), want)
 
 
@@ -127,7 +124,7 @@ def test_int8_convs_without_vnni_take_the_exact_int32_path(case):
     executable, facts = _build(model, make_target("x86", mcpu=NO_VNNI_CPU, num_cores=1))
     rule = "conv" if CASES[case][-1] in ("int8_conv", "int8_amx") else CASES[case][-1]
     assert facts["slimcc_schedules"] == {rule: 1}, facts
-    assert "vpdpbusd" not in _assembly(executable) and "vpmaddubsw" not in _assembly(executable)
+    assert "vpdpbusd" not in assembly(executable) and "vpmaddubsw" not in assembly(executable)
     np.testing.assert_array_equal(_run(executable, x), want)
 
 
@@ -216,5 +213,5 @@ def test_amx_tile_loops_use_the_thread_pool_only_on_several_cores():
     for cores, parallel in ((1, False), (2, True)):
         executable, facts = _build(model, make_target("x86", num_cores=cores))
         assert facts["slimcc_schedules"].get("int8_amx") == 1, facts
-        assert ("TVMBackendParallelLaunch" in _assembly(executable)) == parallel
+        assert ("TVMBackendParallelLaunch" in assembly(executable)) == parallel
         np.testing.assert_array_equal(_run(executable, x), want)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -13,10 +15,13 @@ from slimcc.targets.int8_tables import lower_tables
 from slimcc.targets.int8 import lower_int8
 from slimcc.targets.relax_import import prepare_for_build, to_relax
 from slimcc.targets.runner import load_artifact
+from slimcc.targets.schedules.byte_lookup import VBMI_FEATURE
 from slimcc.targets.target import make_target
+from targets_helpers import assembly
 
 ACTIVATIONS = ("HardSwish", "HardSigmoid", "Sigmoid", "SiLU")
 CHANNELS = 2
+NO_VBMI_CPU = "cascadelake"  # AVX-512 and VNNI without VBMI: the lookup stays a gather fused into the conv
 
 
 def _activation(name: str) -> list:
@@ -120,7 +125,7 @@ def test_the_lookup_runs_in_the_conv_kernel_and_stays_bit_identical(activation, 
     from tvm import relax
 
     model, x = _conv_then(activation, channels=channels), _every_code("uint8")
-    target = make_target("x86", num_cores=1).to_tvm()
+    target = make_target("x86", mcpu=NO_VBMI_CPU, num_cores=1).to_tvm()  # VBMI would keep it apart
 
     def build(mode: str):
         facts: dict = {}
@@ -137,6 +142,59 @@ def test_the_lookup_runs_in_the_conv_kernel_and_stays_bit_identical(activation, 
     np.testing.assert_array_equal(fused, fake)
     np.testing.assert_array_equal(apart, fake)
     assert len(np.unique(fused)) > 30
+
+
+@pytest.mark.parametrize("channels", [2, 32])
+@pytest.mark.parametrize("activation", ["HardSwish", "SiLU"])
+def test_with_vbmi_the_lookup_is_a_permute_kernel_of_its_own_and_stays_bit_identical(activation, channels):
+    pytest.importorskip("tvm")
+    from slimcc.targets.build import compile_pipeline
+    from slimcc.targets.schedules.isa import target_has_feature
+    from slimcc.targets.tvm_import import ensure_tvm
+
+    tvm = ensure_tvm()
+    from tvm import relax
+
+    target = make_target("x86", num_cores=1).to_tvm()
+    if not target_has_feature(target, VBMI_FEATURE):
+        pytest.skip("this CPU has no AVX512-VBMI")
+    model, x = _conv_then(activation, channels=channels), _every_code("uint8")
+    outputs = {}
+    for mode in ("real", "fake"):
+        facts: dict = {}
+        mod = prepare_for_build(to_relax(model), target, facts, int8_mode=mode)
+        executable = tvm.compile(mod, target=target, relax_pipeline=compile_pipeline(target, None, facts))
+        outputs[mode] = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+        if mode == "real":
+            assert facts["kernels"] == 2 and facts["int8_tables"] == 1
+            assert re.search(r"vperm[it]2b", assembly(executable))  # LLVM picks the form that overwrites a free register
+    np.testing.assert_array_equal(outputs["real"], outputs["fake"])
+    assert len(np.unique(outputs["real"])) > 30
+
+
+@pytest.mark.parametrize(("in_dtype", "out_dtype"), [("uint8", "uint8"), ("int8", "uint8"), ("uint8", "int8"),
+                                                     ("int8", "int8")])
+@pytest.mark.parametrize("shape", [(1, 16, 9, 16), (1, 3, 7, 7), (2, 100)])  # whole 64s, a tail only, both
+def test_the_permute_lookup_maps_every_code_like_numpy(in_dtype, out_dtype, shape):
+    pytest.importorskip("tvm")
+    from slimcc.targets.schedules.byte_lookup import vector_lookup_func
+    from slimcc.targets.schedules.isa import target_has_feature
+    from slimcc.targets.tvm_import import ensure_tvm
+
+    tvm = ensure_tvm()
+    target = make_target("x86", num_cores=1).to_tvm()
+    if not target_has_feature(target, VBMI_FEATURE):
+        pytest.skip("this CPU has no AVX512-VBMI")
+    info_in, info_out = np.iinfo(in_dtype), np.iinfo(out_dtype)
+    rng = np.random.default_rng(0)
+    x = rng.integers(info_in.min, info_in.max + 1, shape).astype(in_dtype)
+    x.flat[:256] = np.arange(256).astype(in_dtype)[: x.size]  # every code where the tensor is large enough
+    table = rng.integers(info_out.min, info_out.max + 1, 256).astype(out_dtype)
+    func = vector_lookup_func(shape, in_dtype, out_dtype).with_attr("global_symbol", "main")
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
+    out = tvm.runtime.tensor(np.zeros(shape, out_dtype))
+    lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(table), out)
+    np.testing.assert_array_equal(out.numpy(), table[x.astype(np.int32) + (128 if in_dtype == "int8" else 0)])
 
 
 @pytest.mark.parametrize("activation", ["HardSwish", "SiLU"])
