@@ -55,8 +55,10 @@ def schedule_channel_depthwise(sch, vector: CpuVector) -> bool:
     xb = inlined_pad_columns(out_width) if blocked else largest_divisor(out_width, vector.accumulators)
 
     tail = inline_epilogue(sch, conv)
+    converting = str(sch.get(pad).writes[0].source.dtype) != str(sch.get(pad).reads[0].source.dtype)
     if blocked:
-        sch.compute_inline(pad)
+        if not converting:
+            sch.compute_inline(pad)
         n, fo, y, x, fil, ry, rx = sch.get_loops(conv)
     else:
         n, f, y, x, ry, rx = sch.get_loops(conv)
@@ -67,7 +69,10 @@ def schedule_channel_depthwise(sch, vector: CpuVector) -> bool:
     if not blocked:
         sch.transform_layout(conv, ("write", 0), lambda a, b, c, d: (a, c, d, b))
     finish_tile(sch, conv, cache, tail, xo, fil, [xi, rx], [n, fo], ry, vector)
-    if not blocked:
+    if converting and blocked:  # int8 bytes to float once per pixel: one padded plane per channel block
+        sch.compute_at(pad, sch.get_loops(conv)[0])
+        sch.vectorize(sch.get_loops(pad)[-1])
+    elif not blocked:
         sch.compute_at(pad, sch.get_loops(conv)[1])
         sch.vectorize(sch.get_loops(pad)[-1])
     return True

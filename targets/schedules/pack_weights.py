@@ -240,9 +240,10 @@ def row_depthwise(conv, padded, w_t, product_dtype: str | None = None):
         * _cast(w_t[f, ry, rx], product_dtype), axis=[ry, rx]), name=DWCONV_BLOCK)
 
 
-def channel_depthwise(conv, x, w_t, fi: int, pad_value, product_dtype: str | None = None):
+def channel_depthwise(conv, x, w_t, fi: int, pad_value, product_dtype: str | None = None,
+                      copy_dtype: str | None = None):
     """The TE depthwise conv of `conv`'s geometry on channel vectors: a [N, C/fi, H+pads, W+pads, fi]
-    copy of the input padded with `pad_value` (in the input's dtype), taps read as fi-vectors.
+    copy of the input padded with `pad_value` (in `copy_dtype`, default the input's), taps read as fi-vectors.
 
     With `conv.block` the input and output are NCHW{fi}c (the copy only pads), else NCHW.
     `product_dtype` casts both operands before multiplying (int32 for int8_pack's u8 inputs).
@@ -258,7 +259,8 @@ def channel_depthwise(conv, x, w_t, fi: int, pad_value, product_dtype: str | Non
     def value(b, cb, i, j, ci):
         inside = tirx.all(i >= top, i < h + top, j >= left, j < w + left)
         pixel = x[b, cb, i - top, j - left, ci] if conv.block else x[b, cb * fi + ci, i - top, j - left]
-        return tirx.if_then_else(inside, pixel, tirx.const(pad_value, x.dtype))
+        value = tirx.if_then_else(inside, pixel, tirx.const(pad_value, x.dtype))
+        return value.astype(copy_dtype) if copy_dtype and copy_dtype != x.dtype else value
 
     blocked = te.compute((n, channels // fi, h + top + bottom, w + left + right, fi), value, name=CHANNEL_PAD_BLOCK)
     ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")

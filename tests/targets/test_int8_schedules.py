@@ -53,6 +53,8 @@ CASES = {  # cin, cout, group, (h, w), kernel, strides, pads (top, left, bottom,
     "depthwise-strided": (24, 24, 24, (15, 15), (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), "Relu", "depthwise_channels"),
     "depthwise-rows": (8, 8, 8, (20, 40), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), None, "depthwise"),
     "depthwise-blocked": (32, 32, 32, (20, 40), (5, 5), (2, 2), (2, 2, 2, 2), (1, 1), "Clip", "depthwise_channels"),
+    # 7x7 at stride 1: sums in float (FLOAT_DEPTHWISE_TAPS), partial sums up to 49 * 255 * 127
+    "depthwise-blocked-7x7": (16, 16, 16, (14, 14), (7, 7), (1, 1), (3, 3, 3, 3), (1, 1), None, "depthwise_channels"),
 }
 
 
@@ -215,3 +217,10 @@ def test_amx_tile_loops_use_the_thread_pool_only_on_several_cores():
         assert facts["slimcc_schedules"].get("int8_amx") == 1, facts
         assert ("TVMBackendParallelLaunch" in assembly(executable)) == parallel
         np.testing.assert_array_equal(_run(executable, x), want)
+
+
+def test_float_depthwise_sums_only_where_every_partial_sum_is_exact():
+    from slimcc.targets.schedules.int8_pack import FLOAT_DEPTHWISE_TAPS, float_exact_taps
+
+    assert float_exact_taps(514) and not float_exact_taps(515)  # 514 * 255 * 128 < 2^24 <= 515 * 255 * 128
+    assert float_exact_taps(FLOAT_DEPTHWISE_TAPS) and float_exact_taps(49)
