@@ -89,13 +89,15 @@ def yolo_eval_feeds(count: int = 32) -> list[dict]:
 
 
 def cpu_flags() -> list[str]:
-    """The SIMD flags that decide which int8 kernels onnxruntime can use."""
+    """The SIMD flags that decide which int8 kernels onnxruntime and slimcc's TVM builds can use
+    (VNNI, AMX, and AVX512-VBMI for the table lookups' byte permutes)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return []
     flags = set(next((l for l in text.splitlines() if l.startswith("flags")), "").split())
-    return sorted(f for f in flags if "vnni" in f or f in ("avx2", "avx512f", "avx512bw", "amx_int8"))
+    return sorted(f for f in flags if "vnni" in f or f in ("avx2", "avx512f", "avx512bw", "avx512vbmi", "amx_tile",
+                                                          "amx_int8"))
 
 
 def cpu_model() -> str:

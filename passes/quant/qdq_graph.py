@@ -74,6 +74,19 @@ def make_dequantize(graph: gs.Graph, q: gs.Tensor, scale: gs.Tensor, zero_point:
     return out
 
 
+def dequantized_bias(graph: gs.Graph, base: str, bias: np.ndarray, in_scale, weight_scales) -> gs.Variable:
+    """`bias` [Cout] as int32 behind a DequantizeLinear of scale s_in * s_w (per output channel, zero
+    point 0): the form onnxruntime's QLinearConv and slimcc's integer lowering fold into the layer."""
+    bias_scale = (np.float32(np.asarray(in_scale).reshape(())) * np.asarray(weight_scales, np.float32)).astype(np.float32)
+    if bias_scale.size == 1:
+        bias_scale = np.full(bias.shape, bias_scale.reshape(()), np.float32)
+    q_bias = np.clip(np.round(bias.astype(np.float64) / bias_scale), -2**31, 2**31 - 1).astype(np.int32)
+    return make_dequantize(graph, add_constant(graph, f"{base}_bias_q", q_bias),
+                           add_constant(graph, f"{base}_bias_scale", bias_scale),
+                           add_constant(graph, f"{base}_bias_zero_point", np.zeros(bias.shape, np.int32)),
+                           axis=0, shape=list(bias.shape))
+
+
 def producer(tensor: gs.Tensor) -> gs.Node | None:
     """The node producing `tensor`, or None for inputs/constants."""
     return tensor.inputs[0] if len(tensor.inputs) == 1 else None

@@ -65,8 +65,8 @@ from slimcc.passes.base import Pass, PassContext, PassResult, register_pass
 from slimcc.passes.pattern import constant_value, remove_node, replace_uses
 from slimcc.passes.quant.calibrate import (NP_QTYPE, QRANGE, QParams, activation_ranges, qparams_for_range,
                                            qparams_from_low, quantize_weight, symmetric_weight_scales)
-from slimcc.passes.quant.qdq_graph import (add_constant, fresh, is_graph_output, make_dequantize, make_quantize,
-                                           producer)
+from slimcc.passes.quant.qdq_graph import (add_constant, dequantized_bias, fresh, is_graph_output, make_dequantize,
+                                           make_quantize, producer)
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 CLAMP_OPS = ("Relu", "Clip")
@@ -430,15 +430,7 @@ class QDQInsert(Pass):
             return
         if node.op == "ConvTranspose" and axis is not None and node.attrs.get("group", 1) != 1:
             return
-        bias_scale = (np.float32(in_scale.reshape(())) * scales).astype(np.float32)
-        if axis is None:
-            bias_scale = np.full(bias.shape, bias_scale.reshape(()), np.float32)
-        q_bias = np.clip(np.round(bias.astype(np.float64) / bias_scale), -2**31, 2**31 - 1).astype(np.int32)
-        node.inputs[bias_index] = make_dequantize(
-            graph, add_constant(graph, f"{node.name}_bias_q", q_bias),
-            add_constant(graph, f"{node.name}_bias_scale", bias_scale),
-            add_constant(graph, f"{node.name}_bias_zero_point", np.zeros(bias.shape, np.int32)),
-            axis=0, shape=list(bias.shape))
+        node.inputs[bias_index] = dequantized_bias(graph, node.name, bias, in_scale, scales)
 
 
 def _store_half(graph: gs.Graph, node: gs.Node, min_size: int) -> bool:

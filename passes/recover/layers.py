@@ -14,6 +14,7 @@ import onnx_graphsurgeon as gs
 
 from slimcc.ir.names import NameScope
 from slimcc.passes.pattern import constant_value
+from slimcc.passes.quant.qdq_graph import dequantized_bias
 
 
 @dataclass
@@ -118,6 +119,19 @@ class LinearLayer:
             stored = matrix
         self.node.inputs[1] = gs.Constant(self._fresh("refit_w"), np.ascontiguousarray(stored.astype(old.dtype)))
 
+    def _integer_scales(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(input scale, weight scales) of a Conv/Gemm whose input is a per-tensor DequantizeLinear and
+        whose weight a constant one, per output channel or per tensor; else None."""
+        if self.op not in ("Conv", "Gemm") or not _is_dequantized(self.node.inputs[1]) \
+                or not _is_dequantized(self.node.inputs[0]):
+            return None
+        in_scale = constant_value(self.node.inputs[0].inputs[0].inputs[1])
+        w_scale = constant_value(self.node.inputs[1].inputs[0].inputs[1])
+        if in_scale is None or w_scale is None or np.asarray(in_scale).size != 1 \
+                or np.asarray(w_scale).size not in (1, self.out_channels()):
+            return None
+        return np.asarray(in_scale), np.asarray(w_scale).reshape(-1)
+
     def set_bias(self, bias: np.ndarray) -> None:
         """Store an effective bias [Cout], creating the bias input (or MatMul's Add) when absent.
 
@@ -131,7 +145,11 @@ class LinearLayer:
         if tensor is not None and _is_dequantized(tensor):
             _requantize_bias(tensor, bias, self._fresh("refit_bq"))
             return
-        fresh = gs.Constant(self._fresh("refit_b"), np.ascontiguousarray(bias.astype(dtype)))
+        scales = self._integer_scales()
+        if scales is not None:  # a quantized Conv/Gemm: the new bias is int32 too, or the layer runs in float
+            fresh = dequantized_bias(self.graph, self._fresh("refit"), bias, *scales)
+        else:
+            fresh = gs.Constant(self._fresh("refit_b"), np.ascontiguousarray(bias.astype(dtype)))
         if self.op in ("Conv", "Gemm"):
             if tensor is None:
                 while len(self.node.inputs) < 2:

