@@ -1,5 +1,5 @@
 """The requantize kernel of targets/int8.py: bit-exact with the integer rounding over the int32 accumulator
-range, in its float64 form (shifts <= EXACT_FLOAT64_SHIFT) and its int64 form."""
+range, in its float64 forms (shifts <= EXACT_FLOAT64_SHIFT; int32 bias and lrint within a bound) and its int64 form."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from slimcc.passes.quant.intref import QRANGE, rounding_shift
-from slimcc.targets.int8 import EXACT_FLOAT64_SHIFT, _Kernels, float64_exact
+from slimcc.targets.int8 import EXACT_FLOAT64_SHIFT, _Kernels, float64_exact, int32_rounding_fits
 from slimcc.targets.tvm_import import ensure_tvm
 
 UNIFORM = 1024  # accumulators per channel drawn over the whole int32 range
@@ -31,7 +31,7 @@ def _accumulators(rng, m: int, s: int, bias: int) -> np.ndarray:
     return np.concatenate([[info.min, info.max, 0, -1, 1], uniform, near.reshape(-1)]).astype(np.int32)
 
 
-def _run_requantize(acc, bias, m, s, zy, lo, hi, dtype):
+def _run_requantize(acc, bias, m, s, zy, lo, hi, dtype, magnitude=None):
     """The kernel built alone for the host and run on acc [1, C, 1, N]."""
     tvm = ensure_tvm()
     from tvm import relax
@@ -40,7 +40,8 @@ def _run_requantize(acc, bias, m, s, zy, lo, hi, dtype):
     x = relax.Var("acc", relax.TensorType(acc.shape, "int32"))
     with builder.function("main", [x]):
         with builder.dataflow():
-            out = builder.emit_output(_Kernels(builder).requantize(x, acc.shape, 1, bias, m, s, zy, lo, hi, dtype))
+            out = builder.emit_output(_Kernels(builder).requantize(x, acc.shape, 1, bias, m, s, zy, lo, hi, dtype,
+                                                                         magnitude=magnitude))
         builder.emit_func_output(out)
     executable = tvm.compile(builder.get(), target="llvm")
     return relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(acc)).numpy()
@@ -86,3 +87,35 @@ def test_float64_requantize_clamps_products_beyond_its_rounding_range(dtype, zy)
     want = np.stack([rounding_shift(values, int(s[c])).astype(np.int64) for c, values in enumerate(exact)])
     want = np.clip(want + zy, lo, hi).astype(dtype).reshape(acc.shape)
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype, zy", [("uint8", 117), ("int8", -5)])
+def test_int32_requantize_with_lrint_is_bit_exact_within_its_bound(dtype, zy):
+    """Given a bound on |acc + bias| (x86 builds), the bias is added in int32 and v rounded by lrint:
+    the same bytes as the integer reference, ties included, up to the bound's extremes."""
+    rng = np.random.default_rng(7)
+    shifts = list(range(31, EXACT_FLOAT64_SHIFT + 1))
+    m, s, bias = _channels(rng, shifts)
+    rate = np.ldexp(m.astype(np.float64), -s)
+    magnitude = np.minimum(2**31 - 1, np.floor(2.0**30 / rate) - 1).astype(np.int64)
+    assert int32_rounding_fits(magnitude, bias, rate)
+    rows = []
+    for mc, sc, bc, bound in zip(m, s, bias, magnitude):
+        near = _accumulators(rng, int(mc), int(sc), int(bc))
+        low, high = max(-bound - bc, np.iinfo(np.int32).min), min(bound - bc, np.iinfo(np.int32).max)
+        inside = near[(near >= low) & (near <= high)]
+        rows.append(np.resize(np.concatenate([[low, high], inside]), near.size).astype(np.int32))
+    acc = np.stack(rows).reshape(1, len(shifts), 1, -1)
+    lo, hi = QRANGE[np.dtype(dtype)]
+    got = _run_requantize(acc, bias, m, s, zy, lo, hi, dtype, magnitude=magnitude)
+    want = np.stack([rounding_shift((acc[0, c, 0].astype(object) + int(bias[c])) * int(m[c]), int(s[c]))
+                     .astype(np.int64) for c in range(len(shifts))])
+    np.testing.assert_array_equal(got, np.clip(want + zy, lo, hi).astype(dtype).reshape(acc.shape))
+    assert len(np.unique(got)) == hi - lo + 1
+
+
+def test_the_int32_form_is_refused_where_the_sum_could_wrap():
+    rate = np.full(2, 2.0**-31)
+    assert int32_rounding_fits(np.array([2**31 - 1, 5]), np.array([0, 0]), rate)
+    assert not int32_rounding_fits(np.array([2**31, 5]), np.array([0, 0]), rate)  # acc + bias may wrap
+    assert not int32_rounding_fits(np.array([2**20, 5]), np.array([0, 0]), np.full(2, 2.0**11))  # |v| >= 2^30
