@@ -38,6 +38,12 @@ class Plan:
         return False
 
 
+# YOLOv8n at macs=0.7 (bench/prune_task.py, 61 fp32 boxes on 96 images): the default l1 ranking kept
+# 20% of the boxes, criterion=reconstruction 38%, with allocation=sensitivity (on the output error
+# the int8 placement uses) 57%; l1 with sensitivity 28%
+DATA_PRUNING = ",criterion=reconstruction,allocation=sensitivity"
+
+
 def check_wishes(macs: float | None, rank_speedup: float | None) -> None:
     """Refuse out-of-range wishes with a one-line message (before any work is done)."""
     if macs is not None and (not math.isfinite(macs) or not 0.0 < macs <= 1.0):
@@ -66,7 +72,10 @@ def plan(*, macs: float | None = None, rank_speedup: float | None = None, int8: 
     result.add("canonicalize", "the model is used as loaded")
     lossy = False
     if macs is not None and macs < 1.0:
-        lossy |= result.add(f"prune-channels{{macs={macs:g}}}", "no pruning")
+        # with calibration data, channels are chosen by how well the next layers reconstruct
+        # without them, and the MACs budget goes where measured output error grows least
+        selection = DATA_PRUNING if has_calibration else ""
+        lossy |= result.add(f"prune-channels{{macs={macs:g}{selection}}}", "no pruning")
         if has_calibration:
             result.add("recover-lstsq", "pruned layers are not refitted")
     if rank_speedup is not None:

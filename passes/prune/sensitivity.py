@@ -1,9 +1,8 @@
 """Sensitivity-based allocation (`allocation=sensitivity`; NetAdapt / AMC without the search).
 
 Per cuttable group, the network is run on the calibration data with only that group cut at a
-few depths (its lowest-scored components first, by the chosen criterion), and the relative
-output error ||y - y_ref||^2 / ||y_ref||^2 (summed over outputs, averaged over batches) is
-recorded: the group's error curve. A cut is simulated by `mask_channels` on a copy, which the
+few depths (its lowest-scored components first, by the chosen criterion), and the output error
+(`output_error`: the int8 placement's error, squared) is recorded: the group's error curve. A cut is simulated by `mask_channels` on a copy, which the
 mask-equivalence tests prove computes what the pruned model computes.
 
 The MACs budget is then spent greedily: starting from nothing removed, take the group whose
@@ -17,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from slimcc.passes.output_error import output_error as relative_output_error
 from slimcc.passes.prune.apply import mask_channels
 from slimcc.passes.prune.channels import ChannelAnalysis
 from slimcc.passes.prune.selection import Selection, kept_count
@@ -25,12 +25,11 @@ DEPTHS = (0.25, 0.5, 0.75, 0.9)  # share of a group's units removed at each curv
 
 
 def output_error(reference: list[dict], outputs: list[dict]) -> float:
-    """Mean over batches of sum over outputs of ||y - y_ref||^2 / ||y_ref||^2."""
-    errors = []
-    for ref, out in zip(reference, outputs):
-        errors.append(sum(float(np.sum((np.asarray(out[k], np.float64) - np.asarray(v, np.float64)) ** 2))
-                          / max(float(np.sum(np.asarray(v, np.float64) ** 2)), 1e-30) for k, v in ref.items()))
-    return float(np.mean(errors))
+    """The square of the output error the int8 placement judges (passes/output_error.py): whole-output
+    relative L2 with a share of the per-channel error, so that small-valued channels beside large
+    ones count (YOLOv8n's class scores in [0, 1] next to box coordinates in pixels, which a plain
+    relative L2 barely sees). Squared, so that the errors of cuts in different groups add."""
+    return relative_output_error(reference, outputs) ** 2
 
 
 def _run(model, batches: list[dict]) -> list[dict]:

@@ -41,7 +41,8 @@ def test_compress_accepts_every_calibration_form_and_leaves_the_input_alone(kind
         np.savez(tmp_path / "c.npz", x=data)
         calibration = tmp_path / "c.npz"
     small, text = slimcc.compress(model, macs=0.5, calibration=calibration)
-    assert text == "canonicalize,prune-channels{macs=0.5},recover-lstsq,recover-bias"
+    assert text == ("canonicalize,prune-channels{macs=0.5,criterion=reconstruction,allocation=sensitivity},"
+                    "recover-lstsq,recover-bias")
     assert model_cost(small).macs <= 0.55 * before.macs
     assert model_cost(model).macs == before.macs  # the caller's model is untouched
     saved = slimcc.save(small, tmp_path / "small.onnx")

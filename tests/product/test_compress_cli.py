@@ -11,6 +11,7 @@ import pytest
 from slimcc.ir.cost import model_cost
 from slimcc.ir.model import load_model
 from slimcc.ir.verify import run_onnxruntime
+from slimcc.passes.pipeline import format_pipeline, parse_pipeline
 
 
 def test_compress_prunes_decomposes_and_the_printed_pipeline_reproduces_it(cli, resnet_file, resnet_calib, tmp_path):
@@ -20,8 +21,9 @@ def test_compress_prunes_decomposes_and_the_printed_pipeline_reproduces_it(cli, 
     assert code == 0, stderr
     lines = stdout.splitlines()
     pipeline = next(line for line in lines if line.startswith("pipeline: ")).removeprefix("pipeline: ")
-    assert pipeline.split(",")[:4] == ["canonicalize", "prune-channels{macs=0.5}", "recover-lstsq",
-                                       "decompose-tucker{speedup=2.0}"]
+    steps = [format_pipeline([step]) for step in parse_pipeline(pipeline)]
+    assert steps[:4] == ["canonicalize", "prune-channels{macs=0.5,criterion=reconstruction,allocation=sensitivity}",
+                         "recover-lstsq", "decompose-tucker{speedup=2.0}"]
     assert any(line.startswith("MACs") for line in lines) and f"wrote {out}" in stdout
     assert "slimcc optimize" in stdout and pipeline in stdout
 

@@ -20,7 +20,12 @@ def test_full_plan_orders_prune_refit_decompose_quantize_then_bias():
     names = [p.name for p in parse_pipeline(text)]
     assert names == ["canonicalize", "prune-channels", "recover-lstsq", "decompose-tucker", "qdq-insert",
                      "qdq-propagate", "qdq-cancel", "qdq-align-channels", "recover-bias"]
-    assert format_pipeline(parse_pipeline(text)).startswith("canonicalize,prune-channels{macs=0.5}")
+    assert format_pipeline(parse_pipeline(text)).startswith(
+        "canonicalize,prune-channels{macs=0.5,criterion=reconstruction,allocation=sensitivity}")
+
+
+def test_without_calibration_pruning_ranks_by_weights_alone():
+    assert plan_pipeline(macs=0.5) == "canonicalize,prune-channels{macs=0.5}"
 
 
 def test_macs_one_means_no_pruning():

@@ -115,3 +115,15 @@ def test_curves_credit_the_bias_correction_a_recovery_would_make():
                         for c in (False, True))
     for p, q in zip(plain["points"], corrected["points"]):
         assert q["error"] < 0.5 * p["error"]
+
+
+def test_the_error_sees_small_valued_channels_beside_large_ones():
+    """A detector's output: box coordinates in pixels beside scores in [0, 1]. Erasing one score
+    channel barely moves the whole-output L2, but the curves must see it."""
+    rng = np.random.default_rng(0)
+    reference = np.concatenate([rng.uniform(100, 600, (1, 1, 200)), rng.uniform(0, 1, (1, 4, 200))], axis=1)
+    erased = reference.copy()
+    erased[:, 3] = 0.0
+    plain = float(np.sum((erased - reference) ** 2) / np.sum(reference ** 2))
+    assert plain < 1e-5
+    assert output_error([{"y": reference}], [{"y": erased}]) > 100 * plain
