@@ -42,7 +42,7 @@ def test_compress_accepts_every_calibration_form_and_leaves_the_input_alone(kind
         calibration = tmp_path / "c.npz"
     small, text = slimcc.compress(model, macs=0.5, calibration=calibration)
     assert text == ("canonicalize,prune-channels{macs=0.5,criterion=reconstruction,allocation=sensitivity},"
-                    "recover-lstsq,recover-bias")
+                    "recover-lstsq{layers=all},recover-bias")
     assert model_cost(small).macs <= 0.55 * before.macs
     assert model_cost(model).macs == before.macs  # the caller's model is untouched
     saved = slimcc.save(small, tmp_path / "small.onnx")

@@ -23,7 +23,7 @@ def test_compress_prunes_decomposes_and_the_printed_pipeline_reproduces_it(cli, 
     pipeline = next(line for line in lines if line.startswith("pipeline: ")).removeprefix("pipeline: ")
     steps = [format_pipeline([step]) for step in parse_pipeline(pipeline)]
     assert steps[:4] == ["canonicalize", "prune-channels{macs=0.5,criterion=reconstruction,allocation=sensitivity}",
-                         "recover-lstsq", "decompose-tucker{speedup=2.0}"]
+                         "recover-lstsq{layers=all}", "decompose-tucker{speedup=2.0}"]
     assert any(line.startswith("MACs") for line in lines) and f"wrote {out}" in stdout
     assert "slimcc optimize" in stdout and pipeline in stdout
 
