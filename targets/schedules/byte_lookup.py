@@ -48,7 +48,7 @@ def vector_lookup_func(shape: tuple, in_dtype: str, out_dtype: str):
     def part(table, start):
         return T.reinterpret(table.vload([T.int64(start)], f"{out_dtype}x{_BYTES}"), dtype=bytes_type)
 
-    @T.prim_func(private=True, check_well_formed=False)
+    @T.prim_func(private=True)
     def lookup(x: T.Buffer(shape, in_dtype), table: T.Buffer((T.int64(256),), out_dtype),
                out: T.Buffer(shape, out_dtype)):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, VECTOR_LOOKUP_ATTR: True})
