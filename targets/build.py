@@ -18,6 +18,7 @@ from pathlib import Path
 from slimcc.errors import SlimccError
 from slimcc.ir.model import Model, first_line, load_model, save_model
 from slimcc.targets.schedules.apply import apply_cpu_schedules
+from slimcc.targets.schedules.byte_lookup import VECTOR_LOOKUP_ATTR
 from slimcc.targets.schedules.isa import cpu_vector_for
 from slimcc.targets.target import TargetSpec, check_toolchain
 from slimcc.targets.tvm_import import ensure_tvm
@@ -91,7 +92,6 @@ def count_scheduled_functions(mod) -> int:
     """How many TIR functions already carry a schedule (e.g. applied from a tuning database), not
     counting the kernels slimcc writes as explicit vector code (the VBMI lookups)."""
     tvm = ensure_tvm()
-    from slimcc.targets.schedules.byte_lookup import VECTOR_LOOKUP_ATTR
 
     return sum(1 for _, func in mod.functions.items()
                if isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None

@@ -31,7 +31,8 @@ import numpy as np
 
 from slimcc.targets.relax_values import constant_array, static_shape, tensor_dtype
 from slimcc.targets.schedules.byte_lookup import VBMI_FEATURE, vector_lookup_func
-from slimcc.targets.te_kernels import call_te_kernel
+from slimcc.targets.schedules.isa import target_has_feature
+from slimcc.targets.te_kernels import call_prim_func, call_te_kernel
 from slimcc.targets.tvm_import import ensure_tvm
 
 CODE_DTYPES = ("uint8", "int8")
@@ -318,11 +319,7 @@ def _copy_call(builder, mod, call, args, kernels: dict):
 
 def has_vector_lookup(target) -> bool:
     """Whether lookups on `target` run as their own VBMI permute kernels (schedules/byte_lookup.py)."""
-    if target is None or target.kind.name != "llvm":
-        return False
-    from slimcc.targets.schedules.isa import target_has_feature
-
-    return target_has_feature(target, VBMI_FEATURE)
+    return target is not None and target.kind.name == "llvm" and target_has_feature(target, VBMI_FEATURE)
 
 
 def lookup_call(builder, x_q, table: np.ndarray, out_dtype: str, vector: bool = False):
@@ -334,9 +331,8 @@ def lookup_call(builder, x_q, table: np.ndarray, out_dtype: str, vector: bool = 
 
     shape, in_dtype = static_shape(x_q), tensor_dtype(x_q)
     if vector:
-        func = vector_lookup_func(shape, in_dtype, out_dtype)
-        return relax.call_tir(builder.add_func(func, LOOKUP_BLOCK), [x_q, relax.const(table.astype(out_dtype))],
-                              relax.TensorType(list(shape), out_dtype))
+        return call_prim_func(builder, LOOKUP_BLOCK, vector_lookup_func(shape, in_dtype, out_dtype),
+                              [x_q, relax.const(table.astype(out_dtype))], shape, out_dtype)
     x_t = te.placeholder(shape, in_dtype, "x_q")
     table_t = te.placeholder((256,), "int32", "table")
     offset = 128 if in_dtype == "int8" else 0

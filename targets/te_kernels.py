@@ -13,11 +13,19 @@ def call_te_kernel(builder, name: str, tensors, args, attrs: dict | None = None)
     PrimFunc (what later passes read: op patterns, int8 kernel parameters).
     """
     ensure_tvm()
-    from tvm import relax, te
+    from tvm import te
 
     func = te.create_prim_func(tensors, index_dtype_override="int64").without_attr("global_symbol")
     if attrs:
         func = func.with_attrs(attrs)
     out = tensors[-1]
-    return relax.call_tir(builder.add_func(func, name), args,
-                          relax.TensorType([int(d) for d in out.shape], out.dtype))
+    return call_prim_func(builder, name, func, args, [int(d) for d in out.shape], out.dtype)
+
+
+def call_prim_func(builder, name: str, func, args, shape, dtype: str):
+    """call_tir of the PrimFunc `func` (added to the builder's module once) on the Relax expressions
+    `args`, its output a tensor of `shape` and `dtype`."""
+    ensure_tvm()
+    from tvm import relax
+
+    return relax.call_tir(builder.add_func(func, name), args, relax.TensorType(list(shape), dtype))

@@ -14,7 +14,7 @@ import onnx_graphsurgeon as gs
 
 from slimcc.ir.names import NameScope
 from slimcc.passes.pattern import constant_value
-from slimcc.passes.quant.qdq_graph import dequantized_bias
+from slimcc.passes.quant.qdq_graph import dequantized_bias, qdq_info
 
 
 @dataclass
@@ -125,12 +125,11 @@ class LinearLayer:
         if self.op not in ("Conv", "Gemm") or not _is_dequantized(self.node.inputs[1]) \
                 or not _is_dequantized(self.node.inputs[0]):
             return None
-        in_scale = constant_value(self.node.inputs[0].inputs[0].inputs[1])
-        w_scale = constant_value(self.node.inputs[1].inputs[0].inputs[1])
-        if in_scale is None or w_scale is None or np.asarray(in_scale).size != 1 \
-                or np.asarray(w_scale).size not in (1, self.out_channels()):
+        x_info, w_info = (qdq_info(tensor.inputs[0]) for tensor in self.node.inputs[:2])
+        if x_info is None or w_info is None or x_info.scale.size != 1 \
+                or w_info.scale.size not in (1, self.out_channels()):
             return None
-        return np.asarray(in_scale), np.asarray(w_scale).reshape(-1)
+        return x_info.scale, w_info.scale.reshape(-1)
 
     def set_bias(self, bias: np.ndarray) -> None:
         """Store an effective bias [Cout], creating the bias input (or MatMul's Add) when absent.
