@@ -2,7 +2,8 @@
 
 Range methods: `minmax` (observed extremes), `percentile` (two-sided percentile of the
 observed values, robust to outliers), `entropy` (TensorRT-style KL: the clipping threshold
-whose 128-level quantized histogram is closest to the observed one).
+whose 128-level quantized histogram is closest to the observed one), `mse` (the clip of each side
+whose u8 quantization has the least squared error over the observed values).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 
 from slimcc.errors import PassError
 
-Method = Literal["minmax", "percentile", "entropy"]
+Method = Literal["minmax", "percentile", "entropy", "mse"]
 QRANGE = {"u8": (0, 255), "s8": (-128, 127)}
 NP_QTYPE = {"u8": np.uint8, "s8": np.int8}
 KL_BINS = 2048
@@ -59,8 +60,10 @@ def tensor_range(arrays: list[np.ndarray], method: Method = "minmax", *, percent
         # a one-sided (e.g. post-ReLU) tensor spends all 256 u8 levels on [0, T]
         threshold = kl_threshold(np.concatenate(flat), levels=KL_LEVELS * (2 if lo >= 0 else 1))
         lo, hi = max(lo, -threshold), min(hi, threshold)
+    elif method == "mse":
+        lo, hi = mse_range(np.concatenate(flat), min(lo, 0.0), max(hi, 0.0))
     elif method != "minmax":
-        raise PassError(f"unknown range method {method!r}; use minmax, percentile or entropy")
+        raise PassError(f"unknown range method {method!r}; use minmax, percentile, entropy or mse")
     return min(lo, 0.0), max(hi, 0.0)
 
 
@@ -85,6 +88,37 @@ def activation_ranges(batches: Iterable[dict[str, np.ndarray]], names: list[str]
         for name in names:
             kept[name].append(batch[name])
     return {name: tensor_range(kept[name], method, percentile=percentile) for name in names}
+
+
+MSE_BINS = 1 << 16  # histogram bins the squared error is summed over: 8x finer than the finest clip's step
+MSE_STEPS = 48  # clipping candidates per side: the observed extreme times 1 down to 1/32, geometrically
+
+
+def mse_range(values: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
+    """The clipped range [lo', hi'] (each the observed extreme times a factor in [1/32, 1]) whose u8
+    asymmetric quantization (`qparams_for_range`) has the least squared error over `values`:
+    coordinate search, the high side then the low side, twice, on a histogram of the values (rare
+    extremes keep their full weight)."""
+    if hi <= lo:
+        return lo, hi
+    counts, edges = np.histogram(values.astype(np.float64), bins=MSE_BINS, range=(lo, hi))
+    keep = counts > 0
+    x, weight = ((edges[:-1] + edges[1:]) / 2)[keep], counts[keep].astype(np.float64)
+    fractions = np.geomspace(1.0, 1.0 / 32.0, MSE_STEPS)
+
+    def best(los: np.ndarray, his: np.ndarray) -> int:
+        scale = (his - los) / 255.0
+        zero = np.clip(np.round(-los / scale), 0, 255)
+        errors = [((np.clip(np.round(x / s) + z, 0, 255) - z) * s - x) ** 2 @ weight for s, z in zip(scale, zero)]
+        return int(np.argmin(errors))
+
+    best_lo, best_hi = lo, hi
+    for _ in range(2):
+        if hi > 0:
+            best_hi = hi * fractions[best(np.full(MSE_STEPS, best_lo), hi * fractions)]
+        if lo < 0:
+            best_lo = lo * fractions[best(lo * fractions, np.full(MSE_STEPS, best_hi))]
+    return float(best_lo), float(best_hi)
 
 
 def kl_threshold(values: np.ndarray, bins: int = KL_BINS, levels: int = KL_LEVELS) -> float:

@@ -25,7 +25,7 @@ from slimcc.passes.base import PassContext
 from slimcc.passes.output_error import output_error
 
 MAX_BATCHES = 32  # calibration batches the trials are judged on (the first ones)
-METHODS = ("minmax", "percentile")  # what method=auto chooses from
+METHODS = ("minmax", "percentile", "mse")  # what method=auto chooses from
 SPEED_MARGIN = 0.05  # a speed placement must be measured this much faster (timing noise on a busy machine)
 LATENCY_SECONDS = 2.0  # per model, for that measurement
 
@@ -287,7 +287,7 @@ def choose_tensor_methods(trials: Trials, quantized: set[str], error: float,
     trials' range cache under method "auto" (qdq-insert{method=auto} reads it) and the trials
     switched to it; returns {tensor: method} and the error reached."""
     base, percentile = trials.insert.method, trials.insert.percentile
-    other = next(m for m in METHODS if m != base)
+    others = [m for m in METHODS if m != base]
     auto = ("auto", percentile)
     names = [name for key, name in list(trials.ranges) if key == (base, percentile)]
     for name in names:
@@ -295,16 +295,19 @@ def choose_tensor_methods(trials: Trials, quantized: set[str], error: float,
     trials.insert = replace(trials.insert, method="auto")
     choice = dict.fromkeys(names, base)
     for name in trials.anchors(quantized):
-        mine, theirs = trials.ranges.get(((base, percentile), name)), trials.ranges.get(((other, percentile), name))
-        if mine is None or theirs is None or mine == theirs:
-            continue
-        trials.ranges[auto, name] = theirs
-        candidate = trials.error(quantized)
-        if candidate < error:
-            error, choice[name] = candidate, other
-        else:
-            trials.ranges[auto, name] = mine
-    log.append({"tensor_methods": {other: sum(m == other for m in choice.values())}, "error": round(error, 6)})
+        mine = trials.ranges.get(((base, percentile), name))
+        for other in others:
+            theirs = trials.ranges.get(((other, percentile), name))
+            if mine is None or theirs is None or theirs == trials.ranges[auto, name]:
+                continue
+            kept = trials.ranges[auto, name]
+            trials.ranges[auto, name] = theirs
+            candidate = trials.error(quantized)
+            if candidate < error:
+                error, choice[name] = candidate, other
+            else:
+                trials.ranges[auto, name] = kept
+    log.append({"tensor_methods": {m: sum(c == m for c in choice.values()) for m in others}, "error": round(error, 6)})
     return choice, error
 
 

@@ -31,9 +31,11 @@ float between a DQ and a Q. Graph outputs stay float.
 slimcc.passes.quant.placement quantizes each layer alone on the calibration data, then keeps the
 most sensitive ones float until the output error of the whole model is within `budget`
 (relative L2 error of every output against fp32); the plan is in the pass's stats.
-`method=auto` starts from the range method (minmax or percentile) whose all-int8 model has the
-smaller output error on the calibration data, then lets each activation tensor, in network order,
-take the other method when that lowers the output error (the choice is in the plan);
+`method` picks the activation ranges (slimcc.passes.quant.calibrate: minmax, percentile, entropy,
+or mse, the clip with the least squared quantization error). `method=auto` starts from the method
+(minmax, percentile or mse) whose all-int8 model has the smallest output error on the calibration
+data, then lets each activation tensor, in network order, take another method when that lowers
+the output error (the choice is in the plan);
 `equalize=auto` applies cross-layer-equalize (exact in float) first when that lowers the all-int8
 output error. With `speed=onnxruntime` (what `slimcc compress --int8` plans), placement=auto
 then also keeps float the layers whose int8 form onnxruntime does not run faster,
@@ -85,7 +87,7 @@ ROUNDING_CACHE = "qdq-insert-rounding"  # ctx.notes key: {(layer, per_channel): 
 class QDQInsert(Pass):
     """Insert calibrated Q/DQ pairs (int8 weights per channel, u8/s8 activations, int32 bias)."""
 
-    method: Literal["minmax", "percentile", "entropy", "auto"] = "minmax"
+    method: Literal["minmax", "percentile", "entropy", "mse", "auto"] = "minmax"
     act: Literal["u8", "s8"] = "u8"
     exclude: str = ""
     per_channel: bool = True

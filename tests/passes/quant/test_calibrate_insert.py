@@ -27,6 +27,28 @@ def test_range_methods_clip_outliers_differently():
     assert 0 < kl_threshold(np.abs(x)) < 60.0
 
 
+def _u8_error(x: np.ndarray, lo: float, hi: float) -> float:
+    p = qparams_for_range(lo, hi, "u8")
+    q = np.clip(np.round(x / p.scale) + p.zero_point, 0, 255)
+    return float(np.mean(((q - p.zero_point) * p.scale - x) ** 2))
+
+
+def test_mse_range_clips_a_long_tail_and_keeps_a_bounded_one():
+    rng = np.random.default_rng(1)
+    tailed = rng.laplace(size=200_000).astype(np.float32)
+    lo, hi = tensor_range([tailed], "mse")
+    m_lo, m_hi = tensor_range([tailed], "minmax")
+    assert m_lo < lo < 0 < hi < m_hi
+    assert _u8_error(tailed, lo, hi) < 0.85 * _u8_error(tailed, m_lo, m_hi)
+    for f in (0.9, 1.1):  # a clip 10% tighter or looser on both sides is no better
+        assert _u8_error(tailed, lo, hi) <= _u8_error(tailed, lo * f, hi * f)
+    uniform = rng.uniform(-1.0, 3.0, 100_000).astype(np.float32)  # clipping only adds error here
+    u_lo, u_hi = tensor_range([uniform], "mse")
+    assert u_lo == pytest.approx(float(uniform.min()), rel=0.03) and u_hi == pytest.approx(float(uniform.max()), rel=0.03)
+    assert tensor_range([np.maximum(tailed, 0.0)], "mse")[0] == 0.0
+    assert tensor_range([np.zeros(8, np.float32)], "mse") == (0.0, 0.0)
+
+
 def test_qparams_zero_is_exact_and_range_covered():
     for lo, hi in [(-1.0, 3.0), (0.0, 6.0), (-0.2, 0.1), (0.5, 2.0)]:
         p = qparams_for_range(lo, hi, "u8")
@@ -43,7 +65,7 @@ def test_insert_requires_calibration():
         QDQInsert().run(model, None)
 
 
-@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy", "mse"])
 def test_insert_resnet_structure_and_accuracy(method):
     model = canonical_zoo("resnet-basic")
     reference = model.copy()
@@ -71,7 +93,7 @@ def test_insert_resnet_structure_and_accuracy(method):
         assert out.dtype == np.float32 and out.inputs[0].op != "DequantizeLinear"
     report = compare_models(reference, model, held_out)
     # entropy (KL) clips the heavy tails of this untrained net's activations on purpose
-    assert report.max_rel < {"minmax": 0.08, "percentile": 0.08, "entropy": 0.5}[method], report.as_dict()
+    assert report.max_rel < {"minmax": 0.08, "percentile": 0.08, "entropy": 0.5, "mse": 0.08}[method], report.as_dict()
     if method != "minmax":  # clipping methods may flip this untrained net's near-tied logits
         return
     ref = [run_onnxruntime(reference, f)["y"].argmax() for f in held_out]

@@ -85,12 +85,12 @@ def test_method_auto_starts_from_the_better_method_then_chooses_per_tensor():
     ctx, _ = calib_context(count=4)
     chosen = auto_placement(model, ctx, QDQInsert(method="auto"))
     errors = {t["method"]: t["error"] for t in chosen.trials if "method" in t}
-    assert set(errors) == {"minmax", "percentile"}
+    assert set(errors) == {"minmax", "percentile", "mse"}
     start = min(errors, key=errors.get)
     assert chosen.float_layers == [] and chosen.error <= errors[start] + 1e-6
     # the spoiled output's 1000x channel makes the two methods differ there, and some tensor switches
     assert chosen.method == "auto" and chosen.error < errors[start]
-    assert set(chosen.tensor_methods.values()) == {"minmax", "percentile"}
+    assert start in set(chosen.tensor_methods.values()) and len(set(chosen.tensor_methods.values())) >= 2
     assert all(m != start for m in chosen.switched_methods().values())
     json.dumps(chosen.as_dict())
 
