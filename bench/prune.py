@@ -1,6 +1,7 @@
 """Benchmark channel pruning: original vs pruned, single-thread onnxruntime, measured in the same run.
 
     python bench/prune.py [--macs 0.6] [--repeats 30] [--models resnet-basic,yolov8n] [--json out.json]
+    python bench/prune.py --macs 0.7 --models shufflenet,shufflenet-v1     # grouped convs and shuffles
 
 Per model: MACs, params, serialized size and median latency before/after, the MACs reduction
 (orig/pruned), the measured speedup (orig/pruned latency) and speedup / MACs reduction
@@ -23,11 +24,18 @@ from slimcc.passes.canonicalize import Canonicalize
 from slimcc.passes.prune.prune_channels import PruneChannels
 
 
+# zoo models run at ImageNet size; resnet-basic is then ResNet-18-shaped, the ShuffleNets are the
+# 0.5x-wide ones (stage channels 48/96/192 for v2)
+ZOO_WIDTH = {"resnet-basic": 64}
+ZOO_DEFAULT_WIDTH = 24
+
+
 def load_benchmark_model(name: str):
-    """Zoo resnet-basic at ImageNet size (ResNet-18-shaped) or a real model at its default shape."""
-    if name == "resnet-basic":
-        from slimcc.models.zoo import build
-        return load_model(build("resnet-basic", size=224, width=64))
+    """A zoo model at ImageNet size (`ZOO_WIDTH`) or a real model at its default shape."""
+    from slimcc.models.zoo import ZOO, build
+
+    if name in ZOO:
+        return load_model(build(name, size=224, width=ZOO_WIDTH.get(name, ZOO_DEFAULT_WIDTH)))
     from slimcc.models.fetch import REAL_MODELS, real_model_path
     spec = REAL_MODELS[name]
     return load_model(real_model_path(name), {spec.input_name: list(spec.input_shape)})
@@ -60,8 +68,12 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the JSON here")
     args = parser.parse_args(argv)
     np.random.seed(0)
+    from prune_task import quant_bench  # bench/ is on sys.path when this runs as a script
+
+    quant = quant_bench()
     results = [bench_model(name, args.macs, args.repeats) for name in args.models.split(",")]
-    report = {"bench": "prune", "onnxruntime_threads": 1, "results": results}
+    report = {"bench": "prune", "cpu_model": quant.cpu_model(), "cpu_flags": quant.cpu_flags(),
+              "onnxruntime_threads": 1, "results": results}
     print(json.dumps(report, indent=2))
     if args.json:
         save_json_atomic(args.json, report)
