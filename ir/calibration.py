@@ -54,6 +54,11 @@ class CalibrationData:
     def input_names(self) -> list[str]:
         return sorted(self.batches[0]) if self.batches else []
 
+    @property
+    def samples(self) -> int:
+        """How many samples the batches hold: the leading dimension of each batch's first input, summed."""
+        return sum(int(np.shape(b[min(b)])[0]) if np.ndim(b[min(b)]) else 1 for b in self.batches if b)
+
     @classmethod
     def from_arrays(cls, data: dict[str, Any] | list[dict[str, Any]], model: Model | None = None,
                     *, source: str = "arrays") -> CalibrationData:

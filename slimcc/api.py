@@ -17,6 +17,8 @@ CalibrationDataReader (anything with `get_next()`), or a CalibrationData.
 
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,14 +104,18 @@ def compress(model, *, macs: float | None = None, rank_speedup: float | None = N
     Returns (compressed copy, the pipeline text it ran); the input model is not modified.
     Exact passes are checked one by one; with `max_error`, raises VerificationError when an
     output's relative error against the original exceeds it (on random inputs plus the first
-    calibration batches). `verify=False` turns the checks off.
+    calibration batches). `verify=False` turns the checks off. Too little calibration data for
+    the plan (`compress_plan.calibration_notes`) gives a UserWarning.
     """
-    from slimcc.compress_plan import plan
+    from slimcc.compress_plan import calibration_notes, plan
 
     original = load(model, input_shapes)
     work = original.copy()
     calib = as_calibration(calibration, work)
-    text = plan(macs=macs, rank_speedup=rank_speedup, int8=int8, has_calibration=calib is not None).text
+    planned = plan(macs=macs, rank_speedup=rank_speedup, int8=int8, has_calibration=calib is not None)
+    text = planned.text
+    for note in calibration_notes(planned, calib.samples) if calib is not None else []:
+        warnings.warn(note, stacklevel=2)
     Pipeline.from_spec(text).run(work, calibration=calib, max_error=max_error, verify=verify)
     return work, text
 

@@ -44,6 +44,20 @@ class Plan:
 DATA_PRUNING = ",criterion=reconstruction,allocation=sensitivity"
 
 
+# Pruning with calibration selects channels and refits every later layer on it: YOLOv8n at
+# macs=0.7 kept 66% of its fp32 boxes calibrated on 8 photos and 87% on 32 (bench/prune_task.py)
+PRUNING_CALIBRATION_SAMPLES = 32
+
+
+def calibration_notes(planned: Plan, samples: int) -> list[str]:
+    """What to tell a user whose calibration data is too small for the planned pipeline."""
+    if samples >= PRUNING_CALIBRATION_SAMPLES or not any(s.startswith("prune-channels") for s in planned.steps):
+        return []
+    return [f"pruning chooses channels and refits every later layer on the calibration data, and {samples} "
+            f"sample(s) is little for that: give at least {PRUNING_CALIBRATION_SAMPLES} (on YOLOv8n at "
+            f"--macs 0.7, 8 calibration photos kept 66% of its detections, 32 kept 87%)"]
+
+
 def check_wishes(macs: float | None, rank_speedup: float | None) -> None:
     """Refuse out-of-range wishes with a one-line message (before any work is done)."""
     if macs is not None and (not math.isfinite(macs) or not 0.0 < macs <= 1.0):

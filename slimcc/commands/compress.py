@@ -15,7 +15,7 @@ from pathlib import Path
 
 from slimcc.commands.common import add_model_arguments, print_json
 from slimcc.commands.optimize import check_output_path, load_model_and_calibration, print_report, summarize
-from slimcc.compress_plan import plan
+from slimcc.compress_plan import calibration_notes, plan
 from slimcc.errors import SlimccError
 from slimcc.ir.model import Model, save_model
 from slimcc.passes.pipeline import format_pipeline, parse_pipeline
@@ -70,6 +70,8 @@ def run(args) -> int:
     passes = parse_pipeline(planned.text)
 
     source, model, calib = load_model_and_calibration(args)
+    if calib is not None:
+        planned.notes.extend(calibration_notes(planned, calib.samples))
     before = summarize(model, source.stat().st_size)
     outcome = run_verified(model, passes, calib, max_error=args.max_error, seed=args.seed,
                            progress=not quiet and not args.json)

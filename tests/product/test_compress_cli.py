@@ -26,6 +26,8 @@ def test_compress_prunes_decomposes_and_the_printed_pipeline_reproduces_it(cli, 
                          "recover-lstsq{layers=all}", "decompose-tucker{speedup=2.0}"]
     assert any(line.startswith("MACs") for line in lines) and f"wrote {out}" in stdout
     assert "slimcc optimize" in stdout and pipeline in stdout
+    # 16 calibration samples (leading axis of the .npz) are counted, and called too few for pruning
+    assert any(line.startswith("note: pruning chooses channels") and "16 sample(s)" in line for line in lines)
 
     original, small = load_model(resnet_file), load_model(out)
     before, after = model_cost(original), model_cost(small)

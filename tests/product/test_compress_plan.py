@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from slimcc.compress_plan import DEFAULT_MACS, plan, plan_pipeline
+import numpy as np
+
+from slimcc.compress_plan import DEFAULT_MACS, PRUNING_CALIBRATION_SAMPLES, calibration_notes, plan, plan_pipeline
+from slimcc.ir.calibration import CalibrationData
 from slimcc.errors import PipelineError
 from slimcc.passes.pipeline import format_pipeline, parse_pipeline
 
@@ -22,6 +25,16 @@ def test_full_plan_orders_prune_refit_decompose_quantize_then_bias():
                      "qdq-propagate", "qdq-cancel", "qdq-align-channels", "recover-bias"]
     assert format_pipeline(parse_pipeline(text)).startswith(
         "canonicalize,prune-channels{macs=0.5,criterion=reconstruction,allocation=sensitivity}")
+
+
+def test_few_calibration_samples_for_pruning_get_a_note():
+    pruning, int8_only = plan(macs=0.7, has_calibration=True), plan(int8=True, has_calibration=True)
+    few = CalibrationData([{"x": np.zeros((2, 3, 8, 8), np.float32)}, {"x": np.zeros((1, 3, 8, 8), np.float32)}])
+    assert few.samples == 3
+    (note,) = calibration_notes(pruning, few.samples)
+    assert "3 sample(s)" in note and str(PRUNING_CALIBRATION_SAMPLES) in note
+    assert calibration_notes(pruning, PRUNING_CALIBRATION_SAMPLES) == []
+    assert calibration_notes(int8_only, 3) == []  # activation ranges need far less
 
 
 def test_without_calibration_pruning_ranks_by_weights_alone():
