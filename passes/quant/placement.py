@@ -295,10 +295,11 @@ def choose_tensor_methods(trials: Trials, quantized: set[str], error: float,
     trials.insert = replace(trials.insert, method="auto")
     choice = dict.fromkeys(names, base)
     for name in trials.anchors(quantized):
-        mine = trials.ranges.get(((base, percentile), name))
+        if ((base, percentile), name) not in trials.ranges:
+            continue
         for other in others:
             theirs = trials.ranges.get(((other, percentile), name))
-            if mine is None or theirs is None or theirs == trials.ranges[auto, name]:
+            if theirs is None or theirs == trials.ranges[auto, name]:
                 continue
             kept = trials.ranges[auto, name]
             trials.ranges[auto, name] = theirs
