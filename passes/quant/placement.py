@@ -25,7 +25,8 @@ from slimcc.passes.base import PassContext
 from slimcc.passes.output_error import output_error
 
 MAX_BATCHES = 32  # calibration batches the trials are judged on (the first ones)
-METHODS = ("minmax", "percentile", "mse")  # what method=auto chooses from
+METHODS = ("minmax", "percentile", "mse")  # what method=best and method=auto choose from
+CHOOSING = ("best", "auto")  # the methods that choose among METHODS from measured output error
 SPEED_MARGIN = 0.05  # a speed placement must be measured this much faster (timing noise on a busy machine)
 LATENCY_SECONDS = 2.0  # per model, for that measurement
 
@@ -98,7 +99,7 @@ class Trials:
         self.rounding = dict(ctx.notes.get(ROUNDING_CACHE, {}))
         self.ctx = replace(ctx, progress=False, notes={**ctx.notes, RANGE_CACHE: self.ranges,
                                                        ROUNDING_CACHE: self.rounding})
-        for method in (METHODS if insert.method == "auto" else (insert.method,)):
+        for method in (METHODS if insert.method in CHOOSING else (insert.method,)):
             replace(self.insert, method=method).warm_ranges(model, self.ctx)
         session = make_session(model)
         self.reference = [run_onnxruntime(model, b, session=session) for b in self.batches]
@@ -130,7 +131,7 @@ def layer_sensitivity(trials: Trials, progress: bool = False) -> dict[str, float
 
 
 def choose_method(trials: Trials, log: list[dict]) -> tuple[str, float]:
-    """The range method (minmax or percentile) whose all-int8 model has the smaller output error."""
+    """The range method of METHODS whose all-int8 model has the smallest output error, and that error."""
     errors = {}
     for method in METHODS:
         errors[method] = trials.error(set(trials.candidates), method=method)
@@ -159,11 +160,11 @@ def choose_equalization(model, ctx: PassContext, trials: Trials, all_int8: float
 def auto_placement(model, ctx: PassContext, insert) -> PlacementPlan:
     """The smallest set of most-sensitive layers to keep float so the output error meets `insert.budget`
     (placement=all: none), then with speed=onnxruntime also those whose int8 form onnxruntime does not run
-    faster (`weigh_speed`). method=auto: the better whole-model range method first, then per tensor
+    faster (`weigh_speed`). method=best: the best whole-model range method first; method=auto: that, then per tensor
     (`choose_tensor_methods`) on the all-int8 model, before the sensitivities are measured."""
     log: list[dict] = []
     trials = Trials(model, ctx, insert)
-    if insert.method == "auto":
+    if insert.method in CHOOSING:
         method, all_int8 = choose_method(trials, log)
         trials.insert = replace(trials.insert, method=method)
     else:

@@ -32,10 +32,10 @@ slimcc.passes.quant.placement quantizes each layer alone on the calibration data
 most sensitive ones float until the output error of the whole model is within `budget`
 (relative L2 error of every output against fp32); the plan is in the pass's stats.
 `method` picks the activation ranges (slimcc.passes.quant.calibrate: minmax, percentile, entropy,
-or mse, the clip with the least squared quantization error). `method=auto` starts from the method
+or mse, the clip with the least squared quantization error). `method=best` takes the method
 (minmax, percentile or mse) whose all-int8 model has the smallest output error on the calibration
-data, then lets each activation tensor, in network order, take another method when that lowers
-the output error (the choice is in the plan);
+data; `method=auto` starts from that one, then lets each activation tensor, in network order,
+take another method when that lowers the output error (the choice is in the plan);
 `equalize=auto` applies cross-layer-equalize (exact in float) first when that lowers the all-int8
 output error. With `speed=onnxruntime` (what `slimcc compress --int8` plans), placement=auto
 then also keeps float the layers whose int8 form onnxruntime does not run faster,
@@ -87,7 +87,7 @@ ROUNDING_CACHE = "qdq-insert-rounding"  # ctx.notes key: {(layer, per_channel): 
 class QDQInsert(Pass):
     """Insert calibrated Q/DQ pairs (int8 weights per channel, u8/s8 activations, int32 bias)."""
 
-    method: Literal["minmax", "percentile", "entropy", "mse", "auto"] = "minmax"
+    method: Literal["minmax", "percentile", "entropy", "mse", "best", "auto"] = "minmax"
     act: Literal["u8", "s8"] = "u8"
     exclude: str = ""
     per_channel: bool = True
@@ -127,7 +127,8 @@ class QDQInsert(Pass):
         if unknown:
             raise PassError(f"qdq-insert: exclude names unknown node(s) {', '.join(sorted(unknown))}")
         planned = _has_tensor_methods(ctx, self.percentile)
-        if self.placement == "auto" or self.equalize == "auto" or (self.method == "auto" and not planned):
+        chooses = self.method == "best" or (self.method == "auto" and not planned)
+        if self.placement == "auto" or self.equalize == "auto" or chooses:
             from slimcc.passes.quant.equalize import CrossLayerEqualize
             from slimcc.passes.quant.placement import auto_placement
 

@@ -95,6 +95,23 @@ def test_method_auto_starts_from_the_better_method_then_chooses_per_tensor():
     json.dumps(chosen.as_dict())
 
 
+def test_method_best_quantizes_with_the_method_of_smallest_all_int8_error():
+    model = canonical_zoo("resnet-basic")
+    _spoil(model, [n.name for n in model.graph.nodes if n.op == "Conv"][3])
+    ctx, _ = calib_context(count=4)
+    result_model = model.copy()
+    stats = QDQInsert(method="best").run(result_model, ctx).stats
+    errors = {t["method"]: t["error"] for t in stats["placement"]["trials"] if "method" in t}
+    assert set(errors) == {"minmax", "percentile", "mse"}
+    best = min(errors, key=errors.get)
+    assert stats["method"] == best and stats["placement"]["method"] == best
+    assert "tensor_methods" not in stats["placement"]  # one method for the whole model
+    reference = Trials(model, ctx, QDQInsert())
+    session = make_session(result_model)
+    outputs = [run_onnxruntime(result_model, b, session=session) for b in reference.batches]
+    assert output_error(reference.reference, outputs) == pytest.approx(errors[best], abs=1e-6)
+
+
 def test_method_auto_applies_the_per_tensor_ranges_it_measured():
     model = canonical_zoo("resnet-basic")
     _spoil(model, [n.name for n in model.graph.nodes if n.op == "Conv"][3])
