@@ -101,8 +101,10 @@ def plan(*, macs: float | None = None, rank_speedup: float | None = None, int8: 
         # equalize=auto keeps cross-layer equalization where it lowers the measured all-int8 error;
         # speed=onnxruntime keeps float the layers whose int8 form onnxruntime runs no faster (profiled);
         # int8_speed=None weighs error only (a model deployed with TVM, whose int8 kernels differ)
+        # recover=bias: the whole model is first judged after the bias correction planned below
         speed = f",speed={int8_speed}" if int8_speed else ""
-        if result.add(f"qdq-insert{{placement=auto,equalize=auto{speed}}}", "the model stays float"):
+        recover = ",recover=bias" if has_calibration else ""
+        if result.add(f"qdq-insert{{placement=auto,equalize=auto{speed}{recover}}}", "the model stays float"):
             lossy = True
             result.add("qdq-propagate", "Q/DQ stay where they were inserted")
             result.add("qdq-cancel", "redundant DQ->Q pairs stay")

@@ -110,13 +110,19 @@ class Trials:
         insert = replace(self.insert, exclude=";".join(sorted(excluded)))
         return [tensor.name for tensor in insert._select(self.model.graph, excluded)[2][0]]
 
-    def error(self, quantized: set[str], **options) -> float:
-        """Output error when exactly the `quantized` candidates are int8 (options override qdq-insert's)."""
+    def error(self, quantized: set[str], corrected: bool = False, **options) -> float:
+        """Output error when exactly the `quantized` candidates are int8 (options override qdq-insert's);
+        `corrected`: after recover-bias, as the pipeline applies it later (one model run per layer)."""
         if not quantized:
             return 0.0
         work = self.model.copy()
         excluded = self.base_excluded | (set(self.candidates) - quantized)
         replace(self.insert, exclude=";".join(sorted(excluded)), **options).run(work, self.ctx)
+        if corrected:
+            from slimcc.ir.calibration import CalibrationData
+            from slimcc.passes.recover.recover_bias import RecoverBias
+
+            RecoverBias().run(work, replace(self.ctx, reference=self.model, calibration=CalibrationData(self.batches)))
         session = make_session(work)
         return output_error(self.reference, [run_onnxruntime(work, b, session=session) for b in self.batches])
 
@@ -157,11 +163,12 @@ def choose_equalization(model, ctx: PassContext, trials: Trials, all_int8: float
     return (other, True, error) if error < plain else (trials, False, plain)
 
 
-def auto_placement(model, ctx: PassContext, insert) -> PlacementPlan:
+def auto_placement(model, ctx: PassContext, insert, analyse: bool = False) -> PlacementPlan:
     """The smallest set of most-sensitive layers to keep float so the output error meets `insert.budget`
     (placement=all: none), then with speed=onnxruntime also those whose int8 form onnxruntime does not run
     faster (`weigh_speed`). method=best: the best whole-model range method first; method=auto: that, then per tensor
-    (`choose_tensor_methods`) on the all-int8 model, before the sensitivities are measured."""
+    (`choose_tensor_methods`) on the all-int8 model, before the sensitivities are measured. `analyse`:
+    measure every layer's sensitivity even where the placement does not need it (recover=bias)."""
     log: list[dict] = []
     trials = Trials(model, ctx, insert)
     if insert.method in CHOOSING:
@@ -184,22 +191,15 @@ def auto_placement(model, ctx: PassContext, insert) -> PlacementPlan:
                              candidates=trials.candidates, sensitivity={}, float_layers=[], error=error,
                              all_int8_error=error, trials=log, ranges=trials.ranges, rounding=trials.rounding,
                              tensor_methods=methods)
-    sensitivity = layer_sensitivity(trials, ctx.progress)
-    ranked = sorted(trials.candidates, key=lambda n: -sensitivity[n])
-
-    def measure(k: int) -> float:
-        error = trials.error(set(ranked[k:]))
-        log.append({"float_layers": k, "error": round(error, 6)})
-        return error
-
-    errors = {0: error}
-    hi = fewest_float_layers(measure, errors, len(ranked), insert.budget)
-    all_int8 = errors[0]
-    floats, error = set(ranked[:hi]), errors.get(hi, 0.0)
-    filled = fill_islands(trials.candidates, floats)
-    if filled != floats:
-        floats, error = filled, trials.error(everything - filled)
-        log.append({"float_layers": len(floats), "islands_filled": True, "error": round(error, 6)})
+    corrected = trials.error(everything, corrected=True) if insert.recover == "bias" else None
+    if corrected is not None:
+        log.append({"float_layers": 0, "bias_corrected": True, "error": round(corrected, 6)})
+    if corrected is not None and corrected <= insert.budget:
+        sensitivity = layer_sensitivity(trials, ctx.progress) if analyse else {}
+        ranked = sorted(trials.candidates, key=lambda n: -sensitivity.get(n, 0.0))
+        floats, error, all_int8 = set(), corrected, error
+    else:
+        sensitivity, ranked, floats, error, all_int8 = budget_placement(trials, error, insert.budget, ctx.progress, log)
     speed = {}
     if insert.speed == "onnxruntime":
         floats, error, speed = weigh_speed(trials, floats, error, insert.budget, log)
@@ -208,6 +208,29 @@ def auto_placement(model, ctx: PassContext, insert) -> PlacementPlan:
                          float_layers=[n for n in ranked if n in floats], error=error, all_int8_error=all_int8,
                          trials=log, ranges=trials.ranges, rounding=trials.rounding, tensor_methods=methods,
                          speed=speed)
+
+
+def budget_placement(trials: Trials, all_int8: float, budget: float, progress: bool,
+                     log: list[dict]) -> tuple[dict[str, float], list[str], set[str], float, float]:
+    """Rank the layers by sensitivity and keep float the fewest most sensitive ones that bring the
+    output error within `budget` (islands filled); returns (sensitivity, ranking, float layers,
+    their error, the all-int8 error)."""
+    sensitivity = layer_sensitivity(trials, progress)
+    ranked = sorted(trials.candidates, key=lambda n: -sensitivity[n])
+
+    def measure(k: int) -> float:
+        error = trials.error(set(ranked[k:]))
+        log.append({"float_layers": k, "error": round(error, 6)})
+        return error
+
+    errors = {0: all_int8}
+    hi = fewest_float_layers(measure, errors, len(ranked), budget)
+    floats, error = set(ranked[:hi]), errors.get(hi, 0.0)
+    filled = fill_islands(trials.candidates, floats)
+    if filled != floats:
+        floats, error = filled, trials.error(set(trials.candidates) - filled)
+        log.append({"float_layers": len(floats), "islands_filled": True, "error": round(error, 6)})
+    return sensitivity, ranked, floats, error, errors[0]
 
 
 def weigh_speed(trials: Trials, floats: set[str], error: float, budget: float,

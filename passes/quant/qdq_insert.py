@@ -40,12 +40,16 @@ take another method when that lowers the output error (the choice is in the plan
 output error. With `speed=onnxruntime` (what `slimcc compress --int8` plans), placement=auto
 then also keeps float the layers whose int8 form onnxruntime does not run faster,
 float <-> int8 switches counted (profiled: slimcc.passes.quant.speed_placement), within budget.
+`recover=bias` (planned by `slimcc compress` with calibration data, which runs recover-bias after
+the quantization) first judges the all-int8 model after that bias correction: when it meets the
+budget, no layer stays float (the sensitivity search, on uncorrected trials, runs only when it
+does not).
 `rounding=adaround` rounds each layer's weights by AdaRound on its float calibration inputs
 (slimcc.passes.quant.adaround).
 
-Options: placement (all|auto), budget, speed (off|onnxruntime), equalize (off|auto), rounding (nearest|adaround),
-method, act (u8|s8), exclude, per_channel, percentile, min_reduction, depthwise (int8|float), lut_sigmoid,
-min_weight_size, terminal (float|int8), skip_first, hard_act (int8|float), softmax (int8|float),
+Options: placement (all|auto), budget, speed (off|onnxruntime), equalize (off|auto), recover (none|bias),
+rounding (nearest|adaround), method, act (u8|s8), exclude, per_channel, percentile, min_reduction,
+depthwise (int8|float), lut_sigmoid, min_weight_size, terminal (float|int8), skip_first, hard_act (int8|float), softmax (int8|float),
 float_weights (fp32|fp16: layers left float store their weights as float16 behind a Cast, which
 onnxruntime folds at load, so the file shrinks at no speed cost; an int8 weight behind a
 DequantizeLinear is not folded and made
@@ -106,6 +110,7 @@ class QDQInsert(Pass):
     equalize: Literal["off", "auto"] = "off"
     rounding: Literal["nearest", "adaround"] = "nearest"
     speed: Literal["off", "onnxruntime"] = "off"
+    recover: Literal["none", "bias"] = "none"
 
     exact = False
     needs_calibration = True

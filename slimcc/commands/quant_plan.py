@@ -61,7 +61,7 @@ def run(args) -> int:
     insert = replace(insert, budget=args.budget) if args.budget is not None else insert
     insert = replace(insert, speed="off") if args.no_times else insert
     ctx = PassContext(calibration=calib, progress=not args.json)
-    plan = auto_placement(model, ctx, insert)
+    plan = auto_placement(model, ctx, insert, analyse=True)
     result = plan.as_dict()
     if plan.equalized:
         from slimcc.passes.quant.equalize import CrossLayerEqualize

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -68,6 +69,34 @@ def test_auto_placement_keeps_the_spoiled_layers_float_and_meets_the_budget():
     json.dumps(placement)
 
 
+def test_recover_bias_quantizes_everything_when_the_bias_corrected_model_meets_the_budget():
+    from slimcc.passes.recover.recover_bias import RecoverBias
+
+    model = canonical_zoo("resnet-basic")
+    _spoil(model, [n.name for n in model.graph.nodes if n.op == "Conv"][3])
+    ctx, _ = calib_context(count=4)
+    trials = Trials(model, ctx, QDQInsert())
+    raw = trials.error(set(trials.candidates))
+    corrected = trials.error(set(trials.candidates), corrected=True)
+    assert corrected < 0.8 * raw  # bias correction removes the mean shift that quantization adds
+    budget = (raw + corrected) / 2
+    plain = auto_placement(model, ctx, QDQInsert(placement="auto", budget=budget))
+    judged = auto_placement(model, ctx, QDQInsert(placement="auto", budget=budget, recover="bias"))
+    assert plain.float_layers and judged.float_layers == []
+    assert judged.error == pytest.approx(corrected, abs=1e-6)
+    # the error it reports is that of the model qdq-insert then recover-bias produce
+    work = model.copy()
+    QDQInsert(placement="auto", budget=budget, recover="bias").run(work, ctx)
+    RecoverBias().run(work, replace(ctx, reference=model))
+    session = make_session(work)
+    outputs = [run_onnxruntime(work, b, session=session) for b in trials.batches]
+    assert output_error(trials.reference, outputs) == pytest.approx(corrected, abs=1e-6)
+    # over the budget even corrected: the same search on uncorrected trials as without recover=bias
+    tight = corrected / 2
+    assert (auto_placement(model, ctx, QDQInsert(placement="auto", budget=tight, recover="bias")).float_layers
+            == auto_placement(model, ctx, QDQInsert(placement="auto", budget=tight)).float_layers)
+
+
 def test_a_looser_budget_keeps_fewer_layers_float():
     model = canonical_zoo("resnet-basic")
     _spoil(model, [n.name for n in model.graph.nodes if n.op == "Conv"][3])
@@ -131,7 +160,9 @@ def test_budget_must_be_positive():
 
 
 def test_compress_int8_plans_automatic_placement():
-    assert "qdq-insert{placement=auto,equalize=auto,speed=onnxruntime}" in plan(int8=True, has_calibration=True).text
+    planned = plan(int8=True, has_calibration=True).text
+    assert "qdq-insert{placement=auto,equalize=auto,speed=onnxruntime,recover=bias}" in planned
+    assert planned.endswith("recover-bias")  # the correction recover=bias judges the all-int8 model after
 
 
 def test_equalize_auto_keeps_cross_layer_equalization_only_when_it_lowers_the_error():
