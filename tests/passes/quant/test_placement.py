@@ -27,6 +27,19 @@ def _spoil(model, name: str) -> None:
     node.inputs[1].values = weight
 
 
+def _spoiled_resnet(count: int = 4):
+    """The zoo ResNet with its fourth conv spoiled (`_spoil`), and a calibration context."""
+    model = canonical_zoo("resnet-basic")
+    _spoil(model, [n.name for n in model.graph.nodes if n.op == "Conv"][3])
+    return model, calib_context(count=count)[0]
+
+
+def _error_on_trials(model, trials: Trials) -> float:
+    """Output error of `model` against the float reference on the trials' calibration batches."""
+    session = make_session(model)
+    return output_error(trials.reference, [run_onnxruntime(model, b, session=session) for b in trials.batches])
+
+
 def test_output_error_is_relative_l2_of_the_worst_output():
     ref = [{"a": np.array([3.0, 4.0], np.float32), "b": np.array([1.0], np.float32)}]
     got = [{"a": np.array([3.0, 4.5], np.float32), "b": np.array([1.0], np.float32)}]
@@ -72,9 +85,7 @@ def test_auto_placement_keeps_the_spoiled_layers_float_and_meets_the_budget():
 def test_recover_bias_quantizes_everything_when_the_bias_corrected_model_meets_the_budget():
     from slimcc.passes.recover.recover_bias import RecoverBias
 
-    model = canonical_zoo("resnet-basic")
-    _spoil(model, [n.name for n in model.graph.nodes if n.op == "Conv"][3])
-    ctx, _ = calib_context(count=4)
+    model, ctx = _spoiled_resnet()
     trials = Trials(model, ctx, QDQInsert())
     raw = trials.error(set(trials.candidates))
     corrected = trials.error(set(trials.candidates), corrected=True)
@@ -88,9 +99,7 @@ def test_recover_bias_quantizes_everything_when_the_bias_corrected_model_meets_t
     work = model.copy()
     QDQInsert(placement="auto", budget=budget, recover="bias").run(work, ctx)
     RecoverBias().run(work, replace(ctx, reference=model))
-    session = make_session(work)
-    outputs = [run_onnxruntime(work, b, session=session) for b in trials.batches]
-    assert output_error(trials.reference, outputs) == pytest.approx(corrected, abs=1e-6)
+    assert _error_on_trials(work, trials) == pytest.approx(corrected, abs=1e-6)
     # over the budget even corrected: the same search on uncorrected trials as without recover=bias
     tight = corrected / 2
     assert (auto_placement(model, ctx, QDQInsert(placement="auto", budget=tight, recover="bias")).float_layers
@@ -98,9 +107,7 @@ def test_recover_bias_quantizes_everything_when_the_bias_corrected_model_meets_t
 
 
 def test_a_looser_budget_keeps_fewer_layers_float():
-    model = canonical_zoo("resnet-basic")
-    _spoil(model, [n.name for n in model.graph.nodes if n.op == "Conv"][3])
-    ctx, _ = calib_context(count=6)
+    model, ctx = _spoiled_resnet(6)
     tight = auto_placement(model, ctx, QDQInsert(placement="auto", budget=0.005))
     loose = auto_placement(model, ctx, QDQInsert(placement="auto", budget=10.0))
     assert loose.float_layers == [] and loose.error == loose.all_int8_error
@@ -109,9 +116,7 @@ def test_a_looser_budget_keeps_fewer_layers_float():
 
 
 def test_method_auto_starts_from_the_better_method_then_chooses_per_tensor():
-    model = canonical_zoo("resnet-basic")
-    _spoil(model, [n.name for n in model.graph.nodes if n.op == "Conv"][3])
-    ctx, _ = calib_context(count=4)
+    model, ctx = _spoiled_resnet()
     chosen = auto_placement(model, ctx, QDQInsert(method="auto"))
     errors = {t["method"]: t["error"] for t in chosen.trials if "method" in t}
     assert set(errors) == {"minmax", "percentile", "mse"}
@@ -125,9 +130,7 @@ def test_method_auto_starts_from_the_better_method_then_chooses_per_tensor():
 
 
 def test_method_best_quantizes_with_the_method_of_smallest_all_int8_error():
-    model = canonical_zoo("resnet-basic")
-    _spoil(model, [n.name for n in model.graph.nodes if n.op == "Conv"][3])
-    ctx, _ = calib_context(count=4)
+    model, ctx = _spoiled_resnet()
     result_model = model.copy()
     stats = QDQInsert(method="best").run(result_model, ctx).stats
     errors = {t["method"]: t["error"] for t in stats["placement"]["trials"] if "method" in t}
@@ -135,23 +138,16 @@ def test_method_best_quantizes_with_the_method_of_smallest_all_int8_error():
     best = min(errors, key=errors.get)
     assert stats["method"] == best and stats["placement"]["method"] == best
     assert "tensor_methods" not in stats["placement"]  # one method for the whole model
-    reference = Trials(model, ctx, QDQInsert())
-    session = make_session(result_model)
-    outputs = [run_onnxruntime(result_model, b, session=session) for b in reference.batches]
-    assert output_error(reference.reference, outputs) == pytest.approx(errors[best], abs=1e-6)
+    assert _error_on_trials(result_model, Trials(model, ctx, QDQInsert())) == pytest.approx(errors[best], abs=1e-6)
 
 
 def test_method_auto_applies_the_per_tensor_ranges_it_measured():
-    model = canonical_zoo("resnet-basic")
-    _spoil(model, [n.name for n in model.graph.nodes if n.op == "Conv"][3])
-    ctx, _ = calib_context(count=4)
+    model, ctx = _spoiled_resnet()
     result_model = model.copy()
     stats = QDQInsert(method="auto").run(result_model, ctx).stats
     assert stats["method"] == "auto" and stats["placement"]["tensor_methods"]
     reference = Trials(model, ctx, QDQInsert())
-    session = make_session(result_model)
-    outputs = [run_onnxruntime(result_model, b, session=session) for b in reference.batches]
-    assert output_error(reference.reference, outputs) == pytest.approx(stats["placement"]["error"], abs=1e-6)
+    assert _error_on_trials(result_model, reference) == pytest.approx(stats["placement"]["error"], abs=1e-6)
 
 
 def test_budget_must_be_positive():
