@@ -20,6 +20,16 @@ def canonical_zoo(name: str, **kw):
     return model
 
 
+def canonical_real(path, name: str):
+    """A canonicalized real model (`path` from the real_model_path fixture) at its registry input shape."""
+    from slimcc.models.fetch import REAL_MODELS
+
+    info = REAL_MODELS[name]
+    model = load_model(path, {info.input_name: list(info.input_shape)})
+    Canonicalize().run(model)
+    return model
+
+
 def calib_context(count: int = 4, size: int = 32) -> tuple[PassContext, list[dict[str, np.ndarray]]]:
     """A PassContext with real-photo calibration batches, and held-out evaluation feeds."""
     feeds = zoo_inputs(count + 2, size=size)

