@@ -102,9 +102,11 @@ def plan(*, macs: float | None = None, rank_speedup: float | None = None, int8: 
         # speed=onnxruntime keeps float the layers whose int8 form onnxruntime runs no faster (profiled);
         # int8_speed=None weighs error only (a model deployed with TVM, whose int8 kernels differ)
         # recover=bias: the whole model is first judged after the bias correction planned below
+        # method=adaptive: minmax ranges, searched per tensor only where the all-int8 model is far over budget
         speed = f",speed={int8_speed}" if int8_speed else ""
         recover = ",recover=bias" if has_calibration else ""
-        if result.add(f"qdq-insert{{placement=auto,equalize=auto{speed}{recover}}}", "the model stays float"):
+        if result.add(f"qdq-insert{{method=adaptive,placement=auto,equalize=auto{speed}{recover}}}",
+                      "the model stays float"):
             lossy = True
             result.add("qdq-propagate", "Q/DQ stay where they were inserted")
             result.add("qdq-cancel", "redundant DQ->Q pairs stay")

@@ -36,6 +36,9 @@ or mse, the clip with the least squared quantization error). `method=best` takes
 (minmax, percentile or mse) whose all-int8 model has the smallest output error on the calibration
 data; `method=auto` starts from that one, then lets each activation tensor, in network order,
 take another method when that lowers the output error (the choice is in the plan);
+`method=adaptive` (what `slimcc compress --int8` plans) keeps minmax ranges unless the model is a
+classifier whose all-int8 model (after the bias correction, with recover=bias) is more than 3 budgets
+over: there it searches as method=auto does (placement.search_methods says why only there);
 `equalize=auto` applies cross-layer-equalize (exact in float) first when that lowers the all-int8
 output error. With `speed=onnxruntime` (what `slimcc compress --int8` plans), placement=auto
 then also keeps float the layers whose int8 form onnxruntime does not run faster,
@@ -91,7 +94,7 @@ ROUNDING_CACHE = "qdq-insert-rounding"  # ctx.notes key: {(layer, per_channel): 
 class QDQInsert(Pass):
     """Insert calibrated Q/DQ pairs (int8 weights per channel, u8/s8 activations, int32 bias)."""
 
-    method: Literal["minmax", "percentile", "entropy", "mse", "best", "auto"] = "minmax"
+    method: Literal["minmax", "percentile", "entropy", "mse", "best", "auto", "adaptive"] = "minmax"
     act: Literal["u8", "s8"] = "u8"
     exclude: str = ""
     per_channel: bool = True
@@ -132,7 +135,7 @@ class QDQInsert(Pass):
         if unknown:
             raise PassError(f"qdq-insert: exclude names unknown node(s) {', '.join(sorted(unknown))}")
         planned = _has_tensor_methods(ctx, self.percentile)
-        chooses = self.method == "best" or (self.method == "auto" and not planned)
+        chooses = self.method in ("best", "adaptive") or (self.method == "auto" and not planned)
         if self.placement == "auto" or self.equalize == "auto" or chooses:
             from slimcc.passes.quant.equalize import CrossLayerEqualize
             from slimcc.passes.quant.placement import auto_placement

@@ -50,8 +50,8 @@ def test_compress_int8_json_summary(cli, resnet_file, resnet_calib, tmp_path):
     code, stdout, stderr = cli("compress", resnet_file, "--int8", "--calib", resnet_calib, "--json", "-o", out)
     assert code == 0, stderr
     summary = json.loads(stdout)
-    assert summary["pipeline"] == ("canonicalize,qdq-insert{placement=auto,equalize=auto,speed=onnxruntime,"
-                                   "recover=bias},qdq-propagate,qdq-cancel,qdq-align-channels,recover-bias")
+    assert summary["pipeline"] == ("canonicalize,qdq-insert{method=adaptive,placement=auto,equalize=auto,"
+                                   "speed=onnxruntime,recover=bias},qdq-propagate,qdq-cancel,qdq-align-channels,recover-bias")
     placement = next(p for p in summary["passes"] if p["pass"] == "qdq-insert")["stats"]["placement"]
     assert placement["error"] <= placement["budget"]
     assert any(trial.get("bias_corrected") for trial in placement["trials"])

@@ -13,7 +13,8 @@ from slimcc.compress_plan import plan
 from slimcc.errors import PipelineError
 from slimcc.ir.verify import make_session, run_onnxruntime
 from slimcc.passes.pipeline import parse_pipeline
-from slimcc.passes.quant.placement import Trials, auto_placement, fill_islands, output_error
+from slimcc.passes.quant.placement import (ADAPTIVE_FACTOR, METHODS, Trials, auto_placement, fill_islands,
+                                           output_error, scores_per_class)
 from slimcc.passes.quant.qdq_insert import QDQInsert
 
 
@@ -150,6 +151,43 @@ def test_method_auto_applies_the_per_tensor_ranges_it_measured():
     assert _error_on_trials(result_model, reference) == pytest.approx(stats["placement"]["error"], abs=1e-6)
 
 
+def test_method_adaptive_searches_ranges_only_far_over_the_budget():
+    model, ctx = _spoiled_resnet()
+    minmax = Trials(model, ctx, QDQInsert()).error(set(Trials(model, ctx, QDQInsert()).candidates))
+    # within ADAPTIVE_FACTOR budgets of the all-int8 error: minmax ranges, as method=minmax places them
+    near = QDQInsert(placement="auto", method="adaptive", budget=minmax / 2)
+    kept = auto_placement(model, ctx, near)
+    assert kept.method == "minmax" and not kept.tensor_methods
+    assert kept.float_layers == auto_placement(model, ctx, replace(near, method="minmax")).float_layers
+    assert not any("method" in trial for trial in kept.trials)
+    # far over it: method=auto's search (whole-model method, then per tensor), and a lower all-int8 error
+    far = QDQInsert(placement="auto", method="adaptive", budget=minmax / (1.5 * ADAPTIVE_FACTOR))
+    searched = auto_placement(model, ctx, far)
+    assert searched.method == "auto" and searched.tensor_methods
+    assert {t["method"] for t in searched.trials if "method" in t} >= set(METHODS)
+    assert searched.all_int8_error < minmax
+    assert searched.error <= far.budget
+    # and qdq-insert applies the ranges it chose (placement=all: every layer int8): the model's error is the plan's
+    result_model = model.copy()
+    stats = replace(far, placement="all").run(result_model, ctx).stats
+    assert stats["method"] == "auto" and stats["placement"]["error"] < minmax
+    assert _error_on_trials(result_model, Trials(model, ctx, QDQInsert())) == pytest.approx(
+        stats["placement"]["error"], abs=1e-6)
+
+
+def test_method_adaptive_keeps_minmax_where_outputs_are_not_class_scores():
+    # a CTC recognizer's [batch, time, classes] output: thresholds and sequences, not one argmax
+    recognizer = canonical_zoo("attn-ctc")
+    assert scores_per_class(canonical_zoo("resnet-basic")) and not scores_per_class(recognizer)
+    ctx = calib_context(count=4)[0]
+    ctx = replace(ctx, calibration=type(ctx.calibration)(
+        [{recognizer.graph.inputs[0].name: np.random.default_rng(i).standard_normal(
+            recognizer.graph.inputs[0].shape).astype(np.float32)} for i in range(4)]))
+    all_int8 = Trials(recognizer, ctx, QDQInsert()).error(set(Trials(recognizer, ctx, QDQInsert()).candidates))
+    kept = auto_placement(recognizer, ctx, QDQInsert(method="adaptive", budget=all_int8 / (2 * ADAPTIVE_FACTOR)))
+    assert kept.method == "minmax" and not kept.tensor_methods
+
+
 def test_budget_must_be_positive():
     with pytest.raises(PipelineError, match="budget"):
         parse_pipeline("qdq-insert{budget=0}")
@@ -157,7 +195,7 @@ def test_budget_must_be_positive():
 
 def test_compress_int8_plans_automatic_placement():
     planned = plan(int8=True, has_calibration=True).text
-    assert "qdq-insert{placement=auto,equalize=auto,speed=onnxruntime,recover=bias}" in planned
+    assert "qdq-insert{method=adaptive,placement=auto,equalize=auto,speed=onnxruntime,recover=bias}" in planned
     assert planned.endswith("recover-bias")  # the correction recover=bias judges the all-int8 model after
 
 
