@@ -194,7 +194,7 @@ def auto_placement(model, ctx: PassContext, insert, analyse: bool = False) -> Pl
         log.append({"float_layers": 0, "error": round(all_int8, 6)})
     methods, error = {}, all_int8
     if search:
-        methods, error = choose_tensor_methods(trials, everything, all_int8, log)
+        methods, error = choose_tensor_methods(trials, everything, all_int8, log, ctx.progress)
     if insert.placement != "auto":
         return PlacementPlan(budget=insert.budget, method="auto" if methods else method, equalized=equalized,
                              candidates=trials.candidates, sensitivity={}, float_layers=[], error=error,
@@ -340,13 +340,15 @@ def fewest_float_layers(measure, errors: dict[int, float], hi: int, budget: floa
     return hi
 
 
-def choose_tensor_methods(trials: Trials, quantized: set[str], error: float,
-                          log: list[dict]) -> tuple[dict[str, str], float]:
+def choose_tensor_methods(trials: Trials, quantized: set[str], error: float, log: list[dict],
+                          progress: bool = False) -> tuple[dict[str, str], float]:
     """Per-tensor range method: starting from the whole-model one, each activation tensor of the
     placement (`quantized` int8), in network order, takes the other method (minmax or percentile)
     when that lowers the output error on the calibration data. The choice is written into the
     trials' range cache under method "auto" (qdq-insert{method=auto} reads it) and the trials
-    switched to it; returns {tensor: method} and the error reached."""
+    switched to it; returns {tensor: method} and the error reached (`progress`: a bar per tensor)."""
+    from tqdm import tqdm
+
     base, percentile = trials.insert.method, trials.insert.percentile
     others = [m for m in METHODS if m != base]
     auto = ("auto", percentile)
@@ -355,7 +357,7 @@ def choose_tensor_methods(trials: Trials, quantized: set[str], error: float,
         trials.ranges[auto, name] = trials.ranges[(base, percentile), name]
     trials.insert = replace(trials.insert, method="auto")
     choice = dict.fromkeys(names, base)
-    for name in trials.anchors(quantized):
+    for name in tqdm(trials.anchors(quantized), desc="range methods", unit="tensor", disable=not progress, leave=False):
         if ((base, percentile), name) not in trials.ranges:
             continue
         for other in others:
