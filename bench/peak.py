@@ -130,13 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     bench = tvm_bench()
+    names = bench.model_names(parser, args.models)
     quant = bench.quant_bench()
     start = time.perf_counter()
     result: dict = {"cpu_model": quant.cpu_model(), "cpu_flags": quant.cpu_flags(), "threads": args.threads}
     with tempfile.TemporaryDirectory(prefix="slimcc-bench-peak-") as tmp:
         result["peak"] = machine_peaks(quant.cpu_flags(), Path(tmp))
-        result["models"] = [model_row(name, args, result["peak"], Path(tmp), bench, quant)
-                            for name in args.models.split(",") if name]
+        result["models"] = [model_row(name, args, result["peak"], Path(tmp), bench, quant) for name in names]
     result["seconds"] = round(time.perf_counter() - start, 1)
     if args.out:
         save_json_atomic(args.out, result)

@@ -264,6 +264,19 @@ def measure(name: str, args, workdir: Path, quant) -> dict:
     return result
 
 
+def model_names(parser, text: str) -> list[str]:
+    """The bench model names in a --models value ("all": every zoo model and the real ones); an
+    unknown name is a one-line usage error (exit 2)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if names == ["all"]:
+        names = list(zoo.ZOO) + list(REAL_MODELS)
+    unknown = [n for n in names if n not in zoo.ZOO and n not in REAL_MODELS]
+    if unknown:
+        parser.error(f"unknown --models {', '.join(unknown)}; choose from all, "
+                     f"{', '.join(list(zoo.ZOO) + list(REAL_MODELS))}")
+    return names
+
+
 def summary(rows: list[dict]) -> dict:
     """Worst and geometric-mean TVM/onnxruntime latency ratios over the measured models."""
     out = {}
@@ -291,13 +304,7 @@ def main() -> None:
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     spec = make_target("x86", num_cores=args.threads)
     quant = quant_bench()
-    names = [n.strip() for n in args.models.split(",")]
-    if names == ["all"]:
-        names = list(zoo.ZOO) + list(REAL_MODELS)
-    unknown = [n for n in names if n not in zoo.ZOO and n not in REAL_MODELS]
-    if unknown:
-        parser.error(f"unknown --models {', '.join(unknown)}; choose from all, "
-                     f"{', '.join(list(zoo.ZOO) + list(REAL_MODELS))}")
+    names = model_names(parser, args.models)
     results = {"cpu_model": quant.cpu_model(), "cpu": spec.tvm["mcpu"], "cpu_flags": quant.cpu_flags(),
                "threads": args.threads,
                "trials": args.trials, "repeat": args.repeat, "zoo_size": args.zoo_size, "zoo_width": args.zoo_width,

