@@ -119,6 +119,8 @@ class _Net:
         elif kind == "silu":
             (sig,) = self.node("Sigmoid", [x.name], f"{name}.sigmoid")
             (out,) = self.node("Mul", [x.name, sig], f"{name}.silu")
+        elif kind == "hardswish":
+            (out,) = self.node("HardSwish", [x.name], f"{name}.hardswish")
         else:
             raise SlimccError(f"unknown activation {kind!r}")
         return T(out, x.c, x.h, x.w)
@@ -323,6 +325,43 @@ def build_mobilenetv2(seed: int = 0, size: int = 32, width: int = 16, num_classe
     x = net.cba(x, 4 * width if not large else 40 * width, 1, "head.conv", act="relu6")
     x = net.gap_flatten(x, "head")
     return net.finish(net.gemm(x, num_classes, "head.fc", out="y"), "mobilenetv2")
+
+
+def _squeeze_excite(net: _Net, x: T, name: str) -> T:
+    """Squeeze-excitation: GlobalAveragePool -> 1x1 conv (C/4) -> ReLU -> 1x1 conv -> HardSigmoid, scaling x."""
+    (pooled,) = net.node("GlobalAveragePool", [x.name], f"{name}.gap")
+    s = net.conv(T(pooled, x.c, 1, 1), max(x.c // 4, 2), 1, f"{name}.reduce", bias=True)
+    s = net.relu(s, f"{name}.reduce")
+    s = net.conv(s, x.c, 1, f"{name}.expand", bias=True)
+    (gate,) = net.node("HardSigmoid", [s.name], f"{name}.gate", alpha=1.0 / 6.0, beta=0.5)
+    (out,) = net.node("Mul", [x.name, gate], f"{name}.scale")
+    return T(out, x.c, x.h, x.w)
+
+
+def _se_inverted_residual(net: _Net, x: T, hidden: int, cout: int, k: int, stride: int, name: str) -> T:
+    """MobileNetV3 block: 1x1 expand (HardSwish), KxK depthwise (HardSwish), squeeze-excitation, 1x1 project, Add."""
+    y = net.cba(x, hidden, 1, f"{name}.expand", act="hardswish")
+    y = net.cba(y, hidden, k, f"{name}.dw", stride=stride, group=hidden, act="hardswish")
+    y = _squeeze_excite(net, y, f"{name}.se")
+    y = net.cba(y, cout, 1, f"{name}.project", act="none", gamma_scale=0.5)
+    return net.add(y, x, f"{name}.add") if stride == 1 and x.c == cout else y
+
+
+def build_mobilenetv3(seed: int = 0, size: int = 32, width: int = 16, num_classes: int = 10) -> OnnxModel:
+    """MobileNetV3-like (as in PP-OCR's direction classifier and PP-LCNet): HardSwish, 5x5 depthwise convs and
+    squeeze-excitation blocks (GlobalAveragePool -> conv -> ReLU -> conv -> HardSigmoid -> Mul), then a pooled head."""
+    large = size >= LARGE_SIZE
+    net = _Net(seed, size)
+    x = net.cba(net.input, width, 3, "stem", stride=2, act="hardswish")
+    # (expansion multiplier, out-channel multiplier of width, kernel, stride)
+    cfg = [(4, 1.5, 3, 2), (3, 1.5, 3, 1), (4, 2.5, 5, 2), (3, 2.5, 5, 1)]
+    if large:
+        cfg += [(3, 5, 5, 2), (3, 5, 5, 1)]
+    for i, (expand, mult, k, stride) in enumerate(cfg):
+        x = _se_inverted_residual(net, x, x.c * expand, _ch(width, mult, 2), k, stride, f"block{i}")
+    x = net.cba(x, 6 * width, 1, "head.conv", act="hardswish")
+    x = net.gap_flatten(x, "head")
+    return net.finish(net.gemm(x, num_classes, "head.fc", out="y"), "mobilenetv3")
 
 
 def _c2f(net: _Net, x: T, cout: int, n: int, shortcut: bool, name: str) -> T:
@@ -581,6 +620,7 @@ ZOO: dict[str, Callable[..., OnnxModel]] = {
     "resnet-basic": build_resnet_basic,
     "resnet-bottleneck": build_resnet_bottleneck,
     "mobilenetv2": build_mobilenetv2,
+    "mobilenetv3": build_mobilenetv3,
     "c2f": build_c2f,
     "shufflenet": build_shufflenet,
     "shufflenet-v1": build_shufflenet_v1,

@@ -22,6 +22,7 @@ from slimcc.passes.recover.channel_map import kept_channels, known_channels, rem
 from slimcc.passes.recover.layers import (LinearLayer, find_layers, output_rows, pick_positions, row_samples,
                                           sample_rows)
 from slimcc.passes.recover.normal_equations import NormalEquations, choose_ridge, total
+from slimcc.passes.recover.pooled import pooled_equations, pooled_source
 
 MATCH_ROWS = 4096  # sampled rows kept for matching pruned output channels by correlation
 EXACT_ERROR = 1e-10  # relative reconstruction error below which a layer is left untouched
@@ -40,13 +41,16 @@ class RecoverLstsq(Pass):
     the last factor of a decomposed layer); layers=all also refits every later conv/gemm
     whose output has a counterpart in the original model. A grouped/depthwise conv is refitted
     per group (per channel). Layers with few calibration rows per input (pooled inputs, the
-    head) get a ridge chosen by cross-validation over calibration samples, or keep their weights when no
-    refit predicts held-out calibration samples better.
+    head) get a ridge chosen by cross-validation over calibration samples, or keep their weights
+    when no refit predicts held-out calibration samples better. pooled=positions fits a layer that
+    reads a global average pool (squeeze-excitation convs, pooled heads) at every position of the
+    pooling input instead (passes/recover/pooled.py), kept when that lowers its pooled error.
     """
 
     ridge: float = 1e-3
     samples: int = 8192
     layers: Literal["affected", "all"] = "affected"
+    pooled: Literal["rows", "positions"] = "rows"
 
     exact: ClassVar[bool] = False
     needs_calibration: ClassVar[bool] = True
@@ -127,6 +131,11 @@ class RecoverLstsq(Pass):
         kept = known_channels(ctx, layer, original, channels, width)
         if isinstance(kept, str):
             return kept
+        source = pooled_source(layer) if original is not None and self.pooled == "positions" else None
+        if source is not None:
+            outcome = self._refit_pooled(layer, original, source.name, model, batches, ctx, current, kept, width)
+            if outcome is not None:
+                return outcome
         rows_total = sum(len(np.atleast_1d(index[0] if layer.op == "Conv" else index)) for index, _ in targets)
         validate = rows_total < CROSS_VALIDATE_ROWS_PER_INPUT * (fan_in + 1)
         folds = [NormalEquations.empty(groups, fan_in, per_group) for _ in range(FOLDS if validate else 1)]
@@ -177,6 +186,34 @@ class RecoverLstsq(Pass):
         layer.set_bias(solution[:, fan_in].reshape(channels))
         return {"rows": equations.rows, "error_before": round(before / scale, 6), "error_after": round(after / scale, 6),
                 **outcome}
+
+    def _refit_pooled(self, layer: LinearLayer, original: LinearLayer, source: str, model, batches, ctx,
+                      current: np.ndarray, kept: np.ndarray | None, width: int) -> dict | str | None:
+        """The refit on the pooling input's positions (passes/recover/pooled.py), or None when it does
+        not apply or does not lower the error of the pooled rows (the pooled rows' own fit is tried then)."""
+        if kept is None:
+            if layer.out_channels() != width:
+                return None  # which original channels survived is matched on the pooled rows
+            kept = np.arange(width)
+        reference = reference_model(ctx, self.name, model)
+        if source not in tensor_names(reference):
+            return None
+        positions, pooled = pooled_equations(layer, original, source, model, reference, batches, kept,
+                                             self.samples, getattr(ctx, "seed", 0) or 0)
+        scale = max(pooled.target_sq, 1e-30)
+        before = pooled.error(current)
+        if before / scale < EXACT_ERROR:
+            return "already reproduces the original output"
+        solution = positions.solve(self.ridge, current)
+        after = pooled.error(solution)
+        if not np.all(np.isfinite(solution)) or after >= before:
+            return None
+        fan_in, channels = current.shape[1] - 1, current.shape[2]
+        layer.set_matrix(solution[0, :fan_in])
+        layer.set_bias(solution[0, fan_in].reshape(channels))
+        remember_channels(ctx, layer.output.name, kept, width)
+        return {"rows": positions.rows, "fit": "pooling input positions",
+                "error_before": round(before / scale, 6), "error_after": round(after / scale, 6)}
 
     @staticmethod
     def _match(ctx, layer, original, current: np.ndarray, pending: list) -> np.ndarray | str:
