@@ -9,9 +9,9 @@ pooling input, toward the original layer applied to the original model's input a
 position, gives H*W rows per sample; a fit that is exact per position is exact after the pool.
 The pooled rows (one per sample) still judge the fit: it is kept only when it lowers their error.
 
-Opt-in (`recover-lstsq{pooled=positions}`): on ppocr cls it lowered the output error, but on the
-zoo ResNet's pooled head it predicted held-out inputs worse than the pooled rows' own fit
-(docs/methods.md).
+Opt-in (`recover-lstsq{pooled=positions}`): on ppocr cls under compress's plan at macs=0.6 it lowered
+the output error, but after an l1 cut at ratio=0.3 and on the zoo ResNet's pooled head it predicted
+held-out inputs worse than the pooled rows' own fit (docs/methods.md).
 """
 
 from __future__ import annotations
@@ -49,27 +49,32 @@ def pooled_source(layer: LinearLayer) -> gs.Variable | None:
     return None
 
 
-def pooled_equations(layer: LinearLayer, original: LinearLayer, source: str, model, reference, batches: list,
-                     kept: np.ndarray, samples: int, seed: int) -> tuple[NormalEquations, NormalEquations]:
+def reference_sample(x0: np.ndarray, limit: int, rng: np.random.Generator) -> tuple:
+    """One batch of the original model's pooling input [N, C, H, W]: (sampled position numbers or None
+    for all, the rows [P, C] there, the spatial means [N, C]), kept so that the original model is run once."""
+    rows = np.moveaxis(x0, 1, -1).reshape(-1, x0.shape[1])
+    pick = np.sort(rng.choice(len(rows), limit, replace=False)) if len(rows) > limit else None
+    return pick, np.asarray(rows if pick is None else rows[pick], np.float32), x0.mean(axis=(2, 3))
+
+
+def pooled_equations(layer: LinearLayer, original: LinearLayer, source: str, model, batches: list,
+                     reference: list[tuple], kept: np.ndarray) -> tuple[NormalEquations, NormalEquations]:
     """(per-position equations, pooled equations) of `layer` toward `original`'s kept output channels.
 
-    Per position: rows are the pruned model's `source` at up to `samples` sampled positions in all,
-    targets the original layer applied to the original model's `source` there. Pooled: one row per
-    sample, the spatial means of both (what the layer really computes and must match)."""
+    Per position: rows are the pruned model's `source` at the positions `reference` (one
+    `reference_sample` per batch) sampled, targets the original layer applied to the original
+    model's `source` there. Pooled: one row per sample, the spatial means of both (what the layer
+    really computes and must match)."""
     weight, bias = original.matrix(), original.bias()
     fan_in = layer.matrix().shape[0]
-    per_batch = max(1, samples // len(batches))
-    rng = np.random.default_rng(seed)
     positions = NormalEquations.empty(1, fan_in, len(kept))
     pooled = NormalEquations.empty(1, fan_in, len(kept))
-    for current, before in zip(stream(model, batches, [source]), stream(reference, batches, [source])):
-        x, x0 = current[source].astype(np.float64), before[source].astype(np.float64)
-        if x.shape[1] != fan_in or x0.shape[1] != weight.shape[0]:
+    for current, (pick, rows0, means0) in zip(stream(model, batches, [source]), reference):
+        x = current[source].astype(np.float64)
+        if x.shape[1] != fan_in or rows0.shape[1] != weight.shape[0]:
             raise ValueError("the pooling input does not match the layer's weights")
-        pooled.add(x.mean(axis=(2, 3))[:, None, :], (x0.mean(axis=(2, 3)) @ weight + bias)[:, kept][:, None, :])
-        rows, rows0 = (np.moveaxis(v, 1, -1).reshape(-1, v.shape[1]) for v in (x, x0))
-        if len(rows) > per_batch:
-            pick = rng.choice(len(rows), per_batch, replace=False)
-            rows, rows0 = rows[pick], rows0[pick]
-        positions.add(rows[:, None, :], (rows0 @ weight + bias)[:, kept][:, None, :])
+        pooled.add(x.mean(axis=(2, 3))[:, None, :], (means0 @ weight + bias)[:, kept][:, None, :])
+        rows = np.moveaxis(x, 1, -1).reshape(-1, fan_in)
+        rows = rows if pick is None else rows[pick]
+        positions.add(rows[:, None, :], (rows0.astype(np.float64) @ weight + bias)[:, kept][:, None, :])
     return positions, pooled

@@ -22,7 +22,7 @@ from slimcc.passes.recover.channel_map import kept_channels, known_channels, rem
 from slimcc.passes.recover.layers import (LinearLayer, find_layers, output_rows, pick_positions, row_samples,
                                           sample_rows)
 from slimcc.passes.recover.normal_equations import NormalEquations, choose_ridge, total
-from slimcc.passes.recover.pooled import pooled_equations, pooled_source
+from slimcc.passes.recover.pooled import pooled_equations, pooled_source, reference_sample
 
 MATCH_ROWS = 4096  # sampled rows kept for matching pruned output channels by correlation
 EXACT_ERROR = 1e-10  # relative reconstruction error below which a layer is left untouched
@@ -75,10 +75,13 @@ class RecoverLstsq(Pass):
                 skipped[layer.name] = reason
             elif not reason:
                 chosen.append(layer)
-        targets = self._targets(reference, batches, chosen, seed)
+        sources = {layer.name: source.name for layer in chosen if self.pooled == "positions"
+                   and (source := pooled_source(layer)) is not None and source.name in known}
+        targets, pooled = self._targets(reference, batches, chosen, sources, seed)
         refitted: dict[str, dict] = {}
         for layer in tqdm(chosen, desc=self.name, unit="layer", disable=not getattr(ctx, "progress", False)):
-            outcome = self._refit(layer, originals.get(layer.output.name), model, batches, ctx, targets[layer.name])
+            outcome = self._refit(layer, originals.get(layer.output.name), model, batches, ctx, targets[layer.name],
+                                  sources.get(layer.name), pooled.get(layer.name))
             if isinstance(outcome, str):
                 skipped[layer.name] = outcome
             else:
@@ -87,20 +90,26 @@ class RecoverLstsq(Pass):
             model.graph.cleanup().toposort()
         return PassResult(bool(refitted), {"refitted": len(refitted), "layers": refitted, "skipped": skipped})
 
-    def _targets(self, reference, batches, layers: list[LinearLayer], seed: int) -> dict[str, list]:
+    def _targets(self, reference, batches, layers: list[LinearLayer], sources: dict[str, str],
+                 seed: int) -> tuple[dict[str, list], dict[str, list]]:
         """One pass over the original model: per layer and batch, sampled positions and the
-        original outputs there (float32, so memory stays bounded by `samples` rows per layer)."""
+        original outputs there (float32, so memory stays bounded by `samples` rows per layer); and
+        for the layers in `sources` (pooled=positions) their pooling input's `reference_sample`."""
         per_batch = max(1, self.samples // len(batches))
         found: dict[str, list] = {layer.name: [] for layer in layers}
+        pooled: dict[str, list] = {name: [] for name in sources}
         if not layers:
-            return found
-        names = list(dict.fromkeys(layer.output.name for layer in layers))
+            return found, pooled
+        names = list(dict.fromkeys([layer.output.name for layer in layers] + list(sources.values())))
         for b, values in enumerate(stream(reference, batches, names)):
             for li, layer in enumerate(layers):
                 y = values[layer.output.name]
                 index = pick_positions(layer, y.shape, per_batch, np.random.default_rng([seed, li, b]))
                 found[layer.name].append((index, np.asarray(output_rows(layer, y, index), np.float32)))
-        return found
+                if layer.name in sources:
+                    pooled[layer.name].append(reference_sample(values[sources[layer.name]], per_batch,
+                                                               np.random.default_rng([seed, li, b, 1])))
+        return found, pooled
 
     def _refusal(self, layer: LinearLayer, known: set[str], originals: dict[str, LinearLayer]) -> str:
         """Why this layer is not refitted ("unaffected" when there is simply nothing to do)."""
@@ -119,7 +128,7 @@ class RecoverLstsq(Pass):
         return "unaffected"
 
     def _refit(self, layer: LinearLayer, original: LinearLayer | None, model, batches, ctx,
-               targets: list) -> dict | str:
+               targets: list, source: str | None = None, pooled: list | None = None) -> dict | str:
         matrix, bias = layer.matrix(), layer.bias()
         groups, fan_in, channels = layer.groups, matrix.shape[0], matrix.shape[1]
         if channels % groups:
@@ -131,9 +140,8 @@ class RecoverLstsq(Pass):
         kept = known_channels(ctx, layer, original, channels, width)
         if isinstance(kept, str):
             return kept
-        source = pooled_source(layer) if original is not None and self.pooled == "positions" else None
-        if source is not None:
-            outcome = self._refit_pooled(layer, original, source.name, model, batches, ctx, current, kept, width)
+        if source is not None and original is not None:
+            outcome = self._refit_pooled(layer, original, source, pooled, model, batches, ctx, current, kept, width)
             if outcome is not None:
                 return outcome
         rows_total = sum(len(np.atleast_1d(index[0] if layer.op == "Conv" else index)) for index, _ in targets)
@@ -187,19 +195,15 @@ class RecoverLstsq(Pass):
         return {"rows": equations.rows, "error_before": round(before / scale, 6), "error_after": round(after / scale, 6),
                 **outcome}
 
-    def _refit_pooled(self, layer: LinearLayer, original: LinearLayer, source: str, model, batches, ctx,
-                      current: np.ndarray, kept: np.ndarray | None, width: int) -> dict | str | None:
+    def _refit_pooled(self, layer: LinearLayer, original: LinearLayer, source: str, reference: list, model, batches,
+                      ctx, current: np.ndarray, kept: np.ndarray | None, width: int) -> dict | str | None:
         """The refit on the pooling input's positions (passes/recover/pooled.py), or None when it does
         not apply or does not lower the error of the pooled rows (the pooled rows' own fit is tried then)."""
         if kept is None:
             if layer.out_channels() != width:
                 return None  # which original channels survived is matched on the pooled rows
             kept = np.arange(width)
-        reference = reference_model(ctx, self.name, model)
-        if source not in tensor_names(reference):
-            return None
-        positions, pooled = pooled_equations(layer, original, source, model, reference, batches, kept,
-                                             self.samples, getattr(ctx, "seed", 0) or 0)
+        positions, pooled = pooled_equations(layer, original, source, model, batches, reference, kept)
         scale = max(pooled.target_sq, 1e-30)
         before = pooled.error(current)
         if before / scale < EXACT_ERROR:
