@@ -28,7 +28,10 @@ from slimcc.targets.relax_values import constant_array, static_shape, tensor_dty
 from slimcc.targets.tvm_import import ensure_tvm
 
 BLOCK = 16  # channels per block: one VNNI accumulator's lanes
-_PROBE = (0, 37, 2, 3)  # an NCHW index whose channel is neither block-aligned nor below one block
+_PROBE = (0, 37, 2, 3)
+_UNARY = ("relax.nn.relu", "relax.sigmoid", "relax.tanh", "relax.negative")
+SINKABLE_ELEMENTWISE = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum",
+                        "relax.minimum", "relax.clip", "relax.quantize", "relax.dequantize") + _UNARY  # an NCHW index whose channel is neither block-aligned nor below one block
 
 
 def to_blocked(x):
@@ -107,6 +110,7 @@ def sink_blocked_layout(mod, max_sweeps: int = 16):
     from tvm.relax.dpl import is_op, is_tuple_get_item, rewrite_call, wildcard
 
     pattern = (is_op("relax.call_tir")(wildcard(), wildcard()) | is_op("relax.concat")(wildcard())
+               | _elementwise_pattern()
                | is_op("relax.nn.max_pool2d")(wildcard()) | is_op("relax.image.resize2d")(wildcard(), wildcard())
                | is_tuple_get_item(is_op("relax.split")(wildcard())))
 
@@ -144,6 +148,8 @@ def _sink_one(builder, call, producer):
     if isinstance(call, relax.TupleGetItem):
         return _sink_split(call, producer)
     name = call.op.name
+    if name in SINKABLE_ELEMENTWISE:
+        return _sink_elementwise(call, producer)
     if name == "relax.call_tir":
         return _sink_kernel(builder, call, producer)
     if name == "relax.concat":
@@ -167,6 +173,76 @@ def _sink_one(builder, call, producer):
             cubic_alpha=a.cubic_alpha, cubic_exclude=a.cubic_exclude, extrapolation_value=a.extrapolation_value,
             out_dtype=a.out_dtype))
     return None
+
+
+def _elementwise_pattern():
+    """Any call of a SINKABLE_ELEMENTWISE operator."""
+    from tvm.relax.dpl import is_op, wildcard
+
+    pattern = None
+    for name in SINKABLE_ELEMENTWISE:
+        arity = 3 if name in ("relax.quantize", "relax.dequantize", "relax.clip") else (
+            1 if name in _UNARY else 2)
+        one = is_op(name)(*[wildcard() for _ in range(arity)])
+        pattern = one if pattern is None else pattern | one
+    return pattern
+
+
+def _sink_elementwise(call, producer):
+    """An element-wise float op on `from_blocked` tensors, scalar constants and per-channel
+    constants ([1, C, 1, 1] or [C, 1, 1], reordered to [1, C/16, 1, 1, 16]), applied in NCHW16c.
+
+    Per-tensor quantize/dequantize count as element-wise. Such chains are what per-channel
+    activation equalization leaves between two integer layers (DQ -> Mul(s) -> HardSwish ->
+    Mul(1/t) -> Q); carried blocked, FuseOps fuses them into the producing conv's epilogue
+    instead of transforming float32 tensors on both sides."""
+    ensure_tvm()
+    from tvm import relax
+
+    if call.op.name in ("relax.quantize", "relax.dequantize"):
+        if not all(_is_scalar_constant(a) for a in call.args[1:3]):
+            return None
+        data = [call.args[0]]
+    else:
+        data = list(call.args)
+    shape = static_shape(call)
+    if shape is None or len(shape) != 4 or not can_block(shape):
+        return None
+    sources = [producer(a) for a in data]
+    if not any(is_from_blocked(s) for s in sources):
+        return None
+    operands = []
+    for arg, source in zip(data, sources):
+        if is_from_blocked(source):
+            operands.append(source.args[0])
+        elif _is_scalar_constant(arg):
+            operands.append(arg)
+        else:
+            blocked = _blocked_channel_constant(source, shape[1])
+            if blocked is None:
+                return None
+            operands.append(blocked)
+    return from_blocked(relax.Call(call.op, operands + list(call.args[len(data):]), call.attrs, call.ty_args))
+
+
+def _is_scalar_constant(expr) -> bool:
+    tvm = ensure_tvm()
+
+    return isinstance(expr, tvm.ir.GenericConst) and constant_array(expr).size == 1
+
+
+def _blocked_channel_constant(expr, channels: int):
+    """A per-channel constant of an NCHW operand ([1, C, 1, 1] or [C, 1, 1]) in NCHW16c, or None."""
+    tvm = ensure_tvm()
+    from tvm import relax
+
+    if not isinstance(expr, tvm.ir.GenericConst):
+        return None
+    value = constant_array(expr)
+    if value.ndim not in (3, 4) or value.shape[-3] != channels or value.size != channels:
+        return None
+    return relax.const(value.reshape(1, channels // BLOCK, BLOCK).transpose(0, 1, 2)
+                       .reshape(1, channels // BLOCK, 1, 1, BLOCK), str(value.dtype))
 
 
 def _sink_split(part, producer):
