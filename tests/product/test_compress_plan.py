@@ -64,3 +64,13 @@ def test_missing_pass_is_left_out_with_a_note(monkeypatch):
     result = plan(macs=0.5, has_calibration=True)
     assert "recover-lstsq" not in result.text
     assert any(note.startswith("recover-lstsq is not available") for note in result.notes)
+
+
+def test_activation_equalization_is_planned_only_for_int8_with_calibration():
+    from slimcc.compress_plan import plan
+
+    steps = plan(int8=True, has_calibration=True, int8_speed=None, equalize_activations=True).steps
+    assert steps[:2] == ["canonicalize", "equalize-activation-ranges"]
+    assert steps[2].startswith("qdq-insert{")
+    assert "equalize-activation-ranges" not in plan(int8=True, has_calibration=True).steps
+    assert "equalize-activation-ranges" not in plan(macs=0.5, has_calibration=True, equalize_activations=True).steps
