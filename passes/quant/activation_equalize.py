@@ -74,8 +74,9 @@ class EqualizeActivationRanges(Pass):
 
     def run(self, model, ctx: PassContext | None = None) -> PassResult:
         sites = equalizable_sites(model.graph)
+        skipped = skipped_sites(model.graph)
         if not sites:
-            return PassResult(False, {"outputs": 0, "depthwise_inputs": 0})
+            return PassResult(False, {"outputs": 0, "depthwise_inputs": 0, "skipped": skipped})
         batches = calibration_batches(ctx, "equalize-activation-ranges")
         spans = channel_spans(model, batches, [site.tensor.name for site in sites])
         imbalance = []
@@ -89,7 +90,7 @@ class EqualizeActivationRanges(Pass):
         model.graph.cleanup().toposort()
         return PassResult(True, {"outputs": sum(s.conv is not None for s in sites),
                                  "depthwise_inputs": sum(s.conv is None for s in sites),
-                                 "largest_range_ratio": round(max(imbalance), 1)})
+                                 "largest_range_ratio": round(max(imbalance), 1), "skipped": skipped})
 
 
 def equalizable_sites(graph: gs.Graph) -> list[Site]:
@@ -107,6 +108,22 @@ def equalizable_sites(graph: gs.Graph) -> list[Site]:
             if readers and not is_graph_output(graph, tensor) and all(_depthwise_reader(r, tensor) for r in readers):
                 sites.append(Site(tensor, readers=tuple(readers)))
     return sites
+
+
+def skipped_sites(graph: gs.Graph) -> dict[str, int]:
+    """Tensors beside a non-homogeneous activation that the pass leaves per tensor, by reason."""
+    reasons = {"conv output with several readers (e.g. SiLU's Sigmoid and Mul)": 0,
+               "activation read by a dense conv or another op": 0}
+    for node in graph.nodes:
+        if node.op not in NON_HOMOGENEOUS:
+            continue
+        source = node.inputs[0].inputs[0] if node.inputs[0].inputs else None
+        if source is not None and plain_conv(source) and sole_reader(graph, node.inputs[0]) is None:
+            reasons["conv output with several readers (e.g. SiLU's Sigmoid and Mul)"] += 1
+        readers = list(node.outputs[0].outputs) if node.outputs else []
+        if readers and not all(_depthwise_reader(r, node.outputs[0]) for r in readers):
+            reasons["activation read by a dense conv or another op"] += 1
+    return {reason: count for reason, count in reasons.items() if count}
 
 
 def channel_spans(model, batches: list[dict[str, np.ndarray]], names: list[str]) -> dict[str, np.ndarray]:

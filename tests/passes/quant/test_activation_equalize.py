@@ -14,7 +14,7 @@ from slimcc.ir.model import load_model
 from slimcc.ir.verify import compare_models, run_batches
 from slimcc.passes.base import PassContext
 from slimcc.passes.quant.activation_equalize import (EqualizeActivationRanges, channel_spans, equalizable_sites,
-                                                     equalizing_factors)
+                                                     equalizing_factors, skipped_sites)
 from slimcc.passes.quant.qdq_insert import QDQInsert
 
 CHANNELS = 16
@@ -86,8 +86,10 @@ def test_per_tensor_int8_error_falls():
 
 def test_homogeneous_activations_dense_readers_and_outputs_are_left_alone():
     assert equalizable_sites(_block("Relu").graph) == []  # cross-layer-equalize's case
-    sites = equalizable_sites(_block(depthwise=False).graph)
+    dense = _block(depthwise=False)
+    sites = equalizable_sites(dense.graph)
     assert [s.tensor.name for s in sites] == ["c1"]  # the HardSwish output only feeds a dense conv
+    assert skipped_sites(dense.graph) == {"activation read by a dense conv or another op": 1}
 
 
 def test_needs_calibration_only_when_there_is_something_to_do():
@@ -99,3 +101,19 @@ def test_needs_calibration_only_when_there_is_something_to_do():
 def test_factors_are_floored_and_dead_channels_untouched():
     factor = equalizing_factors(np.array([8.0, 4.0, 1e-6, 0.0]), max_scale=256)
     np.testing.assert_allclose(factor, [1.0, 0.5, 1 / 256, 1.0])
+
+
+def test_silu_is_refused_with_its_reason():
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((CHANNELS, 8, 1, 1)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((CHANNELS, 1, 3, 3)).astype(np.float32), "wd")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1"),
+             helper.make_node("Sigmoid", ["c1"], ["g"], name="gate"),
+             helper.make_node("Mul", ["c1", "g"], ["a"], name="silu"),
+             helper.make_node("Conv", ["a", "wd"], ["y"], name="dw", pads=[1, 1, 1, 1], group=CHANNELS)]
+    model = load_model(qdq_model(nodes, inits, [vi("x", F, [1, 8, 12, 12])], [vi("y", F, [1, CHANNELS, 12, 12])]))
+    assert equalizable_sites(model.graph) == []
+    assert skipped_sites(model.graph) == {"conv output with several readers (e.g. SiLU's Sigmoid and Mul)": 1,
+                                          "activation read by a dense conv or another op": 1}
+    result = EqualizeActivationRanges().run(model, PassContext(progress=False))
+    assert not result.modified and result.stats["skipped"]
