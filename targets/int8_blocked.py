@@ -14,8 +14,10 @@ pack_int8_convs emits every VNNI conv whose input and output channels are multip
 and this module then carries the layout on:
 - `sink_blocked_layout`: a requantize, residual add or table lookup of targets/int8.py and
   int8_tables.py on `from_blocked(t)` is rebuilt on `t` (same constants and scalars, the
-  channel of an element read from the blocked index), followed by one `from_blocked`; repeated
-  until nothing moves, so a whole epilogue chain ends up blocked;
+  channel of an element read from the blocked index), followed by one `from_blocked`; so are
+  element-wise float ops whose other operands are scalar or per-channel constants (a float
+  chain between two integer layers, e.g. around equalize-activation-ranges' Muls), and
+  per-tensor Q/DQ; repeated until nothing moves, so a whole epilogue chain ends up blocked;
 - `cancel_layout_pairs`: `to_blocked(from_blocked(t))` is `t`.
 
 What remains are transforms at the edges of the integer region (a float layer, pooling, a
@@ -28,10 +30,11 @@ from slimcc.targets.relax_values import constant_array, static_shape, tensor_dty
 from slimcc.targets.tvm_import import ensure_tvm
 
 BLOCK = 16  # channels per block: one VNNI accumulator's lanes
-_PROBE = (0, 37, 2, 3)
+_PROBE = (0, 37, 2, 3)  # an NCHW index whose channel is neither block-aligned nor below one block
 _UNARY = ("relax.nn.relu", "relax.sigmoid", "relax.tanh", "relax.negative")
+# element-wise ops `sink_blocked_layout` carries the blocked layout through (per-tensor Q/DQ only)
 SINKABLE_ELEMENTWISE = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum",
-                        "relax.minimum", "relax.clip", "relax.quantize", "relax.dequantize") + _UNARY  # an NCHW index whose channel is neither block-aligned nor below one block
+                        "relax.minimum", "relax.clip", "relax.quantize", "relax.dequantize") + _UNARY
 
 
 def to_blocked(x):
@@ -241,8 +244,7 @@ def _blocked_channel_constant(expr, channels: int):
     value = constant_array(expr)
     if value.ndim not in (3, 4) or value.shape[-3] != channels or value.size != channels:
         return None
-    return relax.const(value.reshape(1, channels // BLOCK, BLOCK).transpose(0, 1, 2)
-                       .reshape(1, channels // BLOCK, 1, 1, BLOCK), str(value.dtype))
+    return relax.const(value.reshape(1, channels // BLOCK, 1, 1, BLOCK), str(value.dtype))
 
 
 def _sink_split(part, producer):
