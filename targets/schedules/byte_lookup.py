@@ -18,6 +18,11 @@ an arithmetic analyzer, which does not see through a load of another buffer), so
 not fused into the conv: the conv writes its requantized bytes and this kernel, explicit vector
 TIR that the CPU schedules leave as it is, maps them. The elements past the last whole
 64 are looked up one at a time. Exact: the same table entries as the gather.
+
+A per-channel table ([C, 256], `vector_channel_lookup_func`) is looked up the same way one NCHW
+channel plane at a time, the channel's four table registers loaded once per plane; in NCHW16c a
+vector's 64 bytes belong to 16 channels, so such a lookup runs on NCHW between byte transposes
+(schedules/byte_transpose.py).
 """
 
 from __future__ import annotations
@@ -65,5 +70,51 @@ def vector_lookup_func(shape: tuple, in_dtype: str, out_dtype: str):
         for j in range(T.int64(tail)):
             flat_out[T.int64(chunks * _BYTES) + j] = table[T.Cast("int64", flat_x[T.int64(chunks * _BYTES) + j])
                                                            + T.int64(offset)]
+
+    return lookup
+
+
+def vector_channel_lookup_func(shape: tuple, in_dtype: str, out_dtype: str):
+    """The PrimFunc of `out[n, c, ...] = table[c, x[n, c, ...] (+128 for s8)]` on NCHW tensors of `shape`:
+    one [256] table per channel, held in four registers while that channel's plane is looked up 64
+    bytes at a time (as `vector_lookup_func`); the plane's last bytes past a whole 64 one at a time."""
+    ensure_tvm()
+    from tvm.script import tirx as T
+
+    batch, channels = int(shape[0]), int(shape[1])
+    plane = math.prod(shape[2:])
+    chunks, tail = divmod(plane, _BYTES)
+    flip = in_dtype == "int8"
+    offset = 128 if flip else 0
+    bytes_type = f"int8x{_BYTES}"
+    permute = T.llvm_lookup_intrinsic_id(_PERMUTE)
+    shape = tuple(T.int64(d) for d in shape)
+
+    def part(table, row, start):
+        return T.reinterpret(table.vload([row * T.int64(256) + T.int64(start)], f"{out_dtype}x{_BYTES}"),
+                             dtype=bytes_type)
+
+    @T.prim_func(private=True)
+    def lookup(x: T.Buffer(shape, in_dtype), table: T.Buffer((T.int64(channels), T.int64(256)), out_dtype),
+               out: T.Buffer(shape, out_dtype)):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, VECTOR_LOOKUP_ATTR: True})
+        flat_x = T.decl_buffer((T.int64(batch * channels * plane),), in_dtype, data=x.data)
+        flat_out = T.decl_buffer((T.int64(batch * channels * plane),), out_dtype, data=out.data)
+        flat_table = T.decl_buffer((T.int64(channels * 256),), out_dtype, data=table.data)
+        for b, c in T.grid(T.int64(batch), T.int64(channels)):
+            base = (b * T.int64(channels) + c) * T.int64(plane)
+            for i in range(T.int64(chunks)):
+                at = base + i * T.int64(_BYTES)
+                index = T.reinterpret(flat_x.vload([at], f"{in_dtype}x{_BYTES}"), dtype=bytes_type)
+                low = T.call_llvm_pure_intrin(bytes_type, permute, part(flat_table, c, 0), index,
+                                              part(flat_table, c, 64))
+                high = T.call_llvm_pure_intrin(bytes_type, permute, part(flat_table, c, 128), index,
+                                               part(flat_table, c, 192))
+                top_clear = index >= T.broadcast(T.int8(0), _BYTES)
+                picked = T.Select(top_clear, high, low) if flip else T.Select(top_clear, low, high)
+                flat_out[T.ramp(at, T.int64(1), _BYTES)] = T.reinterpret(picked, dtype=f"{out_dtype}x{_BYTES}")
+            for j in range(T.int64(tail)):
+                at = base + T.int64(chunks * _BYTES) + j
+                flat_out[at] = flat_table[c * T.int64(256) + T.Cast("int64", flat_x[at]) + T.int64(offset)]
 
     return lookup

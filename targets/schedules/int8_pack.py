@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from slimcc.targets.int8_blocked import (blocked_shape, can_block, cancel_layout_pairs, dequantize_blocked,
-                                          from_blocked, sink_blocked_layout, to_blocked)
+from slimcc.targets.int8_blocked import (blocked_shape, byte_transposes, can_block, cancel_layout_pairs,
+                                          dequantize_blocked, from_blocked, sink_blocked_layout, to_blocked)
 from slimcc.targets.int8_layout import quantize_on_byte_side
 from slimcc.targets.int8_tables import OP_PATTERN_ATTR
 from slimcc.targets.relax_rewrite import rewrite_calls
@@ -105,7 +105,7 @@ def pack_int8_convs(mod, vector: CpuVector, dot: DotProduct | None, amx: bool = 
         return replace
 
     mod = rewrite_calls(mod, conv | matmul, make_replace, "SlimccPackInt8Convs")
-    return cancel_layout_pairs(dequantize_blocked(sink_blocked_layout(mod))) if vnni else mod
+    return byte_transposes(cancel_layout_pairs(dequantize_blocked(sink_blocked_layout(mod)))) if vnni else mod
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,7 @@ def test_data_movement_runs_in_eight_bits_when_the_scales_agree(second_scale, co
     if conv and facts["slimcc_schedules"].get("int8_conv"):  # VNNI: blocked from the conv to the output
         assert 'R.Tensor((1, 2, 10, 10, 16), dtype="uint8") = R.concat(' in script
         assert 'R.Tensor((1, 2, 10, 10, 16), dtype="uint8") = R.image.resize2d(' in script
-        assert script.count("R.layout_transform(") == 2
+        assert script.count("R.layout_transform(") + script.count("slimcc_byte_transpose") == 2
     elif second_scale == 0.05:  # one scale everywhere: only the input's quantize is left
         assert script.count("R.quantize(") == 1 and "R.dequantize(" not in script
         assert 'R.concat(' in script and 'dtype="uint8") = R.nn.max_pool2d(' in script

@@ -99,8 +99,10 @@ def test_int8_conv_forms_are_bit_exact_with_vnni(case):
     cin, cout, group = CASES[case][:3]
     # NCHW16c in and out (targets/int8_blocked.py): regular and depthwise convs on whole 16-channel blocks
     blocked = group in (1, cin) and cin % 16 == 0 and cout % 16 == 0
-    # a blocked layer alone in a model converts the model's input and output
-    assert facts["slimcc_schedules"] == {CASES[case][-1]: 1, **({"layout_transform": 2} if blocked else {})}, facts
+    # a blocked layer alone in a model converts the model's 8-bit input and output with slimcc's byte
+    # transposes (explicit vector code, not scheduled by a rule)
+    assert facts["slimcc_schedules"] == {CASES[case][-1]: 1}, facts
+    assert ("slimcc_byte_transpose" in assembly(executable)) == blocked
     got = _run(executable, x)
     assert got.dtype == np.uint8 and got.shape == want.shape
     np.testing.assert_array_equal(got, want)
@@ -115,7 +117,7 @@ def test_int8_conv_forms_are_bit_exact_with_vnni(case):
 def test_blocked_convs_take_vnni_where_the_cpu_has_no_amx(case):
     model, x, want = _layer(case)
     executable, facts = _build(model, make_target("x86", mcpu=VNNI_NO_AMX_CPU, num_cores=1))
-    assert facts["slimcc_schedules"] == {"int8_conv": 1, "layout_transform": 2}, facts
+    assert facts["slimcc_schedules"] == {"int8_conv": 1}, facts  # and two byte transposes
     assert "tdpbusd" not in assembly(executable)
     np.testing.assert_array_equal(_run(executable, x), want)
 

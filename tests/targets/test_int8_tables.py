@@ -30,6 +30,9 @@ def _activation(name: str) -> list:
         return [helper.make_node("Mul", ["cd", "xd"], ["act"])]
     if name == "SiLU":
         return [helper.make_node("Sigmoid", ["cd"], ["sig"]), helper.make_node("Mul", ["cd", "sig"], ["act"])]
+    if name == "ChannelScaledHardSwish":  # what equalize-activation-ranges leaves: Mul(s) -> HardSwish -> Mul(1/t)
+        return [helper.make_node("Mul", ["cd", "chs"], ["scaled"]), helper.make_node("HardSwish", ["scaled"], ["hs"]),
+                helper.make_node("Mul", ["hs", "cht"], ["act"])]
     return [helper.make_node(name, ["cd"], ["act"])]
 
 
@@ -48,6 +51,9 @@ def _conv_then(activation: str, code: str = "uint8", hw: int = 16, channels: int
     inits = {"xs": x_s, "xz": x_z, "w": w_q, "ws": w_s, "wz": np.zeros(channels, np.int8),
              "b": np.zeros(channels, np.int32), "bs": (x_s * w_s).astype(np.float32),
              "bz": np.zeros(channels, np.int32), "cs": x_s, "cz": x_z, "as": a_s, "az": a_z}
+    if activation == "ChannelScaledHardSwish":
+        inits["chs"] = np.linspace(0.5, 3.0, channels, dtype=np.float32).reshape(channels, 1, 1)
+        inits["cht"] = np.linspace(1.5, 0.25, channels, dtype=np.float32).reshape(channels, 1, 1)
     nodes = [helper.make_node("DequantizeLinear", ["x", "xs", "xz"], ["xd"]),
              helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=0),
              helper.make_node("DequantizeLinear", ["b", "bs", "bz"], ["bd"], axis=0),
@@ -69,6 +75,24 @@ def _every_code(code: str, hw: int = 16) -> np.ndarray:
     values = np.concatenate([np.arange(256), rng.integers(0, 256, hw * hw - 256)])
     values = rng.permutation(values) - (128 if code == "int8" else 0)
     return values.astype(code).reshape(1, 1, hw, hw)
+
+
+def _real_and_fake(model, x, target) -> tuple[dict, dict, dict]:
+    """({mode: output}, {mode: build facts}, {mode: executable}) of the real-int8 and fake-quantized
+    builds of `model` on `x`."""
+    tvm = pytest.importorskip("tvm")
+    from tvm import relax
+
+    from slimcc.targets.build import compile_pipeline
+
+    outputs, facts, executables = {}, {}, {}
+    for mode in ("real", "fake"):
+        facts[mode] = {}
+        mod = prepare_for_build(to_relax(model), target, facts[mode], int8_mode=mode)
+        executables[mode] = tvm.compile(mod, target=target,
+                                        relax_pipeline=compile_pipeline(target, None, facts[mode]))
+        outputs[mode] = relax.VirtualMachine(executables[mode], tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    return outputs, facts, executables
 
 
 def _float_qdq_calls(mod) -> int:
@@ -148,26 +172,16 @@ def test_the_lookup_runs_in_the_conv_kernel_and_stays_bit_identical(activation, 
 @pytest.mark.parametrize("activation", ["HardSwish", "SiLU"])
 def test_with_vbmi_the_lookup_is_a_permute_kernel_of_its_own_and_stays_bit_identical(activation, channels):
     pytest.importorskip("tvm")
-    from slimcc.targets.build import compile_pipeline
     from slimcc.targets.schedules.isa import target_has_feature
-    from slimcc.targets.tvm_import import ensure_tvm
-
-    tvm = ensure_tvm()
-    from tvm import relax
 
     target = make_target("x86", num_cores=1).to_tvm()
     if not target_has_feature(target, VBMI_FEATURE):
         pytest.skip("this CPU has no AVX512-VBMI")
     model, x = _conv_then(activation, channels=channels), _every_code("uint8")
-    outputs = {}
-    for mode in ("real", "fake"):
-        facts: dict = {}
-        mod = prepare_for_build(to_relax(model), target, facts, int8_mode=mode)
-        executable = tvm.compile(mod, target=target, relax_pipeline=compile_pipeline(target, None, facts))
-        outputs[mode] = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
-        if mode == "real":
-            assert facts["kernels"] == 2 and facts["int8_tables"] == 1
-            assert re.search(r"vperm[it]2b", assembly(executable))  # LLVM picks the form that overwrites a free register
+    outputs, facts, executables = _real_and_fake(model, x, target)
+    assert facts["real"]["kernels"] == 2 and facts["real"]["int8_tables"] == 1
+    # LLVM picks the form that overwrites a free register
+    assert re.search(r"vperm[it]2b", assembly(executables["real"]))
     np.testing.assert_array_equal(outputs["real"], outputs["fake"])
     assert len(np.unique(outputs["real"])) > 30
 
@@ -214,3 +228,40 @@ def test_a_chain_reading_a_second_tensor_stays_float():
     tabled, replaced = lower_tables(lowered)
     assert replaced == 0
     assert _float_qdq_calls(tabled) == _float_qdq_calls(lowered) > 0
+
+
+@pytest.mark.parametrize("channels", [2, 32])  # NCHW; whole blocks (the lookup reads NCHW between byte transposes)
+def test_per_channel_chains_are_channel_tables_bit_identical_to_fake(channels):
+    pytest.importorskip("tvm")
+    model = _conv_then("ChannelScaledHardSwish", channels=channels)
+    tabled, replaced = lower_tables(lower_int8(to_relax(model)))
+    assert replaced == 1 and _float_qdq_calls(tabled) == 0 and "R.multiply" not in tabled.script(show_meta=False)
+    outputs, _, _ = _real_and_fake(model, _every_code("uint8"), make_target("x86").to_tvm())
+    np.testing.assert_array_equal(outputs["real"], outputs["fake"])
+    if channels > 2:  # channels 0 and 2 hold the same values but differ in scale: one table per channel
+        assert not np.array_equal(outputs["real"][0, 0], outputs["real"][0, 2])
+    assert len(np.unique(outputs["real"])) > 30
+
+
+@pytest.mark.parametrize(("in_dtype", "shape"), [("uint8", (1, 3, 9, 16)), ("int8", (2, 2, 7, 7)), ("uint8", (1, 4, 5, 5))])
+def test_the_per_channel_permute_lookup_maps_every_code_like_numpy(in_dtype, shape):
+    pytest.importorskip("tvm")
+    from slimcc.targets.schedules.byte_lookup import vector_channel_lookup_func
+    from slimcc.targets.schedules.isa import target_has_feature
+    from slimcc.targets.tvm_import import ensure_tvm
+
+    tvm = ensure_tvm()
+    target = make_target("x86", num_cores=1).to_tvm()
+    if not target_has_feature(target, VBMI_FEATURE):
+        pytest.skip("this CPU has no AVX512-VBMI")
+    rng = np.random.default_rng(1)
+    info = np.iinfo(in_dtype)
+    x = rng.integers(info.min, info.max + 1, shape).astype(in_dtype)
+    table = rng.integers(0, 256, (shape[1], 256)).astype("uint8")
+    func = vector_channel_lookup_func(shape, in_dtype, "uint8").with_attr("global_symbol", "main")
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
+    out = tvm.runtime.tensor(np.zeros(shape, "uint8"))
+    lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(table), out)
+    codes = x.astype(np.int32) + (128 if in_dtype == "int8" else 0)
+    want = np.take_along_axis(table[None, :, :].repeat(shape[0], 0), codes.reshape(shape[0], shape[1], -1), axis=2)
+    np.testing.assert_array_equal(out.numpy(), want.reshape(shape))
