@@ -88,9 +88,15 @@ def int8_model(name: str, model, calib, quant, equalize_activations: bool = Fals
     return quantized, spec, placement_summary(report)
 
 
+def int8_build_facts(manifest) -> dict:
+    """The int8 entries of a build manifest (mode, integer layers, tables)."""
+    return {key: value for key, value in manifest.build.items() if "int8" in key}
+
+
 def placement_summary(report) -> dict:
-    """qdq-insert's placement in a pass report: layers int8, layers kept float, output errors."""
-    for record in (report if isinstance(report, list) else report.get("passes", [])):
+    """qdq-insert's placement in a pass report (`ManagerReport.as_dict()`): layers int8, layers kept
+    float, output errors."""
+    for record in report:
         if record.get("pass") == "qdq-insert":
             placement = record["stats"].get("placement", {})
             return {"quantized_layers": record["stats"].get("quantized_layers"),
@@ -105,7 +111,7 @@ def equalized_build(name: str, model, calib, quant, spec, workdir: Path):
     quantized, pipeline, placement = int8_model(name, model, calib, quant, equalize_activations=True)
     manifest = compile_model(quantized, spec, workdir / f"{name}-int8-equalized")
     return quantized, {"pipeline": pipeline, "placement": placement,
-                       "build": {k: v for k, v in manifest.build.items() if "int8" in k}}
+                       "build": int8_build_facts(manifest)}
 
 
 def tuned_build(model, spec, trials: int, workdir: Path, tag: str, quiet: bool) -> dict:
@@ -117,7 +123,7 @@ def tuned_build(model, spec, trials: int, workdir: Path, tag: str, quiet: bool) 
     manifest = compile_model(model, spec, workdir / tag, database_dir=workdir / f"{tag}-db")
     return {"tuning": {**tuning, "seconds": round(tune_seconds, 1)}, "compile_seconds": round(time.perf_counter() - start, 1),
             "tuned_kernels": manifest.build.get("tuned_kernels"), "kernels": manifest.build.get("kernels"),
-            "build": {k: v for k, v in manifest.build.items() if "int8" in k}}
+            "build": int8_build_facts(manifest)}
 
 
 def interleaved(engines: dict, repeat: int, block: int = 5, warmup: int = 3, settle: float = 0.0) -> dict[str, float]:
@@ -239,7 +245,7 @@ def measure(name: str, args, workdir: Path, quant) -> dict:
         qdq_reference = run_onnxruntime(quantized, feeds)
         qdq_session = make_session(quantized, optimize=True, threads=args.threads)
         manifest = compile_model(quantized, spec, workdir / f"{name}-int8-untuned")
-        result["int8_untuned"] = {"pipeline": pipeline, "placement": placement, "build": {k: v for k, v in manifest.build.items() if "int8" in k},
+        result["int8_untuned"] = {"pipeline": pipeline, "placement": placement, "build": int8_build_facts(manifest),
                                   "schedules": {"slimcc": manifest.build.get("slimcc_schedules"),
                                                 "unscheduled": manifest.build.get("unscheduled_kernels")}}
         add_artifact("tvm_int8_untuned", workdir / f"{name}-int8-untuned")
@@ -295,7 +301,8 @@ def measure(name: str, args, workdir: Path, quant) -> dict:
         if "onnxruntime_int8" in ms:
             result["int8_untuned_speedup_over_ort_int8"] = round(ms["onnxruntime_int8"] / ms["tvm_int8_untuned"], 2)
     if "tvm_int8_equalized_untuned" in ms:
-        result["int8_equalized_speedup_over_fp32_untuned"] = round(ms["tvm_untuned"] / ms["tvm_int8_equalized_untuned"], 2)
+        result["int8_equalized_speedup_over_fp32_untuned"] = round(
+            ms["tvm_untuned"] / ms["tvm_int8_equalized_untuned"], 2)
     if "tvm_int8_tuned" in ms:
         result["int8_speedup_over_fp32_tuned"] = round(ms["tvm_tuned"] / ms["tvm_int8_tuned"], 2)
     result["max_rel_error_vs_ort"] = errors

@@ -15,10 +15,10 @@ and this module then carries the layout on:
 - `sink_blocked_layout`: a requantize, residual add or table lookup of targets/int8.py and
   int8_tables.py on `from_blocked(t)` is rebuilt on `t` (same constants and scalars, the
   channel of an element read from the blocked index), followed by one `from_blocked`; so are
-  element-wise float ops whose other operands are scalar or per-channel constants (a float
-  chain between two integer layers, e.g. around equalize-activation-ranges' Muls), and
+  element-wise float ops whose other operands are scalar or per-channel constants, and
   per-tensor Q/DQ; repeated until nothing moves, so a whole epilogue chain ends up blocked;
-- `cancel_layout_pairs`: `to_blocked(from_blocked(t))` is `t`.
+- `cancel_layout_pairs`: `to_blocked(from_blocked(t))` is `t`;
+- `byte_transposes`: the 8-bit transforms that remain become explicit byte transpose kernels.
 
 What remains are transforms at the edges of the integer region (a float layer, pooling, a
 depthwise conv), each one kernel moving bytes.
@@ -195,10 +195,9 @@ def _sink_elementwise(call, producer):
     """An element-wise float op on `from_blocked` tensors, scalar constants and per-channel
     constants ([1, C, 1, 1] or [C, 1, 1], reordered to [1, C/16, 1, 1, 16]), applied in NCHW16c.
 
-    Per-tensor quantize/dequantize count as element-wise. Such chains are what per-channel
-    activation equalization leaves between two integer layers (DQ -> Mul(s) -> HardSwish ->
-    Mul(1/t) -> Q); carried blocked, FuseOps fuses them into the producing conv's epilogue
-    instead of transforming float32 tensors on both sides."""
+    Per-tensor quantize/dequantize count as element-wise. Carried blocked, a float chain that no
+    table covers (int8_tables.py; e.g. one ending in a float op or a graph output) fuses into the
+    producing conv's epilogue instead of transforming float32 tensors on both sides."""
     ensure_tvm()
     from tvm import relax
 

@@ -12,10 +12,10 @@ LeakyRelu, ...). y_q depends on one input byte only, so the chain is replaced by
 `table[x_q (+128 for s8)]` from a constant [256] table. Constants that differ per channel
 ([C, 1, 1] or [1, C, 1, 1], e.g. the Muls equalize-activation-ranges leaves around a HardSwish)
 make it a function of the byte and its channel: a [C, 256] table, `table[c, x_q]`, looked up one
-NCHW channel plane at a time (so it is never moved into NCHW16c: int8_blocked leaves it NCHW). The table is computed at compile time
-by TVM itself: the matched chain, on tensors of its own shape holding every input code, goes
-through slimcc's fake-quantized build (`prepare_for_build(..., int8_mode="fake")` and the same
-compile pipeline) for the same target and runs, so each entry is the value `--int8-mode fake`
+NCHW channel plane at a time (so it is never moved into NCHW16c: int8_blocked leaves it NCHW).
+The table is computed at compile time by TVM itself: the matched chain, on tensors of its own
+shape holding every input code, goes through slimcc's fake-quantized build
+(`prepare_for_build(..., int8_mode="fake")` and the same compile pipeline) for the same target and runs, so each entry is the value `--int8-mode fake`
 computes, rounding included. A target this machine cannot run (a cross build) is evaluated with
 the host's llvm target instead; float rounding there can differ in the last bit at a
 quantization boundary.

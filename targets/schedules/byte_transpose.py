@@ -61,9 +61,10 @@ def byte_transpose_func(shape: tuple, dtype: str, to_blocked: bool):
                             [flat_src[T.ramp(blocked_at(b, cb, first + k, 0), 1, LANES)] for k in range(LANES)],
                             [c + LANES * k for k in range(LANES)])
             for b, cb, pixel, c in T.grid(T.int64(batch), T.int64(blocks), T.int64(tail), T.int64(LANES)):
+                at = steps * LANES + pixel
                 if to_blocked:
-                    flat_dst[blocked_at(b, cb, steps * LANES + pixel, c)] = flat_src[nchw_at(b, cb, c, steps * LANES + pixel)]
+                    flat_dst[blocked_at(b, cb, at, c)] = flat_src[nchw_at(b, cb, c, at)]
                 else:
-                    flat_dst[nchw_at(b, cb, c, steps * LANES + pixel)] = flat_src[blocked_at(b, cb, steps * LANES + pixel, c)]
+                    flat_dst[nchw_at(b, cb, c, at)] = flat_src[blocked_at(b, cb, at, c)]
 
     return transpose
